@@ -1,0 +1,83 @@
+// The BERT the runner executes: its sizes, its packed weights and one batch's inputs/outputs.
+// Plain structs of raw pointers; the bindings own the memory behind them.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "../kernels/activation.h"
+
+namespace pybert {
+
+struct BertConfig {
+  int64_t vocab_size = 0;
+  int64_t num_hiddens = 0;
+  int64_t num_heads = 0;
+  int64_t ffn_num_hiddens = 0;
+  int64_t num_layers = 0;
+  int64_t max_len = 0;
+  float layer_norm_eps = 1e-5f;
+  Activation ffn_activation = Activation::kReLU;
+
+  int64_t head_dim() const { return num_hiddens / num_heads; }
+};
+
+// One post-LN encoder block. Every matrix is in nn.Linear layout (out_features, in_features).
+// qkv_weight is W_q, W_k, W_v stacked: (3 * H, H), so one GEMM yields [Q | K | V].
+template <typename T>
+struct BertLayerWeights {
+  const T* qkv_weight;  // (3H, H)
+  const T* qkv_bias;    // (3H)
+  const T* out_weight;  // (H, H)
+  const T* out_bias;    // (H)
+  const T* ln1_weight;  // (H)
+  const T* ln1_bias;    // (H)
+  const T* ffn1_weight; // (F, H)
+  const T* ffn1_bias;   // (F)
+  const T* ffn2_weight; // (H, F)
+  const T* ffn2_bias;   // (H)
+  const T* ln2_weight;  // (H)
+  const T* ln2_bias;    // (H)
+};
+
+template <typename T>
+struct BertWeights {
+  const T* token_embedding;    // (V, H)
+  const T* segment_embedding;  // (2, H)
+  const T* pos_embedding;      // (max_len, H)
+  std::vector<BertLayerWeights<T>> layers;
+  const T* pooler_weight;      // (H, H)   NSP: tanh(pooler(x_cls))
+  const T* pooler_bias;        // (H)
+  const T* nsp_weight;         // (2, H)
+  const T* nsp_bias;           // (2)
+  const T* mlm_dense_weight;   // (H, H)   MLM: decoder(LN(relu(dense(x))))
+  const T* mlm_dense_bias;     // (H)
+  const T* mlm_ln_weight;      // (H)
+  const T* mlm_ln_bias;        // (H)
+  const T* mlm_decoder_weight; // (V, H)
+  const T* mlm_decoder_bias;   // (V)
+};
+
+// One batch, already validated by the caller: ids in range, 1 <= length <= seq_len <= max_len,
+// pred_positions inside each sequence's real tokens.
+struct BatchInputs {
+  const int64_t* tokens;          // (batch, seq_len), padded
+  const int64_t* segments;        // (batch, seq_len), 0 or 1
+  const int32_t* cu_seqlens;      // (batch + 1), prefix sums of the valid lengths
+  const int64_t* pred_positions;  // (batch, num_pred_positions) or null: no MLM head
+  int64_t batch;
+  int64_t seq_len;
+  int64_t total_tokens;           // cu_seqlens[batch]
+  int64_t max_seqlen;             // the longest valid length
+  int64_t num_pred_positions;
+  bool with_nsp;
+};
+
+template <typename T>
+struct BatchOutputs {
+  T* encoded;     // (batch, seq_len, H); zeros at padded positions
+  T* mlm_logits;  // (batch, num_pred_positions, V), written when pred_positions is set
+  T* nsp_logits;  // (batch, 2), written when with_nsp
+};
+
+}  // namespace pybert

@@ -1,0 +1,116 @@
+"""The pybert command line: ``pybert pretrain``, ``pybert bench``.
+
+``pybert pretrain`` with no arguments trains the book's BERT config on the built-in corpus
+(Python's documentation topics) in a few minutes on a CPU, then serves the checkpoint with the
+engine and shows its masked-word predictions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+__all__ = ["main"]
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from .train import TrainConfig
+
+    help_text = {
+        "data": "a WikiText-2 folder, a .tokens file or a plain-text file (one paragraph per "
+                "line); default: the built-in corpus",
+        "out": "run folder: checkpoint/, metrics.jsonl, loss.png, samples.txt",
+        "steps": "optimizer steps in all (default 200; with --resume, the run's own total)",
+        "warmup_steps": "linear warm-up steps (-1: 10%% of --steps)",
+        "precision": "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16",
+        "device": "auto, cpu, cuda or cuda:N",
+        "eval_batches": "held-out batches per periodic evaluation (0: all); the final "
+                        "evaluation always uses the whole held-out split",
+    }
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        if field.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction,
+                                default=field.default, help=help_text.get(field.name))
+            continue
+        kind = {"int": int, "float": float}.get(str(field.type), str)
+        # --steps defaults to None so that --resume can keep the run's own total.
+        default = None if field.name == "steps" else field.default
+        parser.add_argument(flag, type=kind, default=default,
+                            help=help_text.get(field.name, f"default {field.default}"))
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start again in an --out folder that holds a run")
+
+
+def _pretrain(args) -> int:
+    import os
+
+    import torch
+
+    from . import load
+    from .train import TrainConfig, masked_word_samples, pretrain, saved_steps
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if args.steps is None and args.resume:
+        total = saved_steps(args.out)
+        if total is not None:
+            values["steps"] = total
+    config = TrainConfig(**values)
+    try:
+        result = pretrain(config, resume=args.resume, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        return 130
+    except (FileExistsError, FileNotFoundError, ValueError) as err:
+        print(f"pybert pretrain: {err}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    corpus = result.pop("corpus")
+    result.pop("model")
+    print(json.dumps(result, indent=1))
+    engine = load(result["checkpoint"], device="cpu", dtype=torch.float32)
+    samples = masked_word_samples(engine, corpus.test, engine.vocab)
+    lines = []
+    for s in samples:
+        guesses = ", ".join(f"{w} ({p:.2f})" for w, p in s["top_k"])
+        lines.append(f"{s['sentence']}\n    answer: {s['answer']}    top-5: {guesses}")
+    text = "\n".join(lines)
+    print("masked-word predictions of the trained model (served by pybert.Engine):\n" + text)
+    with open(os.path.join(config.out, "samples.txt"), "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    return 0
+
+
+def _bench(args) -> int:
+    from .bench import run_cpu_benchmark
+
+    run_cpu_benchmark(batch=args.batch, seq_len=args.seq_len, repeats=args.repeats,
+                      compile_peer=not args.no_compile)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="pybert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    pretrain_parser = commands.add_parser("pretrain", help="pretrain a BERT (MLM + NSP)")
+    _add_train_arguments(pretrain_parser)
+    pretrain_parser.set_defaults(run=_pretrain)
+    bench_parser = commands.add_parser("bench", help="time the engine against the eager model")
+    bench_parser.add_argument("--batch", type=int, default=32)
+    bench_parser.add_argument("--seq-len", type=int, default=128)
+    bench_parser.add_argument("--repeats", type=int, default=10)
+    bench_parser.add_argument("--no-compile", action="store_true",
+                              help="skip the torch.compile peer")
+    bench_parser.set_defaults(run=_bench)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""pybert.Engine: fast batched BERT inference through the C++/CUDA extension pybert._C.
+
+The engine packs the weights of a d2l-style BERT once (fused QKV, contiguous, in the engine's
+dtype and device), validates each batch on the host with messages that name the bad argument,
+and runs the whole forward pass (embeddings, every layer, the MLM and NSP heads) in one C++
+call. Activations are packed (padding removed) inside that call; encodings at padded positions
+are returned as zeros.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from . import _C
+from .config import BertConfig, config_from_model, expected_state_shapes
+from .vocab import Vocab
+
+__all__ = ["Engine"]
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def _as_tensor(value, name: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    try:
+        return torch.as_tensor(np.asarray(value))
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be a tensor, a numpy array or a nested list of numbers, "
+                        f"got {type(value).__name__}: {err}") from None
+
+
+def _integer_ids(value, name: str) -> torch.Tensor:
+    t = _as_tensor(value, name)
+    if t.dtype not in _INT_DTYPES:
+        raise TypeError(f"{name} must hold integers, got dtype {t.dtype}")
+    return t.detach().to("cpu", torch.int64)
+
+
+def pack_d2l_state_dict(state_dict: dict, config: BertConfig) -> dict[str, torch.Tensor]:
+    """Map d2l state_dict keys to the engine's packed weights (W_q, W_k, W_v stacked)."""
+    expected = expected_state_shapes(config)
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong = [f"{k}: expected {expected[k]}, got {tuple(state_dict[k].shape)}"
+             for k in expected if k in state_dict and tuple(state_dict[k].shape) != expected[k]]
+    if missing or unexpected or wrong:
+        raise ValueError("state_dict does not match the config: "
+                         + "; ".join(filter(None, [
+                             f"missing {missing[:5]}" if missing else "",
+                             f"unexpected {unexpected[:5]}" if unexpected else "",
+                             "; ".join(wrong[:5])])))
+    sd = state_dict
+    packed = {
+        "token_embedding": sd["encoder.token_embedding.weight"],
+        "segment_embedding": sd["encoder.segment_embedding.weight"],
+        "pos_embedding": sd["encoder.pos_embedding"][0],
+        "pooler_weight": sd["hidden.0.weight"],
+        "pooler_bias": sd["hidden.0.bias"],
+        "nsp_weight": sd["nsp.output.weight"],
+        "nsp_bias": sd["nsp.output.bias"],
+        "mlm_dense_weight": sd["mlm.mlp.0.weight"],
+        "mlm_dense_bias": sd["mlm.mlp.0.bias"],
+        "mlm_ln_weight": sd["mlm.mlp.2.weight"],
+        "mlm_ln_bias": sd["mlm.mlp.2.bias"],
+        "mlm_decoder_weight": sd["mlm.mlp.3.weight"],
+        "mlm_decoder_bias": sd["mlm.mlp.3.bias"],
+    }
+    for i in range(config.num_layers):
+        p, q = f"encoder.blks.{i}.", f"layers.{i}."
+        att = p + "attention."
+        packed[q + "qkv_weight"] = torch.cat([sd[att + f"W_{n}.weight"] for n in "qkv"])
+        packed[q + "qkv_bias"] = torch.cat([sd[att + f"W_{n}.bias"] for n in "qkv"])
+        packed[q + "out_weight"] = sd[att + "W_o.weight"]
+        packed[q + "out_bias"] = sd[att + "W_o.bias"]
+        packed[q + "ln1_weight"] = sd[p + "addnorm1.ln.weight"]
+        packed[q + "ln1_bias"] = sd[p + "addnorm1.ln.bias"]
+        packed[q + "ffn1_weight"] = sd[p + "ffn.dense1.weight"]
+        packed[q + "ffn1_bias"] = sd[p + "ffn.dense1.bias"]
+        packed[q + "ffn2_weight"] = sd[p + "ffn.dense2.weight"]
+        packed[q + "ffn2_bias"] = sd[p + "ffn.dense2.bias"]
+        packed[q + "ln2_weight"] = sd[p + "addnorm2.ln.weight"]
+        packed[q + "ln2_bias"] = sd[p + "addnorm2.ln.bias"]
+    return packed
+
+
+class Engine:
+    """A BERT packed for inference. Build one with :meth:`from_model` or ``pybert.load``.
+
+    ``engine(tokens, segments, valid_lens=None, pred_positions=None)`` returns
+    ``(encoded, mlm_Y_hat, nsp_Y_hat)`` with ``BERTModel.forward``'s meaning:
+    encoded (B, S, H), zeros at positions >= valid_lens; mlm_Y_hat (B, P, vocab_size) or None
+    without pred_positions; nsp_Y_hat (B, 2).
+    """
+
+    def __init__(self, config: BertConfig, state_dict: dict, device="cpu",
+                 dtype: torch.dtype = torch.float32, vocab: Vocab | None = None):
+        self.config = config
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.vocab = vocab
+        if vocab is not None and len(vocab) != config.vocab_size:
+            raise ValueError(f"vocab has {len(vocab)} tokens but the model's vocab_size is "
+                             f"{config.vocab_size}")
+        if self.device.type != "cpu":
+            raise ValueError(f"device {self.device} is not supported by this build of pybert: "
+                             "the engine runs on the CPU only (pybert._C.cuda_available is "
+                             f"{_C.cuda_available})")
+        if dtype != torch.float32:
+            raise ValueError(f"the CPU engine computes in torch.float32, got dtype={dtype}")
+        for key, value in state_dict.items():
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                raise TypeError(f"weight {key} must be a floating-point tensor")
+        weights = {name: t.detach().to(self.device, dtype).contiguous()
+                   for name, t in pack_d2l_state_dict(state_dict, config).items()}
+        native_config = {
+            "vocab_size": config.vocab_size, "num_hiddens": config.num_hiddens,
+            "num_heads": config.num_heads, "ffn_num_hiddens": config.ffn_num_hiddens,
+            "num_layers": config.num_layers, "max_len": config.max_len,
+            "layer_norm_eps": float(config.layer_norm_eps),
+            "ffn_activation": config.ffn_activation,
+        }
+        self._native = _C.Engine(native_config, weights)
+
+    @classmethod
+    def from_model(cls, net: torch.nn.Module, device="cpu", dtype: torch.dtype = torch.float32,
+                   vocab: Vocab | None = None) -> "Engine":
+        """Pack the weights of a d2l-style ``BERTModel`` (pybert's or the book's)."""
+        return cls(config_from_model(net), net.state_dict(), device=device, dtype=dtype,
+                   vocab=vocab)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Engine(vocab_size={c.vocab_size}, num_hiddens={c.num_hiddens}, "
+                f"num_heads={c.num_heads}, num_layers={c.num_layers}, "
+                f"device={self.device}, dtype={self.dtype})")
+
+    # -- forward ----------------------------------------------------------------------------
+
+    def __call__(self, tokens, segments=None, valid_lens=None, pred_positions=None):
+        return self._forward(tokens, segments, valid_lens, pred_positions, with_nsp=True)
+
+    def encode(self, tokens, segments=None, valid_lens=None) -> torch.Tensor:
+        """Only the encodings (B, S, H): the heads are not run."""
+        return self._forward(tokens, segments, valid_lens, None, with_nsp=False)[0]
+
+    def _forward(self, tokens, segments, valid_lens, pred_positions, with_nsp):
+        batch = self._validate(tokens, segments, valid_lens, pred_positions)
+        tokens, segments, cu_seqlens, max_seqlen, pred_positions = batch
+        encoded, mlm, nsp = self._native.forward(tokens, segments, cu_seqlens, max_seqlen,
+                                                 pred_positions, True, with_nsp)
+        return encoded, mlm, nsp
+
+    def _validate(self, tokens, segments, valid_lens, pred_positions):
+        """Check one batch on the host; return the tensors the native forward takes."""
+        c = self.config
+        tokens = _integer_ids(tokens, "tokens")
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must have shape (batch, seq_len), got {tuple(tokens.shape)}")
+        batch, seq_len = tokens.shape
+        if batch == 0 or seq_len == 0:
+            raise ValueError(f"tokens must be non-empty, got shape {tuple(tokens.shape)}")
+        if seq_len > c.max_len:
+            raise ValueError(f"tokens has sequence length {seq_len}, longer than the model's "
+                             f"max_len {c.max_len}")
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < 0 or high >= c.vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(f"tokens must be ids in [0, {c.vocab_size}), found {bad}")
+
+        if segments is None:
+            segments = torch.zeros_like(tokens)
+        else:
+            segments = _integer_ids(segments, "segments")
+            if tuple(segments.shape) != tuple(tokens.shape):
+                raise ValueError(f"segments must have the shape of tokens {tuple(tokens.shape)}, "
+                                 f"got {tuple(segments.shape)}")
+            if bool(((segments != 0) & (segments != 1)).any()):
+                raise ValueError("segments must be 0 or 1, found "
+                                 f"{int(segments[(segments != 0) & (segments != 1)][0])}")
+
+        lengths = self._validate_valid_lens(valid_lens, batch, seq_len)
+        cu_seqlens = torch.zeros(batch + 1, dtype=torch.int32)
+        torch.cumsum(lengths, 0, out=cu_seqlens[1:])
+
+        if pred_positions is not None:
+            pred_positions = _integer_ids(pred_positions, "pred_positions")
+            if pred_positions.dim() != 2 or pred_positions.shape[0] != batch:
+                raise ValueError(f"pred_positions must have shape (batch={batch}, "
+                                 f"num_pred_positions), got {tuple(pred_positions.shape)}")
+            if pred_positions.numel():
+                if int(pred_positions.min()) < 0 or int(pred_positions.max()) >= seq_len:
+                    raise ValueError(f"pred_positions must be in [0, seq_len={seq_len}), found "
+                                     f"{int(pred_positions.min())}..{int(pred_positions.max())}")
+                beyond = pred_positions >= lengths[:, None].to(torch.int64)
+                if bool(beyond.any()):
+                    b, j = (int(i) for i in beyond.nonzero()[0])
+                    raise ValueError(
+                        f"pred_positions[{b}, {j}] = {int(pred_positions[b, j])} is a padded "
+                        f"position (valid_lens[{b}] = {int(lengths[b])}); predictions are only "
+                        "defined at real tokens")
+            pred_positions = pred_positions.contiguous()
+        return (tokens.contiguous(), segments.contiguous(), cu_seqlens, int(lengths.max()),
+                pred_positions)
+
+    @staticmethod
+    def _validate_valid_lens(valid_lens, batch: int, seq_len: int) -> torch.Tensor:
+        """valid_lens (B,) of ints or integral floats in [1, seq_len]; None means seq_len."""
+        if valid_lens is None:
+            return torch.full((batch,), seq_len, dtype=torch.int32)
+        lens = _as_tensor(valid_lens, "valid_lens").detach().to("cpu")
+        if tuple(lens.shape) != (batch,):
+            raise ValueError(f"valid_lens must have shape (batch={batch},), got "
+                             f"{tuple(lens.shape)} (the engine takes one length per sequence)")
+        if lens.is_floating_point():
+            as_float = lens.to(torch.float64)
+            if not bool(torch.isfinite(as_float).all()):
+                raise ValueError("valid_lens must be finite, found NaN or infinity")
+            if bool((as_float != torch.round(as_float)).any()):
+                bad = as_float[as_float != torch.round(as_float)][0].item()
+                raise ValueError(f"valid_lens must be whole numbers, found {bad}")
+            lens = as_float
+        elif lens.dtype not in _INT_DTYPES:
+            raise TypeError(f"valid_lens must be integers or floats, got dtype {lens.dtype}")
+        low, high = lens.min().item(), lens.max().item()
+        if low < 1 or high > seq_len:
+            bad = low if low < 1 else high
+            raise ValueError(f"valid_lens must be in [1, seq_len={seq_len}], found "
+                             f"{int(bad) if math.isfinite(bad) else bad}")
+        return lens.to(torch.int32)

@@ -1,0 +1,83 @@
+"""Builds pybert and its extension pybert._C by driving CMake (the shape of vLLM's build).
+
+Environment:
+  PYBERT_CUDA=auto|0|1   build the CUDA kernels: auto (default) when nvcc is found and the
+                         installed torch is a CUDA build; 1 insists; 0 builds the CPU kernels only.
+  PYBERT_CUDA_ARCHS      CUDA architectures, default "80;90".
+  MAX_JOBS               parallel compile jobs.
+
+The extension is compiled against the torch found at build time, and the package then requires
+exactly that torch version, so that build and runtime ABI always match.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _torch_version_and_cuda():
+    import torch
+
+    return torch.__version__, torch.version.cuda is not None
+
+
+def _want_cuda(torch_has_cuda: bool) -> bool:
+    choice = os.environ.get("PYBERT_CUDA", "auto").strip().lower()
+    have_nvcc = shutil.which("nvcc") is not None or Path("/usr/local/cuda/bin/nvcc").exists()
+    if choice in ("0", "off", "false", "no"):
+        return False
+    if choice in ("1", "on", "true", "yes"):
+        if not (have_nvcc and torch_has_cuda):
+            sys.exit("PYBERT_CUDA=1 needs nvcc and a CUDA build of torch "
+                     f"(nvcc found: {have_nvcc}, CUDA torch: {torch_has_cuda})")
+        return True
+    if choice != "auto":
+        sys.exit(f"PYBERT_CUDA must be auto, 0 or 1, got {choice!r}")
+    return have_nvcc and torch_has_cuda
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name: str):
+        super().__init__(name, sources=[])
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext: Extension) -> None:
+        _, torch_has_cuda = _torch_version_and_cuda()
+        use_cuda = _want_cuda(torch_has_cuda)
+        out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        build_dir = Path(self.build_temp).resolve() / ext.name
+        build_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
+            f"-DCMAKE_BUILD_TYPE={'Debug' if self.debug else 'Release'}",
+            f"-DPYBERT_CUDA={'ON' if use_cuda else 'OFF'}",
+        ]
+        if "PYBERT_CUDA_ARCHS" in os.environ:
+            args.append(f"-DPYBERT_CUDA_ARCHS={os.environ['PYBERT_CUDA_ARCHS']}")
+        if shutil.which("ninja"):
+            args.append("-GNinja")
+        print(f"pybert: building the extension with CUDA {'on' if use_cuda else 'off'}")
+        subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build_dir), *args], check=True)
+        jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
+        subprocess.run(["cmake", "--build", str(build_dir), "-j", jobs], check=True)
+
+
+torch_version, _ = _torch_version_and_cuda()
+# A local version label (+cpu, +cu130) is not part of the requirement: pip matches 2.13.0+cpu
+# against ==2.13.0.
+torch_requirement = f"torch=={torch_version.split('+')[0]}"
+
+setup(
+    ext_modules=[CMakeExtension("pybert._C")],
+    cmdclass={"build_ext": CMakeBuild},
+    install_requires=[torch_requirement, "numpy", "safetensors", "tqdm", "matplotlib"],
+)

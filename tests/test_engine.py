@@ -1,0 +1,157 @@
+"""The whole engine against the eager model in float64 (fp32 bound: relative L2 <= 1e-5)."""
+
+import numpy as np
+import pytest
+import torch
+
+import pybert
+from pybert.config import BertConfig
+
+from conftest import random_batch, random_model, reference_forward, rel_l2, valid_mask
+from d2l_book import load_book_bert
+
+FP32_BOUND = 1e-5
+
+CONFIGS = {
+    # The book's example (head dim 192) and its pretraining config (head dim 64).
+    "book-example": BertConfig(10000, 768, 1024, 4, 2),
+    "book-training": BertConfig(20256, 128, 256, 2, 2, max_len=64),
+    "head-dim-8": BertConfig(57, 32, 48, 4, 3, max_len=40),
+    "hidden-96-head-dim-32": BertConfig(101, 96, 200, 3, 2, max_len=70),
+    "one-head": BertConfig(33, 24, 40, 1, 1, max_len=16),
+    "eps-1e-12": BertConfig(64, 64, 128, 4, 2, max_len=32, layer_norm_eps=1e-12),
+}
+SHAPES = {  # (batch, seq_len) per config
+    "book-example": [(2, 8), (3, 33)],
+    "book-training": [(8, 64), (5, 17)],
+    "head-dim-8": [(4, 1), (6, 40)],
+    "hidden-96-head-dim-32": [(7, 23)],
+    "one-head": [(1, 1), (3, 16)],
+    "eps-1e-12": [(2, 32)],
+}
+CASES = [(name, b, s) for name, shapes in SHAPES.items() for b, s in shapes]
+
+
+def assert_matches(engine_out, ref_out, valid_lens, batch, seq_len):
+    encoded, mlm, nsp = engine_out
+    ref_encoded, ref_mlm, ref_nsp = ref_out
+    mask = valid_mask(valid_lens, batch, seq_len)
+    assert encoded.dtype == torch.float32 and encoded.shape == ref_encoded.shape
+    assert rel_l2(encoded[mask], ref_encoded[mask]) <= FP32_BOUND
+    assert torch.count_nonzero(encoded[~mask]) == 0, "padded positions must be zeros"
+    assert rel_l2(nsp, ref_nsp) <= FP32_BOUND
+    if ref_mlm is None:
+        assert mlm is None
+    else:
+        assert mlm.shape == ref_mlm.shape
+        assert rel_l2(mlm, ref_mlm) <= FP32_BOUND
+
+
+@pytest.mark.parametrize("name,batch,seq_len", CASES)
+def test_engine_matches_eager(name, batch, seq_len):
+    config = CONFIGS[name]
+    net = random_model(config, seed=batch * 100 + seq_len)
+    engine = pybert.Engine.from_model(net)
+    tokens, segments, valid_lens, pred_positions = random_batch(config, batch, seq_len,
+                                                                seed=seq_len)
+    ref = reference_forward(net, tokens, segments, valid_lens, pred_positions)
+    out = engine(tokens, segments, valid_lens, pred_positions)
+    assert_matches(out, ref, valid_lens, batch, seq_len)
+
+
+@pytest.mark.parametrize("name", ["book-training", "head-dim-8"])
+def test_engine_without_valid_lens_or_positions(name):
+    config = CONFIGS[name]
+    net = random_model(config, seed=3)
+    engine = pybert.Engine.from_model(net)
+    tokens, segments, _, _ = random_batch(config, 4, 9, seed=4)
+    ref = reference_forward(net, tokens, segments, None, None)
+    out = engine(tokens, segments)
+    assert_matches(out, ref, None, 4, 9)
+
+
+def test_valid_lens_forms_agree():
+    config = CONFIGS["head-dim-8"]
+    engine = pybert.Engine.from_model(random_model(config))
+    tokens, segments, valid_lens, _ = random_batch(config, 5, 12, seed=5)
+    expected = engine.encode(tokens, segments, valid_lens)
+    for form in (valid_lens.long(), valid_lens.int(), valid_lens.double(),
+                 valid_lens.numpy(), valid_lens.long().tolist()):
+        torch.testing.assert_close(engine.encode(tokens, segments, form), expected,
+                                   rtol=0, atol=0)
+    torch.testing.assert_close(engine.encode(tokens.numpy(), segments.numpy(), valid_lens),
+                               expected, rtol=0, atol=0)
+
+
+def test_encode_equals_the_forward_encodings():
+    config = CONFIGS["book-training"]
+    engine = pybert.Engine.from_model(random_model(config))
+    tokens, segments, valid_lens, _ = random_batch(config, 3, 20)
+    encoded = engine.encode(tokens, segments, valid_lens)
+    torch.testing.assert_close(encoded, engine(tokens, segments, valid_lens)[0], rtol=0, atol=0)
+    # segments default to 0
+    torch.testing.assert_close(engine.encode(tokens, valid_lens=valid_lens),
+                               engine.encode(tokens, torch.zeros_like(tokens), valid_lens),
+                               rtol=0, atol=0)
+
+
+def test_a_sequence_does_not_depend_on_its_batch():
+    """Packing must keep sequences apart: one sequence alone equals it inside a batch."""
+    config = CONFIGS["hidden-96-head-dim-32"]
+    engine = pybert.Engine.from_model(random_model(config))
+    tokens, segments, valid_lens, pred = random_batch(config, 6, 30, seed=6)
+    encoded, mlm, nsp = engine(tokens, segments, valid_lens, pred)
+    for b in range(6):
+        e, m, n = engine(tokens[b:b + 1], segments[b:b + 1], valid_lens[b:b + 1], pred[b:b + 1])
+        assert rel_l2(e[0], encoded[b]) <= 1e-6
+        assert rel_l2(m[0], mlm[b]) <= 1e-6
+        assert rel_l2(n[0], nsp[b]) <= 1e-6
+
+
+def test_empty_pred_positions():
+    config = CONFIGS["head-dim-8"]
+    engine = pybert.Engine.from_model(random_model(config))
+    tokens, segments, valid_lens, _ = random_batch(config, 2, 5)
+    _, mlm, _ = engine(tokens, segments, valid_lens, torch.zeros(2, 0, dtype=torch.long))
+    assert mlm.shape == (2, 0, config.vocab_size)
+
+
+def test_engine_from_the_books_own_model():
+    book = load_book_bert()
+    if book is None:
+        pytest.skip("d2l 0.17.6 is not installed")
+    torch.manual_seed(0)
+    net = book.BERTModel(500, 64, [64], 64, 96, 4, 2, 0.1, max_len=50, key_size=64,
+                         query_size=64, value_size=64, hid_in_features=64, mlm_in_features=64,
+                         nsp_in_features=64).eval()
+    engine = pybert.Engine.from_model(net)
+    config = engine.config
+    tokens, segments, valid_lens, pred = random_batch(config, 4, 50, seed=8)
+    ref = reference_forward(net, tokens, segments, valid_lens, pred)
+    assert_matches(engine(tokens, segments, valid_lens, pred), ref, valid_lens, 4, 50)
+
+
+def test_module_level_encode_takes_an_engine_or_a_path(tmp_path):
+    config = CONFIGS["head-dim-8"]
+    net = random_model(config)
+    tokens, segments, valid_lens, _ = random_batch(config, 3, 10)
+    engine = pybert.Engine.from_model(net)
+    pybert.save(net, tmp_path / "ckpt")
+    expected = engine.encode(tokens, segments, valid_lens)
+    for model in (engine, tmp_path / "ckpt", str(tmp_path / "ckpt")):
+        torch.testing.assert_close(pybert.encode(model, tokens, segments, valid_lens), expected,
+                                   rtol=0, atol=0)
+
+
+def test_outputs_are_finite_for_large_inputs():
+    config = CONFIGS["head-dim-8"]
+    net = random_model(config)
+    with torch.no_grad():
+        net.encoder.token_embedding.weight.mul_(100.0)
+    engine = pybert.Engine.from_model(net)
+    tokens, segments, valid_lens, pred = random_batch(config, 3, 20)
+    ref = reference_forward(net, tokens, segments, valid_lens, pred)
+    out = engine(tokens, segments, valid_lens, pred)
+    assert all(bool(torch.isfinite(t).all()) for t in out)
+    assert_matches(out, ref, valid_lens, 3, 20)
+    assert np.isfinite(out[0].numpy()).all()

@@ -1,0 +1,116 @@
+"""Every bad input gets a clear exception that names the argument, never a crash or a wrong
+answer."""
+
+import numpy as np
+import pytest
+import torch
+
+import pybert
+from pybert.config import BertConfig
+
+from conftest import random_model
+
+CONFIG = BertConfig(50, 32, 48, 4, 2, max_len=16)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return pybert.Engine.from_model(random_model(CONFIG))
+
+
+def good_batch():
+    tokens = torch.randint(0, 50, (3, 10))
+    segments = torch.zeros_like(tokens)
+    return tokens, segments, torch.tensor([10, 4, 7]), torch.tensor([[1, 2], [0, 3], [6, 5]])
+
+
+def test_the_good_batch_runs(engine):
+    encoded, mlm, nsp = engine(*good_batch())
+    assert encoded.shape == (3, 10, 32) and mlm.shape == (3, 2, 50) and nsp.shape == (3, 2)
+
+
+@pytest.mark.parametrize("tokens,match", [
+    (torch.randint(0, 50, (10,)), "tokens must have shape"),
+    (torch.randint(0, 50, (2, 3, 4)), "tokens must have shape"),
+    (torch.zeros(0, 5, dtype=torch.long), "non-empty"),
+    (torch.zeros(2, 0, dtype=torch.long), "non-empty"),
+    (torch.randint(0, 50, (2, 17)), "max_len 16"),
+    (torch.full((2, 5), 50), r"\[0, 50\)"),
+    (torch.full((2, 5), -1), r"\[0, 50\)"),
+])
+def test_bad_tokens(engine, tokens, match):
+    with pytest.raises(ValueError, match=match):
+        engine(tokens, None)
+
+
+@pytest.mark.parametrize("tokens", [torch.rand(2, 5), torch.ones(2, 5, dtype=torch.bool),
+                                    [["a", "b"]]])
+def test_tokens_of_the_wrong_type(engine, tokens):
+    with pytest.raises(TypeError, match="tokens"):
+        engine(tokens, None)
+
+
+def test_bad_segments(engine):
+    tokens, segments, valid_lens, _ = good_batch()
+    with pytest.raises(ValueError, match="segments must be 0 or 1"):
+        engine(tokens, segments + 2, valid_lens)
+    with pytest.raises(ValueError, match="segments must be 0 or 1"):
+        engine(tokens, segments - 1, valid_lens)
+    with pytest.raises(ValueError, match="segments must have the shape of tokens"):
+        engine(tokens, segments[:, :5], valid_lens)
+    with pytest.raises(TypeError, match="segments"):
+        engine(tokens, segments.float(), valid_lens)
+
+
+@pytest.mark.parametrize("valid_lens,error,match", [
+    (torch.tensor([10, 0, 7]), ValueError, r"valid_lens must be in \[1, seq_len=10\], found 0"),
+    (torch.tensor([10, 11, 7]), ValueError, r"valid_lens must be in \[1, seq_len=10\], found 11"),
+    (torch.tensor([10, -3, 7]), ValueError, "valid_lens must be in"),
+    (torch.tensor([10.0, float("nan"), 7.0]), ValueError, "NaN"),
+    (torch.tensor([10.0, float("inf"), 7.0]), ValueError, "NaN or infinity"),
+    (torch.tensor([10.0, 4.5, 7.0]), ValueError, "whole numbers"),
+    (torch.tensor([10, 4]), ValueError, r"valid_lens must have shape \(batch=3,\)"),
+    (torch.full((3, 10), 10), ValueError, "one length per sequence"),
+    (torch.tensor([True, True, True]), TypeError, "valid_lens"),
+])
+def test_bad_valid_lens(engine, valid_lens, error, match):
+    tokens, segments, _, _ = good_batch()
+    with pytest.raises(error, match=match):
+        engine(tokens, segments, valid_lens)
+
+
+@pytest.mark.parametrize("pred_positions,error,match", [
+    (torch.tensor([[1, 10], [0, 3], [6, 5]]), ValueError, r"\[0, seq_len=10\)"),
+    (torch.tensor([[1, -1], [0, 3], [6, 5]]), ValueError, r"\[0, seq_len=10\)"),
+    (torch.tensor([[1, 2], [0, 4], [6, 5]]), ValueError, r"pred_positions\[1, 1\] = 4 is a padded"),
+    (torch.tensor([1, 2, 3]), ValueError, "pred_positions must have shape"),
+    (torch.tensor([[1, 2], [0, 3]]), ValueError, "pred_positions must have shape"),
+    (torch.tensor([[1.0, 2.0], [0.0, 3.0], [6.0, 5.0]]), TypeError, "pred_positions"),
+])
+def test_bad_pred_positions(engine, pred_positions, error, match):
+    tokens, segments, valid_lens, _ = good_batch()
+    with pytest.raises(error, match=match):
+        engine(tokens, segments, valid_lens, pred_positions)
+
+
+def test_unsupported_device_and_dtype():
+    net = random_model(CONFIG)
+    with pytest.raises(ValueError, match="float32"):
+        pybert.Engine.from_model(net, dtype=torch.float16)
+    if not pybert._C.cuda_available:
+        with pytest.raises(ValueError, match="CPU only"):
+            pybert.Engine.from_model(net, device="cuda")
+
+
+def test_a_model_the_engine_cannot_run_exactly():
+    net = pybert.BERTModel(50, 32, [32], 32, 48, 4, 1, 0.0)  # key_size etc. left at 768
+    with pytest.raises(ValueError, match="do not fit"):
+        pybert.Engine.from_model(net)
+    with pytest.raises(ValueError, match="not a d2l-style BERTModel"):
+        pybert.Engine.from_model(torch.nn.Linear(3, 3))
+
+
+def test_numpy_inputs_are_validated_too(engine):
+    tokens, segments, valid_lens, _ = good_batch()
+    with pytest.raises(ValueError, match="valid_lens"):
+        engine(tokens.numpy(), segments.numpy(), np.array([10, 0, 7]))

@@ -1,0 +1,158 @@
+"""The trainer: the loss falls, checkpoints serve, resume continues exactly, DDP ranks agree."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import pybert
+from pybert.train import TrainConfig, pretrain
+
+from conftest import rel_l2
+
+TINY = dict(num_hiddens=32, ffn_num_hiddens=64, num_heads=2, num_layers=1, dropout=0.1,
+            max_len=32, batch_size=64, lr=5e-3, eval_every=10, save_every=10, log_every=1,
+            eval_batches=2, progress=False)
+
+
+def read_metrics(out: Path):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_and_the_checkpoint_serves(tmp_path):
+    out = tmp_path / "run"
+    result = pretrain(TrainConfig(out=str(out), steps=40, **TINY))
+    rows = [r for r in read_metrics(out) if r["kind"] == "train"]
+    first = sum(r["mlm_loss"] for r in rows[:3]) / 3
+    last = sum(r["mlm_loss"] for r in rows[-3:]) / 3
+    assert last < first - 0.5, (first, last)
+    assert all(r["lr"] > 0 and r["pairs_per_s"] > 0 for r in rows)
+    evals = [r for r in read_metrics(out) if r["kind"] == "eval"]
+    assert evals and 0.0 <= evals[-1]["mlm_accuracy"] <= 1.0 and evals[-1]["pairs"] > 0
+    assert (out / "loss.png").stat().st_size > 1000
+    ckpt = Path(result["checkpoint"])
+    assert sorted(p.name for p in ckpt.iterdir()) == [
+        "config.json", "model.safetensors", "optimizer.safetensors", "trainer.json",
+        "vocab.txt"]
+
+    engine = pybert.load(ckpt)
+    net, vocab = pybert.load_model(ckpt)
+    assert vocab is not None and len(vocab) == engine.config.vocab_size
+    net.eval()
+    tokens = torch.randint(0, len(vocab), (4, 20))
+    segments = torch.zeros_like(tokens)
+    valid_lens = torch.tensor([20.0, 7.0, 13.0, 1.0])
+    pred = torch.tensor([[1, 2], [3, 6], [0, 12], [0, 0]])
+    with torch.no_grad():
+        ref = net.double()(tokens, segments, valid_lens.double(), pred)
+    encoded, mlm, nsp = engine(tokens, segments, valid_lens, pred)
+    mask = torch.arange(20)[None, :] < valid_lens[:, None]
+    assert rel_l2(encoded[mask], ref[0][mask]) <= 1e-5
+    assert rel_l2(mlm, ref[1]) <= 1e-5 and rel_l2(nsp, ref[2]) <= 1e-5
+
+
+def test_an_existing_run_needs_resume_or_overwrite(tmp_path):
+    config = TrainConfig(out=str(tmp_path / "run"), steps=2, **TINY)
+    pretrain(config)
+    with pytest.raises(FileExistsError, match="--resume"):
+        pretrain(config)
+    pretrain(config, overwrite=True)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        pretrain(TrainConfig(out=str(tmp_path / "other"), steps=2, **TINY), resume=True)
+
+
+def test_resume_continues_exactly(tmp_path):
+    """6 steps, then resume to 12, equals 12 steps straight (constant lr: the schedule does not
+    depend on the total)."""
+    common = dict(TINY, schedule="constant", warmup_steps=0, save_every=100, eval_every=100)
+    straight = pretrain(TrainConfig(out=str(tmp_path / "a"), steps=12, **common))["model"]
+    pretrain(TrainConfig(out=str(tmp_path / "b"), steps=6, **common))
+    resumed = pretrain(TrainConfig(out=str(tmp_path / "b"), steps=12, **common),
+                       resume=True)["model"]
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
+    steps = [r["step"] for r in read_metrics(tmp_path / "b") if r["kind"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 12
+
+
+def _cli(*args):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "pybert", "pretrain", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+
+
+def _finish(proc, timeout):
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _flags(config: dict) -> list[str]:
+    flags = []
+    for key, value in config.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + key.replace("_", "-"))
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def test_killed_run_saves_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    flags = _flags(dict(TINY, save_every=1000, eval_every=1000)) + ["--out", str(out)]
+    proc = _cli(*flags, "--steps", "100000")
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        metrics = out / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output = _finish(proc, 120)
+    assert proc.returncode == 130, output
+    assert "run again with --resume" in output
+    state = json.loads((out / "checkpoint" / "trainer.json").read_text())
+    assert state["step"] >= 3
+    pybert.load(out / "checkpoint")  # the interrupted checkpoint serves
+
+    again = _cli(*flags, "--steps", str(state["step"] + 2), "--resume")
+    output = _finish(again, 300)
+    assert again.returncode == 0, output
+    assert '"step": ' + str(state["step"] + 2) in output
+    assert "top-5" in output
+
+
+@pytest.mark.slow
+def test_two_process_ddp_agrees(tmp_path):
+    # No dropout: its masks are drawn per rank, so only without it is the one-process run
+    # the same computation.
+    config = dict(TINY, steps=4, out=str(tmp_path / "ddp"), device="cpu", save_every=100,
+                  eval_every=100, dropout=0.0)
+    worker = Path(__file__).with_name("ddp_worker.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", str(29500 + os.getpid() % 1000), str(worker), json.dumps(config)],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rank0 = json.loads((tmp_path / "ddp" / "rank0.json").read_text())
+    rank1 = json.loads((tmp_path / "ddp" / "rank1.json").read_text())
+    assert rank0 == rank1
+    # ...and two ranks compute what one process computes on the whole batch.
+    single = pretrain(TrainConfig(**dict(config, out=str(tmp_path / "single"))))["model"]
+    params = torch.cat([p.detach().double().reshape(-1) for p in single.parameters()])
+    assert abs(float(params.abs().sum()) - rank0["abs_sum"]) <= 1e-6 * rank0["abs_sum"]
+    torch.testing.assert_close(params[:50], torch.tensor(rank0["head"], dtype=torch.float64),
+                               rtol=1e-5, atol=1e-6)
