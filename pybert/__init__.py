@@ -2,7 +2,13 @@
 
 import torch  # noqa: F401  (loads libtorch before the extension)
 
-from . import _C, ops  # noqa: F401  (registers torch.ops.pybert.* and their fake kernels)
+try:
+    from . import _C  # registers torch.ops.pybert.*
+except ImportError as err:  # a source checkout on sys.path, not the installed package
+    raise ImportError(
+        f"pybert's compiled extension is missing next to {__file__}: build and install it "
+        "with `pip install .` and import pybert from outside the source tree") from err
+from . import ops  # noqa: E402,F401  (fake kernels for torch.compile)
 from .checkpoint import load, load_model, save
 from .config import BertConfig
 from .engine import Engine

@@ -14,6 +14,7 @@ Differences from the book's loop, each deliberate:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -104,8 +105,9 @@ class TrainConfig:
 
 def mlm_nsp_losses(net, batch, world_size: int = 1, global_mlm_weight: float | None = None,
                    global_batch: int | None = None):
-    """(mlm_loss, nsp_loss) of one batch: the MLM cross-entropy averaged over real prediction
-    slots (weights), the NSP cross-entropy averaged over pairs.
+    """(mlm_loss, nsp_loss, mlm_loss_book) of one batch: the MLM cross-entropy averaged over
+    real prediction slots (weights), the NSP cross-entropy averaged over pairs, and the book's
+    unweighted MLM figure (for comparison only; it has no gradient).
 
     Under data parallelism each rank passes its shard plus the global normalisers, so that the
     average of the ranks' gradients (what DDP computes) is the gradient of the global batch."""
@@ -119,7 +121,9 @@ def mlm_nsp_losses(net, batch, world_size: int = 1, global_mlm_weight: float | N
     mlm_loss = (mlm_per_slot * weights).sum() / max(mlm_norm, 1e-8) * world_size
     nsp_loss = F.cross_entropy(nsp_y_hat.float(), nsp_labels, reduction="sum") / nsp_norm \
         * world_size
-    return mlm_loss, nsp_loss
+    # The book's figure, logged only: its loss averages over every slot, padded ones too.
+    mlm_loss_book = mlm_per_slot.detach().mean()
+    return mlm_loss, nsp_loss, mlm_loss_book
 
 
 @torch.no_grad()
@@ -136,7 +140,7 @@ def evaluate(net, data: PretrainingData, batch_size: int, device, max_batches: i
     for i in range(num_batches):
         batch = [t.to(device) for t in data.batch(slice(i * batch_size, (i + 1) * batch_size))]
         tokens, segments, valid_lens, pred_positions, weights, labels, nsp_labels = batch
-        with autocast() if autocast else _null_context():
+        with autocast() if autocast else contextlib.nullcontext():
             _, mlm, nsp = net(tokens, segments, valid_lens, pred_positions)
         mlm, nsp = mlm.float(), nsp.float()
         per_slot = F.cross_entropy(mlm.reshape(-1, mlm.shape[-1]), labels.reshape(-1),
@@ -157,14 +161,6 @@ def evaluate(net, data: PretrainingData, batch_size: int, device, max_batches: i
         "nsp_accuracy": totals["nsp_correct"] / max(totals["pairs"], 1),
         "pairs": totals["pairs"],
     }
-
-
-class _null_context:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 class _Stop(KeyboardInterrupt):
@@ -412,8 +408,8 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
                 index = index[rank * shard:(rank + 1) * shard]
             batch = [t.to(device, non_blocking=True) for t in data.batch(index)]
             with autocast():
-                mlm_loss, nsp_loss = mlm_nsp_losses(model, batch, world_size, global_weight,
-                                                    global_batch)
+                mlm_loss, nsp_loss, mlm_loss_book = mlm_nsp_losses(
+                    model, batch, world_size, global_weight, global_batch)
             optimizer.zero_grad(set_to_none=True)
             (mlm_loss + nsp_loss).backward()
             if config.clip_norm > 0:
@@ -424,14 +420,19 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
             step += 1
             batch_in_epoch += 1
             pairs_seen += global_batch
-            losses = torch.stack([mlm_loss.detach(), nsp_loss.detach()]).float() / world_size
+            # Each rank's losses carry a factor world_size (see mlm_nsp_losses); the book's
+            # figure is a plain per-rank mean. Divided by world_size, the sum over ranks is
+            # the global value for all three.
+            losses = torch.stack([mlm_loss.detach(), nsp_loss.detach(),
+                                  mlm_loss_book]).float() / world_size
             if world_size > 1:
                 dist.all_reduce(losses)
             bar.update(1)
             if step % config.log_every == 0 or step == config.steps:
                 elapsed = time.perf_counter() - window_start
                 row = {"kind": "train", "step": step, "mlm_loss": float(losses[0]),
-                       "nsp_loss": float(losses[1]), "lr": lr,
+                       "nsp_loss": float(losses[1]), "mlm_loss_unweighted": float(losses[2]),
+                       "lr": lr,
                        "pairs_per_s": pairs_seen / max(elapsed, 1e-9), "epoch": epoch}
                 log(row)
                 bar.set_postfix(mlm=f"{row['mlm_loss']:.3f}", nsp=f"{row['nsp_loss']:.3f}",

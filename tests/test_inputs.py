@@ -98,7 +98,7 @@ def test_unsupported_device_and_dtype():
     with pytest.raises(ValueError, match="float32"):
         pybert.Engine.from_model(net, dtype=torch.float16)
     if not pybert._C.cuda_available:
-        with pytest.raises(ValueError, match="CPU only"):
+        with pytest.raises(ValueError, match="no CUDA kernels"):
             pybert.Engine.from_model(net, device="cuda")
 
 

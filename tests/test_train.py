@@ -82,11 +82,13 @@ def test_resume_continues_exactly(tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 12
 
 
-def _cli(*args):
+def _cli(*args, cwd):
+    # cwd outside the checkout: `python -m` puts cwd first on sys.path, and the checkout's
+    # pybert/ folder (no compiled extension) must not shadow the installed package.
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "pybert", "pretrain", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
+                            env=env, cwd=cwd)
 
 
 def _finish(proc, timeout):
@@ -112,7 +114,7 @@ def _flags(config: dict) -> list[str]:
 def test_killed_run_saves_and_resumes(tmp_path):
     out = tmp_path / "run"
     flags = _flags(dict(TINY, save_every=1000, eval_every=1000)) + ["--out", str(out)]
-    proc = _cli(*flags, "--steps", "100000")
+    proc = _cli(*flags, "--steps", "100000", cwd=tmp_path)
     deadline = time.time() + 120
     while time.time() < deadline:
         metrics = out / "metrics.jsonl"
@@ -127,7 +129,7 @@ def test_killed_run_saves_and_resumes(tmp_path):
     assert state["step"] >= 3
     pybert.load(out / "checkpoint")  # the interrupted checkpoint serves
 
-    again = _cli(*flags, "--steps", str(state["step"] + 2), "--resume")
+    again = _cli(*flags, "--steps", str(state["step"] + 2), "--resume", cwd=tmp_path)
     output = _finish(again, 300)
     assert again.returncode == 0, output
     assert '"step": ' + str(state["step"] + 2) in output
@@ -145,7 +147,7 @@ def test_two_process_ddp_agrees(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
          "--master_port", str(29500 + os.getpid() % 1000), str(worker), json.dumps(config)],
-        capture_output=True, text=True, timeout=600, env=env)
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     rank0 = json.loads((tmp_path / "ddp" / "rank0.json").read_text())
     rank1 = json.loads((tmp_path / "ddp" / "rank1.json").read_text())

@@ -29,6 +29,25 @@ void gemm_bias_act(const float* a, const float* weight, const float* bias, float
   }
 }
 
+void matmul_nt(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+               int64_t m, int64_t n, int64_t k, float alpha) {
+  const auto opts = at::TensorOptions().dtype(at::kFloat);
+  auto a_t = at::from_blob(const_cast<float*>(a), {m, k}, {lda, 1}, opts);
+  auto b_t = at::from_blob(const_cast<float*>(b), {n, k}, {ldb, 1}, opts);
+  auto c_t = at::from_blob(c, {m, n}, {ldc, 1}, opts);
+  at::mm_out(c_t, a_t, b_t.t());
+  if (alpha != 1.0f) c_t.mul_(alpha);
+}
+
+void matmul_nn(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+               int64_t m, int64_t n, int64_t k) {
+  const auto opts = at::TensorOptions().dtype(at::kFloat);
+  auto a_t = at::from_blob(const_cast<float*>(a), {m, k}, {lda, 1}, opts);
+  auto b_t = at::from_blob(const_cast<float*>(b), {k, n}, {ldb, 1}, opts);
+  auto c_t = at::from_blob(c, {m, n}, {ldc, 1}, opts);
+  at::mm_out(c_t, a_t, b_t);
+}
+
 void parallel_for(int64_t n, int64_t grain_size,
                   const std::function<void(int64_t, int64_t)>& fn) {
   at::parallel_for(0, n, grain_size, fn);

@@ -12,43 +12,33 @@ void attention_varlen(const float* qkv, const int32_t* cu_seqlens, float* out, i
   const int64_t hidden = num_heads * head_dim;
   const int64_t row_stride = 3 * hidden;
   const float scale = 1.0f / std::sqrt(float(head_dim));
-  // One task per (sequence, head); each owns its rows of `out` for that head.
+  // One task per (sequence, head): scores = Q K^T / sqrt(d) for that head's slices (a strided
+  // BLAS product), a softmax per row, then out = P V straight into the head's columns.
   parallel_for(batch * num_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> probs(max_seqlen);
-    std::vector<float> acc(head_dim);
+    std::vector<float> scores(max_seqlen * max_seqlen);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / num_heads;
       const int64_t h = task % num_heads;
       const int64_t first = cu_seqlens[b];
       const int64_t length = cu_seqlens[b + 1] - first;
-      const float* q_base = qkv + first * row_stride + h * head_dim;
-      const float* k_base = q_base + hidden;
-      const float* v_base = q_base + 2 * hidden;
+      const float* q = qkv + first * row_stride + h * head_dim;
+      const float* k = q + hidden;
+      const float* v = q + 2 * hidden;
+      matmul_nt(q, row_stride, k, row_stride, scores.data(), length, length, length, head_dim,
+                scale);
       for (int64_t i = 0; i < length; ++i) {
-        const float* q = q_base + i * row_stride;
-        float max_score = -INFINITY;
-        for (int64_t j = 0; j < length; ++j) {
-          const float* k = k_base + j * row_stride;
-          float dot = 0.0f;
-          for (int64_t c = 0; c < head_dim; ++c) dot += q[c] * k[c];
-          probs[j] = dot * scale;
-          max_score = std::max(max_score, probs[j]);
-        }
+        float* row = scores.data() + i * length;
+        const float max_score = *std::max_element(row, row + length);
         float denom = 0.0f;
         for (int64_t j = 0; j < length; ++j) {
-          probs[j] = std::exp(probs[j] - max_score);
-          denom += probs[j];
+          row[j] = std::exp(row[j] - max_score);
+          denom += row[j];
         }
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        for (int64_t j = 0; j < length; ++j) {
-          const float* v = v_base + j * row_stride;
-          const float p = probs[j];
-          for (int64_t c = 0; c < head_dim; ++c) acc[c] += p * v[c];
-        }
-        float* o = out + (first + i) * hidden + h * head_dim;
         const float inv = 1.0f / denom;
-        for (int64_t c = 0; c < head_dim; ++c) o[c] = acc[c] * inv;
+        for (int64_t j = 0; j < length; ++j) row[j] *= inv;
       }
+      matmul_nn(scores.data(), length, v, row_stride, out + first * hidden + h * head_dim,
+                hidden, length, head_dim, length);
     }
   });
 }

@@ -16,13 +16,25 @@ namespace pybert::cpu {
 void gemm_bias_act(const float* a, const float* weight, const float* bias, float* out,
                    int64_t m, int64_t n, int64_t k, Activation act);
 
+// Strided products for the kernels that work on slices (attention's heads):
+// matmul_nt: c[i, j] = alpha * sum_k a[i, k] * b[j, k]
+// matmul_nn: c[i, j] = sum_k a[i, k] * b[k, j]
+// a: (m, k) or (m, k), b: (n, k) or (k, n), c: (m, n); each row-major with the given row
+// stride (lda, ldb, ldc elements between rows).
+void matmul_nt(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+               int64_t m, int64_t n, int64_t k, float alpha);
+void matmul_nn(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+               int64_t m, int64_t n, int64_t k);
+
 // Token + segment + position embeddings of the real tokens, packed.
 // tokens, segments: (batch, seq_len) padded; cu_seqlens: (batch + 1);
 // token_table: (vocab_size, hidden); segment_table: (2, hidden); pos_table: (>= seq_len, hidden);
-// out: (cu_seqlens[batch], hidden); row cu_seqlens[b] + s holds position s of sequence b.
+// out: (total_tokens = cu_seqlens[batch], hidden); row cu_seqlens[b] + s holds position s of
+// sequence b.
 void embed_packed(const int64_t* tokens, const int64_t* segments, const int32_t* cu_seqlens,
                   const float* token_table, const float* segment_table, const float* pos_table,
-                  float* out, int64_t batch, int64_t seq_len, int64_t hidden);
+                  float* out, int64_t batch, int64_t seq_len, int64_t total_tokens,
+                  int64_t hidden);
 
 // out[r] = LayerNorm(x[r] + residual[r]) * gamma + beta over rows of width `hidden`.
 // residual may be null (plain LayerNorm). out may alias x or residual.
