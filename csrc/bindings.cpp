@@ -1,10 +1,12 @@
 // The only place where torch and pybind11 meet the runner and the kernels.
 //
-// pybert._C.Engine holds the packed weights as tensors and runs one forward per call.
+// pybert._C.Engine holds the packed weights as tensors and runs one forward per call, on the
+// CPU (fp32) or, in a CUDA build, on the GPU (fp32, fp16, bf16) on torch's current stream.
 // torch.ops.pybert.* exposes each kernel on its own, for the kernel tests (and, with the fake
 // implementations in pybert/ops.py, for torch.compile).
 #include <torch/extension.h>
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -13,14 +15,23 @@
 #include "bert/runner.h"
 #include "kernels/cpu/kernels.h"
 
+#ifdef PYBERT_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "bert/runner_cuda.h"
+#include "kernels/cuda/kernels.cuh"
+#endif
+
 namespace pybert {
 namespace {
 
-void check_tensor(const at::Tensor& t, const char* name, at::ScalarType dtype, int64_t dim) {
+void check_tensor(const at::Tensor& t, const char* name, at::ScalarType dtype, int64_t dim,
+                  const at::Device& device) {
   TORCH_CHECK(t.scalar_type() == dtype, name, " must be ", c10::toString(dtype), ", got ",
               c10::toString(t.scalar_type()));
   TORCH_CHECK(t.dim() == dim, name, " must have ", dim, " dimensions, got shape ", t.sizes());
-  TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU, got ", t.device());
+  TORCH_CHECK(t.device() == device, name, " must be on ", device, ", got ", t.device());
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
 }
 
@@ -30,18 +41,109 @@ Activation parse_activation(const std::string& name) {
   TORCH_CHECK(false, "unknown ffn_activation '", name, "' (expected 'relu' or 'gelu')");
 }
 
-int64_t checked_total_tokens(const at::Tensor& cu_seqlens, int64_t batch, int64_t max_seqlen) {
-  check_tensor(cu_seqlens, "cu_seqlens", at::kInt, 1);
+// Checks cu_seqlens (int32, batch + 1) and returns cu_seqlens[batch]. The values can only be
+// read on the CPU; on the GPU the caller vouches for them (pybert.Engine builds them itself
+// from validated valid_lens) and passes their total, so a forward never synchronises.
+int64_t checked_total_tokens(const at::Tensor& cu_seqlens, int64_t batch, int64_t max_seqlen,
+                             int64_t total_tokens) {
+  check_tensor(cu_seqlens, "cu_seqlens", at::kInt, 1, cu_seqlens.device());
   TORCH_CHECK(cu_seqlens.size(0) == batch + 1, "cu_seqlens must have batch + 1 = ", batch + 1,
               " entries, got ", cu_seqlens.size(0));
-  const int32_t* cu = cu_seqlens.data_ptr<int32_t>();
-  TORCH_CHECK(cu[0] == 0, "cu_seqlens must start at 0");
-  for (int64_t b = 0; b < batch; ++b) {
-    const int64_t length = cu[b + 1] - cu[b];
-    TORCH_CHECK(length >= 1 && length <= max_seqlen, "sequence ", b, " has length ", length,
-                ", expected 1..max_seqlen=", max_seqlen);
+  TORCH_CHECK(total_tokens >= batch && total_tokens <= batch * max_seqlen, "total_tokens ",
+              total_tokens, " must be in [batch, batch * max_seqlen]");
+  if (cu_seqlens.is_cpu()) {
+    const int32_t* cu = cu_seqlens.data_ptr<int32_t>();
+    TORCH_CHECK(cu[0] == 0, "cu_seqlens must start at 0");
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t length = cu[b + 1] - cu[b];
+      TORCH_CHECK(length >= 1 && length <= max_seqlen, "sequence ", b, " has length ", length,
+                  ", expected 1..max_seqlen=", max_seqlen);
+    }
+    TORCH_CHECK(cu[batch] == total_tokens, "total_tokens ", total_tokens,
+                " differs from cu_seqlens[-1] = ", cu[batch]);
   }
-  return cu[batch];
+  return total_tokens;
+}
+
+// Calls fn(T{}) with the C++ scalar type the kernels use for `dtype` on `device`.
+template <typename Fn>
+void dispatch_scalar(at::ScalarType dtype, const at::Device& device, const char* what,
+                     Fn&& fn) {
+  if (device.is_cpu()) {
+    TORCH_CHECK(dtype == at::kFloat, what, ": the CPU kernels compute in float32, got ",
+                c10::toString(dtype));
+    fn(float{});
+    return;
+  }
+#ifdef PYBERT_WITH_CUDA
+  TORCH_CHECK(device.is_cuda(), what, ": unsupported device ", device);
+  switch (dtype) {
+    case at::kFloat: fn(float{}); return;
+    case at::kHalf: fn(__half{}); return;
+    case at::kBFloat16: fn(__nv_bfloat16{}); return;
+    default: TORCH_CHECK(false, what, ": dtype must be float32, float16 or bfloat16, got ",
+                         c10::toString(dtype));
+  }
+#else
+  TORCH_CHECK(false, what, ": this build of pybert has no CUDA kernels (device ", device, ")");
+#endif
+}
+
+template <typename T>
+T* ptr(const at::Tensor& t) {
+  return reinterpret_cast<T*>(t.data_ptr());
+}
+
+template <typename T>
+const T* ptr_or_null(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? reinterpret_cast<const T*>(t->data_ptr()) : nullptr;
+}
+
+#ifdef PYBERT_WITH_CUDA
+// cuBLASLt workspace size: enough for the split-K kernels of large GEMMs.
+constexpr int64_t kGemmWorkspaceBytes = 32 << 20;
+
+// The GEMM runner that torch.ops.pybert.gemm_bias_act uses on each device (the Engine has its
+// own). Created on first use; lives for the process.
+cuda::CublasLtGemm& op_gemm(const at::Device& device) {
+  static std::unordered_map<int, std::pair<at::Tensor, std::unique_ptr<cuda::CublasLtGemm>>>
+      per_device;
+  auto& entry = per_device[device.index()];
+  if (!entry.second) {
+    entry.first = at::empty({kGemmWorkspaceBytes}, at::TensorOptions().dtype(at::kByte)
+                                                        .device(device));
+    entry.second = std::make_unique<cuda::CublasLtGemm>(entry.first.data_ptr(),
+                                                        kGemmWorkspaceBytes);
+  }
+  return *entry.second;
+}
+#endif
+
+// Runs the C++ scalar type's copy of the weight table.
+template <typename T>
+BertWeights<T> typed(const BertWeights<void>& w) {
+  auto c = [](const void* p) { return static_cast<const T*>(p); };
+  BertWeights<T> out{};
+  out.token_embedding = c(w.token_embedding);
+  out.segment_embedding = c(w.segment_embedding);
+  out.pos_embedding = c(w.pos_embedding);
+  for (const auto& l : w.layers) {
+    out.layers.push_back(BertLayerWeights<T>{
+        c(l.qkv_weight), c(l.qkv_bias), c(l.out_weight), c(l.out_bias), c(l.ln1_weight),
+        c(l.ln1_bias), c(l.ffn1_weight), c(l.ffn1_bias), c(l.ffn2_weight), c(l.ffn2_bias),
+        c(l.ln2_weight), c(l.ln2_bias)});
+  }
+  out.pooler_weight = c(w.pooler_weight);
+  out.pooler_bias = c(w.pooler_bias);
+  out.nsp_weight = c(w.nsp_weight);
+  out.nsp_bias = c(w.nsp_bias);
+  out.mlm_dense_weight = c(w.mlm_dense_weight);
+  out.mlm_dense_bias = c(w.mlm_dense_bias);
+  out.mlm_ln_weight = c(w.mlm_ln_weight);
+  out.mlm_ln_bias = c(w.mlm_ln_bias);
+  out.mlm_decoder_weight = c(w.mlm_decoder_weight);
+  out.mlm_decoder_bias = c(w.mlm_decoder_bias);
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -61,24 +163,29 @@ class Engine {
     TORCH_CHECK(config_.num_heads > 0 && config_.num_hiddens % config_.num_heads == 0,
                 "num_hiddens (", config_.num_hiddens, ") must be a multiple of num_heads (",
                 config_.num_heads, ")");
+    auto first = weights.find("token_embedding");
+    TORCH_CHECK(first != weights.end(), "missing weight 'token_embedding'");
+    device_ = first->second.device();
+    dtype_ = first->second.scalar_type();
+    dispatch_scalar(dtype_, device_, "Engine", [](auto) {});  // rejects what cannot run
 
     const int64_t v = config_.vocab_size, h = config_.num_hiddens, f = config_.ffn_num_hiddens;
-    auto take = [&](const std::string& name, std::vector<int64_t> shape) -> const float* {
+    auto take = [&](const std::string& name, std::vector<int64_t> shape) -> const void* {
       auto it = weights.find(name);
       TORCH_CHECK(it != weights.end(), "missing weight '", name, "'");
       const at::Tensor& t = it->second;
-      check_tensor(t, name.c_str(), at::kFloat, static_cast<int64_t>(shape.size()));
+      check_tensor(t, name.c_str(), dtype_, static_cast<int64_t>(shape.size()), device_);
       TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), "weight '", name, "' must have shape ",
                   at::IntArrayRef(shape), ", got ", t.sizes());
       held_.push_back(t);
-      return t.data_ptr<float>();
+      return t.data_ptr();
     };
     weights_.token_embedding = take("token_embedding", {v, h});
     weights_.segment_embedding = take("segment_embedding", {2, h});
     weights_.pos_embedding = take("pos_embedding", {config_.max_len, h});
     for (int64_t i = 0; i < config_.num_layers; ++i) {
       const std::string p = "layers." + std::to_string(i) + ".";
-      weights_.layers.push_back(BertLayerWeights<float>{
+      weights_.layers.push_back(BertLayerWeights<void>{
           take(p + "qkv_weight", {3 * h, h}), take(p + "qkv_bias", {3 * h}),
           take(p + "out_weight", {h, h}), take(p + "out_bias", {h}),
           take(p + "ln1_weight", {h}), take(p + "ln1_bias", {h}),
@@ -96,17 +203,27 @@ class Engine {
     weights_.mlm_ln_bias = take("mlm_ln_bias", {h});
     weights_.mlm_decoder_weight = take("mlm_decoder_weight", {v, h});
     weights_.mlm_decoder_bias = take("mlm_decoder_bias", {v});
+#ifdef PYBERT_WITH_CUDA
+    if (device_.is_cuda()) {
+      c10::cuda::CUDAGuard guard(device_);
+      gemm_workspace_ = at::empty({kGemmWorkspaceBytes},
+                                  at::TensorOptions().dtype(at::kByte).device(device_));
+      gemm_ = std::make_unique<cuda::CublasLtGemm>(gemm_workspace_.data_ptr(),
+                                                   kGemmWorkspaceBytes);
+    }
+#endif
   }
 
   // Returns (encoded (B, S, H) or None, mlm_logits (B, P, V) or None, nsp_logits (B, 2) or None).
   // The caller (pybert.Engine) has validated ids, lengths and positions; the checks here only
-  // keep a wrong call from reading out of bounds.
+  // keep a wrong call from reading out of bounds where they can be made without a sync.
   std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<at::Tensor>>
   forward(const at::Tensor& tokens, const at::Tensor& segments, const at::Tensor& cu_seqlens,
-          int64_t max_seqlen, const std::optional<at::Tensor>& pred_positions, bool with_encoded,
-          bool with_nsp) {
-    check_tensor(tokens, "tokens", at::kLong, 2);
-    check_tensor(segments, "segments", at::kLong, 2);
+          int64_t total_tokens, int64_t max_seqlen,
+          const std::optional<at::Tensor>& pred_positions, bool with_encoded, bool with_nsp) {
+    check_tensor(tokens, "tokens", at::kLong, 2, device_);
+    check_tensor(segments, "segments", at::kLong, 2, device_);
+    check_tensor(cu_seqlens, "cu_seqlens", at::kInt, 1, device_);
     TORCH_CHECK(segments.sizes() == tokens.sizes(), "segments shape ", segments.sizes(),
                 " must equal tokens shape ", tokens.sizes());
     const int64_t batch = tokens.size(0), seq_len = tokens.size(1);
@@ -122,160 +239,295 @@ class Engine {
     in.cu_seqlens = cu_seqlens.data_ptr<int32_t>();
     in.batch = batch;
     in.seq_len = seq_len;
-    in.total_tokens = checked_total_tokens(cu_seqlens, batch, max_seqlen);
+    in.total_tokens = checked_total_tokens(cu_seqlens, batch, max_seqlen, total_tokens);
     in.max_seqlen = max_seqlen;
     in.with_nsp = with_nsp;
     if (pred_positions.has_value()) {
-      check_tensor(*pred_positions, "pred_positions", at::kLong, 2);
+      check_tensor(*pred_positions, "pred_positions", at::kLong, 2, device_);
       TORCH_CHECK(pred_positions->size(0) == batch, "pred_positions must have ", batch,
                   " rows, got ", pred_positions->size(0));
       in.pred_positions = pred_positions->data_ptr<int64_t>();
       in.num_pred_positions = pred_positions->size(1);
     }
 
-    const auto opts = tokens.options().dtype(at::kFloat);
-    at::Tensor workspace = at::empty({workspace_elements(config_, in)}, opts);
+    const auto opts = at::TensorOptions().dtype(dtype_).device(device_);
     std::optional<at::Tensor> encoded, mlm_logits, nsp_logits;
-    BatchOutputs<float> out{};
-    if (with_encoded) {
-      encoded = at::empty({batch, seq_len, config_.num_hiddens}, opts);
-      out.encoded = encoded->data_ptr<float>();
-    }
+    if (with_encoded) encoded = at::empty({batch, seq_len, config_.num_hiddens}, opts);
     if (pred_positions.has_value()) {
       mlm_logits = at::empty({batch, in.num_pred_positions, config_.vocab_size}, opts);
-      out.mlm_logits = mlm_logits->data_ptr<float>();
     }
-    if (with_nsp) {
-      nsp_logits = at::empty({batch, 2}, opts);
-      out.nsp_logits = nsp_logits->data_ptr<float>();
-    }
-    bert_forward<CpuBackend>(config_, weights_, in, out, workspace.data_ptr<float>(), nullptr);
+    if (with_nsp) nsp_logits = at::empty({batch, 2}, opts);
+    at::Tensor workspace = at::empty({workspace_elements(config_, in)}, opts);
+
+    dispatch_scalar(dtype_, device_, "Engine.forward", [&](auto tag) {
+      using T = decltype(tag);
+      BatchOutputs<T> out{};
+      out.encoded = encoded ? ptr<T>(*encoded) : nullptr;
+      out.mlm_logits = mlm_logits ? ptr<T>(*mlm_logits) : nullptr;
+      out.nsp_logits = nsp_logits ? ptr<T>(*nsp_logits) : nullptr;
+      run(typed<T>(weights_), in, out, ptr<T>(workspace));
+    });
     return {encoded, mlm_logits, nsp_logits};
   }
 
  private:
+  template <typename T>
+  void run(const BertWeights<T>& w, const BatchInputs& in, const BatchOutputs<T>& out,
+           T* workspace) {
+    if constexpr (std::is_same<T, float>::value) {
+      if (device_.is_cpu()) {
+        CpuBackend backend;
+        bert_forward(backend, config_, w, in, out, workspace);
+        return;
+      }
+    }
+#ifdef PYBERT_WITH_CUDA
+    c10::cuda::CUDAGuard guard(device_);
+    bert_forward_cuda<T>(config_, w, in, out, workspace, *gemm_,
+                         c10::cuda::getCurrentCUDAStream(device_.index()).stream());
+#endif
+  }
+
   BertConfig config_;
-  BertWeights<float> weights_{};
+  at::Device device_{at::kCPU};
+  at::ScalarType dtype_ = at::kFloat;
+  BertWeights<void> weights_{};
   std::vector<at::Tensor> held_;  // keeps the weight storage alive behind weights_' pointers
+#ifdef PYBERT_WITH_CUDA
+  at::Tensor gemm_workspace_;
+  std::unique_ptr<cuda::CublasLtGemm> gemm_;
+#endif
 };
 
 // ---------------------------------------------------------------------------------------------
-// Single kernels as torch ops (CPU).
+// Single kernels as torch ops, one function per op for every device: the CPU kernels in fp32,
+// the CUDA kernels in fp32, fp16 and bf16.
 
 at::Tensor gemm_bias_act_op(const at::Tensor& a, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, int64_t activation) {
-  check_tensor(a, "a", at::kFloat, 2);
-  check_tensor(weight, "weight", at::kFloat, 2);
+  const auto device = a.device();
+  check_tensor(a, "a", a.scalar_type(), 2, device);
+  check_tensor(weight, "weight", a.scalar_type(), 2, device);
   TORCH_CHECK(a.size(1) == weight.size(1), "a (", a.sizes(), ") and weight (", weight.sizes(),
               ") disagree on the inner dimension");
   TORCH_CHECK(activation >= 0 && activation <= 3, "activation must be 0..3, got ", activation);
   if (bias.has_value()) {
-    check_tensor(*bias, "bias", at::kFloat, 1);
+    check_tensor(*bias, "bias", a.scalar_type(), 1, device);
     TORCH_CHECK(bias->size(0) == weight.size(0), "bias must have ", weight.size(0), " entries");
   }
   at::Tensor out = at::empty({a.size(0), weight.size(0)}, a.options());
-  cpu::gemm_bias_act(a.data_ptr<float>(), weight.data_ptr<float>(),
-                     bias.has_value() ? bias->data_ptr<float>() : nullptr, out.data_ptr<float>(),
-                     a.size(0), weight.size(0), a.size(1), static_cast<Activation>(activation));
+  const auto act = static_cast<Activation>(activation);
+  dispatch_scalar(a.scalar_type(), device, "gemm_bias_act", [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (std::is_same<T, float>::value) {
+      if (device.is_cpu()) {
+        cpu::gemm_bias_act(ptr<float>(a), ptr<float>(weight), ptr_or_null<float>(bias),
+                           ptr<float>(out), a.size(0), weight.size(0), a.size(1), act);
+        return;
+      }
+    }
+#ifdef PYBERT_WITH_CUDA
+    c10::cuda::CUDAGuard guard(device);
+    op_gemm(device).run(ptr<T>(a), ptr<T>(weight), ptr_or_null<T>(bias), ptr<T>(out),
+                        a.size(0), weight.size(0), a.size(1), act,
+                        c10::cuda::getCurrentCUDAStream().stream());
+#endif
+  });
   return out;
+}
+
+// Runs `cpu_fn()` on the CPU or `cuda_fn(T{}, stream)` on the GPU for the tensor's dtype.
+template <typename CpuFn, typename CudaFn>
+void run_kernel(const at::Tensor& like, const char* what, CpuFn&& cpu_fn, CudaFn&& cuda_fn) {
+  dispatch_scalar(like.scalar_type(), like.device(), what, [&](auto tag) {
+    if (like.is_cpu()) {
+      cpu_fn();
+      return;
+    }
+#ifdef PYBERT_WITH_CUDA
+    c10::cuda::CUDAGuard guard(like.device());
+    cuda_fn(tag, c10::cuda::getCurrentCUDAStream().stream());
+#else
+    (void)tag;
+#endif
+  });
+}
+
+// Checks ids on the host (a copy for GPU tensors): kernel tests may sync, the Engine never does.
+void check_ids(const at::Tensor& ids, int64_t upper, const char* what) {
+  if (ids.numel() == 0) return;
+  const at::Tensor host = ids.cpu();
+  TORCH_CHECK(host.min().item<int64_t>() >= 0 && host.max().item<int64_t>() < upper, what,
+              " out of range");
+}
+
+int64_t host_total_tokens(const at::Tensor& cu_seqlens, int64_t batch, int64_t max_seqlen) {
+  const at::Tensor host = cu_seqlens.cpu();
+  TORCH_CHECK(host.scalar_type() == at::kInt && host.dim() == 1 && host.size(0) == batch + 1,
+              "cu_seqlens must be int32 of batch + 1 = ", batch + 1, " entries");
+  return checked_total_tokens(host, batch, max_seqlen, host.data_ptr<int32_t>()[batch]);
 }
 
 at::Tensor embed_packed_op(const at::Tensor& tokens, const at::Tensor& segments,
                            const at::Tensor& cu_seqlens, int64_t total_tokens,
                            const at::Tensor& token_table, const at::Tensor& segment_table,
                            const at::Tensor& pos_table) {
-  check_tensor(tokens, "tokens", at::kLong, 2);
-  check_tensor(segments, "segments", at::kLong, 2);
-  check_tensor(token_table, "token_table", at::kFloat, 2);
-  check_tensor(segment_table, "segment_table", at::kFloat, 2);
-  check_tensor(pos_table, "pos_table", at::kFloat, 2);
+  const auto device = token_table.device();
+  const auto dtype = token_table.scalar_type();
+  check_tensor(tokens, "tokens", at::kLong, 2, device);
+  check_tensor(segments, "segments", at::kLong, 2, device);
+  check_tensor(cu_seqlens, "cu_seqlens", at::kInt, 1, device);
+  check_tensor(token_table, "token_table", dtype, 2, device);
+  check_tensor(segment_table, "segment_table", dtype, 2, device);
+  check_tensor(pos_table, "pos_table", dtype, 2, device);
   const int64_t batch = tokens.size(0), seq_len = tokens.size(1), hidden = token_table.size(1);
+  TORCH_CHECK(segments.sizes() == tokens.sizes(), "segments must have the shape of tokens");
   TORCH_CHECK(pos_table.size(0) >= seq_len, "pos_table has ", pos_table.size(0),
               " rows, fewer than seq_len ", seq_len);
-  TORCH_CHECK(checked_total_tokens(cu_seqlens, batch, seq_len) == total_tokens,
+  TORCH_CHECK(host_total_tokens(cu_seqlens, batch, seq_len) == total_tokens,
               "total_tokens must equal cu_seqlens[-1]");
-  TORCH_CHECK(tokens.min().item<int64_t>() >= 0 &&
-                  tokens.max().item<int64_t>() < token_table.size(0),
-              "tokens out of range");
-  TORCH_CHECK(segments.min().item<int64_t>() >= 0 && segments.max().item<int64_t>() < 2,
-              "segments must be 0 or 1");
+  check_ids(tokens, token_table.size(0), "tokens");
+  check_ids(segments, 2, "segments");
   at::Tensor out = at::empty({total_tokens, hidden}, token_table.options());
-  cpu::embed_packed(tokens.data_ptr<int64_t>(), segments.data_ptr<int64_t>(),
-                    cu_seqlens.data_ptr<int32_t>(), token_table.data_ptr<float>(),
-                    segment_table.data_ptr<float>(), pos_table.data_ptr<float>(),
-                    out.data_ptr<float>(), batch, seq_len, hidden);
+  run_kernel(
+      out, "embed_packed",
+      [&] {
+        cpu::embed_packed(tokens.data_ptr<int64_t>(), segments.data_ptr<int64_t>(),
+                          cu_seqlens.data_ptr<int32_t>(), ptr<float>(token_table),
+                          ptr<float>(segment_table), ptr<float>(pos_table), ptr<float>(out),
+                          batch, seq_len, total_tokens, hidden);
+      },
+      [&](auto tag, auto stream) {
+#ifdef PYBERT_WITH_CUDA
+        using T = decltype(tag);
+        cuda::embed_packed(tokens.data_ptr<int64_t>(), segments.data_ptr<int64_t>(),
+                           cu_seqlens.data_ptr<int32_t>(), ptr<T>(token_table),
+                           ptr<T>(segment_table), ptr<T>(pos_table), ptr<T>(out), batch,
+                           seq_len, total_tokens, hidden, stream);
+#endif
+      });
   return out;
 }
 
 at::Tensor add_layernorm_op(const at::Tensor& x, const std::optional<at::Tensor>& residual,
                             const at::Tensor& weight, const at::Tensor& bias, double eps) {
-  check_tensor(x, "x", at::kFloat, 2);
-  check_tensor(weight, "weight", at::kFloat, 1);
-  check_tensor(bias, "bias", at::kFloat, 1);
+  const auto device = x.device();
+  const auto dtype = x.scalar_type();
+  check_tensor(x, "x", dtype, 2, device);
+  check_tensor(weight, "weight", dtype, 1, device);
+  check_tensor(bias, "bias", dtype, 1, device);
   TORCH_CHECK(weight.size(0) == x.size(1) && bias.size(0) == x.size(1),
               "weight and bias must have ", x.size(1), " entries");
   if (residual.has_value()) {
-    check_tensor(*residual, "residual", at::kFloat, 2);
+    check_tensor(*residual, "residual", dtype, 2, device);
     TORCH_CHECK(residual->sizes() == x.sizes(), "residual must have the shape of x");
   }
   at::Tensor out = at::empty_like(x);
-  cpu::add_layernorm(x.data_ptr<float>(),
-                     residual.has_value() ? residual->data_ptr<float>() : nullptr,
-                     weight.data_ptr<float>(), bias.data_ptr<float>(), out.data_ptr<float>(),
-                     x.size(0), x.size(1), static_cast<float>(eps));
+  run_kernel(
+      x, "add_layernorm",
+      [&] {
+        cpu::add_layernorm(ptr<float>(x), ptr_or_null<float>(residual), ptr<float>(weight),
+                           ptr<float>(bias), ptr<float>(out), x.size(0), x.size(1),
+                           static_cast<float>(eps));
+      },
+      [&](auto tag, auto stream) {
+#ifdef PYBERT_WITH_CUDA
+        using T = decltype(tag);
+        cuda::add_layernorm(ptr<T>(x), ptr_or_null<T>(residual), ptr<T>(weight), ptr<T>(bias),
+                            ptr<T>(out), x.size(0), x.size(1), static_cast<float>(eps),
+                            stream);
+#endif
+      });
   return out;
 }
 
 at::Tensor attention_varlen_op(const at::Tensor& qkv, const at::Tensor& cu_seqlens,
                                int64_t max_seqlen, int64_t num_heads) {
-  check_tensor(qkv, "qkv", at::kFloat, 2);
+  check_tensor(qkv, "qkv", qkv.scalar_type(), 2, qkv.device());
+  check_tensor(cu_seqlens, "cu_seqlens", at::kInt, 1, qkv.device());
   TORCH_CHECK(num_heads >= 1 && qkv.size(1) % (3 * num_heads) == 0, "qkv width ", qkv.size(1),
               " must be 3 * num_heads * head_dim");
   const int64_t batch = cu_seqlens.size(0) - 1;
-  TORCH_CHECK(checked_total_tokens(cu_seqlens, batch, max_seqlen) == qkv.size(0),
+  TORCH_CHECK(host_total_tokens(cu_seqlens, batch, max_seqlen) == qkv.size(0),
               "qkv must have cu_seqlens[-1] rows");
   const int64_t hidden = qkv.size(1) / 3;
   at::Tensor out = at::empty({qkv.size(0), hidden}, qkv.options());
-  cpu::attention_varlen(qkv.data_ptr<float>(), cu_seqlens.data_ptr<int32_t>(),
-                        out.data_ptr<float>(), batch, max_seqlen, num_heads, hidden / num_heads);
+  run_kernel(
+      qkv, "attention_varlen",
+      [&] {
+        cpu::attention_varlen(ptr<float>(qkv), cu_seqlens.data_ptr<int32_t>(), ptr<float>(out),
+                              batch, max_seqlen, num_heads, hidden / num_heads);
+      },
+      [&](auto tag, auto stream) {
+#ifdef PYBERT_WITH_CUDA
+        using T = decltype(tag);
+        cuda::attention_varlen(ptr<T>(qkv), cu_seqlens.data_ptr<int32_t>(), ptr<T>(out), batch,
+                               max_seqlen, num_heads, hidden / num_heads, stream);
+#endif
+      });
   return out;
 }
 
 at::Tensor gather_rows_op(const at::Tensor& packed, const at::Tensor& cu_seqlens,
                           const std::optional<at::Tensor>& positions) {
-  check_tensor(packed, "packed", at::kFloat, 2);
+  check_tensor(packed, "packed", packed.scalar_type(), 2, packed.device());
+  check_tensor(cu_seqlens, "cu_seqlens", at::kInt, 1, packed.device());
   const int64_t batch = cu_seqlens.size(0) - 1;
-  TORCH_CHECK(checked_total_tokens(cu_seqlens, batch, packed.size(0)) == packed.size(0),
+  TORCH_CHECK(host_total_tokens(cu_seqlens, batch, packed.size(0)) == packed.size(0),
               "packed must have cu_seqlens[-1] rows");
   int64_t num_positions = 1;
   if (positions.has_value()) {
-    check_tensor(*positions, "positions", at::kLong, 2);
+    check_tensor(*positions, "positions", at::kLong, 2, packed.device());
     TORCH_CHECK(positions->size(0) == batch, "positions must have ", batch, " rows");
     num_positions = positions->size(1);
-    const int32_t* cu = cu_seqlens.data_ptr<int32_t>();
-    const int64_t* pos = positions->data_ptr<int64_t>();
+    const at::Tensor cu = cu_seqlens.cpu(), pos = positions->cpu();
+    const int32_t* c = cu.data_ptr<int32_t>();
+    const int64_t* p = pos.data_ptr<int64_t>();
     for (int64_t b = 0; b < batch; ++b)
-      for (int64_t p = 0; p < num_positions; ++p)
-        TORCH_CHECK(pos[b * num_positions + p] >= 0 &&
-                        pos[b * num_positions + p] < cu[b + 1] - cu[b],
-                    "positions[", b, ", ", p, "] is outside sequence ", b);
+      for (int64_t j = 0; j < num_positions; ++j)
+        TORCH_CHECK(p[b * num_positions + j] >= 0 &&
+                        p[b * num_positions + j] < c[b + 1] - c[b],
+                    "positions[", b, ", ", j, "] is outside sequence ", b);
   }
   at::Tensor out = at::empty({batch * num_positions, packed.size(1)}, packed.options());
-  cpu::gather_rows(packed.data_ptr<float>(), cu_seqlens.data_ptr<int32_t>(),
-                   positions.has_value() ? positions->data_ptr<int64_t>() : nullptr,
-                   out.data_ptr<float>(), batch, num_positions, packed.size(1));
+  const int64_t* pos_ptr = positions.has_value() ? positions->data_ptr<int64_t>() : nullptr;
+  run_kernel(
+      packed, "gather_rows",
+      [&] {
+        cpu::gather_rows(ptr<float>(packed), cu_seqlens.data_ptr<int32_t>(), pos_ptr,
+                         ptr<float>(out), batch, num_positions, packed.size(1));
+      },
+      [&](auto tag, auto stream) {
+#ifdef PYBERT_WITH_CUDA
+        using T = decltype(tag);
+        cuda::gather_rows(ptr<T>(packed), cu_seqlens.data_ptr<int32_t>(), pos_ptr, ptr<T>(out),
+                          batch, num_positions, packed.size(1), stream);
+#endif
+      });
   return out;
 }
 
 at::Tensor unpack_padded_op(const at::Tensor& packed, const at::Tensor& cu_seqlens,
                             int64_t seq_len) {
-  check_tensor(packed, "packed", at::kFloat, 2);
+  check_tensor(packed, "packed", packed.scalar_type(), 2, packed.device());
+  check_tensor(cu_seqlens, "cu_seqlens", at::kInt, 1, packed.device());
   const int64_t batch = cu_seqlens.size(0) - 1;
-  TORCH_CHECK(checked_total_tokens(cu_seqlens, batch, seq_len) == packed.size(0),
+  TORCH_CHECK(host_total_tokens(cu_seqlens, batch, seq_len) == packed.size(0),
               "packed must have cu_seqlens[-1] rows");
   at::Tensor out = at::empty({batch, seq_len, packed.size(1)}, packed.options());
-  cpu::unpack_padded(packed.data_ptr<float>(), cu_seqlens.data_ptr<int32_t>(),
-                     out.data_ptr<float>(), batch, seq_len, packed.size(1));
+  run_kernel(
+      packed, "unpack_padded",
+      [&] {
+        cpu::unpack_padded(ptr<float>(packed), cu_seqlens.data_ptr<int32_t>(), ptr<float>(out),
+                           batch, seq_len, packed.size(1));
+      },
+      [&](auto tag, auto stream) {
+#ifdef PYBERT_WITH_CUDA
+        using T = decltype(tag);
+        cuda::unpack_padded(ptr<T>(packed), cu_seqlens.data_ptr<int32_t>(), ptr<T>(out), batch,
+                            seq_len, packed.size(1), stream);
+#endif
+      });
   return out;
 }
 
@@ -294,23 +546,31 @@ TORCH_LIBRARY(pybert, m) {
   m.def("unpack_padded(Tensor packed, Tensor cu_seqlens, int seq_len) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(pybert, CPU, m) {
-  m.impl("gemm_bias_act", &pybert::gemm_bias_act_op);
-  m.impl("embed_packed", &pybert::embed_packed_op);
-  m.impl("add_layernorm", &pybert::add_layernorm_op);
-  m.impl("attention_varlen", &pybert::attention_varlen_op);
-  m.impl("gather_rows", &pybert::gather_rows_op);
+#define PYBERT_REGISTER_KERNELS(m)                         \
+  m.impl("gemm_bias_act", &pybert::gemm_bias_act_op);       \
+  m.impl("embed_packed", &pybert::embed_packed_op);         \
+  m.impl("add_layernorm", &pybert::add_layernorm_op);       \
+  m.impl("attention_varlen", &pybert::attention_varlen_op); \
+  m.impl("gather_rows", &pybert::gather_rows_op);           \
   m.impl("unpack_padded", &pybert::unpack_padded_op);
-}
+
+TORCH_LIBRARY_IMPL(pybert, CPU, m) { PYBERT_REGISTER_KERNELS(m) }
+#ifdef PYBERT_WITH_CUDA
+TORCH_LIBRARY_IMPL(pybert, CUDA, m) { PYBERT_REGISTER_KERNELS(m) }
+#endif
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pybert's C++/CUDA engine (see pybert.Engine for the Python API)";
+#ifdef PYBERT_WITH_CUDA
+  m.attr("cuda_available") = true;
+#else
   m.attr("cuda_available") = false;
+#endif
   py::class_<pybert::Engine>(m, "Engine")
       .def(py::init<const py::dict&, const std::unordered_map<std::string, at::Tensor>&>(),
            py::arg("config"), py::arg("weights"))
       .def("forward", &pybert::Engine::forward, py::arg("tokens"), py::arg("segments"),
-           py::arg("cu_seqlens"), py::arg("max_seqlen"), py::arg("pred_positions"),
-           py::arg("with_encoded") = true, py::arg("with_nsp") = true,
-           py::call_guard<py::gil_scoped_release>());
+           py::arg("cu_seqlens"), py::arg("total_tokens"), py::arg("max_seqlen"),
+           py::arg("pred_positions"), py::arg("with_encoded") = true,
+           py::arg("with_nsp") = true, py::call_guard<py::gil_scoped_release>());
 }

@@ -9,6 +9,7 @@ are returned as zeros.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -21,6 +22,7 @@ from .vocab import Vocab
 __all__ = ["Engine"]
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _as_tensor(value, name: str) -> torch.Tensor:
@@ -105,12 +107,21 @@ class Engine:
         if vocab is not None and len(vocab) != config.vocab_size:
             raise ValueError(f"vocab has {len(vocab)} tokens but the model's vocab_size is "
                              f"{config.vocab_size}")
-        if self.device.type != "cpu":
-            raise ValueError(f"device {self.device} is not supported by this build of pybert: "
-                             "the engine runs on the CPU only (pybert._C.cuda_available is "
-                             f"{_C.cuda_available})")
-        if dtype != torch.float32:
-            raise ValueError(f"the CPU engine computes in torch.float32, got dtype={dtype}")
+        if self.device.type == "cuda":
+            if not _C.cuda_available:
+                raise ValueError(f"device {self.device}: this build of pybert has no CUDA "
+                                 "kernels (rebuild with nvcc and a CUDA torch, PYBERT_CUDA=1)")
+            if not torch.cuda.is_available():
+                raise ValueError(f"device {self.device}: no CUDA GPU is available")
+            if self.device.index is None:
+                self.device = torch.device("cuda", torch.cuda.current_device())
+            if dtype not in CUDA_DTYPES:
+                raise ValueError(f"the CUDA engine computes in {CUDA_DTYPES}, got dtype={dtype}")
+        elif self.device.type == "cpu":
+            if dtype != torch.float32:
+                raise ValueError(f"the CPU engine computes in torch.float32, got dtype={dtype}")
+        else:
+            raise ValueError(f"device {self.device} is not supported: use cpu or cuda")
         for key, value in state_dict.items():
             if not isinstance(value, torch.Tensor) or not value.is_floating_point():
                 raise TypeError(f"weight {key} must be a floating-point tensor")
@@ -123,7 +134,9 @@ class Engine:
             "layer_norm_eps": float(config.layer_norm_eps),
             "ffn_activation": config.ffn_activation,
         }
-        self._native = _C.Engine(native_config, weights)
+        on_gpu = self.device.type == "cuda"
+        with torch.cuda.device(self.device) if on_gpu else contextlib.nullcontext():
+            self._native = _C.Engine(native_config, weights)
 
     @classmethod
     def from_model(cls, net: torch.nn.Module, device="cpu", dtype: torch.dtype = torch.float32,
@@ -148,10 +161,18 @@ class Engine:
         return self._forward(tokens, segments, valid_lens, None, with_nsp=False)[0]
 
     def _forward(self, tokens, segments, valid_lens, pred_positions, with_nsp):
+        # Validation runs on host tensors; only then do the inputs move to the device, so a
+        # GPU forward never waits on a device-to-host copy.
         batch = self._validate(tokens, segments, valid_lens, pred_positions)
         tokens, segments, cu_seqlens, max_seqlen, pred_positions = batch
-        encoded, mlm, nsp = self._native.forward(tokens, segments, cu_seqlens, max_seqlen,
-                                                 pred_positions, True, with_nsp)
+        total_tokens = int(cu_seqlens[-1])
+        if self.device.type != "cpu":
+            tokens, segments, cu_seqlens = (t.to(self.device, non_blocking=True)
+                                            for t in (tokens, segments, cu_seqlens))
+            if pred_positions is not None:
+                pred_positions = pred_positions.to(self.device, non_blocking=True)
+        encoded, mlm, nsp = self._native.forward(tokens, segments, cu_seqlens, total_tokens,
+                                                 max_seqlen, pred_positions, True, with_nsp)
         return encoded, mlm, nsp
 
     def _validate(self, tokens, segments, valid_lens, pred_positions):

@@ -155,3 +155,54 @@ def test_outputs_are_finite_for_large_inputs():
     assert all(bool(torch.isfinite(t).all()) for t in out)
     assert_matches(out, ref, valid_lens, 3, 20)
     assert np.isfinite(out[0].numpy()).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# The CUDA engine (skipped without a GPU): every dtype against the float64 eager model.
+
+GPU_CONFIGS = dict(CONFIGS, **{
+    "head-dim-24": BertConfig(77, 72, 100, 3, 2, max_len=300),     # % 8, not % 16
+    "head-dim-20-fallback": BertConfig(77, 60, 100, 3, 2, max_len=40),
+    "head-dim-256": BertConfig(99, 512, 600, 2, 1, max_len=200),
+})
+GPU_CASES = CASES + [("head-dim-24", 6, 300), ("head-dim-24", 3, 1),
+                     ("head-dim-20-fallback", 5, 40), ("head-dim-256", 4, 200)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("name,batch,seq_len", GPU_CASES)
+def test_cuda_engine_matches_eager(name, batch, seq_len, dtype):
+    from conftest import BOUNDS
+
+    config = GPU_CONFIGS[name]
+    net = random_model(config, seed=batch + seq_len)
+    engine = pybert.Engine.from_model(net, device="cuda", dtype=dtype)
+    tokens, segments, valid_lens, pred = random_batch(config, batch, seq_len, seed=seq_len)
+    ref_encoded, ref_mlm, ref_nsp = reference_forward(net, tokens, segments, valid_lens, pred)
+    encoded, mlm, nsp = engine(tokens, segments, valid_lens, pred)
+    assert encoded.device.type == "cuda" and encoded.dtype == dtype
+    mask = valid_mask(valid_lens, batch, seq_len)
+    bound = BOUNDS[dtype]
+    assert rel_l2(encoded.cpu()[mask], ref_encoded[mask]) <= bound
+    assert torch.count_nonzero(encoded.cpu()[~mask]) == 0
+    assert rel_l2(mlm, ref_mlm) <= bound
+    assert rel_l2(nsp, ref_nsp) <= bound
+
+
+@pytest.mark.cuda
+def test_cuda_engine_runs_on_the_current_stream():
+    """The forward is enqueued on torch's current stream, whichever it is."""
+    config = CONFIGS["book-training"]
+    net = random_model(config)
+    engine = pybert.Engine.from_model(net, device="cuda", dtype=torch.float16)
+    tokens, segments, valid_lens, pred = random_batch(config, 8, 64, seed=1)
+    expected = engine(tokens, segments, valid_lens, pred)
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        on_side = engine(tokens, segments, valid_lens, pred)
+    side.synchronize()
+    for a, e in zip(on_side, expected):
+        torch.testing.assert_close(a, e, rtol=0, atol=0)

@@ -1,4 +1,6 @@
-"""Each kernel (torch.ops.pybert.*) against a float64 torch reference, on random inputs."""
+"""Each kernel (torch.ops.pybert.*) against a float64 torch reference, on fresh random inputs:
+the CPU kernels in fp32, and (marked cuda, skipped without a GPU) the CUDA kernels in fp32,
+fp16 and bf16."""
 
 import math
 
@@ -8,43 +10,63 @@ import torch.nn.functional as F
 
 import pybert  # noqa: F401  (registers the ops)
 
-from conftest import rel_l2
+from conftest import BOUNDS, rel_l2
 
 ops = torch.ops.pybert
-FP32_BOUND = 1e-5
 ACTIVATIONS = {0: lambda x: x, 1: torch.relu, 2: torch.tanh, 3: F.gelu}
 
+TARGETS = [
+    pytest.param(("cpu", torch.float32), id="cpu-fp32"),
+    pytest.param(("cuda", torch.float32), id="cuda-fp32", marks=pytest.mark.cuda),
+    pytest.param(("cuda", torch.float16), id="cuda-fp16", marks=pytest.mark.cuda),
+    pytest.param(("cuda", torch.bfloat16), id="cuda-bf16", marks=pytest.mark.cuda),
+]
 
-def random_cu_seqlens(batch, max_len, seed):
+
+@pytest.fixture(params=TARGETS)
+def target(request):
+    return request.param
+
+
+def rand(*shape, target, scale=1.0, shift=0.0):
+    device, dtype = target
+    return (torch.randn(*shape, dtype=torch.float64) * scale + shift).to(device, dtype)
+
+
+def random_cu_seqlens(batch, max_len, seed, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(1, max_len + 1, (batch,), generator=g)
     lengths[0] = max_len
     cu = torch.zeros(batch + 1, dtype=torch.int32)
     cu[1:] = torch.cumsum(lengths, 0)
-    return cu, lengths
+    return cu.to(device), lengths
 
 
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (7, 13, 96), (64, 384, 128), (3, 10000, 32)])
 @pytest.mark.parametrize("activation", [0, 1, 2, 3])
-def test_gemm_bias_act(m, n, k, activation):
-    a, w, b = torch.randn(m, k), torch.randn(n, k), torch.randn(n)
+def test_gemm_bias_act(target, m, n, k, activation):
+    a, w, b = rand(m, k, target=target), rand(n, k, target=target), rand(n, target=target)
     out = ops.gemm_bias_act(a, w, b, activation)
+    assert out.dtype == a.dtype and out.device == a.device
     ref = ACTIVATIONS[activation](a.double() @ w.double().T + b.double())
-    assert rel_l2(out, ref) <= FP32_BOUND
+    assert rel_l2(out, ref) <= BOUNDS[target[1]]
     no_bias = ops.gemm_bias_act(a, w, None, activation)
-    assert rel_l2(no_bias, ACTIVATIONS[activation](a.double() @ w.double().T)) <= FP32_BOUND
+    ref = ACTIVATIONS[activation](a.double() @ w.double().T)
+    assert rel_l2(no_bias, ref) <= BOUNDS[target[1]]
 
 
-@pytest.mark.parametrize("hidden", [8, 96, 768])
+@pytest.mark.parametrize("hidden", [8, 96, 768, 4096])
 @pytest.mark.parametrize("with_residual", [True, False])
-def test_add_layernorm(hidden, with_residual):
-    x = torch.randn(37, hidden) * 3 + 5  # a large mean tests the variance's cancellation
-    residual = torch.randn(37, hidden) if with_residual else None
-    weight, bias = 1 + 0.1 * torch.randn(hidden), torch.randn(hidden)
+def test_add_layernorm(target, hidden, with_residual):
+    # a large mean tests the variance's cancellation
+    x = rand(37, hidden, target=target, scale=3.0, shift=5.0)
+    residual = rand(37, hidden, target=target) if with_residual else None
+    weight = rand(hidden, target=target, scale=0.1, shift=1.0)
+    bias = rand(hidden, target=target)
     out = ops.add_layernorm(x, residual, weight, bias, 1e-5)
     total = x.double() + (residual.double() if with_residual else 0)
     ref = F.layer_norm(total, (hidden,), weight.double(), bias.double(), 1e-5)
-    assert rel_l2(out, ref) <= FP32_BOUND
+    assert rel_l2(out, ref) <= BOUNDS[target[1]]
 
 
 def reference_attention(qkv, lengths, num_heads):
@@ -52,7 +74,7 @@ def reference_attention(qkv, lengths, num_heads):
     d = hidden // num_heads
     outs, start = [], 0
     for n in lengths.tolist():
-        q, k, v = qkv[start:start + n].double().split(hidden, dim=1)
+        q, k, v = qkv[start:start + n].double().cpu().split(hidden, dim=1)
         q, k, v = (t.reshape(n, num_heads, d).transpose(0, 1) for t in (q, k, v))
         p = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(d), dim=-1)
         outs.append((p @ v).transpose(0, 1).reshape(n, hidden))
@@ -60,38 +82,45 @@ def reference_attention(qkv, lengths, num_heads):
     return torch.cat(outs)
 
 
-@pytest.mark.parametrize("num_heads,head_dim", [(4, 8), (3, 32), (2, 64), (4, 192), (1, 20)])
-@pytest.mark.parametrize("max_len", [1, 17, 128])
-def test_attention_varlen(num_heads, head_dim, max_len):
-    cu, lengths = random_cu_seqlens(5, max_len, seed=max_len + head_dim)
-    qkv = torch.randn(int(cu[-1]), 3 * num_heads * head_dim)
+# head dims: 8, 32, 64 and 192 (the book's example) on the tensor cores; 40 (a multiple of 8,
+# not of 16) and 256 at the edges of that path; 20 on the fallback.
+@pytest.mark.parametrize("num_heads,head_dim", [(4, 8), (3, 32), (2, 64), (4, 192), (2, 40),
+                                                (1, 256), (1, 20)])
+@pytest.mark.parametrize("max_len", [1, 17, 130])
+def test_attention_varlen(target, num_heads, head_dim, max_len):
+    cu, lengths = random_cu_seqlens(5, max_len, seed=max_len + head_dim, device=target[0])
+    qkv = rand(int(cu[-1]), 3 * num_heads * head_dim, target=target)
     out = ops.attention_varlen(qkv, cu, max_len, num_heads)
-    assert rel_l2(out, reference_attention(qkv, lengths, num_heads)) <= FP32_BOUND
+    ref = reference_attention(qkv, lengths, num_heads)
+    assert rel_l2(out, ref) <= BOUNDS[target[1]]
 
 
-def test_embed_packed():
+def test_embed_packed(target):
+    device, _ = target
     batch, seq_len, hidden, vocab = 4, 9, 24, 31
-    cu, lengths = random_cu_seqlens(batch, seq_len, seed=1)
-    tokens = torch.randint(0, vocab, (batch, seq_len))
-    segments = torch.randint(0, 2, (batch, seq_len))
-    tok, seg, pos = torch.randn(vocab, hidden), torch.randn(2, hidden), torch.randn(20, hidden)
+    cu, lengths = random_cu_seqlens(batch, seq_len, seed=1, device=device)
+    tokens = torch.randint(0, vocab, (batch, seq_len), device=device)
+    segments = torch.randint(0, 2, (batch, seq_len), device=device)
+    tok, seg = rand(vocab, hidden, target=target), rand(2, hidden, target=target)
+    pos = rand(20, hidden, target=target)
     out = ops.embed_packed(tokens, segments, cu, int(cu[-1]), tok, seg, pos)
     full = tok.double()[tokens] + seg.double()[segments] + pos.double()[:seq_len]
-    mask = torch.arange(seq_len)[None, :] < lengths[:, None]
-    assert rel_l2(out, full[mask]) <= FP32_BOUND
+    mask = (torch.arange(seq_len)[None, :] < lengths[:, None]).to(device)
+    assert rel_l2(out, full[mask]) <= BOUNDS[target[1]]
 
 
-def test_gather_and_unpack():
+def test_gather_and_unpack(target):
+    device, _ = target
     batch, seq_len, hidden = 5, 11, 16
-    cu, lengths = random_cu_seqlens(batch, seq_len, seed=2)
-    packed = torch.randn(int(cu[-1]), hidden)
+    cu, lengths = random_cu_seqlens(batch, seq_len, seed=2, device=device)
+    packed = rand(int(cu[-1]), hidden, target=target)
     padded = ops.unpack_padded(packed, cu, seq_len)
-    mask = torch.arange(seq_len)[None, :] < lengths[:, None]
+    mask = (torch.arange(seq_len)[None, :] < lengths[:, None]).to(device)
     assert torch.equal(padded[mask], packed)
     assert torch.count_nonzero(padded[~mask]) == 0
-    positions = (torch.rand(batch, 3) * lengths[:, None]).long()
+    positions = (torch.rand(batch, 3) * lengths[:, None]).long().to(device)
     gathered = ops.gather_rows(packed, cu, positions)
-    rows = torch.arange(batch).repeat_interleave(3)
+    rows = torch.arange(batch, device=device).repeat_interleave(3)
     assert torch.equal(gathered, padded[rows, positions.reshape(-1)])
     assert torch.equal(ops.gather_rows(packed, cu, None), padded[:, 0])
 
@@ -100,8 +129,11 @@ def test_kernels_reject_bad_arguments():
     cu = torch.tensor([0, 3, 5], dtype=torch.int32)
     with pytest.raises(RuntimeError, match="inner dimension"):
         ops.gemm_bias_act(torch.randn(2, 3), torch.randn(4, 5), None, 0)
-    with pytest.raises(RuntimeError, match="must be Float"):
+    with pytest.raises(RuntimeError, match="weight must be Double, got Float"):
         ops.gemm_bias_act(torch.randn(2, 3).double(), torch.randn(4, 3), None, 0)
+    with pytest.raises(RuntimeError, match="compute in float32"):
+        ops.add_layernorm(torch.randn(2, 3).double(), None, torch.ones(3).double(),
+                          torch.zeros(3).double(), 1e-5)
     with pytest.raises(RuntimeError, match="cu_seqlens"):
         ops.attention_varlen(torch.randn(5, 12), cu.long(), 3, 2)
     with pytest.raises(RuntimeError, match="outside sequence"):
@@ -112,17 +144,19 @@ def test_kernels_reject_bad_arguments():
                          torch.randn(2, 4), torch.randn(4, 4))
 
 
-def test_opcheck():
+def test_opcheck(target):
     """The ops' schemas, fake kernels and dispatch agree (what torch.compile relies on)."""
-    cu, _ = random_cu_seqlens(3, 6, seed=3)
+    device, _ = target
+    cu, _ = random_cu_seqlens(3, 6, seed=3, device=device)
     t = int(cu[-1])
     cases = [
-        (ops.gemm_bias_act, (torch.randn(4, 8), torch.randn(5, 8), torch.randn(5), 1)),
-        (ops.add_layernorm, (torch.randn(4, 8), torch.randn(4, 8), torch.randn(8),
-                             torch.randn(8), 1e-5)),
-        (ops.attention_varlen, (torch.randn(t, 24), cu, 6, 2)),
-        (ops.unpack_padded, (torch.randn(t, 8), cu, 6)),
-        (ops.gather_rows, (torch.randn(t, 8), cu, None)),
+        (ops.gemm_bias_act, (rand(4, 8, target=target), rand(5, 8, target=target),
+                             rand(5, target=target), 1)),
+        (ops.add_layernorm, (rand(4, 8, target=target), rand(4, 8, target=target),
+                             rand(8, target=target), rand(8, target=target), 1e-5)),
+        (ops.attention_varlen, (rand(t, 48, target=target), cu, 6, 2)),
+        (ops.unpack_padded, (rand(t, 8, target=target), cu, 6)),
+        (ops.gather_rows, (rand(t, 8, target=target), cu, None)),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))

@@ -1,0 +1,46 @@
+// The CUDA backend of the runner: the kernels of kernels/cuda on one stream, with cuBLASLt
+// for the GEMMs. Scalar is float, __half or __nv_bfloat16.
+#pragma once
+
+#include "../kernels/cuda/kernels.cuh"
+#include "model.h"
+
+namespace pybert {
+
+template <typename T>
+struct CudaBackend {
+  using Scalar = T;
+
+  cuda::CublasLtGemm& gemm;
+  cudaStream_t stream;
+
+  void gemm_bias_act(const T* a, const T* w, const T* bias, T* out, int64_t m, int64_t n,
+                     int64_t k, Activation act) {
+    gemm.run(a, w, bias, out, m, n, k, act, stream);
+  }
+  void embed_packed(const int64_t* tokens, const int64_t* segments, const int32_t* cu_seqlens,
+                    const T* token_table, const T* segment_table, const T* pos_table, T* out,
+                    int64_t batch, int64_t seq_len, int64_t total_tokens, int64_t hidden) {
+    cuda::embed_packed(tokens, segments, cu_seqlens, token_table, segment_table, pos_table, out,
+                       batch, seq_len, total_tokens, hidden, stream);
+  }
+  void add_layernorm(const T* x, const T* residual, const T* gamma, const T* beta, T* out,
+                     int64_t rows, int64_t hidden, float eps) {
+    cuda::add_layernorm(x, residual, gamma, beta, out, rows, hidden, eps, stream);
+  }
+  void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
+                        int64_t max_seqlen, int64_t num_heads, int64_t head_dim) {
+    cuda::attention_varlen(qkv, cu_seqlens, out, batch, max_seqlen, num_heads, head_dim,
+                           stream);
+  }
+  void gather_rows(const T* packed, const int32_t* cu_seqlens, const int64_t* positions,
+                   T* out, int64_t batch, int64_t num_positions, int64_t hidden) {
+    cuda::gather_rows(packed, cu_seqlens, positions, out, batch, num_positions, hidden, stream);
+  }
+  void unpack_padded(const T* packed, const int32_t* cu_seqlens, T* out, int64_t batch,
+                     int64_t seq_len, int64_t hidden) {
+    cuda::unpack_padded(packed, cu_seqlens, out, batch, seq_len, hidden, stream);
+  }
+};
+
+}  // namespace pybert

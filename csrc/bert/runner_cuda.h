@@ -1,0 +1,17 @@
+// The BERT forward on the GPU, compiled once per scalar type in runner_cuda.cu so that the
+// bindings (plain C++) can call it.
+#pragma once
+
+#include "../kernels/cuda/kernels.cuh"
+#include "model.h"
+
+namespace pybert {
+
+// Enqueues the whole forward on `stream`; no host synchronisation, no allocation.
+// Every pointer in weights, inputs, outputs and workspace is device memory.
+template <typename T>
+void bert_forward_cuda(const BertConfig& config, const BertWeights<T>& weights,
+                       const BatchInputs& inputs, const BatchOutputs<T>& outputs, T* workspace,
+                       cuda::CublasLtGemm& gemm, cudaStream_t stream);
+
+}  // namespace pybert

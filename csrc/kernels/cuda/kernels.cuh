@@ -1,0 +1,88 @@
+// CUDA kernels: pure compute on raw device pointers, sizes and a stream. No torch, no BERT.
+//
+// Each launcher has the contract of its CPU twin in ../cpu/kernels.h (same arguments, same
+// row-major layouts, same packed-token convention), templated over the storage type T:
+// float, __half or __nv_bfloat16. Arithmetic is in fp32 whatever T is. Launchers enqueue work
+// on `stream` and never synchronise.
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <map>
+#include <tuple>
+
+#include "../activation.h"
+
+namespace pybert::cuda {
+
+// See cpu::embed_packed. All index arrays live on the device.
+template <typename T>
+void embed_packed(const int64_t* tokens, const int64_t* segments, const int32_t* cu_seqlens,
+                  const T* token_table, const T* segment_table, const T* pos_table, T* out,
+                  int64_t batch, int64_t seq_len, int64_t total_tokens, int64_t hidden,
+                  cudaStream_t stream);
+
+// See cpu::add_layernorm (residual may be null; out may alias x or residual).
+template <typename T>
+void add_layernorm(const T* x, const T* residual, const T* gamma, const T* beta, T* out,
+                   int64_t rows, int64_t hidden, float eps, cudaStream_t stream);
+
+// See cpu::attention_varlen. Fused: scores live in shared memory and registers, never in
+// global memory. fp16/bf16 with head_dim % 8 == 0 and head_dim <= 256 run on the tensor
+// cores; every other case runs a CUDA-core kernel with the same result.
+template <typename T>
+void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
+                      int64_t max_seqlen, int64_t num_heads, int64_t head_dim,
+                      cudaStream_t stream);
+
+// See cpu::gather_rows.
+template <typename T>
+void gather_rows(const T* packed, const int32_t* cu_seqlens, const int64_t* positions, T* out,
+                 int64_t batch, int64_t num_positions, int64_t hidden, cudaStream_t stream);
+
+// See cpu::unpack_padded.
+template <typename T>
+void unpack_padded(const T* packed, const int32_t* cu_seqlens, T* out, int64_t batch,
+                   int64_t seq_len, int64_t hidden, cudaStream_t stream);
+
+// x = act(x) elementwise over n values (the activations cuBLASLt has no epilogue for: tanh,
+// and GELU in its exact erf form, where cuBLASLt's GELU epilogue is the tanh approximation).
+template <typename T>
+void apply_activation(T* x, int64_t n, Activation act, cudaStream_t stream);
+
+// out[m, n] = act(sum_k a[m, k] * weight[n, k] + bias[n]) through cuBLASLt, with bias and
+// ReLU fused into its epilogue. fp32 accumulation; fp32 inputs use strict fp32 (no TF32), so
+// the fp32 engine holds 1e-5 relative error. Holds the cuBLASLt handle, a workspace and the
+// algorithm chosen for each shape; one instance per engine, used from one stream at a time.
+class CublasLtGemm {
+ public:
+  // workspace: device memory of workspace_bytes that this object may use in every call.
+  CublasLtGemm(void* workspace, size_t workspace_bytes);
+  ~CublasLtGemm();
+  CublasLtGemm(const CublasLtGemm&) = delete;
+  CublasLtGemm& operator=(const CublasLtGemm&) = delete;
+
+  template <typename T>
+  void run(const T* a, const T* weight, const T* bias, T* out, int64_t m, int64_t n, int64_t k,
+           Activation act, cudaStream_t stream);
+
+ private:
+  struct Plan;
+  const Plan& plan_for(cudaDataType_t type, int64_t m, int64_t n, int64_t k, bool bias,
+                       bool relu);
+
+  cublasLtHandle_t handle_ = nullptr;
+  void* workspace_;
+  size_t workspace_bytes_;
+  std::map<std::tuple<int, int64_t, int64_t, int64_t, bool, bool>, Plan*> plans_;
+};
+
+// Throws std::runtime_error naming the call when a CUDA or cuBLAS call fails.
+void check_cuda(cudaError_t status, const char* what);
+void check_cublas(cublasStatus_t status, const char* what);
+
+}  // namespace pybert::cuda
