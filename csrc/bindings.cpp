@@ -214,24 +214,32 @@ class Engine {
 #endif
   }
 
-  // Returns (encoded (B, S, H) or None, mlm_logits (B, P, V) or None, nsp_logits (B, 2) or None).
-  // The caller (pybert.Engine) has validated ids, lengths and positions; the checks here only
-  // keep a wrong call from reading out of bounds where they can be made without a sync.
+  // Returns (encoded, mlm_logits (B, P, V) or None, nsp_logits (B, 2) or None). tokens and
+  // segments are padded (B, S), giving encoded (B, S, H), or packed (total_tokens), giving
+  // encoded (total_tokens, H). The caller (pybert.Engine) has validated ids, lengths and
+  // positions; the checks here keep a wrong call from reading out of bounds where they can be
+  // made without a sync.
   std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<at::Tensor>>
   forward(const at::Tensor& tokens, const at::Tensor& segments, const at::Tensor& cu_seqlens,
           int64_t total_tokens, int64_t max_seqlen,
           const std::optional<at::Tensor>& pred_positions, bool with_encoded, bool with_nsp) {
-    check_tensor(tokens, "tokens", at::kLong, 2, device_);
-    check_tensor(segments, "segments", at::kLong, 2, device_);
+    const bool packed = tokens.dim() == 1;
+    check_tensor(tokens, "tokens", at::kLong, packed ? 1 : 2, device_);
+    check_tensor(segments, "segments", at::kLong, packed ? 1 : 2, device_);
     check_tensor(cu_seqlens, "cu_seqlens", at::kInt, 1, device_);
     TORCH_CHECK(segments.sizes() == tokens.sizes(), "segments shape ", segments.sizes(),
                 " must equal tokens shape ", tokens.sizes());
-    const int64_t batch = tokens.size(0), seq_len = tokens.size(1);
-    TORCH_CHECK(batch >= 1 && seq_len >= 1, "tokens must be non-empty, got ", tokens.sizes());
-    TORCH_CHECK(seq_len <= config_.max_len, "sequence length ", seq_len, " exceeds max_len ",
+    const int64_t batch = packed ? cu_seqlens.size(0) - 1 : tokens.size(0);
+    const int64_t seq_len = packed ? 0 : tokens.size(1);
+    const int64_t longest = packed ? config_.max_len : seq_len;
+    TORCH_CHECK(batch >= 1 && tokens.numel() >= 1, "tokens must be non-empty, got ",
+                tokens.sizes());
+    TORCH_CHECK(longest <= config_.max_len, "sequence length ", longest, " exceeds max_len ",
                 config_.max_len);
-    TORCH_CHECK(max_seqlen >= 1 && max_seqlen <= seq_len, "max_seqlen ", max_seqlen,
-                " must be in [1, ", seq_len, "]");
+    TORCH_CHECK(max_seqlen >= 1 && max_seqlen <= longest, "max_seqlen ", max_seqlen,
+                " must be in [1, ", longest, "]");
+    TORCH_CHECK(!packed || tokens.size(0) == total_tokens, "packed tokens has ",
+                tokens.size(0), " ids but total_tokens is ", total_tokens);
 
     BatchInputs in{};
     in.tokens = tokens.data_ptr<int64_t>();
@@ -252,7 +260,10 @@ class Engine {
 
     const auto opts = at::TensorOptions().dtype(dtype_).device(device_);
     std::optional<at::Tensor> encoded, mlm_logits, nsp_logits;
-    if (with_encoded) encoded = at::empty({batch, seq_len, config_.num_hiddens}, opts);
+    if (with_encoded) {
+      encoded = packed ? at::empty({total_tokens, config_.num_hiddens}, opts)
+                       : at::empty({batch, seq_len, config_.num_hiddens}, opts);
+    }
     if (pred_positions.has_value()) {
       mlm_logits = at::empty({batch, in.num_pred_positions, config_.vocab_size}, opts);
     }
@@ -262,7 +273,8 @@ class Engine {
     dispatch_scalar(dtype_, device_, "Engine.forward", [&](auto tag) {
       using T = decltype(tag);
       BatchOutputs<T> out{};
-      out.encoded = encoded ? ptr<T>(*encoded) : nullptr;
+      out.encoded = encoded && !packed ? ptr<T>(*encoded) : nullptr;
+      out.encoded_packed = encoded && packed ? ptr<T>(*encoded) : nullptr;
       out.mlm_logits = mlm_logits ? ptr<T>(*mlm_logits) : nullptr;
       out.nsp_logits = nsp_logits ? ptr<T>(*nsp_logits) : nullptr;
       run(typed<T>(weights_), in, out, ptr<T>(workspace));

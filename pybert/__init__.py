@@ -20,12 +20,39 @@ __all__ = ["BERTModel", "BertConfig", "Engine", "Vocab", "encode", "get_tokens_a
 __version__ = "0.1.0"
 
 
-def encode(model, tokens, segments=None, valid_lens=None, device="cpu",
-           dtype=torch.float32) -> torch.Tensor:
-    """Encodings (B, S, H) of a batch of token ids.
+def encode(model, inputs, segments=None, valid_lens=None, *, device="cpu",
+           dtype=torch.float32, pooling="cls", return_type="numpy", batch_tokens=16384,
+           truncation="warn"):
+    """Encode token ids or texts.
 
-    ``model`` is an :class:`Engine` or the path of a checkpoint directory, which is loaded
-    with ``device`` and ``dtype`` (those are ignored for an Engine).
+    ``model`` is an :class:`Engine` or the path of a checkpoint directory (loaded with
+    ``device`` and ``dtype``). ``inputs`` is either
+
+    - token ids (B, S) with optional ``segments`` and ``valid_lens``: returns the encodings
+      (B, S, H) as a tensor, zeros at padded positions; or
+    - a text, or a list of texts and (text_a, text_b) pairs: tokenised with the checkpoint's
+      vocabulary, sorted into length buckets of at most ``batch_tokens`` padded tokens, and
+      returned in the caller's order, pooled by ``pooling`` ("cls": the <cls> vector, "mean":
+      the mean over real tokens, (N, H); "tokens": a list of (len_i, H) per-token encodings) as
+      ``return_type`` ("numpy" or "torch"). Texts longer than max_len are cut with a warning,
+      or raise with ``truncation="error"``.
     """
     engine = model if isinstance(model, Engine) else load(model, device=device, dtype=dtype)
-    return engine.encode(tokens, segments, valid_lens)
+    if _is_text(inputs):
+        if segments is not None or valid_lens is not None:
+            raise ValueError("segments and valid_lens go with token ids, not with texts")
+        from .batch import encode_texts
+
+        return encode_texts(engine, inputs, pooling=pooling, return_type=return_type,
+                            batch_tokens=batch_tokens, truncation=truncation)
+    return engine.encode(inputs, segments, valid_lens)
+
+
+def _is_text(inputs) -> bool:
+    if isinstance(inputs, str):
+        return True
+    if isinstance(inputs, (list, tuple)) and inputs:
+        first = inputs[0]
+        return isinstance(first, str) or (isinstance(first, (tuple, list)) and len(first) > 0
+                                          and isinstance(first[0], str))
+    return False

@@ -162,6 +162,8 @@ def load(path, device="cpu", dtype: torch.dtype = torch.float32):
     from .engine import Engine
 
     path = Path(path)
-    config, _ = read_config(path)
+    config, document = read_config(path)
     state = _read_state_dict(path, config)
-    return Engine(config, state, device=device, dtype=dtype, vocab=_read_vocab(path, config))
+    text_format = (document.get("extra") or {}).get("text_format", "wikitext")
+    return Engine(config, state, device=device, dtype=dtype, vocab=_read_vocab(path, config),
+                  text_format=text_format)

@@ -1,4 +1,4 @@
-"""The pybert command line: ``pybert pretrain``, ``pybert bench``.
+"""The pybert command line: ``pybert pretrain``, ``pybert encode``, ``pybert bench``.
 
 ``pybert pretrain`` with no arguments trains the book's BERT config on the built-in corpus
 (Python's documentation topics) in a few minutes on a CPU, then serves the checkpoint with the
@@ -86,6 +86,37 @@ def _pretrain(args) -> int:
     return 0
 
 
+def _encode(args) -> int:
+    import torch
+
+    from . import load
+    from ._signals import sigterm_as_interrupt
+    from .batch import run_encode_job
+
+    device = args.device
+    if device == "auto":
+        from . import _C
+
+        device = "cuda" if _C.cuda_available and torch.cuda.is_available() else "cpu"
+    dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
+    try:
+        engine = load(args.model, device=device, dtype=getattr(torch, dtype))
+        with sigterm_as_interrupt():
+            result = run_encode_job(engine, args.input, args.output, str(args.model),
+                                    pooling=args.pooling, batch_tokens=args.batch_tokens,
+                                    chunk_size=args.chunk_size, truncation=args.truncation,
+                                    overwrite=args.overwrite, progress=args.progress)
+    except KeyboardInterrupt:
+        print(f"\npybert encode: interrupted; the rows done so far are kept. Run the same "
+              "command again to continue.", file=sys.stderr)
+        return 130
+    except (FileExistsError, FileNotFoundError, ValueError, TypeError) as err:
+        print(f"pybert encode: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
 def _bench(args) -> int:
     from .bench import run_cpu_benchmark
 
@@ -101,6 +132,29 @@ def main(argv=None) -> int:
     pretrain_parser = commands.add_parser("pretrain", help="pretrain a BERT (MLM + NSP)")
     _add_train_arguments(pretrain_parser)
     pretrain_parser.set_defaults(run=_pretrain)
+    encode_parser = commands.add_parser(
+        "encode", help="embed every text of a file (a batch job that resumes)",
+        description="Embed each row of --input (.txt: a text per line, a tab between the two "
+                    "texts of a pair; .jsonl: a string, a [a, b] pair or {\"text\": ...}) into "
+                    "--output (.npy, .safetensors or .parquet), in input order. An interrupted "
+                    "job continues where it stopped when run again with the same arguments.")
+    encode_parser.add_argument("--model", required=True, help="a pybert checkpoint directory")
+    encode_parser.add_argument("--input", required=True)
+    encode_parser.add_argument("--output", required=True)
+    encode_parser.add_argument("--pooling", choices=("cls", "mean"), default="cls")
+    encode_parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    encode_parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
+                               help="default: float16 on a GPU, float32 on the CPU")
+    encode_parser.add_argument("--batch-tokens", type=int, default=16384,
+                               help="padded tokens per batch")
+    encode_parser.add_argument("--chunk-size", type=int, default=4096,
+                               help="rows read, sorted and committed together")
+    encode_parser.add_argument("--truncation", choices=("warn", "error"), default="warn")
+    encode_parser.add_argument("--overwrite", action="store_true",
+                               help="replace a finished output or a partial one")
+    encode_parser.add_argument("--progress", action=argparse.BooleanOptionalAction,
+                               default=True)
+    encode_parser.set_defaults(run=_encode)
     bench_parser = commands.add_parser("bench", help="time the engine against the eager model")
     bench_parser.add_argument("--batch", type=int, default=32)
     bench_parser.add_argument("--seq-len", type=int, default=128)

@@ -17,6 +17,7 @@ import torch
 
 from . import _C
 from .config import BertConfig, config_from_model, expected_state_shapes
+from .tokenize import WordTokenizer
 from .vocab import Vocab
 
 __all__ = ["Engine"]
@@ -99,7 +100,8 @@ class Engine:
     """
 
     def __init__(self, config: BertConfig, state_dict: dict, device="cpu",
-                 dtype: torch.dtype = torch.float32, vocab: Vocab | None = None):
+                 dtype: torch.dtype = torch.float32, vocab: Vocab | None = None,
+                 text_format: str = "wikitext"):
         self.config = config
         self.device = torch.device(device)
         self.dtype = dtype
@@ -107,6 +109,9 @@ class Engine:
         if vocab is not None and len(vocab) != config.vocab_size:
             raise ValueError(f"vocab has {len(vocab)} tokens but the model's vocab_size is "
                              f"{config.vocab_size}")
+        # Texts in: the checkpoint's words (text_format says how its training text was split).
+        self.tokenizer = WordTokenizer(vocab, config.max_len, text_format) \
+            if vocab is not None else None
         if self.device.type == "cuda":
             if not _C.cuda_available:
                 raise ValueError(f"device {self.device}: this build of pybert has no CUDA "
@@ -140,10 +145,11 @@ class Engine:
 
     @classmethod
     def from_model(cls, net: torch.nn.Module, device="cpu", dtype: torch.dtype = torch.float32,
-                   vocab: Vocab | None = None) -> "Engine":
-        """Pack the weights of a d2l-style ``BERTModel`` (pybert's or the book's)."""
+                   vocab: Vocab | None = None, text_format: str = "wikitext") -> "Engine":
+        """Pack the weights of a d2l-style ``BERTModel`` (pybert's or the book's). With a
+        ``vocab`` the engine also takes texts (see ``pybert.encode``)."""
         return cls(config_from_model(net), net.state_dict(), device=device, dtype=dtype,
-                   vocab=vocab)
+                   vocab=vocab, text_format=text_format)
 
     def __repr__(self) -> str:
         c = self.config
@@ -159,6 +165,93 @@ class Engine:
     def encode(self, tokens, segments=None, valid_lens=None) -> torch.Tensor:
         """Only the encodings (B, S, H): the heads are not run."""
         return self._forward(tokens, segments, valid_lens, None, with_nsp=False)[0]
+
+    def encode_packed(self, tokens, cu_seqlens, segments=None, max_seqlen=None) -> torch.Tensor:
+        """Encodings of sequences already packed without padding (flash-attention's varlen form).
+
+        tokens (total_tokens,) holds the sequences one after another; sequence b is
+        ``tokens[cu_seqlens[b]:cu_seqlens[b + 1]]``; segments has the shape of tokens (default
+        0). ``max_seqlen``, if given, must bound the longest sequence. Returns
+        (total_tokens, H): no padding anywhere, in or out."""
+        c = self.config
+        tokens = self._checked_ids(tokens)
+        if tokens.dim() != 1:
+            raise ValueError(f"packed tokens must have shape (total_tokens,), got "
+                             f"{tuple(tokens.shape)}")
+        segments = self._checked_segments(segments, tokens)
+        cu = _integer_ids(cu_seqlens, "cu_seqlens")
+        if cu.dim() != 1 or cu.numel() < 2:
+            raise ValueError(f"cu_seqlens must have shape (batch + 1,) with batch >= 1, got "
+                             f"{tuple(cu.shape)}")
+        lengths = cu[1:] - cu[:-1]
+        if int(cu[0]) != 0 or int(cu[-1]) != tokens.numel():
+            raise ValueError(f"cu_seqlens must run from 0 to len(tokens) = {tokens.numel()}, "
+                             f"got {int(cu[0])}..{int(cu[-1])}")
+        if int(lengths.min()) < 1 or int(lengths.max()) > c.max_len:
+            raise ValueError(f"every sequence length (cu_seqlens[b+1] - cu_seqlens[b]) must be "
+                             f"in [1, max_len={c.max_len}], found {int(lengths.min())}.."
+                             f"{int(lengths.max())}")
+        longest = int(lengths.max())
+        if max_seqlen is not None and not longest <= int(max_seqlen) <= c.max_len:
+            raise ValueError(f"max_seqlen {max_seqlen} must be in [{longest} (the longest "
+                             f"sequence), max_len={c.max_len}]")
+        cu32 = cu.to(torch.int32)
+        if self.device.type != "cpu":
+            tokens, segments, cu32 = (t.to(self.device, non_blocking=True)
+                                      for t in (tokens, segments, cu32))
+        return self._native.forward(tokens, segments, cu32, int(cu[-1]), longest, None, True,
+                                    False)[0]
+
+    # -- texts ------------------------------------------------------------------------------
+
+    def _encoded_texts(self, texts, truncation: str):
+        if self.tokenizer is None:
+            raise ValueError("this engine has no vocabulary, so it cannot tokenise text: load "
+                             "a checkpoint with a vocab.txt or pass vocab= to from_model")
+        items = [texts] if isinstance(texts, (str, tuple)) else list(texts)
+        return items, self.tokenizer.encode_all(items, truncation)
+
+    def fill_mask(self, texts, k: int = 5, truncation: str = "warn", batch_tokens: int = 16384):
+        """Top-``k`` words for each ``<mask>`` in each text (or (text_a, text_b) pair): a list
+        per text of a list per mask of (word, probability)."""
+        from .batch import pad_batch, plan_batches
+
+        items, encoded = self._encoded_texts(texts, truncation)
+        if not 1 <= k <= self.config.vocab_size:
+            raise ValueError(f"k must be in [1, vocab_size={self.config.vocab_size}], got {k}")
+        mask_id = self.vocab["<mask>"]
+        masks = [[p for p, t in enumerate(ids) if t == mask_id] for ids, _ in encoded]
+        results: list = [[] for _ in items]
+        for rows in plan_batches([len(ids) for ids, _ in encoded], batch_tokens):
+            tokens, segments, valid_lens = pad_batch(encoded, rows, self.vocab["<pad>"])
+            width = max(1, max(len(masks[r]) for r in rows))
+            positions = torch.zeros((len(rows), width), dtype=torch.int64)
+            for j, r in enumerate(rows):
+                positions[j, : len(masks[r])] = torch.tensor(masks[r], dtype=torch.int64)
+            _, mlm, _ = self(tokens, segments, valid_lens, positions)
+            top = torch.topk(torch.softmax(mlm.float(), -1), k, dim=-1)
+            probs, ids = top.values.cpu(), top.indices.cpu()
+            for j, r in enumerate(rows):
+                results[r] = [[(self.vocab.to_tokens(int(i)), float(p))
+                               for i, p in zip(ids[j, m], probs[j, m])]
+                              for m in range(len(masks[r]))]
+        return results[0] if isinstance(texts, (str, tuple)) else results
+
+    def next_sentence(self, pairs, truncation: str = "warn",
+                      batch_tokens: int = 16384) -> np.ndarray:
+        """P(text_b follows text_a) for each (text_a, text_b) pair, from the NSP head."""
+        from .batch import pad_batch, plan_batches
+
+        items, encoded = self._encoded_texts(pairs, truncation)
+        if not all(isinstance(i, tuple) or (isinstance(i, list) and len(i) == 2)
+                   for i in items):
+            raise TypeError("next_sentence takes (text_a, text_b) pairs")
+        result = np.zeros(len(items), dtype=np.float64)
+        for rows in plan_batches([len(ids) for ids, _ in encoded], batch_tokens):
+            tokens, segments, valid_lens = pad_batch(encoded, rows, self.vocab["<pad>"])
+            _, _, nsp = self(tokens, segments, valid_lens)
+            result[rows] = torch.softmax(nsp.double(), -1)[:, 1].cpu().numpy()
+        return result[0] if isinstance(pairs, tuple) else result
 
     def _forward(self, tokens, segments, valid_lens, pred_positions, with_nsp):
         # Validation runs on host tensors; only then do the inputs move to the device, so a
@@ -178,30 +271,14 @@ class Engine:
     def _validate(self, tokens, segments, valid_lens, pred_positions):
         """Check one batch on the host; return the tensors the native forward takes."""
         c = self.config
-        tokens = _integer_ids(tokens, "tokens")
+        tokens = self._checked_ids(tokens)
         if tokens.dim() != 2:
             raise ValueError(f"tokens must have shape (batch, seq_len), got {tuple(tokens.shape)}")
         batch, seq_len = tokens.shape
-        if batch == 0 or seq_len == 0:
-            raise ValueError(f"tokens must be non-empty, got shape {tuple(tokens.shape)}")
         if seq_len > c.max_len:
             raise ValueError(f"tokens has sequence length {seq_len}, longer than the model's "
                              f"max_len {c.max_len}")
-        low, high = int(tokens.min()), int(tokens.max())
-        if low < 0 or high >= c.vocab_size:
-            bad = low if low < 0 else high
-            raise ValueError(f"tokens must be ids in [0, {c.vocab_size}), found {bad}")
-
-        if segments is None:
-            segments = torch.zeros_like(tokens)
-        else:
-            segments = _integer_ids(segments, "segments")
-            if tuple(segments.shape) != tuple(tokens.shape):
-                raise ValueError(f"segments must have the shape of tokens {tuple(tokens.shape)}, "
-                                 f"got {tuple(segments.shape)}")
-            if bool(((segments != 0) & (segments != 1)).any()):
-                raise ValueError("segments must be 0 or 1, found "
-                                 f"{int(segments[(segments != 0) & (segments != 1)][0])}")
+        segments = self._checked_segments(segments, tokens)
 
         lengths = self._validate_valid_lens(valid_lens, batch, seq_len)
         cu_seqlens = torch.zeros(batch + 1, dtype=torch.int32)
@@ -226,6 +303,31 @@ class Engine:
             pred_positions = pred_positions.contiguous()
         return (tokens.contiguous(), segments.contiguous(), cu_seqlens, int(lengths.max()),
                 pred_positions)
+
+    def _checked_ids(self, tokens) -> torch.Tensor:
+        """tokens as a CPU int64 tensor, every id in [0, vocab_size)."""
+        tokens = _integer_ids(tokens, "tokens")
+        if tokens.numel() == 0:
+            raise ValueError(f"tokens must be non-empty, got shape {tuple(tokens.shape)}")
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < 0 or high >= self.config.vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(f"tokens must be ids in [0, {self.config.vocab_size}), found {bad}")
+        return tokens.contiguous()
+
+    @staticmethod
+    def _checked_segments(segments, tokens: torch.Tensor) -> torch.Tensor:
+        """segments (default zeros) as a CPU int64 tensor of tokens' shape, each 0 or 1."""
+        if segments is None:
+            return torch.zeros_like(tokens)
+        segments = _integer_ids(segments, "segments")
+        if tuple(segments.shape) != tuple(tokens.shape):
+            raise ValueError(f"segments must have the shape of tokens {tuple(tokens.shape)}, "
+                             f"got {tuple(segments.shape)}")
+        bad = (segments != 0) & (segments != 1)
+        if bool(bad.any()):
+            raise ValueError(f"segments must be 0 or 1, found {int(segments[bad][0])}")
+        return segments.contiguous()
 
     @staticmethod
     def _validate_valid_lens(valid_lens, batch: int, seq_len: int) -> torch.Tensor:

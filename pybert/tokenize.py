@@ -2,16 +2,23 @@
 
 Raw text (not pre-tokenised like WikiText) is first brought to WikiText's form by
 ``normalize_text``: punctuation split off words, so that "Hello, world." gives the same words
-as WikiText's "hello , world ." and sentences end in " . ".
+as WikiText's "hello , world ." and sentences end in " . ". A checkpoint records which form its
+training text had (``text_format``), and :class:`WordTokenizer` applies the same one.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
+from collections.abc import Sequence
 
-__all__ = ["split_words", "normalize_text", "split_sentences"]
+from .model import get_tokens_and_segments
 
-_WORD_OR_PUNCT = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]", re.UNICODE)
+__all__ = ["split_words", "normalize_text", "split_sentences", "WordTokenizer", "TEXT_FORMATS"]
+
+TEXT_FORMATS = ("wikitext", "plain")
+# Reserved tokens such as <mask> survive normalisation whole.
+_WORD_OR_PUNCT = re.compile(r"<[a-z]+>|\w+(?:['’]\w+)*|[^\w\s]", re.UNICODE)
 
 
 def split_words(text: str) -> list[str]:
@@ -27,3 +34,68 @@ def normalize_text(text: str) -> str:
 def split_sentences(paragraph: str) -> list[str]:
     """The book's sentence rule for WikiText-format text: split on " . "."""
     return paragraph.strip().lower().split(" . ")
+
+
+class WordTokenizer:
+    """Texts and text pairs to (ids, segments) with a checkpoint's vocabulary.
+
+    ``<cls> a <sep>`` or ``<cls> a <sep> b <sep>``; unknown words become ``<unk>``. Inputs longer
+    than ``max_len`` are cut (the longer side of a pair first) with a warning, or raise
+    ValueError when ``truncation="error"``.
+    """
+
+    def __init__(self, vocab, max_len: int, text_format: str = "wikitext"):
+        if text_format not in TEXT_FORMATS:
+            raise ValueError(f"text_format must be one of {TEXT_FORMATS}, got {text_format!r}")
+        self.vocab = vocab
+        self.max_len = max_len
+        self.text_format = text_format
+
+    def words(self, text: str) -> list[str]:
+        if not isinstance(text, str):
+            raise TypeError(f"a text must be a str, got {type(text).__name__}")
+        return split_words(text) if self.text_format == "wikitext" else \
+            normalize_text(text).split()
+
+    def encode(self, item, truncation: str = "warn", index: int = 0):
+        """(ids, segments, truncated) of one text or (text_a, text_b) pair."""
+        if isinstance(item, str):
+            a, b = self.words(item), None
+        elif isinstance(item, Sequence) and len(item) == 2:
+            a, b = self.words(item[0]), self.words(item[1])
+        else:
+            raise TypeError(f"texts[{index}] must be a str or a (text_a, text_b) pair, got "
+                            f"{type(item).__name__}")
+        budget = self.max_len - (2 if b is None else 3)
+        if budget < (1 if b is None else 2):
+            raise ValueError(f"max_len {self.max_len} leaves no room for a text")
+        truncated = len(a) + (len(b) if b is not None else 0) > budget
+        if truncated:
+            if truncation == "error":
+                raise ValueError(f"texts[{index}] has {len(a) + len(b or [])} words, more than "
+                                 f"max_len={self.max_len} allows; pass truncation='warn' to cut "
+                                 "it")
+            if b is None:
+                a = a[:budget]
+            else:
+                while len(a) + len(b) > budget:  # longest first
+                    if len(a) >= len(b):
+                        a.pop()
+                    else:
+                        b.pop()
+        tokens, segments = get_tokens_and_segments(a, b)
+        return self.vocab[tokens], segments, truncated
+
+    def encode_all(self, items, truncation: str = "warn", start: int = 0):
+        """Encode many; one warning for all the texts that were cut."""
+        if truncation not in ("warn", "error"):
+            raise ValueError(f"truncation must be 'warn' or 'error', got {truncation!r}")
+        encoded, cut = [], 0
+        for i, item in enumerate(items):
+            ids, segments, truncated = self.encode(item, truncation, start + i)
+            encoded.append((ids, segments))
+            cut += truncated
+        if cut:
+            warnings.warn(f"{cut} text(s) were longer than max_len={self.max_len} and were cut",
+                          stacklevel=3)
+        return encoded

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
+from ._signals import sigterm_as_interrupt
 from .checkpoint import load_model, save
 from .config import BertConfig
 from .data import Corpus, PretrainingData, build_vocab, load_corpus, make_pretraining_data
@@ -161,10 +161,6 @@ def evaluate(net, data: PretrainingData, batch_size: int, device, max_batches: i
         "nsp_accuracy": totals["nsp_correct"] / max(totals["pairs"], 1),
         "pairs": totals["pairs"],
     }
-
-
-class _Stop(KeyboardInterrupt):
-    """Raised by the SIGTERM handler, so a killed run saves its checkpoint as Ctrl-C does."""
 
 
 def _lr_lambda(config: TrainConfig):
@@ -380,8 +376,6 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
                                "config": dataclasses.asdict(config)}, corpus)
             plot_losses(out / "metrics.jsonl", out / "loss.png")
 
-    previous_handler = signal.signal(signal.SIGTERM, _raise_stop) \
-        if hasattr(signal, "SIGTERM") and _in_main_thread() else None
     data, order = epoch_data(epoch)
     step = start_step
     pairs_seen, window_start = 0, time.perf_counter()
@@ -389,75 +383,74 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
 
     bar = tqdm(total=config.steps, initial=start_step, disable=not (is_main and config.progress),
                unit="step", dynamic_ncols=True)
-    try:
-        while step < config.steps:
-            batches_in_epoch = max(1, len(data) // config.batch_size)
-            if batch_in_epoch >= batches_in_epoch:
-                epoch, batch_in_epoch = epoch + 1, 0
-                data, order = epoch_data(epoch)
-                continue
-            index = order[batch_in_epoch * config.batch_size:
-                          (batch_in_epoch + 1) * config.batch_size]
-            if world_size > 1:
-                # A short last batch (tiny corpus) is cut to a multiple of the ranks.
-                shard = len(index) // world_size
-                index = index[: shard * world_size]
-            global_weight = float(data.mlm_weights[index].sum())
-            global_batch = len(index)
-            if world_size > 1:
-                index = index[rank * shard:(rank + 1) * shard]
-            batch = [t.to(device, non_blocking=True) for t in data.batch(index)]
-            with autocast():
-                mlm_loss, nsp_loss, mlm_loss_book = mlm_nsp_losses(
-                    model, batch, world_size, global_weight, global_batch)
-            optimizer.zero_grad(set_to_none=True)
-            (mlm_loss + nsp_loss).backward()
-            if config.clip_norm > 0:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), config.clip_norm)
-            lr = scheduler.get_last_lr()[0]  # the lr this step used
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            batch_in_epoch += 1
-            pairs_seen += global_batch
-            # Each rank's losses carry a factor world_size (see mlm_nsp_losses); the book's
-            # figure is a plain per-rank mean. Divided by world_size, the sum over ranks is
-            # the global value for all three.
-            losses = torch.stack([mlm_loss.detach(), nsp_loss.detach(),
-                                  mlm_loss_book]).float() / world_size
-            if world_size > 1:
-                dist.all_reduce(losses)
-            bar.update(1)
-            if step % config.log_every == 0 or step == config.steps:
-                elapsed = time.perf_counter() - window_start
-                row = {"kind": "train", "step": step, "mlm_loss": float(losses[0]),
-                       "nsp_loss": float(losses[1]), "mlm_loss_unweighted": float(losses[2]),
-                       "lr": lr,
-                       "pairs_per_s": pairs_seen / max(elapsed, 1e-9), "epoch": epoch}
-                log(row)
-                bar.set_postfix(mlm=f"{row['mlm_loss']:.3f}", nsp=f"{row['nsp_loss']:.3f}",
-                                pairs_s=f"{row['pairs_per_s']:.0f}")
-                pairs_seen, window_start = 0, time.perf_counter()
-            if (step % config.eval_every == 0 and step != config.steps and is_main
-                    and test_data is not None):
-                log({"kind": "eval", "step": step,
-                     **evaluate(net, test_data, config.batch_size, device, config.eval_batches,
-                                autocast)})
-            if step % config.save_every == 0 and step != config.steps:
-                checkpoint(step)
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through _Stop
-        bar.close()
-        checkpoint(step)
-        if is_main:
-            print(f"\ninterrupted at step {step}/{config.steps}; checkpoint saved in "
-                  f"{out / CHECKPOINT_DIR}; run again with --resume to continue")
-        raise
-    finally:
-        bar.close()
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
-        if metrics_file is not None:
-            metrics_file.close()
+    with sigterm_as_interrupt():
+        try:
+            while step < config.steps:
+                batches_in_epoch = max(1, len(data) // config.batch_size)
+                if batch_in_epoch >= batches_in_epoch:
+                    epoch, batch_in_epoch = epoch + 1, 0
+                    data, order = epoch_data(epoch)
+                    continue
+                index = order[batch_in_epoch * config.batch_size:
+                              (batch_in_epoch + 1) * config.batch_size]
+                if world_size > 1:
+                    # A short last batch (tiny corpus) is cut to a multiple of the ranks.
+                    shard = len(index) // world_size
+                    index = index[: shard * world_size]
+                global_weight = float(data.mlm_weights[index].sum())
+                global_batch = len(index)
+                if world_size > 1:
+                    index = index[rank * shard:(rank + 1) * shard]
+                batch = [t.to(device, non_blocking=True) for t in data.batch(index)]
+                with autocast():
+                    mlm_loss, nsp_loss, mlm_loss_book = mlm_nsp_losses(
+                        model, batch, world_size, global_weight, global_batch)
+                optimizer.zero_grad(set_to_none=True)
+                (mlm_loss + nsp_loss).backward()
+                if config.clip_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), config.clip_norm)
+                lr = scheduler.get_last_lr()[0]  # the lr this step used
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                batch_in_epoch += 1
+                pairs_seen += global_batch
+                # Each rank's losses carry a factor world_size (see mlm_nsp_losses); the book's
+                # figure is a plain per-rank mean. Divided by world_size, the sum over ranks is
+                # the global value for all three.
+                losses = torch.stack([mlm_loss.detach(), nsp_loss.detach(),
+                                      mlm_loss_book]).float() / world_size
+                if world_size > 1:
+                    dist.all_reduce(losses)
+                bar.update(1)
+                if step % config.log_every == 0 or step == config.steps:
+                    elapsed = time.perf_counter() - window_start
+                    row = {"kind": "train", "step": step, "mlm_loss": float(losses[0]),
+                           "nsp_loss": float(losses[1]), "mlm_loss_unweighted": float(losses[2]),
+                           "lr": lr,
+                           "pairs_per_s": pairs_seen / max(elapsed, 1e-9), "epoch": epoch}
+                    log(row)
+                    bar.set_postfix(mlm=f"{row['mlm_loss']:.3f}", nsp=f"{row['nsp_loss']:.3f}",
+                                    pairs_s=f"{row['pairs_per_s']:.0f}")
+                    pairs_seen, window_start = 0, time.perf_counter()
+                if (step % config.eval_every == 0 and step != config.steps and is_main
+                        and test_data is not None):
+                    log({"kind": "eval", "step": step,
+                         **evaluate(net, test_data, config.batch_size, device,
+                                    config.eval_batches, autocast)})
+                if step % config.save_every == 0 and step != config.steps:
+                    checkpoint(step)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see sigterm_as_interrupt)
+            bar.close()
+            checkpoint(step)
+            if is_main:
+                print(f"\ninterrupted at step {step}/{config.steps}; checkpoint saved in "
+                      f"{out / CHECKPOINT_DIR}; run again with --resume to continue")
+            raise
+        finally:
+            bar.close()
+            if metrics_file is not None:
+                metrics_file.close()
     result = {"step": step}
     if is_main and test_data is not None:
         final = evaluate(net, test_data, config.batch_size, device, 0, autocast)
@@ -471,16 +464,6 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
     result["model"] = net
     result["corpus"] = corpus
     return result
-
-
-def _raise_stop(signum, frame):
-    raise _Stop(f"signal {signum}")
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def masked_word_samples(engine, paragraphs, vocab: Vocab, count: int = 5, k: int = 5,

@@ -206,3 +206,23 @@ def test_cuda_engine_runs_on_the_current_stream():
     side.synchronize()
     for a, e in zip(on_side, expected):
         torch.testing.assert_close(a, e, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device,dtype", [
+    ("cpu", torch.float32),
+    pytest.param("cuda", torch.float16, marks=pytest.mark.cuda),
+])
+def test_packed_inputs_give_the_padded_results(device, dtype):
+    config = CONFIGS["hidden-96-head-dim-32"]
+    engine = pybert.Engine.from_model(random_model(config), device=device, dtype=dtype)
+    tokens, segments, valid_lens, _ = random_batch(config, 6, 40, seed=9)
+    padded = engine.encode(tokens, segments, valid_lens)
+    mask = valid_mask(valid_lens, 6, 40)
+    cu_seqlens = torch.zeros(7, dtype=torch.int64)
+    cu_seqlens[1:] = torch.cumsum(valid_lens.long(), 0)
+    packed = engine.encode_packed(tokens[mask], cu_seqlens, segments[mask])
+    assert packed.shape == (int(cu_seqlens[-1]), config.num_hiddens)
+    torch.testing.assert_close(packed, padded[mask.to(padded.device)], rtol=0, atol=0)
+    again = engine.encode_packed(tokens[mask], cu_seqlens.int(), segments[mask],
+                                 max_seqlen=40)
+    torch.testing.assert_close(again, packed, rtol=0, atol=0)

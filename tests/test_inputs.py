@@ -114,3 +114,28 @@ def test_numpy_inputs_are_validated_too(engine):
     tokens, segments, valid_lens, _ = good_batch()
     with pytest.raises(ValueError, match="valid_lens"):
         engine(tokens.numpy(), segments.numpy(), np.array([10, 0, 7]))
+
+
+@pytest.mark.parametrize("tokens,cu_seqlens,match", [
+    (torch.tensor([1, 2, 3]), torch.tensor([0, 2]), "from 0 to len"),
+    (torch.tensor([1, 2, 3]), torch.tensor([1, 3]), "from 0 to len"),
+    (torch.tensor([1, 2, 3]), torch.tensor([0, 3, 3]), r"in \[1, max_len=16\]"),
+    (torch.tensor([1, 2, 3]), torch.tensor([0, 2, 1, 3]), r"in \[1, max_len=16\]"),
+    (torch.arange(17) % 50, torch.tensor([0, 17]), r"in \[1, max_len=16\]"),
+    (torch.tensor([1, 2, 3]), torch.tensor([3]), "cu_seqlens must have shape"),
+    (torch.tensor([[1, 2, 3]]), torch.tensor([0, 3]), "packed tokens must have shape"),
+    (torch.tensor([1, 99, 3]), torch.tensor([0, 3]), r"\[0, 50\)"),
+])
+def test_bad_packed_inputs(engine, tokens, cu_seqlens, match):
+    with pytest.raises(ValueError, match=match):
+        engine.encode_packed(tokens, cu_seqlens)
+
+
+def test_bad_packed_segments_and_max_seqlen(engine):
+    tokens, cu = torch.tensor([1, 2, 3, 4]), torch.tensor([0, 1, 4])
+    with pytest.raises(ValueError, match="segments must be 0 or 1"):
+        engine.encode_packed(tokens, cu, torch.tensor([0, 0, 2, 0]))
+    with pytest.raises(ValueError, match="max_seqlen 2 must be in"):
+        engine.encode_packed(tokens, cu, max_seqlen=2)
+    with pytest.raises(TypeError, match="cu_seqlens"):
+        engine.encode_packed(tokens, torch.tensor([0.0, 1.0, 4.0]))

@@ -61,12 +61,12 @@ struct BertWeights {
 // One batch, already validated by the caller: ids in range, 1 <= length <= seq_len <= max_len,
 // pred_positions inside each sequence's real tokens.
 struct BatchInputs {
-  const int64_t* tokens;          // (batch, seq_len), padded
-  const int64_t* segments;        // (batch, seq_len), 0 or 1
+  const int64_t* tokens;          // (batch, seq_len) padded, or (total_tokens) if seq_len == 0
+  const int64_t* segments;        // the same layout, 0 or 1
   const int32_t* cu_seqlens;      // (batch + 1), prefix sums of the valid lengths
   const int64_t* pred_positions;  // (batch, num_pred_positions) or null: no MLM head
   int64_t batch;
-  int64_t seq_len;
+  int64_t seq_len;                // 0: tokens and segments are packed
   int64_t total_tokens;           // cu_seqlens[batch]
   int64_t max_seqlen;             // the longest valid length
   int64_t num_pred_positions;
@@ -75,7 +75,8 @@ struct BatchInputs {
 
 template <typename T>
 struct BatchOutputs {
-  T* encoded;     // (batch, seq_len, H); zeros at padded positions
+  T* encoded;         // (batch, seq_len, H); zeros at padded positions; or null
+  T* encoded_packed;  // (total_tokens, H), the real tokens only; or null
   T* mlm_logits;  // (batch, num_pred_positions, V), written when pred_positions is set
   T* nsp_logits;  // (batch, 2), written when with_nsp
 };

@@ -53,7 +53,8 @@ void bert_forward(Backend& backend, const BertConfig& c,
   const int64_t t = in.total_tokens;
   const int64_t preds = in.batch * in.num_pred_positions;
   const WorkspaceLayout layout(c, in);
-  T* x = workspace + layout.x;
+  // The hidden state lives in the caller's packed output when there is one: no copy at the end.
+  T* x = out.encoded_packed != nullptr ? out.encoded_packed : workspace + layout.x;
   T* qkv = workspace + layout.qkv;
   T* context = workspace + layout.context;
   T* projected = workspace + layout.projected;

@@ -15,8 +15,9 @@ void embed_packed(const int64_t* tokens, const int64_t* segments, const int32_t*
       const int64_t b =
           std::upper_bound(cu_seqlens, cu_seqlens + batch + 1, row) - cu_seqlens - 1;
       const int64_t s = row - cu_seqlens[b];
-      const float* tok = token_table + tokens[b * seq_len + s] * hidden;
-      const float* seg = segment_table + segments[b * seq_len + s] * hidden;
+      const int64_t input = seq_len > 0 ? b * seq_len + s : row;  // padded or packed ids
+      const float* tok = token_table + tokens[input] * hidden;
+      const float* seg = segment_table + segments[input] * hidden;
       const float* pos = pos_table + s * hidden;
       float* dst = out + row * hidden;
       for (int64_t i = 0; i < hidden; ++i) dst[i] = tok[i] + seg[i] + pos[i];

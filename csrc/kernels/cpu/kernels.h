@@ -27,7 +27,8 @@ void matmul_nn(const float* a, int64_t lda, const float* b, int64_t ldb, float* 
                int64_t m, int64_t n, int64_t k);
 
 // Token + segment + position embeddings of the real tokens, packed.
-// tokens, segments: (batch, seq_len) padded; cu_seqlens: (batch + 1);
+// tokens, segments: (batch, seq_len) padded, or already packed (total_tokens) when
+// seq_len == 0; cu_seqlens: (batch + 1);
 // token_table: (vocab_size, hidden); segment_table: (2, hidden); pos_table: (>= seq_len, hidden);
 // out: (total_tokens = cu_seqlens[batch], hidden); row cu_seqlens[b] + s holds position s of
 // sequence b.

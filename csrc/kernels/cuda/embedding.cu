@@ -12,8 +12,9 @@ __global__ void embed_packed_kernel(const int64_t* tokens, const int64_t* segmen
   const int row = blockIdx.x;
   const int b = sequence_of_row(cu_seqlens, batch, row);
   const int64_t s = row - cu_seqlens[b];
-  const T* tok = token_table + tokens[b * seq_len + s] * hidden;
-  const T* seg = segment_table + segments[b * seq_len + s] * hidden;
+  const int64_t input = seq_len > 0 ? b * seq_len + s : row;  // padded or packed ids
+  const T* tok = token_table + tokens[input] * hidden;
+  const T* seg = segment_table + segments[input] * hidden;
   const T* pos = pos_table + s * hidden;
   T* dst = out + int64_t(row) * hidden;
   for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) {

@@ -1,0 +1,149 @@
+"""Row-at-a-time writers for the batch job's outputs: .npy, .safetensors, .parquet.
+
+Each writes (rows, dim) float32 embeddings into a *partial* file known to hold ``rows`` rows,
+chunk by chunk and in any order of chunks, can be reopened to continue after an interruption,
+and only ``finish`` puts the result under its final name (an atomic rename), so a file under
+the final name is always complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["open_writer", "FORMATS"]
+
+FORMATS = (".npy", ".safetensors", ".parquet")
+TENSOR_NAME = "embeddings"
+
+
+class NpyWriter:
+    """A memory-mapped .npy of shape (rows, dim)."""
+
+    def __init__(self, partial: Path, rows: int, dim: int, resume: bool, metadata: dict):
+        mode = "r+" if resume else "w+"
+        self.array = np.lib.format.open_memmap(partial, mode=mode, dtype=np.float32,
+                                               shape=None if resume else (rows, dim))
+        if self.array.shape != (rows, dim):
+            raise ValueError(f"{partial} holds shape {self.array.shape}, expected {(rows, dim)}")
+        self.partial = partial
+
+    def write(self, start: int, block: np.ndarray) -> None:
+        self.array[start:start + len(block)] = block
+
+    def flush(self) -> None:
+        self.array.flush()
+
+    def finish(self, final: Path) -> None:
+        self.flush()
+        del self.array
+        os.replace(self.partial, final)
+
+
+class SafetensorsWriter:
+    """A .safetensors file with one F32 tensor "embeddings" (rows, dim): the header is written
+    first (the shape is known), then rows land at their offsets."""
+
+    def __init__(self, partial: Path, rows: int, dim: int, resume: bool, metadata: dict):
+        header = {TENSOR_NAME: {"dtype": "F32", "shape": [rows, dim],
+                                "data_offsets": [0, rows * dim * 4]},
+                  "__metadata__": {k: str(v) for k, v in metadata.items()}}
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)  # the format wants the data 8-byte aligned
+        self.data_start = 8 + len(text)
+        self.row_bytes = dim * 4
+        total = self.data_start + rows * self.row_bytes
+        if resume:
+            self.file = open(partial, "r+b")
+            if os.path.getsize(partial) != total or self.file.read(self.data_start) != \
+                    struct.pack("<Q", len(text)) + text:
+                self.file.close()
+                raise ValueError(f"{partial} is not the partial output of this job")
+        else:
+            self.file = open(partial, "w+b")
+            self.file.write(struct.pack("<Q", len(text)) + text)
+            self.file.truncate(total)
+        self.partial = partial
+
+    def write(self, start: int, block: np.ndarray) -> None:
+        self.file.seek(self.data_start + start * self.row_bytes)
+        self.file.write(np.ascontiguousarray(block, dtype="<f4").tobytes())
+
+    def flush(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def finish(self, final: Path) -> None:
+        self.flush()
+        self.file.close()
+        os.replace(self.partial, final)
+
+
+class ParquetWriter:
+    """A .parquet with columns "row" (int64) and "embedding" (fixed-size list of float32).
+    Chunks go to part files in a folder, merged in row order by ``finish``."""
+
+    def __init__(self, partial: Path, rows: int, dim: int, resume: bool, metadata: dict):
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ValueError("writing .parquet needs pyarrow (pip install pyarrow); .npy and "
+                             ".safetensors need nothing more") from None
+        if not resume and partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True, exist_ok=True)
+        self.partial, self.dim, self.metadata = partial, dim, metadata
+
+    def _table(self, start: int, block: np.ndarray):
+        import pyarrow as pa
+
+        values = pa.array(np.ascontiguousarray(block, dtype=np.float32).reshape(-1))
+        return pa.table({
+            "row": pa.array(np.arange(start, start + len(block), dtype=np.int64)),
+            "embedding": pa.FixedSizeListArray.from_arrays(values, self.dim),
+        })
+
+    def write(self, start: int, block: np.ndarray) -> None:
+        import pyarrow.parquet as pq
+
+        tmp = self.partial / f".part-{start:012d}.tmp"
+        pq.write_table(self._table(start, block), tmp)
+        os.replace(tmp, self.partial / f"part-{start:012d}.parquet")
+
+    def flush(self) -> None:
+        pass  # each part is complete once renamed
+
+    def finish(self, final: Path) -> None:
+        import pyarrow.parquet as pq
+
+        parts = sorted(self.partial.glob("part-*.parquet"))
+        tmp = final.with_name(f".{final.name}.tmp")
+        writer = None
+        for part in parts:
+            table = pq.read_table(part)
+            if writer is None:
+                schema = table.schema.with_metadata(
+                    {k: str(v) for k, v in self.metadata.items()})
+                writer = pq.ParquetWriter(tmp, schema)
+            writer.write_table(table.replace_schema_metadata(writer.schema.metadata))
+        if writer is not None:
+            writer.close()
+        os.replace(tmp, final)
+        shutil.rmtree(self.partial)
+
+
+def open_writer(final: Path, rows: int, dim: int, resume: bool, metadata: dict):
+    """The writer for ``final``'s suffix, on its partial path ``<final>.partial``."""
+    kinds = {".npy": NpyWriter, ".safetensors": SafetensorsWriter, ".parquet": ParquetWriter}
+    if final.suffix not in kinds:
+        raise ValueError(f"--output must end in one of {FORMATS}, got {final.name}")
+    return kinds[final.suffix](partial_path(final), rows, dim, resume, metadata)
+
+
+def partial_path(final: Path) -> Path:
+    return final.with_name(final.name + ".partial")

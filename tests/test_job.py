@@ -1,0 +1,181 @@
+"""The batch job (`pybert encode`): formats, order, and resume after a kill."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import pybert
+import pybert.output
+from pybert.batch import run_encode_job
+
+from test_batch import CONFIG, VOCAB, WORDS, random_texts
+from conftest import random_model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "model"
+    pybert.save(random_model(CONFIG, seed=4), path, vocab=VOCAB)
+    return path
+
+
+def write_txt(path, items):
+    with open(path, "w", encoding="utf-8") as f:
+        for item in items:
+            f.write((item if isinstance(item, str) else "\t".join(item)) + "\n")
+
+
+def read_output(path):
+    if path.suffix == ".npy":
+        return np.load(path)
+    if path.suffix == ".safetensors":
+        return load_file(str(path))["embeddings"]
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    assert table.column("row").to_pylist() == list(range(table.num_rows))
+    return np.array(table.column("embedding").to_pylist(), dtype=np.float32)
+
+
+FORMATS = [".npy", ".safetensors",
+           pytest.param(".parquet", marks=pytest.mark.skipif(
+               __import__("importlib").util.find_spec("pyarrow") is None,
+               reason="pyarrow is not installed"))]
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_job_matches_in_memory_encoding(tmp_path, checkpoint, suffix, pooling):
+    texts = random_texts(70, seed=5)
+    write_txt(tmp_path / "in.txt", texts)
+    engine = pybert.load(checkpoint)
+    out = tmp_path / f"out{suffix}"
+    result = run_encode_job(engine, tmp_path / "in.txt", out, "m", pooling=pooling,
+                            batch_tokens=40, chunk_size=16, progress=False)
+    assert result["rows"] == 70 and result["dim"] == CONFIG.num_hiddens
+    expected = pybert.encode(engine, texts, pooling=pooling)
+    np.testing.assert_allclose(read_output(out), expected, rtol=1e-5, atol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", out.name]
+
+
+def test_jsonl_forms(tmp_path, checkpoint):
+    rows = ['"the cat"', '["a dog", "it ran"]', "", '{"text": "the mat"}',
+            '{"text": "a", "text_pair": "red"}', '{"text_a": "it", "text_b": "is"}']
+    (tmp_path / "in.jsonl").write_text("\n".join(rows) + "\n")
+    engine = pybert.load(checkpoint)
+    run_encode_job(engine, tmp_path / "in.jsonl", tmp_path / "o.npy", "m", progress=False)
+    expected = pybert.encode(engine, ["the cat", ("a dog", "it ran"), "the mat", ("a", "red"),
+                                      ("it", "is")])
+    np.testing.assert_allclose(np.load(tmp_path / "o.npy"), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("line,match", [("{not json", "in.jsonl:2: not valid JSON"),
+                                        ("[1, 2]", "in.jsonl:2: expected a string"),
+                                        ('{"text": "a", "text_pair": 3}', "must be a string")])
+def test_bad_jsonl(tmp_path, checkpoint, line, match):
+    (tmp_path / "in.jsonl").write_text('"fine"\n' + line + "\n")
+    with pytest.raises(ValueError, match=match):
+        run_encode_job(pybert.load(checkpoint), tmp_path / "in.jsonl", tmp_path / "o.npy", "m",
+                       progress=False)
+    assert not (tmp_path / "o.npy").exists()
+
+
+def test_job_refusals(tmp_path, checkpoint):
+    engine = pybert.load(checkpoint)
+    write_txt(tmp_path / "in.txt", ["the cat"])
+    with pytest.raises(FileNotFoundError):
+        run_encode_job(engine, tmp_path / "missing.txt", tmp_path / "o.npy", "m")
+    with pytest.raises(ValueError, match="must end in one of"):
+        run_encode_job(engine, tmp_path / "in.txt", tmp_path / "o.csv", "m", progress=False)
+    with pytest.raises(ValueError, match="pooling"):
+        run_encode_job(engine, tmp_path / "in.txt", tmp_path / "o.npy", "m", pooling="tokens")
+    run_encode_job(engine, tmp_path / "in.txt", tmp_path / "o.npy", "m", progress=False)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        run_encode_job(engine, tmp_path / "in.txt", tmp_path / "o.npy", "m", progress=False)
+    run_encode_job(engine, tmp_path / "in.txt", tmp_path / "o.npy", "m", overwrite=True,
+                   progress=False)
+
+
+def test_empty_input(tmp_path, checkpoint):
+    (tmp_path / "in.txt").write_text("")
+    run_encode_job(pybert.load(checkpoint), tmp_path / "in.txt", tmp_path / "o.safetensors",
+                   "m", progress=False)
+    assert read_output(tmp_path / "o.safetensors").shape == (0, CONFIG.num_hiddens)
+
+
+def _encode_cli(checkpoint, source, output, *extra):
+    return subprocess.Popen(
+        [sys.executable, "-m", "pybert", "encode", "--model", str(checkpoint), "--input",
+         str(source), "--output", str(output), "--chunk-size", "500", "--no-progress", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=source.parent,
+        env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"))
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".safetensors"])
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_killed_job_resumes_without_losing_or_repeating_rows(tmp_path, checkpoint, suffix, how):
+    rng = random.Random(7)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 20)))
+             for _ in range(30000)]
+    source = tmp_path / "in.txt"
+    write_txt(source, texts)
+    output = tmp_path / f"out{suffix}"
+    progress = tmp_path / f"out{suffix}.progress.json"
+    proc = _encode_cli(checkpoint, source, output)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if progress.exists():
+            try:
+                if json.loads(progress.read_text())["done"] >= 1000:
+                    break
+            except (json.JSONDecodeError, KeyError):
+                pass
+        time.sleep(0.05)
+    assert proc.poll() is None, "the job finished before it could be interrupted"
+    proc.send_signal(how)
+    output_text = proc.communicate(timeout=120)[0]
+    assert proc.returncode == (130 if how == signal.SIGTERM else -signal.SIGKILL), output_text
+    assert not output.exists(), "an interrupted job must not leave a finished-looking output"
+    done = json.loads(progress.read_text())["done"]
+    assert 0 < done < len(texts)
+
+    again = _encode_cli(checkpoint, source, output)
+    text = again.communicate(timeout=600)[0]
+    assert again.returncode == 0, text
+    assert json.loads(text.strip().splitlines()[-1])["resumed_at"] == done
+    assert not progress.exists()
+    expected = pybert.encode(pybert.load(checkpoint), texts)
+    np.testing.assert_allclose(read_output(output), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_changed_input_is_not_resumed(tmp_path, checkpoint, monkeypatch):
+    source = tmp_path / "in.txt"
+    write_txt(source, ["the cat"] * 50)
+    engine = pybert.load(checkpoint)
+    flushes = []
+
+    def flush_then_stop(self):
+        flushes.append(1)
+        if len(flushes) == 2:
+            raise KeyboardInterrupt  # as if Ctrl-C came after the second chunk
+        self.array.flush()
+
+    monkeypatch.setattr(pybert.output.NpyWriter, "flush", flush_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_encode_job(engine, source, tmp_path / "o.npy", "m", chunk_size=10, progress=False)
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "o.npy.progress.json").read_text())["done"] == 10
+    write_txt(source, ["a dog"] * 10)
+    with pytest.raises(ValueError, match="different job"):
+        run_encode_job(engine, source, tmp_path / "o.npy", "m", chunk_size=10, progress=False)
+    result = run_encode_job(engine, source, tmp_path / "o.npy", "m", chunk_size=10,
+                            overwrite=True, progress=False)
+    assert result["resumed_at"] == 0 and np.load(tmp_path / "o.npy").shape[0] == 10
