@@ -127,6 +127,8 @@ BertWeights<T> typed(const BertWeights<void>& w) {
   out.token_embedding = c(w.token_embedding);
   out.segment_embedding = c(w.segment_embedding);
   out.pos_embedding = c(w.pos_embedding);
+  out.embedding_ln_weight = c(w.embedding_ln_weight);
+  out.embedding_ln_bias = c(w.embedding_ln_bias);
   for (const auto& l : w.layers) {
     out.layers.push_back(BertLayerWeights<T>{
         c(l.qkv_weight), c(l.qkv_bias), c(l.out_weight), c(l.out_bias), c(l.ln1_weight),
@@ -160,6 +162,7 @@ class Engine {
     config_.max_len = config["max_len"].cast<int64_t>();
     config_.layer_norm_eps = config["layer_norm_eps"].cast<float>();
     config_.ffn_activation = parse_activation(config["ffn_activation"].cast<std::string>());
+    config_.mlm_activation = parse_activation(config["mlm_activation"].cast<std::string>());
     TORCH_CHECK(config_.num_heads > 0 && config_.num_hiddens % config_.num_heads == 0,
                 "num_hiddens (", config_.num_hiddens, ") must be a multiple of num_heads (",
                 config_.num_heads, ")");
@@ -180,9 +183,21 @@ class Engine {
       held_.push_back(t);
       return t.data_ptr();
     };
+    // An optional part: all of its weights or none of them.
+    auto has = [&](std::initializer_list<const char*> names) {
+      size_t found = 0;
+      for (const char* name : names) found += weights.count(name);
+      TORCH_CHECK(found == 0 || found == names.size(), "weights of one part must come "
+                  "together: ", *names.begin(), " and its siblings are partly missing");
+      return found != 0;
+    };
     weights_.token_embedding = take("token_embedding", {v, h});
     weights_.segment_embedding = take("segment_embedding", {2, h});
     weights_.pos_embedding = take("pos_embedding", {config_.max_len, h});
+    if (has({"embedding_ln_weight", "embedding_ln_bias"})) {
+      weights_.embedding_ln_weight = take("embedding_ln_weight", {h});
+      weights_.embedding_ln_bias = take("embedding_ln_bias", {h});
+    }
     for (int64_t i = 0; i < config_.num_layers; ++i) {
       const std::string p = "layers." + std::to_string(i) + ".";
       weights_.layers.push_back(BertLayerWeights<void>{
@@ -193,16 +208,23 @@ class Engine {
           take(p + "ffn2_weight", {h, f}), take(p + "ffn2_bias", {h}),
           take(p + "ln2_weight", {h}), take(p + "ln2_bias", {h})});
     }
-    weights_.pooler_weight = take("pooler_weight", {h, h});
-    weights_.pooler_bias = take("pooler_bias", {h});
-    weights_.nsp_weight = take("nsp_weight", {2, h});
-    weights_.nsp_bias = take("nsp_bias", {2});
-    weights_.mlm_dense_weight = take("mlm_dense_weight", {h, h});
-    weights_.mlm_dense_bias = take("mlm_dense_bias", {h});
-    weights_.mlm_ln_weight = take("mlm_ln_weight", {h});
-    weights_.mlm_ln_bias = take("mlm_ln_bias", {h});
-    weights_.mlm_decoder_weight = take("mlm_decoder_weight", {v, h});
-    weights_.mlm_decoder_bias = take("mlm_decoder_bias", {v});
+    has_nsp_ = has({"pooler_weight", "pooler_bias", "nsp_weight", "nsp_bias"});
+    if (has_nsp_) {
+      weights_.pooler_weight = take("pooler_weight", {h, h});
+      weights_.pooler_bias = take("pooler_bias", {h});
+      weights_.nsp_weight = take("nsp_weight", {2, h});
+      weights_.nsp_bias = take("nsp_bias", {2});
+    }
+    has_mlm_ = has({"mlm_dense_weight", "mlm_dense_bias", "mlm_ln_weight", "mlm_ln_bias",
+                    "mlm_decoder_weight", "mlm_decoder_bias"});
+    if (has_mlm_) {
+      weights_.mlm_dense_weight = take("mlm_dense_weight", {h, h});
+      weights_.mlm_dense_bias = take("mlm_dense_bias", {h});
+      weights_.mlm_ln_weight = take("mlm_ln_weight", {h});
+      weights_.mlm_ln_bias = take("mlm_ln_bias", {h});
+      weights_.mlm_decoder_weight = take("mlm_decoder_weight", {v, h});
+      weights_.mlm_decoder_bias = take("mlm_decoder_bias", {v});
+    }
 #ifdef PYBERT_WITH_CUDA
     if (device_.is_cuda()) {
       c10::cuda::CUDAGuard guard(device_);
@@ -213,6 +235,9 @@ class Engine {
     }
 #endif
   }
+
+  bool has_nsp() const { return has_nsp_; }
+  bool has_mlm() const { return has_mlm_; }
 
   // Returns (encoded, mlm_logits (B, P, V) or None, nsp_logits (B, 2) or None). tokens and
   // segments are padded (B, S), giving encoded (B, S, H), or packed (total_tokens), giving
@@ -249,6 +274,8 @@ class Engine {
     in.seq_len = seq_len;
     in.total_tokens = checked_total_tokens(cu_seqlens, batch, max_seqlen, total_tokens);
     in.max_seqlen = max_seqlen;
+    TORCH_CHECK(!with_nsp || has_nsp_, "this model has no NSP head (pooler and classifier)");
+    TORCH_CHECK(!pred_positions.has_value() || has_mlm_, "this model has no MLM head");
     in.with_nsp = with_nsp;
     if (pred_positions.has_value()) {
       check_tensor(*pred_positions, "pred_positions", at::kLong, 2, device_);
@@ -304,6 +331,7 @@ class Engine {
   at::Device device_{at::kCPU};
   at::ScalarType dtype_ = at::kFloat;
   BertWeights<void> weights_{};
+  bool has_nsp_ = false, has_mlm_ = false;
   std::vector<at::Tensor> held_;  // keeps the weight storage alive behind weights_' pointers
 #ifdef PYBERT_WITH_CUDA
   at::Tensor gemm_workspace_;
@@ -579,6 +607,8 @@ PYBIND11_MODULE(_C, m) {
   m.attr("cuda_available") = false;
 #endif
   py::class_<pybert::Engine>(m, "Engine")
+      .def_property_readonly("has_nsp", &pybert::Engine::has_nsp)
+      .def_property_readonly("has_mlm", &pybert::Engine::has_mlm)
       .def(py::init<const py::dict&, const std::unordered_map<std::string, at::Tensor>&>(),
            py::arg("config"), py::arg("weights"))
       .def("forward", &pybert::Engine::forward, py::arg("tokens"), py::arg("segments"),

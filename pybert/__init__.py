@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 
 def encode(model, inputs, segments=None, valid_lens=None, *, device="cpu",
-           dtype=torch.float32, pooling="cls", return_type="numpy", batch_tokens=16384,
+           dtype=torch.float32, pooling=None, return_type="numpy", batch_tokens=16384,
            truncation="warn"):
     """Encode token ids or texts.
 
@@ -33,9 +33,11 @@ def encode(model, inputs, segments=None, valid_lens=None, *, device="cpu",
     - a text, or a list of texts and (text_a, text_b) pairs: tokenised with the checkpoint's
       vocabulary, sorted into length buckets of at most ``batch_tokens`` padded tokens, and
       returned in the caller's order, pooled by ``pooling`` ("cls": the <cls> vector, "mean":
-      the mean over real tokens, (N, H); "tokens": a list of (len_i, H) per-token encodings) as
-      ``return_type`` ("numpy" or "torch"). Texts longer than max_len are cut with a warning,
-      or raise with ``truncation="error"``.
+      the mean over real tokens, (N, H); "tokens": a list of (len_i, H) per-token encodings;
+      default: the model's own, "cls" unless a sentence-transformers model says otherwise,
+      which also L2-normalises when it has a Normalize module) as ``return_type`` ("numpy"
+      or "torch"). Texts longer than max_len are cut with a warning, or raise with
+      ``truncation="error"``.
     """
     engine = model if isinstance(model, Engine) else load(model, device=device, dtype=dtype)
     if _is_text(inputs):
@@ -43,8 +45,9 @@ def encode(model, inputs, segments=None, valid_lens=None, *, device="cpu",
             raise ValueError("segments and valid_lens go with token ids, not with texts")
         from .batch import encode_texts
 
-        return encode_texts(engine, inputs, pooling=pooling, return_type=return_type,
-                            batch_tokens=batch_tokens, truncation=truncation)
+        return encode_texts(engine, inputs, pooling=pooling or engine.pooling,
+                            return_type=return_type, batch_tokens=batch_tokens,
+                            truncation=truncation)
     return engine.encode(inputs, segments, valid_lens)
 
 

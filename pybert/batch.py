@@ -82,7 +82,7 @@ def _produce(engine, items: Iterator, chunk_size: int, batch_tokens: int, trunca
         return False
 
     try:
-        pad = engine.vocab["<pad>"]
+        pad = engine.tokenizer.pad_id
         start = 0
         for chunk_index in itertools.count():
             chunk = list(itertools.islice(items, chunk_size))
@@ -101,16 +101,21 @@ def _produce(engine, items: Iterator, chunk_size: int, batch_tokens: int, trunca
         put(err)
 
 
-def _pool(encoded: torch.Tensor, valid_lens: torch.Tensor, pooling: str):
-    """(B, H) pooled vectors, or a list of (len_b, H) per-token encodings, as float32 on CPU."""
+def _pool(encoded: torch.Tensor, valid_lens: torch.Tensor, pooling: str, normalize: bool):
+    """(B, H) pooled vectors (L2-normalised if ``normalize``), or a list of (len_b, H)
+    per-token encodings, as float32 on CPU."""
+    if pooling == "tokens":
+        host = encoded.float().cpu()
+        return [host[b, : int(n)] for b, n in enumerate(valid_lens)]
     if pooling == "cls":
-        return encoded[:, 0].float().cpu()
-    if pooling == "mean":
+        pooled = encoded[:, 0].float()
+    else:
         lens = valid_lens.to(encoded.device)
         # padded positions are zeros, so a plain sum over the sequence is the sum of real ones
-        return (encoded.float().sum(1) / lens[:, None].float()).cpu()
-    host = encoded.float().cpu()
-    return [host[b, : int(n)] for b, n in enumerate(valid_lens)]
+        pooled = encoded.float().sum(1) / lens[:, None].float()
+    if normalize:
+        pooled = torch.nn.functional.normalize(pooled, dim=-1)
+    return pooled.cpu()
 
 
 def iter_encoded(engine, texts: Iterable, pooling: str = "cls", batch_tokens: int = 16384,
@@ -145,7 +150,7 @@ def iter_encoded(engine, texts: Iterable, pooling: str = "cls", batch_tokens: in
                 pending[index] = {"rows": [None] * size, "left": num_batches}
                 continue
             encoded = engine.encode(item.tokens, item.segments, item.valid_lens)
-            pooled = _pool(encoded, item.valid_lens, pooling)
+            pooled = _pool(encoded, item.valid_lens, pooling, engine.normalize)
             state = pending[item.chunk]
             for j, r in enumerate(item.rows):
                 state["rows"][r] = pooled[j]
@@ -242,7 +247,7 @@ def count_rows(path) -> int:
         return sum(1 for line in f if not (jsonl and not line.strip()))
 
 
-def run_encode_job(engine, input_path, output_path, model_id: str, pooling: str = "cls",
+def run_encode_job(engine, input_path, output_path, model_id: str, pooling: str | None = None,
                    batch_tokens: int = 16384, chunk_size: int = 4096, truncation: str = "warn",
                    overwrite: bool = False, progress: bool = True) -> dict:
     """Embed every row of ``input_path`` into ``output_path`` (.npy, .safetensors, .parquet),
@@ -259,6 +264,7 @@ def run_encode_job(engine, input_path, output_path, model_id: str, pooling: str 
 
     from .output import open_writer, partial_path
 
+    pooling = pooling or engine.pooling
     if pooling not in ("cls", "mean"):
         raise ValueError(f"a batch job pools each text to one vector: pooling must be cls or "
                          f"mean, got {pooling!r}")
@@ -274,7 +280,8 @@ def run_encode_job(engine, input_path, output_path, model_id: str, pooling: str 
     stat = input_path.stat()
     job = {"input": str(input_path.resolve()), "input_bytes": stat.st_size,
            "input_mtime_ns": stat.st_mtime_ns, "model": model_id, "pooling": pooling,
-           "truncation": truncation, "dim": engine.config.num_hiddens,
+           "normalize": engine.normalize, "truncation": truncation,
+           "dim": engine.config.num_hiddens,
            "engine_dtype": str(engine.dtype).replace("torch.", "")}
     done, resume = 0, False
     if progress_path.exists() and partial_path(output_path).exists() and not overwrite:

@@ -158,12 +158,16 @@ def load_model(path) -> tuple[torch.nn.Module, Vocab | None]:
 
 
 def load(path, device="cpu", dtype: torch.dtype = torch.float32):
-    """An :class:`~pybert.Engine` serving the checkpoint at ``path``."""
+    """An :class:`~pybert.Engine` serving the checkpoint at ``path``: a pybert checkpoint, a
+    Hugging Face BERT directory or a sentence-transformers model directory."""
     from .engine import Engine
+    from .huggingface import is_huggingface_dir, load_huggingface
 
     path = Path(path)
+    if path.is_dir() and is_huggingface_dir(path):
+        return load_huggingface(path, device=device, dtype=dtype)
     config, document = read_config(path)
     state = _read_state_dict(path, config)
     text_format = (document.get("extra") or {}).get("text_format", "wikitext")
-    return Engine(config, state, device=device, dtype=dtype, vocab=_read_vocab(path, config),
-                  text_format=text_format)
+    return Engine.from_state_dict(state, config, device=device, dtype=dtype,
+                                  vocab=_read_vocab(path, config), text_format=text_format)

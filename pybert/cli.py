@@ -141,7 +141,9 @@ def main(argv=None) -> int:
     encode_parser.add_argument("--model", required=True, help="a pybert checkpoint directory")
     encode_parser.add_argument("--input", required=True)
     encode_parser.add_argument("--output", required=True)
-    encode_parser.add_argument("--pooling", choices=("cls", "mean"), default="cls")
+    encode_parser.add_argument("--pooling", choices=("cls", "mean"),
+                               help="default: the model's own (cls unless a "
+                                    "sentence-transformers model says otherwise)")
     encode_parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     encode_parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
                                help="default: float16 on a GPU, float32 on the CPU")

@@ -23,6 +23,9 @@ class BertConfig:
     dropout: float = 0.0          # training only; inference ignores it
     layer_norm_eps: float = 1e-5
     ffn_activation: str = "relu"
+    # Hugging Face BERT: GELU in the MLM transform, and a LayerNorm after the embeddings
+    mlm_activation: str = "relu"
+    embedding_layer_norm: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "num_hiddens", "ffn_num_hiddens", "num_heads", "num_layers",
@@ -37,9 +40,10 @@ class BertConfig:
             raise ValueError(f"BertConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if not float(self.layer_norm_eps) > 0.0:
             raise ValueError(f"BertConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
-        if self.ffn_activation not in ACTIVATIONS:
-            raise ValueError(f"BertConfig.ffn_activation must be one of {ACTIVATIONS}, "
-                             f"got {self.ffn_activation!r}")
+        for name in ("ffn_activation", "mlm_activation"):
+            if getattr(self, name) not in ACTIVATIONS:
+                raise ValueError(f"BertConfig.{name} must be one of {ACTIVATIONS}, "
+                                 f"got {getattr(self, name)!r}")
 
     @property
     def head_dim(self) -> int:
@@ -66,9 +70,11 @@ class BertConfig:
         """A fresh eager ``BERTModel`` of these sizes (every *_size / *_features = num_hiddens)."""
         from .model import BERTModel
 
-        if self.ffn_activation != "relu":
-            raise ValueError("the d2l eager model has a ReLU FFN; "
-                             f"ffn_activation={self.ffn_activation!r} cannot be built eagerly")
+        if (self.ffn_activation, self.mlm_activation, self.embedding_layer_norm) != \
+                ("relu", "relu", False):
+            raise ValueError("the d2l eager model has ReLU activations and no embedding "
+                             "LayerNorm; this config (a Hugging Face BERT?) cannot be built "
+                             "as one")
         h = self.num_hiddens
         net = BERTModel(self.vocab_size, h, [h], h, self.ffn_num_hiddens, self.num_heads,
                         self.num_layers, self.dropout, max_len=self.max_len, key_size=h,

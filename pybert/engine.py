@@ -96,22 +96,23 @@ class Engine:
     ``engine(tokens, segments, valid_lens=None, pred_positions=None)`` returns
     ``(encoded, mlm_Y_hat, nsp_Y_hat)`` with ``BERTModel.forward``'s meaning:
     encoded (B, S, H), zeros at positions >= valid_lens; mlm_Y_hat (B, P, vocab_size) or None
-    without pred_positions; nsp_Y_hat (B, 2).
+    without pred_positions; nsp_Y_hat (B, 2), or None for a model without an NSP head.
+
+    ``weights`` are the engine's packed tensors (see :func:`pack_d2l_state_dict`); the
+    ``tokenizer`` (optional) turns texts into ids; ``pooling`` and ``normalize`` are what
+    ``pybert.encode`` does to texts by default (a sentence-transformers model sets them).
     """
 
-    def __init__(self, config: BertConfig, state_dict: dict, device="cpu",
-                 dtype: torch.dtype = torch.float32, vocab: Vocab | None = None,
-                 text_format: str = "wikitext"):
+    def __init__(self, config: BertConfig, weights: dict, device="cpu",
+                 dtype: torch.dtype = torch.float32, tokenizer=None, vocab: Vocab | None = None,
+                 pooling: str = "cls", normalize: bool = False):
         self.config = config
         self.device = torch.device(device)
         self.dtype = dtype
         self.vocab = vocab
-        if vocab is not None and len(vocab) != config.vocab_size:
-            raise ValueError(f"vocab has {len(vocab)} tokens but the model's vocab_size is "
-                             f"{config.vocab_size}")
-        # Texts in: the checkpoint's words (text_format says how its training text was split).
-        self.tokenizer = WordTokenizer(vocab, config.max_len, text_format) \
-            if vocab is not None else None
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.normalize = normalize
         if self.device.type == "cuda":
             if not _C.cuda_available:
                 raise ValueError(f"device {self.device}: this build of pybert has no CUDA "
@@ -127,29 +128,46 @@ class Engine:
                 raise ValueError(f"the CPU engine computes in torch.float32, got dtype={dtype}")
         else:
             raise ValueError(f"device {self.device} is not supported: use cpu or cuda")
-        for key, value in state_dict.items():
+        for key, value in weights.items():
             if not isinstance(value, torch.Tensor) or not value.is_floating_point():
                 raise TypeError(f"weight {key} must be a floating-point tensor")
         weights = {name: t.detach().to(self.device, dtype).contiguous()
-                   for name, t in pack_d2l_state_dict(state_dict, config).items()}
+                   for name, t in weights.items()}
         native_config = {
             "vocab_size": config.vocab_size, "num_hiddens": config.num_hiddens,
             "num_heads": config.num_heads, "ffn_num_hiddens": config.ffn_num_hiddens,
             "num_layers": config.num_layers, "max_len": config.max_len,
             "layer_norm_eps": float(config.layer_norm_eps),
             "ffn_activation": config.ffn_activation,
+            "mlm_activation": config.mlm_activation,
         }
         on_gpu = self.device.type == "cuda"
         with torch.cuda.device(self.device) if on_gpu else contextlib.nullcontext():
             self._native = _C.Engine(native_config, weights)
+        self.has_nsp = self._native.has_nsp
+        self.has_mlm = self._native.has_mlm
+
+    @classmethod
+    def from_state_dict(cls, state_dict: dict, config: BertConfig, device="cpu",
+                        dtype: torch.dtype = torch.float32, vocab: Vocab | None = None,
+                        text_format: str = "wikitext") -> "Engine":
+        """An engine for a d2l ``state_dict`` (the book's key names). With a ``vocab`` it also
+        takes texts, split by the rule of ``text_format`` (see pybert.tokenize)."""
+        if vocab is not None and len(vocab) != config.vocab_size:
+            raise ValueError(f"vocab has {len(vocab)} tokens but the model's vocab_size is "
+                             f"{config.vocab_size}")
+        tokenizer = WordTokenizer(vocab, config.max_len, text_format) \
+            if vocab is not None else None
+        return cls(config, pack_d2l_state_dict(state_dict, config), device=device, dtype=dtype,
+                   tokenizer=tokenizer, vocab=vocab)
 
     @classmethod
     def from_model(cls, net: torch.nn.Module, device="cpu", dtype: torch.dtype = torch.float32,
                    vocab: Vocab | None = None, text_format: str = "wikitext") -> "Engine":
         """Pack the weights of a d2l-style ``BERTModel`` (pybert's or the book's). With a
         ``vocab`` the engine also takes texts (see ``pybert.encode``)."""
-        return cls(config_from_model(net), net.state_dict(), device=device, dtype=dtype,
-                   vocab=vocab, text_format=text_format)
+        return cls.from_state_dict(net.state_dict(), config_from_model(net), device=device,
+                                   dtype=dtype, vocab=vocab, text_format=text_format)
 
     def __repr__(self) -> str:
         c = self.config
@@ -160,7 +178,10 @@ class Engine:
     # -- forward ----------------------------------------------------------------------------
 
     def __call__(self, tokens, segments=None, valid_lens=None, pred_positions=None):
-        return self._forward(tokens, segments, valid_lens, pred_positions, with_nsp=True)
+        if pred_positions is not None and not self.has_mlm:
+            raise ValueError("this model has no MLM head, so pred_positions cannot be scored")
+        return self._forward(tokens, segments, valid_lens, pred_positions,
+                             with_nsp=self.has_nsp)
 
     def encode(self, tokens, segments=None, valid_lens=None) -> torch.Tensor:
         """Only the encodings (B, S, H): the heads are not run."""
@@ -219,11 +240,13 @@ class Engine:
         items, encoded = self._encoded_texts(texts, truncation)
         if not 1 <= k <= self.config.vocab_size:
             raise ValueError(f"k must be in [1, vocab_size={self.config.vocab_size}], got {k}")
-        mask_id = self.vocab["<mask>"]
+        if not self.has_mlm:
+            raise ValueError("this model has no MLM head")
+        mask_id = self.tokenizer.mask_id
         masks = [[p for p, t in enumerate(ids) if t == mask_id] for ids, _ in encoded]
         results: list = [[] for _ in items]
         for rows in plan_batches([len(ids) for ids, _ in encoded], batch_tokens):
-            tokens, segments, valid_lens = pad_batch(encoded, rows, self.vocab["<pad>"])
+            tokens, segments, valid_lens = pad_batch(encoded, rows, self.tokenizer.pad_id)
             width = max(1, max(len(masks[r]) for r in rows))
             positions = torch.zeros((len(rows), width), dtype=torch.int64)
             for j, r in enumerate(rows):
@@ -232,7 +255,7 @@ class Engine:
             top = torch.topk(torch.softmax(mlm.float(), -1), k, dim=-1)
             probs, ids = top.values.cpu(), top.indices.cpu()
             for j, r in enumerate(rows):
-                results[r] = [[(self.vocab.to_tokens(int(i)), float(p))
+                results[r] = [[(self.tokenizer.id_to_token(int(i)), float(p))
                                for i, p in zip(ids[j, m], probs[j, m])]
                               for m in range(len(masks[r]))]
         return results[0] if isinstance(texts, (str, tuple)) else results
@@ -242,13 +265,15 @@ class Engine:
         """P(text_b follows text_a) for each (text_a, text_b) pair, from the NSP head."""
         from .batch import pad_batch, plan_batches
 
+        if not self.has_nsp:
+            raise ValueError("this model has no NSP head")
         items, encoded = self._encoded_texts(pairs, truncation)
         if not all(isinstance(i, tuple) or (isinstance(i, list) and len(i) == 2)
                    for i in items):
             raise TypeError("next_sentence takes (text_a, text_b) pairs")
         result = np.zeros(len(items), dtype=np.float64)
         for rows in plan_batches([len(ids) for ids, _ in encoded], batch_tokens):
-            tokens, segments, valid_lens = pad_batch(encoded, rows, self.vocab["<pad>"])
+            tokens, segments, valid_lens = pad_batch(encoded, rows, self.tokenizer.pad_id)
             _, _, nsp = self(tokens, segments, valid_lens)
             result[rows] = torch.softmax(nsp.double(), -1)[:, 1].cpu().numpy()
         return result[0] if isinstance(pairs, tuple) else result

@@ -50,6 +50,11 @@ class WordTokenizer:
         self.vocab = vocab
         self.max_len = max_len
         self.text_format = text_format
+        self.pad_id = vocab["<pad>"]
+        self.mask_id = vocab["<mask>"]
+
+    def id_to_token(self, index: int) -> str:
+        return self.vocab.to_tokens(index)
 
     def words(self, text: str) -> list[str]:
         if not isinstance(text, str):

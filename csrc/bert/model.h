@@ -17,7 +17,8 @@ struct BertConfig {
   int64_t num_layers = 0;
   int64_t max_len = 0;
   float layer_norm_eps = 1e-5f;
-  Activation ffn_activation = Activation::kReLU;
+  Activation ffn_activation = Activation::kReLU;  // ReLU (d2l) or exact GELU (Hugging Face)
+  Activation mlm_activation = Activation::kReLU;  // the MLM transform's, likewise
 
   int64_t head_dim() const { return num_hiddens / num_heads; }
 };
@@ -40,17 +41,21 @@ struct BertLayerWeights {
   const T* ln2_bias;    // (H)
 };
 
+// Optional parts are null when a checkpoint lacks them: the embedding LayerNorm (d2l has none,
+// Hugging Face BERT has one), the NSP head with its pooler, the MLM head.
 template <typename T>
 struct BertWeights {
   const T* token_embedding;    // (V, H)
   const T* segment_embedding;  // (2, H)
   const T* pos_embedding;      // (max_len, H)
+  const T* embedding_ln_weight;  // (H) or null
+  const T* embedding_ln_bias;    // (H) or null
   std::vector<BertLayerWeights<T>> layers;
   const T* pooler_weight;      // (H, H)   NSP: tanh(pooler(x_cls))
   const T* pooler_bias;        // (H)
   const T* nsp_weight;         // (2, H)
   const T* nsp_bias;           // (2)
-  const T* mlm_dense_weight;   // (H, H)   MLM: decoder(LN(relu(dense(x))))
+  const T* mlm_dense_weight;   // (H, H)   MLM: decoder(LN(act(dense(x))))
   const T* mlm_dense_bias;     // (H)
   const T* mlm_ln_weight;      // (H)
   const T* mlm_ln_bias;        // (H)

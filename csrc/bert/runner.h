@@ -66,6 +66,10 @@ void bert_forward(Backend& backend, const BertConfig& c,
 
   backend.embed_packed(in.tokens, in.segments, in.cu_seqlens, w.token_embedding,
                        w.segment_embedding, w.pos_embedding, x, in.batch, in.seq_len, t, h);
+  if (w.embedding_ln_weight != nullptr) {
+    backend.add_layernorm(x, nullptr, w.embedding_ln_weight, w.embedding_ln_bias, x, t, h,
+                          c.layer_norm_eps);
+  }
   for (const auto& layer : w.layers) {
     backend.gemm_bias_act(x, layer.qkv_weight, layer.qkv_bias, qkv, t, 3 * h, h,
                           Activation::kNone);
@@ -89,7 +93,7 @@ void bert_forward(Backend& backend, const BertConfig& c,
     backend.gather_rows(x, in.cu_seqlens, in.pred_positions, mlm_rows, in.batch,
                         in.num_pred_positions, h);
     backend.gemm_bias_act(mlm_rows, w.mlm_dense_weight, w.mlm_dense_bias, mlm_hidden, preds, h,
-                          h, Activation::kReLU);
+                          h, c.mlm_activation);
     backend.add_layernorm(mlm_hidden, nullptr, w.mlm_ln_weight, w.mlm_ln_bias, mlm_hidden,
                           preds, h, c.layer_norm_eps);
     backend.gemm_bias_act(mlm_hidden, w.mlm_decoder_weight, w.mlm_decoder_bias,
