@@ -1,5 +1,7 @@
 """pybert: fast BERT inference for PyTorch users, checkpoint-compatible with d2l's BERT."""
 
+import functools
+
 import torch  # noqa: F401  (loads libtorch before the extension)
 
 try:
@@ -39,7 +41,7 @@ def encode(model, inputs, segments=None, valid_lens=None, *, device="cpu",
       or "torch"). Texts longer than max_len are cut with a warning, or raise with
       ``truncation="error"``.
     """
-    engine = model if isinstance(model, Engine) else load(model, device=device, dtype=dtype)
+    engine = model if isinstance(model, Engine) else _cached_load(model, device, dtype)
     if _is_text(inputs):
         if segments is not None or valid_lens is not None:
             raise ValueError("segments and valid_lens go with token ids, not with texts")
@@ -49,6 +51,22 @@ def encode(model, inputs, segments=None, valid_lens=None, *, device="cpu",
                             return_type=return_type, batch_tokens=batch_tokens,
                             truncation=truncation)
     return engine.encode(inputs, segments, valid_lens)
+
+
+def _cached_load(path, device, dtype) -> Engine:
+    """pybert.encode(path, ...) in a loop loads the checkpoint once: engines are cached by
+    path, device and dtype, and reloaded when the checkpoint's files change."""
+    from pathlib import Path
+
+    root = Path(path).resolve()
+    stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size)
+                  for p in sorted(root.glob("*")) if p.is_file()) if root.is_dir() else ()
+    return _load_cached(str(root), stamp, str(device), dtype)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(root: str, stamp: tuple, device: str, dtype) -> Engine:
+    return load(root, device=device, dtype=dtype)
 
 
 def _is_text(inputs) -> bool:

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import BertConfig, config_from_model, expected_state_shapes
+from .config import BertConfig, config_from_model, state_dict_problems
 from .vocab import Vocab
 
 __all__ = ["CheckpointError", "save", "load", "load_model", "CONFIG_NAME", "WEIGHTS_NAME",
@@ -117,11 +117,7 @@ def _read_state_dict(path: Path, config: BertConfig) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{weights_path} is not a readable safetensors file: {err}") \
             from None
-    expected = expected_state_shapes(config)
-    problems = [f"missing {k}" for k in expected if k not in state]
-    problems += [f"unexpected {k}" for k in state if k not in expected]
-    problems += [f"{k} has shape {tuple(state[k].shape)}, expected {expected[k]}"
-                 for k in expected if k in state and tuple(state[k].shape) != expected[k]]
+    problems = state_dict_problems(state, config)
     problems += [f"{k} is {state[k].dtype}, not floating point"
                  for k in state if not state[k].is_floating_point()]
     problems += [f"{k} holds NaN or infinity" for k in state
@@ -129,7 +125,8 @@ def _read_state_dict(path: Path, config: BertConfig) -> dict[str, torch.Tensor]:
     if problems:
         raise CheckpointError(f"{weights_path} does not match {CONFIG_NAME}: "
                               + "; ".join(problems[:8])
-                              + (f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""))
+                              + (f" (and {len(problems) - 8} more)" if len(problems) > 8
+                                 else ""))
     return state
 
 

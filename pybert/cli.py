@@ -117,7 +117,19 @@ def _encode(args) -> int:
     return 0
 
 
-def _bench(args) -> int:
+def _bench(args, rest) -> int:
+    import torch
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        from .bench_gpu import main as gpu_main
+
+        return gpu_main(rest)
+    if rest:
+        print(f"pybert bench: unknown arguments for the CPU benchmark: {rest}", file=sys.stderr)
+        return 2
     from .bench import run_cpu_benchmark
 
     run_cpu_benchmark(batch=args.batch, seq_len=args.seq_len, repeats=args.repeats,
@@ -157,14 +169,24 @@ def main(argv=None) -> int:
     encode_parser.add_argument("--progress", action=argparse.BooleanOptionalAction,
                                default=True)
     encode_parser.set_defaults(run=_encode)
-    bench_parser = commands.add_parser("bench", help="time the engine against the eager model")
+    bench_parser = commands.add_parser(
+        "bench", help="time the engine against its peers on the same inputs",
+        description="On a GPU (--device cuda, the default where one is present): the BERT-base "
+                    "fp16 benchmark against Hugging Face, torch.compile and TransformerEncoder; "
+                    "its options (--peers, --workloads, --repeats, --json) pass through. On the "
+                    "CPU: the engine against the eager model and torch.compile.")
+    bench_parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     bench_parser.add_argument("--batch", type=int, default=32)
     bench_parser.add_argument("--seq-len", type=int, default=128)
     bench_parser.add_argument("--repeats", type=int, default=10)
     bench_parser.add_argument("--no-compile", action="store_true",
                               help="skip the torch.compile peer")
     bench_parser.set_defaults(run=_bench)
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        return args.run(args, rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.run(args)
 
 

@@ -110,15 +110,23 @@ def config_from_model(net: nn.Module) -> BertConfig:
     config = BertConfig(vocab_size=int(vocab_size), num_hiddens=int(h), ffn_num_hiddens=int(ffn),
                         num_heads=num_heads, num_layers=len(blocks), max_len=int(max_len),
                         dropout=dropout, layer_norm_eps=float(eps_values.pop()))
-    expected = expected_state_shapes(config)
-    actual = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    problems = [f"{k}: expected {expected[k]}, got {actual.get(k, 'missing')}"
-                for k in expected if actual.get(k) != expected[k]]
-    problems += [f"{k}: unexpected" for k in actual if k not in expected]
+    problems = state_dict_problems(net.state_dict(), config)
     if problems:
         raise ValueError("the model's weights do not fit a d2l BERT with num_hiddens="
                          f"{h} everywhere: " + "; ".join(problems[:5]))
     return config
+
+
+def state_dict_problems(state_dict: dict, config: BertConfig) -> list[str]:
+    """What keeps ``state_dict`` from being a d2l BERT of ``config``: missing, unexpected and
+    misshapen tensors (empty when it fits)."""
+    expected = expected_state_shapes(config)
+    problems = [f"missing {k}" for k in expected if k not in state_dict]
+    problems += [f"unexpected {k}" for k in state_dict if k not in expected]
+    problems += [f"{k} has shape {tuple(state_dict[k].shape)}, expected {expected[k]}"
+                 for k in expected
+                 if k in state_dict and tuple(state_dict[k].shape) != expected[k]]
+    return problems
 
 
 def expected_state_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import _C
-from .config import BertConfig, config_from_model, expected_state_shapes
+from .config import BertConfig, config_from_model, state_dict_problems
 from .tokenize import WordTokenizer
 from .vocab import Vocab
 
@@ -45,17 +45,9 @@ def _integer_ids(value, name: str) -> torch.Tensor:
 
 def pack_d2l_state_dict(state_dict: dict, config: BertConfig) -> dict[str, torch.Tensor]:
     """Map d2l state_dict keys to the engine's packed weights (W_q, W_k, W_v stacked)."""
-    expected = expected_state_shapes(config)
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = [f"{k}: expected {expected[k]}, got {tuple(state_dict[k].shape)}"
-             for k in expected if k in state_dict and tuple(state_dict[k].shape) != expected[k]]
-    if missing or unexpected or wrong:
-        raise ValueError("state_dict does not match the config: "
-                         + "; ".join(filter(None, [
-                             f"missing {missing[:5]}" if missing else "",
-                             f"unexpected {unexpected[:5]}" if unexpected else "",
-                             "; ".join(wrong[:5])])))
+    problems = state_dict_problems(state_dict, config)
+    if problems:
+        raise ValueError("state_dict does not match the config: " + "; ".join(problems[:5]))
     sd = state_dict
     packed = {
         "token_embedding": sd["encoder.token_embedding.weight"],
@@ -105,7 +97,7 @@ class Engine:
 
     def __init__(self, config: BertConfig, weights: dict, device="cpu",
                  dtype: torch.dtype = torch.float32, tokenizer=None, vocab: Vocab | None = None,
-                 pooling: str = "cls", normalize: bool = False):
+                 pooling: str = "cls", normalize: bool = False, nsp_is_next_label: int = 1):
         self.config = config
         self.device = torch.device(device)
         self.dtype = dtype
@@ -113,6 +105,8 @@ class Engine:
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.normalize = normalize
+        # Which NSP class means "b follows a": 1 in d2l, 0 in Hugging Face's BERT.
+        self.nsp_is_next_label = nsp_is_next_label
         if self.device.type == "cuda":
             if not _C.cuda_available:
                 raise ValueError(f"device {self.device}: this build of pybert has no CUDA "
@@ -275,7 +269,8 @@ class Engine:
         for rows in plan_batches([len(ids) for ids, _ in encoded], batch_tokens):
             tokens, segments, valid_lens = pad_batch(encoded, rows, self.tokenizer.pad_id)
             _, _, nsp = self(tokens, segments, valid_lens)
-            result[rows] = torch.softmax(nsp.double(), -1)[:, 1].cpu().numpy()
+            probs = torch.softmax(nsp.double(), -1)[:, self.nsp_is_next_label]
+            result[rows] = probs.cpu().numpy()
         return result[0] if isinstance(pairs, tuple) else result
 
     def _forward(self, tokens, segments, valid_lens, pred_positions, with_nsp):

@@ -304,4 +304,4 @@ def load_huggingface(path, device="cpu", dtype=torch.float32):
             limit = max_seq_length
         tokenizer = WordPieceTokenizer(model_dir, limit)
     return Engine(config, packed, device=device, dtype=dtype, tokenizer=tokenizer,
-                  pooling=pooling, normalize=normalize)
+                  pooling=pooling, normalize=normalize, nsp_is_next_label=0)

@@ -230,6 +230,18 @@ def _write_checkpoint(out: Path, net, vocab: Vocab, optimizer, trainer_state: di
     return final
 
 
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop the rows logged after the checkpoint a run resumes from (a killed run may have
+    logged steps it then lost), so each step appears once."""
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(row + "\n" for row in rows))
+    os.replace(tmp, path)
+
+
 def saved_steps(out) -> int | None:
     """The total steps of the run whose checkpoint is in ``out`` (None: no checkpoint)."""
     found = _find_checkpoint(Path(out))
@@ -353,8 +365,12 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
     is_main = rank == 0
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        if not resume:
+        if resume:
+            _truncate_metrics(out / "metrics.jsonl", start_step)
+        else:  # --overwrite: nothing of the old run may be resumed or plotted later
             (out / "metrics.jsonl").unlink(missing_ok=True)
+            for name in (CHECKPOINT_DIR, f".{CHECKPOINT_DIR}.old", f".{CHECKPOINT_DIR}.tmp"):
+                shutil.rmtree(out / name, ignore_errors=True)
         (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
     metrics_file = open(out / "metrics.jsonl", "a") if is_main else None
 

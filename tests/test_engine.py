@@ -1,5 +1,7 @@
 """The whole engine against the eager model in float64 (fp32 bound: relative L2 <= 1e-5)."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -226,3 +228,18 @@ def test_packed_inputs_give_the_padded_results(device, dtype):
     again = engine.encode_packed(tokens[mask], cu_seqlens.int(), segments[mask],
                                  max_seqlen=40)
     torch.testing.assert_close(again, packed, rtol=0, atol=0)
+
+
+def test_encode_by_path_reloads_a_changed_checkpoint(tmp_path):
+    config = CONFIGS["head-dim-8"]
+    tokens, segments, valid_lens, _ = random_batch(config, 2, 6)
+    pybert.save(random_model(config, seed=1), tmp_path / "ckpt")
+    first = pybert.encode(tmp_path / "ckpt", tokens, segments, valid_lens)
+    torch.testing.assert_close(pybert.encode(tmp_path / "ckpt", tokens, segments, valid_lens),
+                               first, rtol=0, atol=0)
+    time.sleep(0.01)
+    pybert.save(random_model(config, seed=2), tmp_path / "ckpt")
+    second = pybert.encode(tmp_path / "ckpt", tokens, segments, valid_lens)
+    expected = pybert.Engine.from_model(random_model(config, seed=2)).encode(tokens, segments,
+                                                                             valid_lens)
+    torch.testing.assert_close(second, expected, rtol=0, atol=0)

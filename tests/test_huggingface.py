@@ -104,6 +104,13 @@ def test_hf_checkpoint_matches_transformers(tmp_path, kind, hidden_act):
         assert rel_l2(mlm, expected) <= BOUNDS[torch.float32]
     if engine.has_nsp:
         assert rel_l2(nsp, ref_nsp) <= BOUNDS[torch.float32]
+        # Hugging Face's NSP class 0 means "b follows a"
+        tok = transformers.BertTokenizerFast.from_pretrained(tmp_path / "hf")
+        pair = ("the list is sorted", "it is returned")
+        with torch.no_grad():
+            logits = model(**tok(*pair, return_tensors="pt")).seq_relationship_logits
+        expected_p = float(torch.softmax(logits[0].double(), -1)[0])
+        assert engine.next_sentence(pair) == pytest.approx(expected_p, rel=1e-5)
     else:
         assert nsp is None
         with pytest.raises(ValueError, match="no NSP head"):

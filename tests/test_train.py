@@ -129,9 +129,15 @@ def test_killed_run_saves_and_resumes(tmp_path):
     assert state["step"] >= 3
     pybert.load(out / "checkpoint")  # the interrupted checkpoint serves
 
+    # A row logged after the checkpoint (as a SIGKILL can leave) must not appear twice.
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"kind": "train", "step": state["step"] + 1, "mlm_loss": 9.0}) + "\n")
     again = _cli(*flags, "--steps", str(state["step"] + 2), "--resume", cwd=tmp_path)
     output = _finish(again, 300)
     assert again.returncode == 0, output
+    steps = [r["step"] for r in read_metrics(out) if r["kind"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == state["step"] + 2
+    assert all(r["mlm_loss"] != 9.0 for r in read_metrics(out) if r["kind"] == "train")
     assert '"step": ' + str(state["step"] + 2) in output
     assert "top-5" in output
 

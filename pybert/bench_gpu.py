@@ -1,0 +1,205 @@
+"""GPU benchmark: pybert.Engine against the peers a speed-minded user would pick, same inputs.
+
+    pybert bench --device cuda [--peers all] [--repeats 30] [--json out.json]
+    python benchmarks/bench_gpu.py (the same)
+
+BERT-base shape (vocab 30522, hidden 768, 12 heads, 12 layers, ffn 3072, ReLU), fp16, random
+weights. Workloads: 1 x 128, 64 x 128, 32 x 512, and 64 sequences with lengths uniform in
+[32, 512]. Peers:
+  eager-fp32 / eager-fp16   pybert's d2l-style eager model
+  hf-sdpa                   transformers BertModel, attn_implementation="sdpa", eager
+  hf-cudagraph              the same forward captured once in a CUDA graph and replayed
+  compile-max-autotune      torch.compile(hf, mode="max-autotune-no-cudagraphs")
+  compile-reduce-overhead   torch.compile(hf, mode="reduce-overhead")
+  nn-transformer            torch.nn.TransformerEncoder's fused fast path (nested tensors)
+Each is timed with CUDA events (median of --repeats after warm-up). Useful FLOPs count only real
+tokens; the GEMM ceiling is an 8192^3 fp16 matmul measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+
+import torch
+
+WORKLOADS = {"1x128": (1, 128, False), "64x128": (64, 128, False), "32x512": (32, 512, False),
+             "64xU[32,512]": (64, 512, True)}
+ALL_PEERS = ["eager-fp32", "eager-fp16", "hf-sdpa", "hf-cudagraph", "compile-max-autotune",
+             "compile-reduce-overhead", "nn-transformer"]
+SHAPE = dict(vocab_size=30522, num_hiddens=768, num_heads=12, num_layers=12,
+             ffn_num_hiddens=3072, max_len=512)
+
+
+def cuda_time_ms(fn, repeats: int, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def gemm_ceiling_tflops(dtype=torch.float16) -> float:
+    a = torch.randn(8192, 8192, device="cuda", dtype=dtype)
+    b = torch.randn(8192, 8192, device="cuda", dtype=dtype)
+    ms = cuda_time_ms(lambda: a @ b, repeats=10, warmup=3)
+    return 2 * 8192 ** 3 / (ms * 1e-3) / 1e12
+
+
+def useful_flops(lengths: list[int]) -> float:
+    h, f, layers = SHAPE["num_hiddens"], SHAPE["ffn_num_hiddens"], SHAPE["num_layers"]
+    tokens = sum(lengths)
+    dense = 2 * tokens * (4 * h * h + 2 * h * f)           # QKV, O, FFN1, FFN2
+    attention = sum(4 * n * n * h for n in lengths)        # QK^T and PV
+    return layers * (dense + attention)
+
+
+def make_inputs(batch, seq_len, ragged, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, SHAPE["vocab_size"], (batch, seq_len), generator=g)
+    if ragged:
+        valid_lens = torch.randint(32, seq_len + 1, (batch,), generator=g)
+    else:
+        valid_lens = torch.full((batch,), seq_len)
+    segments = torch.zeros_like(tokens)
+    return tokens, segments, valid_lens
+
+
+def build_hf(dtype):
+    from transformers import BertConfig as HFConfig, BertModel
+
+    config = HFConfig(vocab_size=SHAPE["vocab_size"], hidden_size=SHAPE["num_hiddens"],
+                      num_hidden_layers=SHAPE["num_layers"],
+                      num_attention_heads=SHAPE["num_heads"],
+                      intermediate_size=SHAPE["ffn_num_hiddens"], hidden_act="relu",
+                      max_position_embeddings=SHAPE["max_len"], attn_implementation="sdpa")
+    return BertModel(config, add_pooling_layer=True).to("cuda", dtype).eval()
+
+
+def build_peers(names, tokens, segments, valid_lens, net32):
+    """name -> zero-argument callable running that peer on this workload's inputs."""
+    peers = {}
+    t, s = tokens.cuda(), segments.cuda()
+    vl = valid_lens.cuda()
+    mask = (torch.arange(tokens.shape[1], device="cuda")[None, :] < vl[:, None]).long()
+    if "eager-fp32" in names:
+        peers["eager-fp32"] = lambda: net32(t, s, vl)
+    if "eager-fp16" in names:
+        net16 = _half_copy(net32)
+        peers["eager-fp16"] = lambda: net16(t, s, vl)
+    hf = build_hf(torch.float16) if any(n.startswith(("hf", "compile")) for n in names) else None
+    if "hf-sdpa" in names:
+        peers["hf-sdpa"] = lambda: hf(input_ids=t, attention_mask=mask, token_type_ids=s)
+    if "hf-cudagraph" in names:
+        static = [t.clone(), mask.clone(), s.clone()]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                hf(input_ids=static[0], attention_mask=static[1], token_type_ids=static[2])
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            hf(input_ids=static[0], attention_mask=static[1], token_type_ids=static[2])
+        peers["hf-cudagraph"] = graph.replay
+    for mode, name in (("max-autotune-no-cudagraphs", "compile-max-autotune"),
+                       ("reduce-overhead", "compile-reduce-overhead")):
+        if name in names:
+            compiled = torch.compile(hf, mode=mode)
+            peers[name] = lambda c=compiled: c(input_ids=t, attention_mask=mask,
+                                               token_type_ids=s)
+    if "nn-transformer" in names:
+        peers["nn-transformer"] = _nn_transformer_peer(t, vl)
+    return peers
+
+
+def _half_copy(net):
+    import copy
+
+    return copy.deepcopy(net).half()
+
+
+def _nn_transformer_peer(tokens, valid_lens):
+    h = SHAPE["num_hiddens"]
+    layer = torch.nn.TransformerEncoderLayer(h, SHAPE["num_heads"], SHAPE["ffn_num_hiddens"],
+                                             dropout=0.0, activation="relu", batch_first=True)
+    encoder = torch.nn.TransformerEncoder(layer, SHAPE["num_layers"],
+                                          enable_nested_tensor=True).to("cuda",
+                                                                        torch.float16).eval()
+    embedding = torch.nn.Embedding(SHAPE["vocab_size"], h).to("cuda", torch.float16)
+    padding = torch.arange(tokens.shape[1], device="cuda")[None, :] >= valid_lens[:, None]
+
+    def run():
+        return encoder(embedding(tokens), src_key_padding_mask=padding)
+
+    return run
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peers", default="all", help="comma-separated subset of "
+                        + ", ".join(ALL_PEERS))
+    parser.add_argument("--workloads", default="all", help="comma-separated subset of "
+                        + ", ".join(WORKLOADS))
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_gpu: no CUDA GPU", file=sys.stderr)
+        return 2
+    import pybert
+    from pybert.config import BertConfig
+
+    names = ALL_PEERS if args.peers == "all" else args.peers.split(",")
+    workloads = list(WORKLOADS) if args.workloads == "all" else args.workloads.split(",")
+    torch.manual_seed(0)
+    config = BertConfig(**SHAPE)
+    net32 = config.build_model().cuda().eval()
+    engine = pybert.Engine.from_model(net32, device="cuda", dtype=torch.float16)
+    ceiling = gemm_ceiling_tflops()
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, fp16 GEMM ceiling "
+          f"{ceiling:.0f} TFLOP/s (8192^3)")
+    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+               "gemm_ceiling_tflops": ceiling, "workloads": {}}
+    for workload in workloads:
+        batch, seq_len, ragged = WORKLOADS[workload]
+        tokens, segments, valid_lens = make_inputs(batch, seq_len, ragged)
+        flops = useful_flops(valid_lens.tolist())
+        rows = {}
+        with torch.inference_mode():
+            for name, fn in build_peers(names, tokens, segments, valid_lens, net32).items():
+                try:
+                    rows[name] = cuda_time_ms(fn, args.repeats)
+                except Exception as err:  # a peer that cannot run this shape is reported
+                    print(f"  {name}: failed ({type(err).__name__}: {err})")
+            rows["pybert"] = cuda_time_ms(
+                lambda: engine.encode(tokens, segments, valid_lens), args.repeats)
+        best_peer = min((v, k) for k, v in rows.items() if k != "pybert")
+        print(f"\n{workload}: {sum(valid_lens.tolist())} real tokens, "
+              f"{flops / 1e9:.1f} GFLOP useful")
+        for name, ms in sorted(rows.items(), key=lambda kv: kv[1]):
+            tflops = flops / (ms * 1e-3) / 1e12
+            print(f"  {name:<26} {ms:8.3f} ms  {tflops:6.1f} TFLOP/s  "
+                  f"{100 * tflops / ceiling:5.1f}% of ceiling  ratio to best peer "
+                  f"{ms / best_peer[0]:.2f}")
+        results["workloads"][workload] = {"ms": rows, "best_peer": best_peer[1],
+                                          "ratio": rows["pybert"] / best_peer[0],
+                                          "useful_gflop": flops / 1e9}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
