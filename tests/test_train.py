@@ -17,9 +17,11 @@ from pybert.train import TrainConfig, pretrain
 
 from conftest import rel_l2
 
+# On the CPU, so that the exact-resume and DDP comparisons are deterministic everywhere; the
+# GPU path has its own test below.
 TINY = dict(num_hiddens=32, ffn_num_hiddens=64, num_heads=2, num_layers=1, dropout=0.1,
             max_len=32, batch_size=64, lr=5e-3, eval_every=10, save_every=10, log_every=1,
-            eval_batches=2, progress=False)
+            eval_batches=2, progress=False, device="cpu")
 
 
 def read_metrics(out: Path):
@@ -164,3 +166,15 @@ def test_two_process_ddp_agrees(tmp_path):
     assert abs(float(params.abs().sum()) - rank0["abs_sum"]) <= 1e-6 * rank0["abs_sum"]
     torch.testing.assert_close(params[:50], torch.tensor(rank0["head"], dtype=torch.float64),
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.cuda
+def test_training_on_the_gpu_with_bf16(tmp_path):
+    out = tmp_path / "run"
+    result = pretrain(TrainConfig(out=str(out), steps=40, **dict(TINY, device="cuda")))
+    rows = [r for r in read_metrics(out) if r["kind"] == "train"]
+    first = sum(r["mlm_loss"] for r in rows[:3]) / 3
+    last = sum(r["mlm_loss"] for r in rows[-3:]) / 3
+    assert last < first - 0.5, (first, last)
+    assert next(result["model"].parameters()).device.type == "cuda"
+    pybert.load(result["checkpoint"], device="cuda", dtype=torch.bfloat16)

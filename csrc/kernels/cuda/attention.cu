@@ -14,6 +14,8 @@
 //   turn, the same online softmax on the CUDA cores.
 #include <mma.h>
 
+#include <mutex>
+#include <set>
 #include <type_traits>
 
 #include "common.cuh"
@@ -230,9 +232,22 @@ void launch_tensor_core(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t
                         cudaStream_t stream) {
   const TileLayout layout(int(head_dim), BLOCK_ROWS, sizeof(T));
   auto kernel = attention_tensor_core_kernel<T, BLOCK_ROWS>;
-  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  int(layout.bytes)),
-             "attention: shared memory for the tiles");
+  // Raise the kernel's shared-memory limit once per device, to the most any head dim needs
+  // (d = 256), rather than on every launch.
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "attention: cudaGetDevice");
+  static std::mutex mutex;
+  static std::set<int> raised;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (raised.count(device) == 0) {
+      const TileLayout widest(256, BLOCK_ROWS, sizeof(T));
+      check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      int(widest.bytes)),
+                 "attention: shared memory for the tiles");
+      raised.insert(device);
+    }
+  }
   const dim3 grid((max_seqlen + BLOCK_ROWS - 1) / BLOCK_ROWS, num_heads, batch);
   kernel<<<grid, BLOCK_ROWS / kWarpRows * 32, layout.bytes, stream>>>(
       qkv, cu_seqlens, out, int(num_heads), int(head_dim), 1.0f / sqrtf(float(head_dim)));
