@@ -3,7 +3,9 @@
 ``encode_texts`` is the engine behind ``pybert.encode(model, texts)`` and ``pybert encode``:
 texts are taken a chunk at a time (bounded memory whatever the input size), tokenised on a
 worker thread while the engine runs the previous batches, sorted by length inside the chunk
-into batches of at most ``batch_tokens`` padded tokens, and handed back in the caller's order.
+into batches of at most ``batch_tokens`` padded tokens (batch size x longest length, which
+bounds attention's cost too), run packed (no padding is built, sent or computed; pooling reads
+the packed encodings), and handed back in the caller's order.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["plan_batches", "iter_encoded", "encode_texts", "POOLINGS"]
+__all__ = ["plan_batches", "pack_batch", "pad_batch", "iter_encoded", "encode_texts",
+           "run_encode_job", "POOLINGS"]
 
 POOLINGS = ("cls", "mean", "tokens")
 
@@ -44,11 +47,24 @@ def plan_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
 
 @dataclass
 class _Batch:
-    chunk: int            # which chunk of the input
-    rows: list[int]       # positions inside the chunk
-    tokens: torch.Tensor
-    segments: torch.Tensor
-    valid_lens: torch.Tensor
+    """One batch of a chunk, packed: no padding is built, sent or computed."""
+
+    chunk: int               # which chunk of the input
+    rows: list[int]          # positions inside the chunk
+    tokens: torch.Tensor     # (total_tokens,) the rows' ids one after another
+    segments: torch.Tensor   # (total_tokens,)
+    cu_seqlens: torch.Tensor  # (len(rows) + 1,)
+
+
+def pack_batch(encoded: list, rows: list[int]):
+    """tokens, segments (total_tokens,) and cu_seqlens (len(rows) + 1,) of the (ids, segments)
+    pairs ``encoded[r]`` of ``rows``, one sequence after another."""
+    lengths = torch.tensor([len(encoded[r][0]) for r in rows], dtype=torch.int64)
+    cu_seqlens = torch.zeros(len(rows) + 1, dtype=torch.int64)
+    torch.cumsum(lengths, 0, out=cu_seqlens[1:])
+    tokens = torch.tensor([t for r in rows for t in encoded[r][0]], dtype=torch.int64)
+    segments = torch.tensor([t for r in rows for t in encoded[r][1]], dtype=torch.int64)
+    return tokens, segments, cu_seqlens
 
 
 _DONE = object()
@@ -82,7 +98,6 @@ def _produce(engine, items: Iterator, chunk_size: int, batch_tokens: int, trunca
         return False
 
     try:
-        pad = engine.tokenizer.pad_id
         start = 0
         for chunk_index in itertools.count():
             chunk = list(itertools.islice(items, chunk_size))
@@ -94,25 +109,28 @@ def _produce(engine, items: Iterator, chunk_size: int, batch_tokens: int, trunca
             if not put(("chunk", chunk_index, len(chunk), len(batches))):
                 return
             for rows in batches:
-                if not put(_Batch(chunk_index, rows, *pad_batch(encoded, rows, pad))):
+                if not put(_Batch(chunk_index, rows, *pack_batch(encoded, rows))):
                     return
         put(_DONE)
     except BaseException as err:  # handed to the consumer, which raises it
         put(err)
 
 
-def _pool(encoded: torch.Tensor, valid_lens: torch.Tensor, pooling: str, normalize: bool):
-    """(B, H) pooled vectors (L2-normalised if ``normalize``), or a list of (len_b, H)
-    per-token encodings, as float32 on CPU."""
+def _pool(packed: torch.Tensor, cu_seqlens: torch.Tensor, pooling: str, normalize: bool):
+    """From packed encodings (total_tokens, H): (B, H) pooled vectors (L2-normalised if
+    ``normalize``), or a list of (len_b, H) per-token encodings; float32 on the CPU."""
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
     if pooling == "tokens":
-        host = encoded.float().cpu()
-        return [host[b, : int(n)] for b, n in enumerate(valid_lens)]
+        return list(packed.float().cpu().split(lengths))
+    starts = cu_seqlens[:-1].to(packed.device)
     if pooling == "cls":
-        pooled = encoded[:, 0].float()
+        pooled = packed[starts].float()
     else:
-        lens = valid_lens.to(encoded.device)
-        # padded positions are zeros, so a plain sum over the sequence is the sum of real ones
-        pooled = encoded.float().sum(1) / lens[:, None].float()
+        owner = torch.repeat_interleave(torch.arange(len(lengths), device=packed.device),
+                                        torch.tensor(lengths, device=packed.device))
+        sums = torch.zeros((len(lengths), packed.shape[1]), device=packed.device,
+                           dtype=torch.float32).index_add_(0, owner, packed.float())
+        pooled = sums / torch.tensor(lengths, device=packed.device, dtype=torch.float32)[:, None]
     if normalize:
         pooled = torch.nn.functional.normalize(pooled, dim=-1)
     return pooled.cpu()
@@ -149,8 +167,8 @@ def iter_encoded(engine, texts: Iterable, pooling: str = "cls", batch_tokens: in
                 _, index, size, num_batches = item
                 pending[index] = {"rows": [None] * size, "left": num_batches}
                 continue
-            encoded = engine.encode(item.tokens, item.segments, item.valid_lens)
-            pooled = _pool(encoded, item.valid_lens, pooling, engine.normalize)
+            packed = engine.encode_packed(item.tokens, item.cu_seqlens, item.segments)
+            pooled = _pool(packed, item.cu_seqlens, pooling, engine.normalize)
             state = pending[item.chunk]
             for j, r in enumerate(item.rows):
                 state["rows"][r] = pooled[j]

@@ -485,10 +485,8 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
 def masked_word_samples(engine, paragraphs, vocab: Vocab, count: int = 5, k: int = 5,
                         seed: int = 0) -> list[dict]:
     """Mask one known word in each of ``count`` held-out sentences and ask the engine's MLM
-    head for its top-``k`` words: a look at what the model has learned."""
+    head (Engine.fill_mask) for its top-``k`` words: a look at what the model has learned."""
     import random
-
-    from .model import get_tokens_and_segments
 
     rng = random.Random(seed)
     sentences = [s for p in paragraphs for s in p if 6 <= len(s) <= engine.config.max_len - 2]
@@ -500,17 +498,9 @@ def masked_word_samples(engine, paragraphs, vocab: Vocab, count: int = 5, k: int
         if not choices:
             continue
         position = rng.choice(choices)
-        masked = [*words[:position], "<mask>", *words[position + 1:]]
-        tokens, segments = get_tokens_and_segments(masked)
-        ids = torch.tensor([vocab[tokens]])
-        _, mlm, _ = engine(ids, torch.tensor([segments]), None, torch.tensor([[position + 1]]))
-        top = torch.topk(torch.softmax(mlm[0, 0].double(), -1), k)
-        samples.append({
-            "sentence": " ".join(masked),
-            "answer": words[position],
-            "top_k": [(vocab.to_tokens(int(i)), float(p)) for p, i in zip(top.values,
-                                                                            top.indices)],
-        })
+        masked = " ".join([*words[:position], "<mask>", *words[position + 1:]])
+        samples.append({"sentence": masked, "answer": words[position],
+                        "top_k": engine.fill_mask(masked, k=k)[0]})
         if len(samples) == count:
             break
     return samples
