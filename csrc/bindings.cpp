@@ -7,6 +7,7 @@
 #include <torch/extension.h>
 
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -106,16 +107,18 @@ constexpr int64_t kGemmWorkspaceBytes = 32 << 20;
 // The GEMM runner that torch.ops.pybert.gemm_bias_act uses on each device (the Engine has its
 // own). Created on first use; lives for the process.
 cuda::CublasLtGemm& op_gemm(const at::Device& device) {
-  static std::unordered_map<int, std::pair<at::Tensor, std::unique_ptr<cuda::CublasLtGemm>>>
-      per_device;
-  auto& entry = per_device[device.index()];
-  if (!entry.second) {
-    entry.first = at::empty({kGemmWorkspaceBytes}, at::TensorOptions().dtype(at::kByte)
-                                                        .device(device));
-    entry.second = std::make_unique<cuda::CublasLtGemm>(entry.first.data_ptr(),
-                                                        kGemmWorkspaceBytes);
-  }
-  return *entry.second;
+  static std::mutex mutex;
+  static std::unordered_map<int, std::unique_ptr<cuda::CublasLtGemm>> per_device;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& gemm = per_device[device.index()];
+  if (!gemm) gemm = std::make_unique<cuda::CublasLtGemm>(kGemmWorkspaceBytes);
+  return *gemm;
+}
+
+// cuBLASLt's workspace for one forward or one op: stream-ordered memory from torch's caching
+// allocator, so concurrent calls on different streams never share it.
+at::Tensor gemm_workspace(const at::Device& device) {
+  return at::empty({kGemmWorkspaceBytes}, at::TensorOptions().dtype(at::kByte).device(device));
 }
 #endif
 
@@ -228,10 +231,7 @@ class Engine {
 #ifdef PYBERT_WITH_CUDA
     if (device_.is_cuda()) {
       c10::cuda::CUDAGuard guard(device_);
-      gemm_workspace_ = at::empty({kGemmWorkspaceBytes},
-                                  at::TensorOptions().dtype(at::kByte).device(device_));
-      gemm_ = std::make_unique<cuda::CublasLtGemm>(gemm_workspace_.data_ptr(),
-                                                   kGemmWorkspaceBytes);
+      gemm_ = std::make_unique<cuda::CublasLtGemm>(kGemmWorkspaceBytes);
     }
 #endif
   }
@@ -322,7 +322,8 @@ class Engine {
     }
 #ifdef PYBERT_WITH_CUDA
     c10::cuda::CUDAGuard guard(device_);
-    bert_forward_cuda<T>(config_, w, in, out, workspace, *gemm_,
+    const at::Tensor gemm_scratch = gemm_workspace(device_);
+    bert_forward_cuda<T>(config_, w, in, out, workspace, *gemm_, gemm_scratch.data_ptr(),
                          c10::cuda::getCurrentCUDAStream(device_.index()).stream());
 #endif
   }
@@ -334,7 +335,6 @@ class Engine {
   bool has_nsp_ = false, has_mlm_ = false;
   std::vector<at::Tensor> held_;  // keeps the weight storage alive behind weights_' pointers
 #ifdef PYBERT_WITH_CUDA
-  at::Tensor gemm_workspace_;
   std::unique_ptr<cuda::CublasLtGemm> gemm_;
 #endif
 };
@@ -368,8 +368,9 @@ at::Tensor gemm_bias_act_op(const at::Tensor& a, const at::Tensor& weight,
     }
 #ifdef PYBERT_WITH_CUDA
     c10::cuda::CUDAGuard guard(device);
+    const at::Tensor scratch = gemm_workspace(device);
     op_gemm(device).run(ptr<T>(a), ptr<T>(weight), ptr_or_null<T>(bias), ptr<T>(out),
-                        a.size(0), weight.size(0), a.size(1), act,
+                        a.size(0), weight.size(0), a.size(1), act, scratch.data_ptr(),
                         c10::cuda::getCurrentCUDAStream().stream());
 #endif
   });

@@ -243,3 +243,33 @@ def test_encode_by_path_reloads_a_changed_checkpoint(tmp_path):
     expected = pybert.Engine.from_model(random_model(config, seed=2)).encode(tokens, segments,
                                                                              valid_lens)
     torch.testing.assert_close(second, expected, rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+def test_cuda_engine_from_several_threads_and_streams():
+    """The GIL is released during a forward: concurrent calls on their own streams must give
+    the results of sequential calls (nothing shared is written concurrently)."""
+    import threading
+
+    config = CONFIGS["book-training"]
+    engine = pybert.Engine.from_model(random_model(config), device="cuda",
+                                      dtype=torch.float16)
+    batches = [random_batch(config, 16, 64, seed=s) for s in range(4)]
+    expected = [engine.encode(t, s, v) for t, s, v, _ in batches]
+    torch.cuda.synchronize()
+    results = [None] * len(batches)
+
+    def work(i):
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            for _ in range(5):
+                results[i] = engine.encode(*batches[i][:3])
+        stream.synchronize()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(batches))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -12,11 +12,12 @@ struct CudaBackend {
   using Scalar = T;
 
   cuda::CublasLtGemm& gemm;
+  void* gemm_workspace;  // gemm.workspace_bytes() of device memory for this forward
   cudaStream_t stream;
 
   void gemm_bias_act(const T* a, const T* w, const T* bias, T* out, int64_t m, int64_t n,
                      int64_t k, Activation act) {
-    gemm.run(a, w, bias, out, m, n, k, act, stream);
+    gemm.run(a, w, bias, out, m, n, k, act, gemm_workspace, stream);
   }
   void embed_packed(const int64_t* tokens, const int64_t* segments, const int32_t* cu_seqlens,
                     const T* token_table, const T* segment_table, const T* pos_table, T* out,

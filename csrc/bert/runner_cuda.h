@@ -8,10 +8,11 @@
 namespace pybert {
 
 // Enqueues the whole forward on `stream`; no host synchronisation, no allocation.
-// Every pointer in weights, inputs, outputs and workspace is device memory.
+// Every pointer in weights, inputs, outputs and both workspaces is device memory;
+// gemm_workspace holds gemm.workspace_bytes().
 template <typename T>
 void bert_forward_cuda(const BertConfig& config, const BertWeights<T>& weights,
                        const BatchInputs& inputs, const BatchOutputs<T>& outputs, T* workspace,
-                       cuda::CublasLtGemm& gemm, cudaStream_t stream);
+                       cuda::CublasLtGemm& gemm, void* gemm_workspace, cudaStream_t stream);
 
 }  // namespace pybert

@@ -37,8 +37,7 @@ struct CublasLtGemm::Plan {
   }
 };
 
-CublasLtGemm::CublasLtGemm(void* workspace, size_t workspace_bytes)
-    : workspace_(workspace), workspace_bytes_(workspace_bytes) {
+CublasLtGemm::CublasLtGemm(size_t workspace_bytes) : workspace_bytes_(workspace_bytes) {
   check_cublas(cublasLtCreate(&handle_), "cublasLtCreate");
 }
 
@@ -118,9 +117,12 @@ constexpr cudaDataType_t data_type<__nv_bfloat16>() { return CUDA_R_16BF; }
 
 template <typename T>
 void CublasLtGemm::run(const T* a, const T* weight, const T* bias, T* out, int64_t m, int64_t n,
-                       int64_t k, Activation act, cudaStream_t stream) {
+                       int64_t k, Activation act, void* workspace, cudaStream_t stream) {
   if (m == 0 || n == 0) return;
   const bool relu = act == Activation::kReLU;
+  // The plan cache and the descriptor's bias pointer are shared; cublasLtMatmul reads the
+  // descriptor when it enqueues, so the lock covers exactly that.
+  std::lock_guard<std::mutex> lock(mutex_);
   const Plan& plan = plan_for(data_type<T>(), m, n, k, bias != nullptr, relu);
   if (bias != nullptr) {
     check_cublas(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
@@ -129,17 +131,18 @@ void CublasLtGemm::run(const T* a, const T* weight, const T* bias, T* out, int64
   const float alpha = 1.0f, beta = 0.0f;
   check_cublas(cublasLtMatmul(handle_, plan.desc, &alpha, weight, plan.weight_layout, a,
                               plan.input_layout, &beta, out, plan.out_layout, out,
-                              plan.out_layout, &plan.algo, workspace_, workspace_bytes_, stream),
+                              plan.out_layout, &plan.algo, workspace, workspace_bytes_, stream),
                "cublasLtMatmul");
   if (!relu) apply_activation(out, m * n, act, stream);  // tanh and exact GELU
 }
 
 template void CublasLtGemm::run<float>(const float*, const float*, const float*, float*,
-                                       int64_t, int64_t, int64_t, Activation, cudaStream_t);
+                                       int64_t, int64_t, int64_t, Activation, void*, cudaStream_t);
 template void CublasLtGemm::run<__half>(const __half*, const __half*, const __half*, __half*,
-                                        int64_t, int64_t, int64_t, Activation, cudaStream_t);
+                                        int64_t, int64_t, int64_t, Activation, void*, cudaStream_t);
 template void CublasLtGemm::run<__nv_bfloat16>(const __nv_bfloat16*, const __nv_bfloat16*,
                                                const __nv_bfloat16*, __nv_bfloat16*, int64_t,
-                                               int64_t, int64_t, Activation, cudaStream_t);
+                                               int64_t, int64_t, Activation, void*,
+                                               cudaStream_t);
 
 }  // namespace pybert::cuda

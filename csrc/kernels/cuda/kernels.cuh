@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <map>
+#include <mutex>
 #include <tuple>
 
 #include "../activation.h"
@@ -56,19 +57,21 @@ void apply_activation(T* x, int64_t n, Activation act, cudaStream_t stream);
 
 // out[m, n] = act(sum_k a[m, k] * weight[n, k] + bias[n]) through cuBLASLt, with bias and
 // ReLU fused into its epilogue. fp32 accumulation; fp32 inputs use strict fp32 (no TF32), so
-// the fp32 engine holds 1e-5 relative error. Holds the cuBLASLt handle, a workspace and the
-// algorithm chosen for each shape; one instance per engine, used from one stream at a time.
+// the fp32 engine holds 1e-5 relative error. Holds the cuBLASLt handle and the algorithm chosen
+// for each shape. Safe to call from several threads and streams: the plan cache is locked, and
+// each call brings its own workspace (stream-ordered memory of workspace_bytes).
 class CublasLtGemm {
  public:
-  // workspace: device memory of workspace_bytes that this object may use in every call.
-  CublasLtGemm(void* workspace, size_t workspace_bytes);
+  explicit CublasLtGemm(size_t workspace_bytes);
   ~CublasLtGemm();
   CublasLtGemm(const CublasLtGemm&) = delete;
   CublasLtGemm& operator=(const CublasLtGemm&) = delete;
 
   template <typename T>
   void run(const T* a, const T* weight, const T* bias, T* out, int64_t m, int64_t n, int64_t k,
-           Activation act, cudaStream_t stream);
+           Activation act, void* workspace, cudaStream_t stream);
+
+  size_t workspace_bytes() const { return workspace_bytes_; }
 
  private:
   struct Plan;
@@ -76,8 +79,8 @@ class CublasLtGemm {
                        bool relu);
 
   cublasLtHandle_t handle_ = nullptr;
-  void* workspace_;
   size_t workspace_bytes_;
+  std::mutex mutex_;
   std::map<std::tuple<int, int64_t, int64_t, int64_t, bool, bool>, Plan*> plans_;
 };
 
