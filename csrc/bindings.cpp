@@ -42,26 +42,28 @@ Activation parse_activation(const std::string& name) {
   TORCH_CHECK(false, "unknown ffn_activation '", name, "' (expected 'relu' or 'gelu')");
 }
 
-// Checks cu_seqlens (int32, batch + 1) and returns cu_seqlens[batch]. The values can only be
-// read on the CPU; on the GPU the caller vouches for them (pybert.Engine builds them itself
-// from validated valid_lens) and passes their total, so a forward never synchronises.
+// Checks cu_seqlens (int32, batch + 1) against total_tokens, the rows to compute: at least
+// cu_seqlens[batch] (more is spare capacity, zeros, as a CUDA-graph bucket has; its unused
+// sequence slots are empty). The values can only be read on the CPU; on the GPU the caller
+// vouches for them (pybert.Engine builds them itself from validated lengths) and passes
+// total_tokens, so a forward never synchronises.
 int64_t checked_total_tokens(const at::Tensor& cu_seqlens, int64_t batch, int64_t max_seqlen,
                              int64_t total_tokens) {
   check_tensor(cu_seqlens, "cu_seqlens", at::kInt, 1, cu_seqlens.device());
   TORCH_CHECK(cu_seqlens.size(0) == batch + 1, "cu_seqlens must have batch + 1 = ", batch + 1,
               " entries, got ", cu_seqlens.size(0));
-  TORCH_CHECK(total_tokens >= batch && total_tokens <= batch * max_seqlen, "total_tokens ",
-              total_tokens, " must be in [batch, batch * max_seqlen]");
+  TORCH_CHECK(total_tokens >= 1 && total_tokens <= batch * max_seqlen, "total_tokens ",
+              total_tokens, " must be in [1, batch * max_seqlen]");
   if (cu_seqlens.is_cpu()) {
     const int32_t* cu = cu_seqlens.data_ptr<int32_t>();
     TORCH_CHECK(cu[0] == 0, "cu_seqlens must start at 0");
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t length = cu[b + 1] - cu[b];
-      TORCH_CHECK(length >= 1 && length <= max_seqlen, "sequence ", b, " has length ", length,
-                  ", expected 1..max_seqlen=", max_seqlen);
+      TORCH_CHECK(length >= 0 && length <= max_seqlen, "sequence ", b, " has length ", length,
+                  ", expected 0..max_seqlen=", max_seqlen);
     }
-    TORCH_CHECK(cu[batch] == total_tokens, "total_tokens ", total_tokens,
-                " differs from cu_seqlens[-1] = ", cu[batch]);
+    TORCH_CHECK(cu[batch] >= 1 && cu[batch] <= total_tokens, "cu_seqlens[-1] = ", cu[batch],
+                " must be in [1, total_tokens=", total_tokens, "]");
   }
   return total_tokens;
 }

@@ -166,6 +166,8 @@ def main(argv=None) -> int:
     config = BertConfig(**SHAPE)
     net32 = config.build_model().cuda().eval()
     engine = pybert.Engine.from_model(net32, device="cuda", dtype=torch.float16)
+    graphed = pybert.Engine.from_model(net32, device="cuda", dtype=torch.float16,
+                                       cuda_graphs=True)
     ceiling = gemm_ceiling_tflops()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, fp16 GEMM ceiling "
           f"{ceiling:.0f} TFLOP/s (8192^3)")
@@ -184,7 +186,14 @@ def main(argv=None) -> int:
                     print(f"  {name}: failed ({type(err).__name__}: {err})")
             rows["pybert"] = cuda_time_ms(
                 lambda: engine.encode(tokens, segments, valid_lens), args.repeats)
-        best_peer = min((v, k) for k, v in rows.items() if k != "pybert")
+            try:
+                rows["pybert+cudagraphs"] = cuda_time_ms(
+                    lambda: graphed.encode(tokens, segments, valid_lens), args.repeats)
+            except Exception as err:
+                print(f"  pybert+cudagraphs: failed ({type(err).__name__}: {err})")
+        ours = {"pybert", "pybert+cudagraphs"}
+        best_peer = min((v, k) for k, v in rows.items() if k not in ours)
+        best_ours = min(v for k, v in rows.items() if k in ours)
         print(f"\n{workload}: {sum(valid_lens.tolist())} real tokens, "
               f"{flops / 1e9:.1f} GFLOP useful")
         for name, ms in sorted(rows.items(), key=lambda kv: kv[1]):
@@ -193,7 +202,7 @@ def main(argv=None) -> int:
                   f"{100 * tflops / ceiling:5.1f}% of ceiling  ratio to best peer "
                   f"{ms / best_peer[0]:.2f}")
         results["workloads"][workload] = {"ms": rows, "best_peer": best_peer[1],
-                                          "ratio": rows["pybert"] / best_peer[0],
+                                          "ratio": best_ours / best_peer[0],
                                           "useful_gflop": flops / 1e9}
     if args.json:
         with open(args.json, "w") as f:

@@ -97,7 +97,8 @@ class Engine:
 
     def __init__(self, config: BertConfig, weights: dict, device="cpu",
                  dtype: torch.dtype = torch.float32, tokenizer=None, vocab: Vocab | None = None,
-                 pooling: str = "cls", normalize: bool = False, nsp_is_next_label: int = 1):
+                 pooling: str = "cls", normalize: bool = False, nsp_is_next_label: int = 1,
+                 cuda_graphs: bool = False, max_graphs: int = 16):
         self.config = config
         self.device = torch.device(device)
         self.dtype = dtype
@@ -140,6 +141,25 @@ class Engine:
             self._native = _C.Engine(native_config, weights)
         self.has_nsp = self._native.has_nsp
         self.has_mlm = self._native.has_mlm
+        # CUDA graphs (off by default until they have been verified on a GPU): calls without
+        # pred_positions replay a captured forward of their shape bucket.
+        self._graphs = None
+        if cuda_graphs:
+            if not on_gpu:
+                raise ValueError("cuda_graphs needs device='cuda'")
+            from .graphs import GraphCache
+
+            self._graphs = GraphCache(self._native, self.device, config.max_len, max_graphs)
+
+    def capture(self, batch_sizes, seq_lens, with_nsp: bool = True) -> None:
+        """Capture the CUDA graphs of these shapes now rather than at their first call."""
+        if self._graphs is None:
+            raise ValueError("this engine was built without cuda_graphs=True")
+        for batch in batch_sizes:
+            for seq_len in seq_lens:
+                if not 1 <= seq_len <= self.config.max_len:
+                    raise ValueError(f"seq_len {seq_len} is outside [1, max_len]")
+                self._graphs.capture(batch, seq_len, with_nsp and self.has_nsp)
 
     @classmethod
     def from_state_dict(cls, state_dict: dict, config: BertConfig, device="cpu",
@@ -278,6 +298,11 @@ class Engine:
         # GPU forward never waits on a device-to-host copy.
         batch = self._validate(tokens, segments, valid_lens, pred_positions)
         tokens, segments, cu_seqlens, max_seqlen, pred_positions = batch
+        if self._graphs is not None and pred_positions is None:
+            lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32)
+            replayed = self._graphs.run(tokens, segments, lengths, with_nsp)
+            if replayed is not None:
+                return replayed[0], None, replayed[1]
         total_tokens = int(cu_seqlens[-1])
         if self.device.type != "cpu":
             tokens, segments, cu_seqlens = (t.to(self.device, non_blocking=True)

@@ -273,3 +273,60 @@ def test_cuda_engine_from_several_threads_and_streams():
         t.join()
     for got, want in zip(results, expected):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device,dtype", [
+    ("cpu", torch.float32),
+    pytest.param("cuda", torch.float16, marks=pytest.mark.cuda),
+])
+def test_spare_capacity_gives_the_same_results(device, dtype):
+    """The runner computes a fixed number of rows when asked (what a CUDA graph bucket does):
+    rows past the real tokens are zeros and empty sequence slots are skipped, so the real
+    results are unchanged."""
+    config = CONFIGS["head-dim-8"]
+    engine = pybert.Engine.from_model(random_model(config), device=device, dtype=dtype)
+    tokens, segments, valid_lens, _ = random_batch(config, 3, 20, seed=11)
+    expected, _, expected_nsp = engine(tokens, segments, valid_lens)
+    batch_cap, seq_cap = 4, 32
+    big_tokens = torch.zeros((batch_cap, seq_cap), dtype=torch.int64)
+    big_segments = torch.zeros_like(big_tokens)
+    big_tokens[:3, :20], big_segments[:3, :20] = tokens, segments
+    cu = torch.zeros(batch_cap + 1, dtype=torch.int32)
+    cu[1:4] = torch.cumsum(valid_lens.int(), 0)
+    cu[4:] = cu[3]
+    args = [t.to(device) for t in (big_tokens, big_segments, cu)]
+    encoded, _, nsp = engine._native.forward(*args, batch_cap * seq_cap, seq_cap, None, True,
+                                             True)
+    torch.testing.assert_close(encoded[:3, :20], expected, rtol=0, atol=0)
+    torch.testing.assert_close(nsp[:3], expected_nsp, rtol=0, atol=0)
+    assert torch.count_nonzero(encoded[3]) == 0 and bool(torch.isfinite(nsp).all())
+
+
+@pytest.mark.cuda
+def test_cuda_graphs_replay_the_eager_results():
+    config = CONFIGS["book-training"]
+    net = random_model(config)
+    eager = pybert.Engine.from_model(net, device="cuda", dtype=torch.float16)
+    graphed = pybert.Engine.from_model(net, device="cuda", dtype=torch.float16,
+                                       cuda_graphs=True, max_graphs=2)
+    graphed.capture([1, 8], [64])
+    assert len(graphed._graphs.graphs) == 2
+    for batch, seq_len, seed in ((1, 64, 0), (1, 64, 1), (7, 50, 2), (8, 64, 3), (2, 9, 4),
+                                 (1, 64, 5)):
+        from conftest import BOUNDS
+
+        tokens, segments, valid_lens, _ = random_batch(config, batch, seq_len, seed=seed)
+        ref_encoded, _, ref_nsp = reference_forward(net, tokens, segments, valid_lens, None)
+        got = graphed(tokens, segments, valid_lens)
+        mask = valid_mask(valid_lens, batch, seq_len)
+        assert got[0].shape == (batch, seq_len, config.num_hiddens)
+        assert rel_l2(got[0].cpu()[mask], ref_encoded[mask]) <= BOUNDS[torch.float16]
+        assert torch.count_nonzero(got[0].cpu()[~mask]) == 0
+        assert rel_l2(got[2], ref_nsp) <= BOUNDS[torch.float16]
+    assert len(graphed._graphs.graphs) <= 2  # bounded
+    # with pred_positions the engine runs eagerly
+    tokens, segments, valid_lens, pred = random_batch(config, 4, 30, seed=9)
+    torch.testing.assert_close(graphed(tokens, segments, valid_lens, pred)[1],
+                               eager(tokens, segments, valid_lens, pred)[1], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="cuda_graphs needs"):
+        pybert.Engine.from_model(net, cuda_graphs=True)

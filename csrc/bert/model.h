@@ -72,7 +72,8 @@ struct BatchInputs {
   const int64_t* pred_positions;  // (batch, num_pred_positions) or null: no MLM head
   int64_t batch;
   int64_t seq_len;                // 0: tokens and segments are packed
-  int64_t total_tokens;           // cu_seqlens[batch]
+  int64_t total_tokens;           // rows computed: cu_seqlens[batch], or more (spare capacity
+                                  // of a CUDA-graph bucket, computed on zero rows)
   int64_t max_seqlen;             // the longest valid length
   int64_t num_pred_positions;
   bool with_nsp;

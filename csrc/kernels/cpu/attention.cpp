@@ -21,6 +21,7 @@ void attention_varlen(const float* qkv, const int32_t* cu_seqlens, float* out, i
       const int64_t h = task % num_heads;
       const int64_t first = cu_seqlens[b];
       const int64_t length = cu_seqlens[b + 1] - first;
+      if (length == 0) continue;  // an empty slot of a captured batch bucket
       const float* q = qkv + first * row_stride + h * head_dim;
       const float* k = q + hidden;
       const float* v = q + 2 * hidden;

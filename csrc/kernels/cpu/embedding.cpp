@@ -11,6 +11,11 @@ void embed_packed(const int64_t* tokens, const int64_t* segments, const int32_t*
                   int64_t hidden) {
   parallel_for(total_tokens, 64, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
+      float* dst = out + row * hidden;
+      if (row >= cu_seqlens[batch]) {  // spare capacity
+        std::fill(dst, dst + hidden, 0.0f);
+        continue;
+      }
       // The sequence of this packed row: the last b with cu_seqlens[b] <= row.
       const int64_t b =
           std::upper_bound(cu_seqlens, cu_seqlens + batch + 1, row) - cu_seqlens - 1;
@@ -19,7 +24,6 @@ void embed_packed(const int64_t* tokens, const int64_t* segments, const int32_t*
       const float* tok = token_table + tokens[input] * hidden;
       const float* seg = segment_table + segments[input] * hidden;
       const float* pos = pos_table + s * hidden;
-      float* dst = out + row * hidden;
       for (int64_t i = 0; i < hidden; ++i) dst[i] = tok[i] + seg[i] + pos[i];
     }
   });

@@ -30,8 +30,9 @@ void matmul_nn(const float* a, int64_t lda, const float* b, int64_t ldb, float* 
 // tokens, segments: (batch, seq_len) padded, or already packed (total_tokens) when
 // seq_len == 0; cu_seqlens: (batch + 1);
 // token_table: (vocab_size, hidden); segment_table: (2, hidden); pos_table: (>= seq_len, hidden);
-// out: (total_tokens = cu_seqlens[batch], hidden); row cu_seqlens[b] + s holds position s of
-// sequence b.
+// out: (total_tokens, hidden); row cu_seqlens[b] + s holds position s of sequence b, and rows
+// from cu_seqlens[batch] to total_tokens (spare capacity, as in a captured CUDA graph) are
+// zeros.
 void embed_packed(const int64_t* tokens, const int64_t* segments, const int32_t* cu_seqlens,
                   const float* token_table, const float* segment_table, const float* pos_table,
                   float* out, int64_t batch, int64_t seq_len, int64_t total_tokens,

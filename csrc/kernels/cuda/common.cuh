@@ -48,8 +48,8 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   return warp_sum(v);
 }
 
-// Index of the sequence that packed row `row` belongs to: the b with
-// cu_seqlens[b] <= row < cu_seqlens[b + 1] (binary search; batch is small).
+// Index of the sequence that packed row `row` (< cu_seqlens[batch]) belongs to: the last b
+// with cu_seqlens[b] <= row, which skips empty sequences (binary search; batch is small).
 __device__ __forceinline__ int sequence_of_row(const int32_t* cu_seqlens, int batch, int row) {
   int lo = 0, hi = batch - 1;
   while (lo < hi) {

@@ -10,13 +10,17 @@ __global__ void embed_packed_kernel(const int64_t* tokens, const int64_t* segmen
                                     const T* segment_table, const T* pos_table, T* out,
                                     int batch, int64_t seq_len, int64_t hidden) {
   const int row = blockIdx.x;
+  T* dst = out + int64_t(row) * hidden;
+  if (row >= cu_seqlens[batch]) {  // spare capacity (a captured graph's bucket): zeros
+    for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) dst[i] = from_float<T>(0.0f);
+    return;
+  }
   const int b = sequence_of_row(cu_seqlens, batch, row);
   const int64_t s = row - cu_seqlens[b];
   const int64_t input = seq_len > 0 ? b * seq_len + s : row;  // padded or packed ids
   const T* tok = token_table + tokens[input] * hidden;
   const T* seg = segment_table + segments[input] * hidden;
   const T* pos = pos_table + s * hidden;
-  T* dst = out + int64_t(row) * hidden;
   for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) {
     dst[i] = from_float<T>(to_float(tok[i]) + to_float(seg[i]) + to_float(pos[i]));
   }
