@@ -1,7 +1,9 @@
 """Benchmarks: the engine and its peers in one run, on the same inputs, as ratios.
 
-``run_cpu_benchmark`` times the CPU engine against the eager d2l model (fp32, inference mode)
-and torch.compile of it, at the book's training config and a BERT-base-like shape."""
+``run_cpu_benchmark`` times the CPU engine against the eager d2l model (fp32, inference mode),
+torch.compile of it, and torch.nn.TransformerEncoder's fused fast path (nested tensors for the
+padding; the same sizes, post-LN, ReLU), at the book's training config and a BERT-base-like
+shape."""
 
 from __future__ import annotations
 
@@ -34,6 +36,24 @@ def time_call(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+def _transformer_encoder_peer(config: BertConfig, tokens, valid_lens):
+    """The encoder layers as torch.nn.TransformerEncoder runs them on its fast path (eval,
+    inference mode, a padding mask turned into nested tensors), after an embedding lookup."""
+    layer = torch.nn.TransformerEncoderLayer(config.num_hiddens, config.num_heads,
+                                             config.ffn_num_hiddens, dropout=0.0,
+                                             activation="relu", batch_first=True)
+    encoder = torch.nn.TransformerEncoder(layer, config.num_layers,
+                                          enable_nested_tensor=True).eval()
+    embedding = torch.nn.Embedding(config.vocab_size, config.num_hiddens)
+    padding = torch.arange(tokens.shape[1])[None, :] >= valid_lens[:, None]
+
+    def run():
+        with torch.inference_mode():
+            encoder(embedding(tokens), src_key_padding_mask=padding)
+
+    return run
+
+
 def run_cpu_benchmark(batch: int = 32, seq_len: int = 128, repeats: int = 10,
                       compile_peer: bool = True) -> list[dict]:
     torch.manual_seed(0)
@@ -52,7 +72,8 @@ def run_cpu_benchmark(batch: int = 32, seq_len: int = 128, repeats: int = 10,
             with torch.inference_mode():
                 net(tokens, segments, valid_lens)
 
-        peers = {"eager d2l model": eager}
+        peers = {"eager d2l model": eager,
+                 "nn.TransformerEncoder": _transformer_encoder_peer(config, tokens, valid_lens)}
         if compile_peer:
             compiled = torch.compile(net)
 
