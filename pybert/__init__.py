@@ -42,6 +42,8 @@ def encode(model, inputs, segments=None, valid_lens=None, *, device="cpu",
       ``truncation="error"``.
     """
     engine = model if isinstance(model, Engine) else _cached_load(model, device, dtype)
+    if getattr(getattr(inputs, "dtype", None), "kind", None) in ("U", "S"):
+        inputs = inputs.tolist()  # a numpy array of strings
     if _is_text(inputs):
         if segments is not None or valid_lens is not None:
             raise ValueError("segments and valid_lens go with token ids, not with texts")

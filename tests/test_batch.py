@@ -143,3 +143,9 @@ def test_fill_mask_and_next_sentence(engine):
     assert p[0] == pytest.approx(float(torch.softmax(nsp[0].double(), -1)[1]), rel=1e-6)
     with pytest.raises(TypeError, match="pairs"):
         engine.next_sentence(["just one text"])
+
+
+def test_a_numpy_array_of_texts(engine):
+    texts = ["the cat", "a dog ran", "it is red"]
+    np.testing.assert_allclose(pybert.encode(engine, np.array(texts)),
+                               pybert.encode(engine, texts), rtol=0, atol=0)
