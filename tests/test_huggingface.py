@@ -193,6 +193,13 @@ def test_sentence_transformers_directory(tmp_path, pooling, normalize):
         expected = torch.nn.functional.normalize(expected, dim=-1)
         assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert rel_l2(torch.from_numpy(vectors), expected) <= BOUNDS[torch.float32]
+    # the batch job applies the model's pooling and normalisation too
+    from pybert.batch import run_encode_job
+
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
+    run_encode_job(pybert.load(tmp_path / "st"), tmp_path / "in.txt", tmp_path / "out.npy",
+                   "st", progress=False)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), vectors, rtol=1e-5, atol=1e-6)
 
 
 def test_refused_configs_and_weights(tmp_path):
