@@ -10,6 +10,7 @@ launches. Graphs are captured lazily (or ahead with Engine.capture), kept in a b
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 import torch
@@ -38,7 +39,8 @@ class _Captured:
         # Capture with every slot full, so every kernel sees its largest work.
         self.cu = torch.arange(0, (batch + 1) * seq_len, seq_len, device=device,
                                dtype=torch.int32)
-        self.copied = torch.cuda.Event()
+        self.copied = torch.cuda.Event()   # the staging buffers were read
+        self.finished = torch.cuda.Event()  # the static outputs were read
         args = (self.tokens, self.segments, self.cu, batch * seq_len, seq_len, None, True,
                 with_nsp)
         side = torch.cuda.Stream(device)
@@ -53,6 +55,9 @@ class _Captured:
     def run(self, tokens, segments, lengths):
         batch, seq_len = tokens.shape
         self.copied.synchronize()  # the previous call's copies have left the staging buffers
+        # A previous call on another stream must have read the outputs before this replay
+        # writes them again.
+        torch.cuda.current_stream().wait_event(self.finished)
         self.host_tokens.zero_()
         self.host_segments.zero_()
         self.host_tokens[:batch, :seq_len] = tokens
@@ -67,6 +72,7 @@ class _Captured:
         self.graph.replay()
         encoded = self.encoded[:batch, :seq_len].clone()
         nsp = None if self.nsp is None else self.nsp[:batch].clone()
+        self.finished.record()
         return encoded, nsp
 
 
@@ -80,6 +86,8 @@ class GraphCache:
         self.native, self.device, self.max_len, self.max_graphs = native, device, max_len, \
             max_graphs
         self.graphs: OrderedDict = OrderedDict()
+        # A graph's static buffers serve one call at a time.
+        self.lock = threading.Lock()
 
     def bucket(self, batch: int, seq_len: int) -> tuple[int, int] | None:
         """(batch, seq_len) of the bucket for this shape, or None if it has none (too big)."""
@@ -89,7 +97,12 @@ class GraphCache:
         return batch_cap, min(_round_up(seq_len, SEQ_BUCKET), self.max_len)
 
     def capture(self, batch: int, seq_len: int, with_nsp: bool) -> None:
-        self._get(self.bucket(batch, seq_len), with_nsp)
+        bucket = self.bucket(batch, seq_len)
+        if bucket is None:
+            raise ValueError(f"batch {batch} is above the largest graph bucket "
+                             f"({MAX_BATCH_BUCKET})")
+        with self.lock:
+            self._get(bucket, with_nsp)
 
     def _get(self, bucket, with_nsp: bool) -> _Captured:
         key = (*bucket, with_nsp)
@@ -107,4 +120,5 @@ class GraphCache:
         bucket = self.bucket(*tokens.shape)
         if bucket is None:
             return None
-        return self._get(bucket, with_nsp).run(tokens, segments, lengths)
+        with self.lock:
+            return self._get(bucket, with_nsp).run(tokens, segments, lengths)
