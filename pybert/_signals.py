@@ -1,4 +1,9 @@
-"""SIGTERM (a kill, a scheduler's stop) handled like Ctrl-C, so long jobs save their state."""
+"""Stopping long jobs cleanly on Ctrl-C or SIGTERM (a kill, a scheduler's stop).
+
+sigterm_as_interrupt: SIGTERM raises KeyboardInterrupt like Ctrl-C, for jobs whose state is
+consistent at any point (the batch job commits after each durable chunk).
+stop_requested: both only set a flag, for jobs that must stop between two steps (training).
+"""
 
 import contextlib
 import signal
@@ -25,3 +30,33 @@ def sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class StopRequest:
+    """Set by stop_requested(): a signal asked the job to stop at its next safe point."""
+
+    def __init__(self):
+        self.requested = False
+
+
+@contextlib.contextmanager
+def stop_requested():
+    """Inside the block, SIGINT and SIGTERM do not interrupt: they set ``.requested`` on the
+    yielded StopRequest, and the job stops where its state is consistent (a training step's
+    end). A second SIGINT interrupts at once. Outside the main thread this only yields."""
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request(signum, frame):
+        if signum == signal.SIGINT and stop.requested:
+            raise KeyboardInterrupt
+        stop.requested = True
+
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

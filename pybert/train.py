@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from ._signals import sigterm_as_interrupt
+from ._signals import stop_requested
 from .checkpoint import load_model, save
 from .config import BertConfig
 from .data import Corpus, PretrainingData, build_vocab, load_corpus, make_pretraining_data
@@ -399,7 +399,7 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
 
     bar = tqdm(total=config.steps, initial=start_step, disable=not (is_main and config.progress),
                unit="step", dynamic_ncols=True)
-    with sigterm_as_interrupt():
+    with stop_requested() as stop:
         try:
             while step < config.steps:
                 batches_in_epoch = max(1, len(data) // config.batch_size)
@@ -433,9 +433,12 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
                 pairs_seen += global_batch
                 # Each rank's losses carry a factor world_size (see mlm_nsp_losses); the book's
                 # figure is a plain per-rank mean. Divided by world_size, the sum over ranks is
-                # the global value for all three.
-                losses = torch.stack([mlm_loss.detach(), nsp_loss.detach(),
-                                      mlm_loss_book]).float() / world_size
+                # the global value for all three. The fourth entry is > 0 when a signal asked
+                # any rank to stop, so every rank stops after the same step.
+                losses = torch.stack([mlm_loss.detach().float(), nsp_loss.detach().float(),
+                                      mlm_loss_book.float(),
+                                      torch.tensor(float(stop.requested), device=device)])
+                losses = losses / world_size
                 if world_size > 1:
                     dist.all_reduce(losses)
                 bar.update(1)
@@ -454,15 +457,15 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
                     log({"kind": "eval", "step": step,
                          **evaluate(net, test_data, config.batch_size, device,
                                     config.eval_batches, autocast)})
+                if float(losses[3]) > 0:  # Ctrl-C or SIGTERM: stop between two steps
+                    bar.close()
+                    checkpoint(step)
+                    if is_main:
+                        print(f"\ninterrupted at step {step}/{config.steps}; checkpoint saved "
+                              f"in {out / CHECKPOINT_DIR}; run again with --resume to continue")
+                    raise KeyboardInterrupt
                 if step % config.save_every == 0 and step != config.steps:
                     checkpoint(step)
-        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see sigterm_as_interrupt)
-            bar.close()
-            checkpoint(step)
-            if is_main:
-                print(f"\ninterrupted at step {step}/{config.steps}; checkpoint saved in "
-                      f"{out / CHECKPOINT_DIR}; run again with --resume to continue")
-            raise
         finally:
             bar.close()
             if metrics_file is not None:

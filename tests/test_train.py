@@ -113,7 +113,8 @@ def _flags(config: dict) -> list[str]:
     return flags
 
 
-def test_killed_run_saves_and_resumes(tmp_path):
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_killed_run_saves_and_resumes(tmp_path, how):
     out = tmp_path / "run"
     flags = _flags(dict(TINY, save_every=1000, eval_every=1000)) + ["--out", str(out)]
     proc = _cli(*flags, "--steps", "100000", cwd=tmp_path)
@@ -123,7 +124,7 @@ def test_killed_run_saves_and_resumes(tmp_path):
         if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
             break
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(how)
     output = _finish(proc, 120)
     assert proc.returncode == 130, output
     assert "run again with --resume" in output
