@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 from .checkpoint import CheckpointError
 from .config import BertConfig
+from .tokenize import check_truncation, text_item, warn_cut
 
 __all__ = ["is_huggingface_dir", "load_huggingface", "pack_hf_state_dict", "WordPieceTokenizer"]
 
@@ -214,20 +215,8 @@ class WordPieceTokenizer:
         return self.tokenizer.id_to_token(index)
 
     def encode_all(self, items, truncation: str = "warn", start: int = 0):
-        import warnings
-
-        if truncation not in ("warn", "error"):
-            raise ValueError(f"truncation must be 'warn' or 'error', got {truncation!r}")
-        inputs = []
-        for i, item in enumerate(items):
-            if isinstance(item, str):
-                inputs.append(item)
-            elif isinstance(item, (tuple, list)) and len(item) == 2 and \
-                    all(isinstance(t, str) for t in item):
-                inputs.append(tuple(item))
-            else:
-                raise TypeError(f"texts[{start + i}] must be a str or a (text_a, text_b) pair, "
-                                f"got {type(item).__name__}")
+        check_truncation(truncation)
+        inputs = [text_item(item, start + i) for i, item in enumerate(items)]
         encodings = self.tokenizer.encode_batch(inputs)
         out, cut = [], 0
         for i, (item, enc) in enumerate(zip(inputs, encodings)):
@@ -239,9 +228,7 @@ class WordPieceTokenizer:
                 enc = self._truncated(item)
                 cut += 1
             out.append((enc.ids, enc.type_ids))
-        if cut:
-            warnings.warn(f"{cut} text(s) were longer than max_len={self.max_len} and were cut",
-                          stacklevel=3)
+        warn_cut(cut, self.max_len)
         return out
 
     def _truncated(self, item):

@@ -36,6 +36,30 @@ def split_sentences(paragraph: str) -> list[str]:
     return paragraph.strip().lower().split(" . ")
 
 
+# What every tokenizer of the engine (this word-level one, the WordPiece one of Hugging Face
+# checkpoints) shares: the accepted inputs, the truncation choices and the one warning.
+
+def text_item(item, index: int):
+    """``item`` as a str or a (text_a, text_b) tuple; TypeError naming texts[index] if neither."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, Sequence) and len(item) == 2 and all(isinstance(t, str) for t in item):
+        return tuple(item)
+    raise TypeError(f"texts[{index}] must be a str or a (text_a, text_b) pair, got "
+                    f"{type(item).__name__}")
+
+
+def check_truncation(truncation: str) -> None:
+    if truncation not in ("warn", "error"):
+        raise ValueError(f"truncation must be 'warn' or 'error', got {truncation!r}")
+
+
+def warn_cut(cut: int, max_len: int) -> None:
+    if cut:
+        warnings.warn(f"{cut} text(s) were longer than max_len={max_len} and were cut",
+                      stacklevel=4)
+
+
 class WordTokenizer:
     """Texts and text pairs to (ids, segments) with a checkpoint's vocabulary.
 
@@ -64,13 +88,11 @@ class WordTokenizer:
 
     def encode(self, item, truncation: str = "warn", index: int = 0):
         """(ids, segments, truncated) of one text or (text_a, text_b) pair."""
+        item = text_item(item, index)
         if isinstance(item, str):
             a, b = self.words(item), None
-        elif isinstance(item, Sequence) and len(item) == 2:
-            a, b = self.words(item[0]), self.words(item[1])
         else:
-            raise TypeError(f"texts[{index}] must be a str or a (text_a, text_b) pair, got "
-                            f"{type(item).__name__}")
+            a, b = self.words(item[0]), self.words(item[1])
         budget = self.max_len - (2 if b is None else 3)
         if budget < (1 if b is None else 2):
             raise ValueError(f"max_len {self.max_len} leaves no room for a text")
@@ -93,14 +115,11 @@ class WordTokenizer:
 
     def encode_all(self, items, truncation: str = "warn", start: int = 0):
         """Encode many; one warning for all the texts that were cut."""
-        if truncation not in ("warn", "error"):
-            raise ValueError(f"truncation must be 'warn' or 'error', got {truncation!r}")
+        check_truncation(truncation)
         encoded, cut = [], 0
         for i, item in enumerate(items):
             ids, segments, truncated = self.encode(item, truncation, start + i)
             encoded.append((ids, segments))
             cut += truncated
-        if cut:
-            warnings.warn(f"{cut} text(s) were longer than max_len={self.max_len} and were cut",
-                          stacklevel=3)
+        warn_cut(cut, self.max_len)
         return encoded
