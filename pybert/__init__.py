@@ -15,10 +15,11 @@ from .checkpoint import load, load_model, save
 from .config import BertConfig
 from .engine import Engine
 from .model import BERTModel, get_tokens_and_segments
+from .text import TextModel, text_model_of
 from .vocab import Vocab
 
-__all__ = ["BERTModel", "BertConfig", "Engine", "Vocab", "encode", "get_tokens_and_segments",
-           "load", "load_model", "save"]
+__all__ = ["BERTModel", "BertConfig", "Engine", "TextModel", "Vocab", "encode",
+           "get_tokens_and_segments", "load", "load_model", "save"]
 __version__ = "0.1.0"
 
 
@@ -27,8 +28,9 @@ def encode(model, inputs, segments=None, valid_lens=None, *, device="cpu",
            truncation="warn"):
     """Encode token ids or texts.
 
-    ``model`` is an :class:`Engine` or the path of a checkpoint directory (loaded with
-    ``device`` and ``dtype``). ``inputs`` is either
+    ``model`` is a :class:`TextModel`, an :class:`Engine` or the path of a checkpoint
+    directory (loaded with ``device`` and ``dtype``, once: later calls reuse it). ``inputs``
+    is either
 
     - token ids (B, S) with optional ``segments`` and ``valid_lens``: returns the encodings
       (B, S, H) as a tensor, zeros at padded positions; or
@@ -39,19 +41,20 @@ def encode(model, inputs, segments=None, valid_lens=None, *, device="cpu",
       default: the model's own, "cls" unless a sentence-transformers model says otherwise,
       which also L2-normalises when it has a Normalize module) as ``return_type`` ("numpy"
       or "torch"). Texts longer than max_len are cut with a warning, or raise with
-      ``truncation="error"``.
+      ``truncation="error"``. An empty list gives an empty (0, H) result.
     """
-    engine = model if isinstance(model, Engine) else _cached_load(model, device, dtype)
+    if isinstance(model, (Engine, TextModel)):
+        engine = model.engine if isinstance(model, TextModel) else model
+    else:
+        engine = _cached_load(model, device, dtype)
     if getattr(getattr(inputs, "dtype", None), "kind", None) in ("U", "S"):
         inputs = inputs.tolist()  # a numpy array of strings
-    if _is_text(inputs):
+    if _is_text(inputs) or (isinstance(inputs, (list, tuple)) and len(inputs) == 0):
         if segments is not None or valid_lens is not None:
             raise ValueError("segments and valid_lens go with token ids, not with texts")
-        from .batch import encode_texts
-
-        return encode_texts(engine, inputs, pooling=pooling or engine.pooling,
-                            return_type=return_type, batch_tokens=batch_tokens,
-                            truncation=truncation)
+        text_model = model if isinstance(model, TextModel) else text_model_of(engine)
+        return text_model.encode(inputs, pooling=pooling, return_type=return_type,
+                                 batch_tokens=batch_tokens, truncation=truncation)
     return engine.encode(inputs, segments, valid_lens)
 
 

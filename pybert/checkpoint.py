@@ -3,7 +3,7 @@
 ``config.json`` holds the model's sizes (:class:`BertConfig`) under ``"model"``;
 ``model.safetensors`` holds the d2l state_dict (the book's key names, float tensors);
 ``vocab.txt`` holds one token per line in id order (optional). No pickles anywhere: loading a
-checkpoint never runs code from it.
+checkpoint never runs code from it, and pybert.files bounds what reading one can cost.
 """
 
 from __future__ import annotations
@@ -14,24 +14,21 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .config import BertConfig, config_from_model, state_dict_problems
-from .vocab import Vocab
+from .files import MAX_VOCAB_BYTES, CheckpointError, SafetensorsHeader, read_file, read_json
+from .tokenize import TEXT_FORMATS
+from .vocab import BERT_RESERVED_TOKENS, Vocab
 
-__all__ = ["CheckpointError", "save", "load", "load_model", "CONFIG_NAME", "WEIGHTS_NAME",
-           "VOCAB_NAME"]
+__all__ = ["CheckpointError", "save", "load", "load_model", "open_checkpoint", "read_config",
+           "CONFIG_NAME", "WEIGHTS_NAME", "VOCAB_NAME"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 VOCAB_NAME = "vocab.txt"
 FORMAT = "pybert-d2l-bert"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory that is incomplete, corrupt or does not fit its config."""
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -78,69 +75,89 @@ def save(net: torch.nn.Module, path, vocab: Vocab | list[str] | None = None,
     return path
 
 
-def read_config(path) -> tuple[BertConfig, dict]:
-    """The model config and the whole config.json document of a checkpoint directory."""
+def _checkpoint_dir(path) -> Path:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} must be a directory holding {CONFIG_NAME}, "
                               f"{WEIGHTS_NAME} and {VOCAB_NAME}")
+    return path
+
+
+def read_config(path) -> tuple[BertConfig, dict]:
+    """The model config and the whole config.json document of a checkpoint directory."""
+    path = _checkpoint_dir(path)
     config_path = path / CONFIG_NAME
-    if not config_path.is_file():
+    if not config_path.exists():
         raise FileNotFoundError(f"checkpoint {path} has no {CONFIG_NAME} (an incomplete or "
                                 "interrupted save?)")
-    try:
-        document = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{config_path} is not valid JSON: {err}") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
+    document = read_json(config_path, what=CONFIG_NAME)
+    if not isinstance(document, dict):
+        raise CheckpointError(f"{config_path} is not a pybert checkpoint config: it must hold "
+                              "a JSON object")
+    if document.get("format") != FORMAT:
+        model_type = document.get("model_type")
+        if model_type is not None:
+            raise CheckpointError(f"{config_path}: model_type {str(model_type)[:40]!r} is not "
+                                  "served; pybert serves BERT (Hugging Face model_type 'bert' "
+                                  "or sentence-transformers over one) and its own checkpoints")
         raise CheckpointError(f"{config_path} is not a pybert checkpoint config (expected "
                               f"\"format\": \"{FORMAT}\")")
     if document.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{config_path} has format_version "
-                              f"{document.get('format_version')!r}; this pybert reads "
+                              f"{str(document.get('format_version'))[:20]!r}; this pybert reads "
                               f"{FORMAT_VERSION}")
     try:
         config = BertConfig.from_dict(document.get("model"))
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{config_path}: {err}") from None
+    if config.embedding_layer_norm:
+        raise CheckpointError(f"{config_path}: embedding_layer_norm is true, but a pybert "
+                              "checkpoint holds d2l's BERT, which has no embedding LayerNorm")
     return config, document
 
 
 def _read_state_dict(path: Path, config: BertConfig) -> dict[str, torch.Tensor]:
+    """The checkpoint's d2l state_dict, its names, dtypes and shapes checked against the
+    config before any tensor is read."""
     weights_path = path / WEIGHTS_NAME
-    if not weights_path.is_file():
+    if not weights_path.exists():
         raise FileNotFoundError(f"checkpoint {path} has no {WEIGHTS_NAME}")
-    try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{weights_path} is not a readable safetensors file: {err}") \
-            from None
-    problems = state_dict_problems(state, config)
-    problems += [f"{k} is {state[k].dtype}, not floating point"
-                 for k in state if not state[k].is_floating_point()]
-    problems += [f"{k} holds NaN or infinity" for k in state
-                 if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all())]
+    header = SafetensorsHeader(weights_path)
+    problems = state_dict_problems(header.shapes(), config)
+    if not problems:
+        header.meta_state()  # refuses dtypes other than float
     if problems:
         raise CheckpointError(f"{weights_path} does not match {CONFIG_NAME}: "
                               + "; ".join(problems[:8])
                               + (f" (and {len(problems) - 8} more)" if len(problems) > 8
                                  else ""))
+    state = header.load(header.tensors)
+    # The eager model holds float32: a value finite in the file's dtype must be finite there.
+    bad = [k for k, v in state.items() if not bool(torch.isfinite(v.float()).all())]
+    if bad:
+        raise CheckpointError(f"{weights_path}: {', '.join(bad[:5])} hold NaN or infinity "
+                              "(in float32)")
     return state
 
 
 def _read_vocab(path: Path, config: BertConfig) -> Vocab | None:
     vocab_path = path / VOCAB_NAME
-    if not vocab_path.exists():
+    if not vocab_path.exists() and not vocab_path.is_symlink():
         return None
+    data = read_file(vocab_path, MAX_VOCAB_BYTES, VOCAB_NAME)
     try:
-        vocab = Vocab.load(vocab_path)
+        vocab = Vocab.from_text(data.decode("utf-8"), str(vocab_path))
     except (ValueError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{vocab_path}: {err}") from None
     if len(vocab) != config.vocab_size:
         raise CheckpointError(f"{vocab_path} has {len(vocab)} tokens but {CONFIG_NAME} says "
                               f"vocab_size {config.vocab_size}")
+    missing = [t for t in BERT_RESERVED_TOKENS if t not in vocab.token_to_idx]
+    if missing:
+        raise CheckpointError(f"{vocab_path} lacks the reserved tokens {missing}: without them "
+                              "texts cannot be framed (<cls>, <sep>) or masked (<mask>)")
     return vocab
 
 
@@ -154,17 +171,35 @@ def load_model(path) -> tuple[torch.nn.Module, Vocab | None]:
     return net, _read_vocab(path, config)
 
 
-def load(path, device="cpu", dtype: torch.dtype = torch.float32):
-    """An :class:`~pybert.Engine` serving the checkpoint at ``path``: a pybert checkpoint, a
-    Hugging Face BERT directory or a sentence-transformers model directory."""
+def open_checkpoint(path, device="cpu", dtype: torch.dtype = torch.float32, **engine_options):
+    """(engine, text model or None) of a checkpoint directory: a pybert checkpoint, a Hugging
+    Face BERT directory or a sentence-transformers model directory. The text model, when the
+    checkpoint has a vocabulary, is attached to the engine (``engine.text_model``)."""
     from .engine import Engine
-    from .huggingface import is_huggingface_dir, load_huggingface
+    from .huggingface import is_huggingface_dir, open_huggingface
+    from .text import TextModel
 
-    path = Path(path)
-    if path.is_dir() and is_huggingface_dir(path):
-        return load_huggingface(path, device=device, dtype=dtype)
+    path = _checkpoint_dir(path)
+    if is_huggingface_dir(path):
+        return open_huggingface(path, device, dtype, **engine_options)
     config, document = read_config(path)
+    vocab = _read_vocab(path, config)  # before the weights: it is the cheaper check
     state = _read_state_dict(path, config)
-    text_format = (document.get("extra") or {}).get("text_format", "wikitext")
-    return Engine.from_state_dict(state, config, device=device, dtype=dtype,
-                                  vocab=_read_vocab(path, config), text_format=text_format)
+    engine = Engine.from_state_dict(state, config, device=device, dtype=dtype,
+                                    **engine_options)
+    if vocab is None:
+        return engine, None
+    extra = document.get("extra") if isinstance(document.get("extra"), dict) else {}
+    text_format = extra.get("text_format", "wikitext")
+    if text_format not in TEXT_FORMATS:
+        raise CheckpointError(f"{path / CONFIG_NAME}: extra.text_format must be one of "
+                              f"{TEXT_FORMATS}, got {str(text_format)[:40]!r}")
+    return engine, TextModel.for_vocab(engine, vocab, text_format).attach()
+
+
+def load(path, device="cpu", dtype: torch.dtype = torch.float32, **engine_options):
+    """An :class:`~pybert.Engine` serving the checkpoint at ``path``: a pybert checkpoint, a
+    Hugging Face BERT directory or a sentence-transformers model directory. When the
+    checkpoint has a vocabulary, ``engine.text_model`` (see :class:`pybert.TextModel`) turns
+    texts into vectors. ``engine_options``: cuda_graphs, max_graphs."""
+    return open_checkpoint(path, device, dtype, **engine_options)[0]

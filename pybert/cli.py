@@ -51,7 +51,7 @@ def _pretrain(args) -> int:
 
     import torch
 
-    from . import load
+    from .text import TextModel
     from .train import TrainConfig, masked_word_samples, pretrain, saved_steps
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -73,8 +73,8 @@ def _pretrain(args) -> int:
     corpus = result.pop("corpus")
     result.pop("model")
     print(json.dumps(result, indent=1))
-    engine = load(result["checkpoint"], device="cpu", dtype=torch.float32)
-    samples = masked_word_samples(engine, corpus.test, engine.vocab)
+    model = TextModel.load(result["checkpoint"], device="cpu", dtype=torch.float32)
+    samples = masked_word_samples(model, corpus.test)
     lines = []
     for s in samples:
         guesses = ", ".join(f"{w} ({p:.2f})" for w, p in s["top_k"])
@@ -89,9 +89,9 @@ def _pretrain(args) -> int:
 def _encode(args) -> int:
     import torch
 
-    from . import load
     from ._signals import sigterm_as_interrupt
-    from .batch import run_encode_job
+    from .job import run_encode_job
+    from .text import TextModel
 
     device = args.device
     if device == "auto":
@@ -100,9 +100,9 @@ def _encode(args) -> int:
         device = "cuda" if _C.cuda_available and torch.cuda.is_available() else "cpu"
     dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
     try:
-        engine = load(args.model, device=device, dtype=getattr(torch, dtype))
+        model = TextModel.load(args.model, device=device, dtype=getattr(torch, dtype))
         with sigterm_as_interrupt():
-            result = run_encode_job(engine, args.input, args.output, str(args.model),
+            result = run_encode_job(model, args.input, args.output, str(args.model),
                                     pooling=args.pooling, batch_tokens=args.batch_tokens,
                                     chunk_size=args.chunk_size, truncation=args.truncation,
                                     overwrite=args.overwrite, progress=args.progress)
@@ -113,6 +113,9 @@ def _encode(args) -> int:
     except (FileExistsError, FileNotFoundError, ValueError, TypeError) as err:
         print(f"pybert encode: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a read-only folder: the job can be resumed
+        print(f"pybert encode: {err.strerror or err}", file=sys.stderr)
+        return 1
     print(json.dumps(result))
     return 0
 
@@ -150,7 +153,9 @@ def main(argv=None) -> int:
                     "texts of a pair; .jsonl: a string, a [a, b] pair or {\"text\": ...}) into "
                     "--output (.npy, .safetensors or .parquet), in input order. An interrupted "
                     "job continues where it stopped when run again with the same arguments.")
-    encode_parser.add_argument("--model", required=True, help="a pybert checkpoint directory")
+    encode_parser.add_argument("--model", required=True,
+                               help="a pybert, Hugging Face BERT or sentence-transformers "
+                                    "checkpoint directory")
     encode_parser.add_argument("--input", required=True)
     encode_parser.add_argument("--output", required=True)
     encode_parser.add_argument("--pooling", choices=("cls", "mean"),

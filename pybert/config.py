@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["BertConfig", "config_from_model"]
+__all__ = ["BertConfig", "config_from_model", "state_dict_problems", "expected_state_shapes"]
 
 ACTIVATIONS = ("relu", "gelu")
+
+
+def _real(value, name: str) -> float:
+    """value as a float if it is a real number (an int or a float, not a bool or a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"BertConfig.{name} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"BertConfig.{name} is out of range: {str(value)[:20]}...") from None
 
 
 @dataclass(frozen=True)
@@ -36,14 +48,28 @@ class BertConfig:
         if self.num_hiddens % self.num_heads:
             raise ValueError(f"BertConfig.num_hiddens ({self.num_hiddens}) must be a multiple of "
                              f"num_heads ({self.num_heads})")
-        if not 0.0 <= float(self.dropout) < 1.0:
+        dropout = _real(self.dropout, "dropout")
+        if not 0.0 <= dropout < 1.0:
             raise ValueError(f"BertConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if not float(self.layer_norm_eps) > 0.0:
-            raise ValueError(f"BertConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        eps = _real(self.layer_norm_eps, "layer_norm_eps")
+        if not (math.isfinite(eps) and eps > 0.0):
+            raise ValueError(f"BertConfig.layer_norm_eps must be finite and > 0, got "
+                             f"{self.layer_norm_eps!r}")
         for name in ("ffn_activation", "mlm_activation"):
             if getattr(self, name) not in ACTIVATIONS:
                 raise ValueError(f"BertConfig.{name} must be one of {ACTIVATIONS}, "
                                  f"got {getattr(self, name)!r}")
+        if not isinstance(self.embedding_layer_norm, bool):
+            raise ValueError(f"BertConfig.embedding_layer_norm must be true or false, got "
+                             f"{self.embedding_layer_norm!r}")
+
+    def native(self) -> dict:
+        """The config as pybert._C takes it (Engine, weight_shapes)."""
+        return {"vocab_size": self.vocab_size, "num_hiddens": self.num_hiddens,
+                "num_heads": self.num_heads, "ffn_num_hiddens": self.ffn_num_hiddens,
+                "num_layers": self.num_layers, "max_len": self.max_len,
+                "layer_norm_eps": float(self.layer_norm_eps),
+                "ffn_activation": self.ffn_activation, "mlm_activation": self.mlm_activation}
 
     @property
     def head_dim(self) -> int:
@@ -117,43 +143,86 @@ def config_from_model(net: nn.Module) -> BertConfig:
     return config
 
 
-def state_dict_problems(state_dict: dict, config: BertConfig) -> list[str]:
-    """What keeps ``state_dict`` from being a d2l BERT of ``config``: missing, unexpected and
-    misshapen tensors (empty when it fits)."""
-    expected = expected_state_shapes(config)
-    problems = [f"missing {k}" for k in expected if k not in state_dict]
-    problems += [f"unexpected {k}" for k in state_dict if k not in expected]
-    problems += [f"{k} has shape {tuple(state_dict[k].shape)}, expected {expected[k]}"
-                 for k in expected
-                 if k in state_dict and tuple(state_dict[k].shape) != expected[k]]
+def state_dict_problems(state_dict: dict, config: BertConfig, limit: int = 8) -> list[str]:
+    """What keeps ``state_dict`` (tensors, or shapes, by key) from being a d2l BERT of
+    ``config``: unexpected, missing and misshapen tensors (empty when it fits; at most
+    ``limit`` missing keys are named).
+
+    The file's own keys are checked first, one by one, so that a config that claims a huge
+    model is refused in time proportional to the weights at hand, not to the claim."""
+    problems, expected_here = [], 0
+    for key, value in state_dict.items():
+        shape = _expected_state_shape(key, config)
+        if shape is None:
+            problems.append(f"unexpected {key}")
+            continue
+        expected_here += 1
+        actual = tuple(getattr(value, "shape", value))
+        if actual != shape:
+            problems.append(f"{key} has shape {actual}, expected {shape}")
+    if expected_here != _state_dict_size(config):
+        missing = []
+        for key in _expected_state_keys(config):
+            if key not in state_dict:
+                missing.append(f"missing {key}")
+                if len(missing) == limit:
+                    break
+        problems = missing + problems
     return problems
 
 
-def expected_state_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
-    """The d2l state_dict keys of a model of this config, with their shapes."""
-    v, h, f = config.vocab_size, config.num_hiddens, config.ffn_num_hiddens
-    shapes = {
-        "encoder.pos_embedding": (1, config.max_len, h),
-        "encoder.token_embedding.weight": (v, h),
-        "encoder.segment_embedding.weight": (2, h),
-    }
+_LAYER_SHAPES = {  # the d2l key of a block's tensor -> its shape in (h, f)
+    **{f"attention.W_{n}.{kind}": (("h", "h") if kind == "weight" else ("h",))
+       for n in "qkvo" for kind in ("weight", "bias")},
+    "addnorm1.ln.weight": ("h",), "addnorm1.ln.bias": ("h",),
+    "ffn.dense1.weight": ("f", "h"), "ffn.dense1.bias": ("f",),
+    "ffn.dense2.weight": ("h", "f"), "ffn.dense2.bias": ("h",),
+    "addnorm2.ln.weight": ("h",), "addnorm2.ln.bias": ("h",),
+}
+_OTHER_SHAPES = {
+    "encoder.pos_embedding": ("1", "max_len", "h"),
+    "encoder.token_embedding.weight": ("v", "h"),
+    "encoder.segment_embedding.weight": ("2", "h"),
+    "hidden.0.weight": ("h", "h"), "hidden.0.bias": ("h",),
+    "mlm.mlp.0.weight": ("h", "h"), "mlm.mlp.0.bias": ("h",),
+    "mlm.mlp.2.weight": ("h",), "mlm.mlp.2.bias": ("h",),
+    "mlm.mlp.3.weight": ("v", "h"), "mlm.mlp.3.bias": ("v",),
+    "nsp.output.weight": ("2", "h"), "nsp.output.bias": ("2",),
+}
+_LAYER_KEY = re.compile(r"encoder\.blks\.(0|[1-9][0-9]{0,8})\.(.+)")
+
+
+def _dims(config: BertConfig) -> dict[str, int]:
+    return {"h": config.num_hiddens, "f": config.ffn_num_hiddens, "v": config.vocab_size,
+            "max_len": config.max_len, "1": 1, "2": 2}
+
+
+def _expected_state_shape(key: str, config: BertConfig) -> tuple[int, ...] | None:
+    """The shape of d2l state_dict key ``key`` in a model of ``config``, or None if such a
+    model has no such key."""
+    symbols = _OTHER_SHAPES.get(key)
+    match = _LAYER_KEY.fullmatch(key) if symbols is None else None
+    if match is not None and int(match.group(1)) < config.num_layers:
+        symbols = _LAYER_SHAPES.get(match.group(2))
+    if symbols is None:
+        return None
+    dims = _dims(config)
+    return tuple(dims[s] for s in symbols)
+
+
+def _state_dict_size(config: BertConfig) -> int:
+    return len(_OTHER_SHAPES) + len(_LAYER_SHAPES) * config.num_layers
+
+
+def _expected_state_keys(config: BertConfig):
+    yield from list(_OTHER_SHAPES)[:3]
     for i in range(config.num_layers):
-        p = f"encoder.blks.{i}."
-        for name in "qkvo":
-            shapes[f"{p}attention.W_{name}.weight"] = (h, h)
-            shapes[f"{p}attention.W_{name}.bias"] = (h,)
-        for ln in ("addnorm1", "addnorm2"):
-            shapes[f"{p}{ln}.ln.weight"] = (h,)
-            shapes[f"{p}{ln}.ln.bias"] = (h,)
-        shapes[f"{p}ffn.dense1.weight"] = (f, h)
-        shapes[f"{p}ffn.dense1.bias"] = (f,)
-        shapes[f"{p}ffn.dense2.weight"] = (h, f)
-        shapes[f"{p}ffn.dense2.bias"] = (h,)
-    shapes.update({
-        "hidden.0.weight": (h, h), "hidden.0.bias": (h,),
-        "mlm.mlp.0.weight": (h, h), "mlm.mlp.0.bias": (h,),
-        "mlm.mlp.2.weight": (h,), "mlm.mlp.2.bias": (h,),
-        "mlm.mlp.3.weight": (v, h), "mlm.mlp.3.bias": (v,),
-        "nsp.output.weight": (2, h), "nsp.output.bias": (2,),
-    })
-    return shapes
+        for name in _LAYER_SHAPES:
+            yield f"encoder.blks.{i}.{name}"
+    yield from list(_OTHER_SHAPES)[3:]
+
+
+def expected_state_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
+    """The d2l state_dict keys of a model of this config, with their shapes (in the order of
+    the book's ``state_dict``)."""
+    return {key: _expected_state_shape(key, config) for key in _expected_state_keys(config)}

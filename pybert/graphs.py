@@ -41,16 +41,17 @@ class _Captured:
                                dtype=torch.int32)
         self.copied = torch.cuda.Event()   # the staging buffers were read
         self.finished = torch.cuda.Event()  # the static outputs were read
-        args = (self.tokens, self.segments, self.cu, batch * seq_len, seq_len, None, True,
-                with_nsp)
+        args = dict(tokens=self.tokens, segments=self.segments, cu_seqlens=self.cu,
+                    total_tokens=batch * seq_len, max_seqlen=seq_len, pred_positions=None,
+                    with_encoded=True, with_nsp=with_nsp)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):  # warm-up: GEMM plans and kernel attributes, uncaptured
-            native.forward(*args)
+            native.forward(**args)
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.encoded, _, self.nsp = native.forward(*args)
+            self.encoded, _, self.nsp = native.forward(**args)
 
     def run(self, tokens, segments, lengths):
         batch, seq_len = tokens.shape

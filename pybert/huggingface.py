@@ -13,38 +13,37 @@ tokens), its optional Normalize module and its max_seq_length.
 
 from __future__ import annotations
 
-import json
+import re
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
-from .checkpoint import CheckpointError
 from .config import BertConfig
+from .files import (MAX_TOKENIZER_BYTES, MAX_VOCAB_BYTES, CheckpointError, SafetensorsHeader,
+                    read_file, read_json)
 from .tokenize import check_truncation, text_item, warn_cut
+from .weights import LAYER, WeightFormat, WeightsError, pack_weights
 
-__all__ = ["is_huggingface_dir", "load_huggingface", "pack_hf_state_dict", "WordPieceTokenizer"]
+__all__ = ["is_huggingface_dir", "load_huggingface", "open_huggingface", "pack_hf_state_dict",
+           "WordPieceTokenizer", "HF_FORMAT"]
 
 
 def is_huggingface_dir(path: Path) -> bool:
-    if (path / "modules.json").is_file():
+    """Whether ``path`` is a sentence-transformers directory or a Hugging Face one (its
+    config.json names a model_type; pybert's own config.json has a "format" instead)."""
+    if (path / "modules.json").exists():
         return True
-    try:
-        return json.loads((path / "config.json").read_text()).get("model_type") == "bert"
-    except (OSError, ValueError, AttributeError):
+    if not (path / "config.json").exists():
         return False
+    document = read_json(path / "config.json", what="config.json")
+    return isinstance(document, dict) and document.get("model_type") == "bert" \
+        and "format" not in document
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} is missing") from None
-    except (ValueError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(value, (dict, list)):
-        raise CheckpointError(f"{path} must hold a JSON object")
+def _read_json(path: Path, kind=dict):
+    value = read_json(path, what=path.name)
+    if not isinstance(value, kind):
+        raise CheckpointError(f"{path} must hold a JSON {'object' if kind is dict else 'list'}")
     return value
 
 
@@ -78,25 +77,28 @@ def config_from_hf(hf: dict, where: Path) -> BertConfig:
                           num_heads=need("num_attention_heads"),
                           num_layers=need("num_hidden_layers"),
                           max_len=need("max_position_embeddings"),
-                          layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+                          layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
                           ffn_activation=act, mlm_activation=act, embedding_layer_norm=True)
-    except ValueError as err:
+    except (TypeError, ValueError) as err:
         raise CheckpointError(f"{where}: {err}") from None
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+def _weight_files(path: Path) -> list[Path]:
+    """The safetensors files of a model directory: model.safetensors, or the shards its
+    model.safetensors.index.json names (plain file names in the directory)."""
     single, index = path / "model.safetensors", path / "model.safetensors.index.json"
-    try:
-        if single.is_file():
-            return load_file(str(single))
-        if index.is_file():
-            shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
-            state = {}
-            for shard in shards:
-                state.update(load_file(str(path / shard)))
-            return state
-    except (SafetensorError, OSError, RuntimeError) as err:
-        raise CheckpointError(f"{path}: unreadable safetensors weights: {err}") from None
+    if single.exists():
+        return [single]
+    if index.exists():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: weight_map must map tensor names to shard files")
+        shards = sorted(set(weight_map.values()))
+        bad = [s for s in shards if Path(s).name != s or s in (".", "..")]
+        if bad:
+            raise CheckpointError(f"{index}: shard names must be files in {path}, got {bad[:3]}")
+        return [path / shard for shard in shards]
     if any((path / name).exists() for name in ("pytorch_model.bin", "model.bin")):
         raise CheckpointError(f"{path} has only pickled weights (pytorch_model.bin); pybert "
                               "reads safetensors only: re-save with save_pretrained("
@@ -104,72 +106,93 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     raise FileNotFoundError(f"{path} has no model.safetensors")
 
 
-def _normalise_keys(state: dict) -> dict:
-    out = {}
-    for key, value in state.items():
-        key = key[len("bert."):] if key.startswith("bert.") else key
-        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta",
-                                                                         "LayerNorm.bias")
-        out[key] = value
-    return out
+def _normalise_key(key: str) -> str:
+    key = key[len("bert."):] if key.startswith("bert.") else key
+    return key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta",
+                                                                      "LayerNorm.bias")
+
+
+_HF_LAYER = f"encoder.layer.{LAYER}."
+HF_FORMAT = WeightFormat(
+    name="Hugging Face BERT",
+    layer_key=re.compile(r"encoder\.layer\.(\d+)\..+"),
+    rename=_normalise_key,
+    # BertModel has a pooler but no NSP classifier, and BertForMaskedLM no pooler at all.
+    part_marker={"nsp": "cls.seq_relationship.weight",
+                 "mlm": "cls.predictions.transform.dense.weight"},
+    sources={
+        "token_embedding": "embeddings.word_embeddings.weight",
+        "segment_embedding": "embeddings.token_type_embeddings.weight",
+        "pos_embedding": "embeddings.position_embeddings.weight",
+        "embedding_ln_weight": "embeddings.LayerNorm.weight",
+        "embedding_ln_bias": "embeddings.LayerNorm.bias",
+        "pooler_weight": "pooler.dense.weight",
+        "pooler_bias": "pooler.dense.bias",
+        "nsp_weight": "cls.seq_relationship.weight",
+        "nsp_bias": "cls.seq_relationship.bias",
+        "mlm_dense_weight": "cls.predictions.transform.dense.weight",
+        "mlm_dense_bias": "cls.predictions.transform.dense.bias",
+        "mlm_ln_weight": "cls.predictions.transform.LayerNorm.weight",
+        "mlm_ln_bias": "cls.predictions.transform.LayerNorm.bias",
+        # The decoder is tied to the word embeddings unless the file has its own.
+        "mlm_decoder_weight": ["cls.predictions.decoder.weight",
+                               "embeddings.word_embeddings.weight"],
+        "mlm_decoder_bias": ["cls.predictions.bias", "cls.predictions.decoder.bias"],
+        "layers.{i}.qkv_weight": tuple(_HF_LAYER + f"attention.self.{n}.weight"
+                                       for n in ("query", "key", "value")),
+        "layers.{i}.qkv_bias": tuple(_HF_LAYER + f"attention.self.{n}.bias"
+                                     for n in ("query", "key", "value")),
+        "layers.{i}.out_weight": _HF_LAYER + "attention.output.dense.weight",
+        "layers.{i}.out_bias": _HF_LAYER + "attention.output.dense.bias",
+        "layers.{i}.ln1_weight": _HF_LAYER + "attention.output.LayerNorm.weight",
+        "layers.{i}.ln1_bias": _HF_LAYER + "attention.output.LayerNorm.bias",
+        "layers.{i}.ffn1_weight": _HF_LAYER + "intermediate.dense.weight",
+        "layers.{i}.ffn1_bias": _HF_LAYER + "intermediate.dense.bias",
+        "layers.{i}.ffn2_weight": _HF_LAYER + "output.dense.weight",
+        "layers.{i}.ffn2_bias": _HF_LAYER + "output.dense.bias",
+        "layers.{i}.ln2_weight": _HF_LAYER + "output.LayerNorm.weight",
+        "layers.{i}.ln2_bias": _HF_LAYER + "output.LayerNorm.bias",
+    },
+)
 
 
 def pack_hf_state_dict(state: dict, config: BertConfig, where: Path) -> dict:
     """Hugging Face BERT weights -> the engine's packed weights (heads where present)."""
-    sd = _normalise_keys(state)
-    h = config.num_hiddens
+    try:
+        return pack_weights(state, HF_FORMAT, config, str(where))
+    except WeightsError as err:
+        raise CheckpointError(str(err)) from None
 
-    def get(key, shape):
-        if key not in sd:
-            raise CheckpointError(f"{where}: weights lack {key}")
-        if tuple(sd[key].shape) != tuple(shape):
-            raise CheckpointError(f"{where}: {key} has shape {tuple(sd[key].shape)}, expected "
-                                  f"{tuple(shape)}")
-        return sd[key]
 
-    e = "embeddings."
-    packed = {
-        "token_embedding": get(e + "word_embeddings.weight", (config.vocab_size, h)),
-        "segment_embedding": get(e + "token_type_embeddings.weight", (2, h)),
-        "pos_embedding": get(e + "position_embeddings.weight", (config.max_len, h)),
-        "embedding_ln_weight": get(e + "LayerNorm.weight", (h,)),
-        "embedding_ln_bias": get(e + "LayerNorm.bias", (h,)),
-    }
-    f = config.ffn_num_hiddens
-    for i in range(config.num_layers):
-        p, q = f"encoder.layer.{i}.", f"layers.{i}."
-        att = p + "attention."
-        packed[q + "qkv_weight"] = torch.cat([get(att + f"self.{n}.weight", (h, h))
-                                              for n in ("query", "key", "value")])
-        packed[q + "qkv_bias"] = torch.cat([get(att + f"self.{n}.bias", (h,))
-                                            for n in ("query", "key", "value")])
-        packed[q + "out_weight"] = get(att + "output.dense.weight", (h, h))
-        packed[q + "out_bias"] = get(att + "output.dense.bias", (h,))
-        packed[q + "ln1_weight"] = get(att + "output.LayerNorm.weight", (h,))
-        packed[q + "ln1_bias"] = get(att + "output.LayerNorm.bias", (h,))
-        packed[q + "ffn1_weight"] = get(p + "intermediate.dense.weight", (f, h))
-        packed[q + "ffn1_bias"] = get(p + "intermediate.dense.bias", (f,))
-        packed[q + "ffn2_weight"] = get(p + "output.dense.weight", (h, f))
-        packed[q + "ffn2_bias"] = get(p + "output.dense.bias", (h,))
-        packed[q + "ln2_weight"] = get(p + "output.LayerNorm.weight", (h,))
-        packed[q + "ln2_bias"] = get(p + "output.LayerNorm.bias", (h,))
-    if "pooler.dense.weight" in sd and "cls.seq_relationship.weight" in sd:
-        packed.update(pooler_weight=get("pooler.dense.weight", (h, h)),
-                      pooler_bias=get("pooler.dense.bias", (h,)),
-                      nsp_weight=get("cls.seq_relationship.weight", (2, h)),
-                      nsp_bias=get("cls.seq_relationship.bias", (2,)))
-    t = "cls.predictions."
-    if t + "transform.dense.weight" in sd:
-        decoder = sd.get(t + "decoder.weight", packed["token_embedding"])  # tied by default
-        bias = sd.get(t + "bias", sd.get(t + "decoder.bias"))
-        if bias is None:
-            raise CheckpointError(f"{where}: the MLM head has no decoder bias")
-        packed.update(mlm_dense_weight=get(t + "transform.dense.weight", (h, h)),
-                      mlm_dense_bias=get(t + "transform.dense.bias", (h,)),
-                      mlm_ln_weight=get(t + "transform.LayerNorm.weight", (h,)),
-                      mlm_ln_bias=get(t + "transform.LayerNorm.bias", (h,)),
-                      mlm_decoder_weight=decoder, mlm_decoder_bias=bias)
-    return packed
+def _read_packed_weights(path: Path, config: BertConfig) -> dict:
+    """The packed weights of a model directory. Every file's header is read first and the
+    packing is tried on shapes alone (meta tensors), so a file that does not fit is refused
+    before any data is read; then only the tensors the engine uses are read."""
+    headers = [SafetensorsHeader(f) for f in _weight_files(path)]
+    owner = {}
+    for header in headers:
+        for name in header.tensors:
+            owner.setdefault(name, header)
+    used: dict[SafetensorsHeader, list] = {}
+    meta = {}  # the float tensors; other dtypes the packing needs are refused by name
+    for name, header in owner.items():
+        if header.tensors[name][0] in ("F64", "F32", "F16", "BF16"):
+            meta[name] = header.meta_state([name])[name]
+    pack_hf_state_dict(meta, config, path)  # shapes only
+    needed = _needed_keys(meta, config)
+    for name in needed:
+        used.setdefault(owner[name], []).append(name)
+    state = {}
+    for header, names in used.items():
+        state.update(header.load(names))
+    return pack_hf_state_dict(state, config, path)
+
+
+def _needed_keys(state: dict, config: BertConfig) -> list[str]:
+    """The keys of ``state`` (as the file spells them) that packing reads."""
+    used: set[str] = set()
+    pack_weights(state, HF_FORMAT, config, used=used)
+    return sorted(k for k in state if _normalise_key(k) in used)
 
 
 class WordPieceTokenizer:
@@ -182,19 +205,28 @@ class WordPieceTokenizer:
         from tokenizers.implementations import BertWordPieceTokenizer
 
         settings = {}
-        if (path / "tokenizer_config.json").is_file():
+        if (path / "tokenizer_config.json").exists():
             settings = _read_json(path / "tokenizer_config.json")
-        if (path / "tokenizer.json").is_file():
-            self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        elif (path / "vocab.txt").is_file():
-            lower = settings.get("do_lower_case", True)
-            self.tokenizer = BertWordPieceTokenizer(
-                str(path / "vocab.txt"), lowercase=lower,
-                strip_accents=settings.get("strip_accents"),
-                handle_chinese_chars=settings.get("tokenize_chinese_chars", True)).\
-                _tokenizer
-        else:
-            raise FileNotFoundError(f"{path} has neither tokenizer.json nor vocab.txt")
+        try:
+            if (path / "tokenizer.json").exists():
+                text = read_file(path / "tokenizer.json", MAX_TOKENIZER_BYTES, "tokenizer.json")
+                self.tokenizer = Tokenizer.from_str(text.decode("utf-8"))
+            elif (path / "vocab.txt").exists():
+                text = read_file(path / "vocab.txt", MAX_VOCAB_BYTES, "vocab.txt")
+                words = text.decode("utf-8").splitlines()
+                self.tokenizer = BertWordPieceTokenizer(
+                    {w: i for i, w in enumerate(words)},
+                    lowercase=bool(settings.get("do_lower_case", True)),
+                    strip_accents=settings.get("strip_accents"),
+                    handle_chinese_chars=bool(settings.get("tokenize_chinese_chars", True))).\
+                    _tokenizer
+            else:
+                raise FileNotFoundError(f"{path} has neither tokenizer.json nor vocab.txt")
+        except (CheckpointError, FileNotFoundError):
+            raise
+        except Exception as err:  # the tokenizers package raises plain Exceptions
+            raise CheckpointError(f"{path}: the tokenizer cannot be read: "
+                                  f"{str(err)[:300]}") from None
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         model_max = settings.get("model_max_length")
@@ -203,8 +235,9 @@ class WordPieceTokenizer:
         self.max_len = max_len
         tokens = {name: settings.get(f"{name}_token", default) for name, default in
                   (("pad", "[PAD]"), ("mask", "[MASK]"), ("cls", "[CLS]"), ("sep", "[SEP]"))}
-        tokens = {k: v["content"] if isinstance(v, dict) else v for k, v in tokens.items()}
-        ids = {k: self.tokenizer.token_to_id(v) for k, v in tokens.items()}
+        tokens = {k: v.get("content") if isinstance(v, dict) else v for k, v in tokens.items()}
+        ids = {k: self.tokenizer.token_to_id(v) if isinstance(v, str) else None
+               for k, v in tokens.items()}
         missing = [tokens[k] for k in ("cls", "sep") if ids[k] is None]
         if missing:
             raise CheckpointError(f"{path}: the tokenizer has no {missing}")
@@ -243,13 +276,17 @@ class WordPieceTokenizer:
 def _sentence_transformers(path: Path):
     """(transformer folder, pooling, normalize, max_seq_length) of a sentence-transformers
     model directory."""
-    modules = _read_json(path / "modules.json")
-    if not isinstance(modules, list):
-        raise CheckpointError(f"{path}/modules.json must be a list of modules")
+    modules = _read_json(path / "modules.json", list)
     transformer, pooling, normalize = None, "cls", False
     for module in modules:
+        if not isinstance(module, dict) or not isinstance(module.get("path", ""), str):
+            raise CheckpointError(f"{path}/modules.json: each module must be an object with a "
+                                  "\"path\" string")
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
         folder = path / module.get("path", "")
+        if folder.resolve() != path.resolve() and path.resolve() not in folder.resolve().parents:
+            raise CheckpointError(f"{path}/modules.json: module path {module['path']!r} leaves "
+                                  "the model directory")
         if kind == "Transformer":
             transformer = folder
         elif kind == "Pooling":
@@ -263,32 +300,43 @@ def _sentence_transformers(path: Path):
         elif kind == "Normalize":
             normalize = True
         else:
-            raise CheckpointError(f"{path}: the sentence-transformers module {kind!r} is not "
-                                  "served (Transformer, Pooling and Normalize are)")
+            raise CheckpointError(f"{path}: the sentence-transformers module {kind[:40]!r} is "
+                                  "not served (Transformer, Pooling and Normalize are)")
     if transformer is None:
         raise CheckpointError(f"{path}/modules.json has no Transformer module")
     max_seq_length = None
-    for name in ("sentence_bert_config.json",):
-        if (transformer / name).is_file():
-            max_seq_length = _read_json(transformer / name).get("max_seq_length")
+    if (transformer / "sentence_bert_config.json").exists():
+        max_seq_length = _read_json(transformer / "sentence_bert_config.json").get(
+            "max_seq_length")
     return transformer, pooling, normalize, max_seq_length
 
 
-def load_huggingface(path, device="cpu", dtype=torch.float32):
-    """An Engine for a Hugging Face BERT or sentence-transformers directory."""
+def open_huggingface(path, device="cpu", dtype=torch.float32, **engine_options):
+    """(engine, text model or None) of a Hugging Face BERT or sentence-transformers
+    directory."""
     from .engine import Engine
+    from .text import TextModel
 
     path = Path(path)
     pooling, normalize, max_seq_length, model_dir = "cls", False, None, path
-    if (path / "modules.json").is_file():
+    if (path / "modules.json").exists():
         model_dir, pooling, normalize, max_seq_length = _sentence_transformers(path)
     config = config_from_hf(_read_json(model_dir / "config.json"), model_dir)
-    packed = pack_hf_state_dict(_read_weights(model_dir), config, model_dir)
     tokenizer = None
-    if (model_dir / "tokenizer.json").is_file() or (model_dir / "vocab.txt").is_file():
+    if (model_dir / "tokenizer.json").exists() or (model_dir / "vocab.txt").exists():
         limit = config.max_len
         if isinstance(max_seq_length, int) and 0 < max_seq_length < limit:
             limit = max_seq_length
         tokenizer = WordPieceTokenizer(model_dir, limit)
-    return Engine(config, packed, device=device, dtype=dtype, tokenizer=tokenizer,
-                  pooling=pooling, normalize=normalize, nsp_is_next_label=0)
+    engine = Engine(config, _read_packed_weights(model_dir, config), device=device, dtype=dtype,
+                    **engine_options)
+    if tokenizer is None:
+        return engine, None
+    model = TextModel(engine, tokenizer, pooling=pooling, normalize=normalize,
+                      nsp_is_next_label=0)
+    return engine, model.attach()
+
+
+def load_huggingface(path, device="cpu", dtype=torch.float32, **engine_options):
+    """An Engine for a Hugging Face BERT or sentence-transformers directory."""
+    return open_huggingface(path, device, dtype, **engine_options)[0]

@@ -1,9 +1,18 @@
-"""Fake (meta) implementations of torch.ops.pybert.*, so torch.compile and
-torch.library.opcheck can trace through the kernels without running them."""
+"""torch.ops.pybert.*: each kernel as a torch op (schemas in csrc/bindings/ops_schema.cpp), and
+here their fake (meta) implementations, so torch.compile and torch.library.opcheck can trace
+through the kernels without running them.
+
+``ACTIVATIONS`` names the activation codes gemm_bias_act takes:
+``torch.ops.pybert.gemm_bias_act(a, weight, bias, ACTIVATIONS["relu"])``.
+"""
 
 import torch
 
-__all__ = []
+from . import _C
+
+__all__ = ["ACTIVATIONS"]
+
+ACTIVATIONS: dict = dict(_C.ACTIVATIONS)  # {"none": 0, "relu": 1, "tanh": 2, "gelu": 3}
 
 
 @torch.library.register_fake("pybert::gemm_bias_act")

@@ -8,6 +8,7 @@ the final name is always complete.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -22,52 +23,36 @@ FORMATS = (".npy", ".safetensors", ".parquet")
 TENSOR_NAME = "embeddings"
 
 
-class NpyWriter:
-    """A memory-mapped .npy of shape (rows, dim)."""
-
-    def __init__(self, partial: Path, rows: int, dim: int, resume: bool, metadata: dict):
-        mode = "r+" if resume else "w+"
-        self.array = np.lib.format.open_memmap(partial, mode=mode, dtype=np.float32,
-                                               shape=None if resume else (rows, dim))
-        if self.array.shape != (rows, dim):
-            raise ValueError(f"{partial} holds shape {self.array.shape}, expected {(rows, dim)}")
-        self.partial = partial
-
-    def write(self, start: int, block: np.ndarray) -> None:
-        self.array[start:start + len(block)] = block
-
-    def flush(self) -> None:
-        self.array.flush()
-
-    def finish(self, final: Path) -> None:
-        self.flush()
-        del self.array
-        os.replace(self.partial, final)
+def _reserve(file, size: int) -> None:
+    """Give ``file`` ``size`` bytes of real disk blocks now, so that a full disk is found
+    before the work rather than in the middle of a write (a sparse file would fail later, and
+    a memory map of one would end the process with SIGBUS)."""
+    file.flush()
+    try:
+        os.posix_fallocate(file.fileno(), 0, size)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+        file.truncate(size)  # a file system without fallocate: writes report a full disk
 
 
-class SafetensorsWriter:
-    """A .safetensors file with one F32 tensor "embeddings" (rows, dim): the header is written
-    first (the shape is known), then rows land at their offsets."""
+class _RowFile:
+    """A file of a header followed by (rows, dim) little-endian float32 rows, written in place
+    with plain writes (errors are OSErrors, never signals)."""
 
-    def __init__(self, partial: Path, rows: int, dim: int, resume: bool, metadata: dict):
-        header = {TENSOR_NAME: {"dtype": "F32", "shape": [rows, dim],
-                                "data_offsets": [0, rows * dim * 4]},
-                  "__metadata__": {k: str(v) for k, v in metadata.items()}}
-        text = json.dumps(header, separators=(",", ":")).encode()
-        text += b" " * (-len(text) % 8)  # the format wants the data 8-byte aligned
-        self.data_start = 8 + len(text)
+    def _open(self, partial: Path, header: bytes, rows: int, dim: int, resume: bool) -> None:
         self.row_bytes = dim * 4
+        self.data_start = len(header)
         total = self.data_start + rows * self.row_bytes
         if resume:
             self.file = open(partial, "r+b")
-            if os.path.getsize(partial) != total or self.file.read(self.data_start) != \
-                    struct.pack("<Q", len(text)) + text:
+            if os.path.getsize(partial) != total or self.file.read(len(header)) != header:
                 self.file.close()
                 raise ValueError(f"{partial} is not the partial output of this job")
         else:
             self.file = open(partial, "w+b")
-            self.file.write(struct.pack("<Q", len(text)) + text)
-            self.file.truncate(total)
+            self.file.write(header)
+            _reserve(self.file, total)
         self.partial = partial
 
     def write(self, start: int, block: np.ndarray) -> None:
@@ -82,6 +67,31 @@ class SafetensorsWriter:
         self.flush()
         self.file.close()
         os.replace(self.partial, final)
+
+
+class NpyWriter(_RowFile):
+    """A .npy of shape (rows, dim) float32."""
+
+    def __init__(self, partial: Path, rows: int, dim: int, resume: bool, metadata: dict):
+        import io
+
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header, {"descr": "<f4", "fortran_order": False, "shape": (rows, dim)})
+        self._open(partial, header.getvalue(), rows, dim, resume)
+
+
+class SafetensorsWriter(_RowFile):
+    """A .safetensors file with one F32 tensor "embeddings" (rows, dim): the header is written
+    first (the shape is known), then rows land at their offsets."""
+
+    def __init__(self, partial: Path, rows: int, dim: int, resume: bool, metadata: dict):
+        header = {TENSOR_NAME: {"dtype": "F32", "shape": [rows, dim],
+                                "data_offsets": [0, rows * dim * 4]},
+                  "__metadata__": {k: str(v) for k, v in metadata.items()}}
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)  # the format wants the data 8-byte aligned
+        self._open(partial, struct.pack("<Q", len(text)) + text, rows, dim, resume)
 
 
 class ParquetWriter:

@@ -71,6 +71,10 @@ class WordTokenizer:
     def __init__(self, vocab, max_len: int, text_format: str = "wikitext"):
         if text_format not in TEXT_FORMATS:
             raise ValueError(f"text_format must be one of {TEXT_FORMATS}, got {text_format!r}")
+        missing = [t for t in ("<pad>", "<mask>", "<cls>", "<sep>") if t not in vocab.token_to_idx]
+        if missing:
+            raise ValueError(f"the vocabulary lacks the reserved tokens {missing}: without them "
+                             "texts cannot be framed (<cls>, <sep>) or masked (<mask>)")
         self.vocab = vocab
         self.max_len = max_len
         self.text_format = text_format

@@ -485,14 +485,16 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
     return result
 
 
-def masked_word_samples(engine, paragraphs, vocab: Vocab, count: int = 5, k: int = 5,
+def masked_word_samples(model, paragraphs, count: int = 5, k: int = 5,
                         seed: int = 0) -> list[dict]:
-    """Mask one known word in each of ``count`` held-out sentences and ask the engine's MLM
-    head (Engine.fill_mask) for its top-``k`` words: a look at what the model has learned."""
+    """Mask one known word in each of ``count`` held-out sentences and ask the MLM head of
+    ``model`` (a d2l-style TextModel) for its top-``k`` words: a look at what it has learned."""
     import random
 
+    vocab = model.vocab
     rng = random.Random(seed)
-    sentences = [s for p in paragraphs for s in p if 6 <= len(s) <= engine.config.max_len - 2]
+    sentences = [s for p in paragraphs for s in p
+                 if 6 <= len(s) <= model.engine.config.max_len - 2]
     rng.shuffle(sentences)
     samples = []
     for words in sentences:
@@ -503,7 +505,7 @@ def masked_word_samples(engine, paragraphs, vocab: Vocab, count: int = 5, k: int
         position = rng.choice(choices)
         masked = " ".join([*words[:position], "<mask>", *words[position + 1:]])
         samples.append({"sentence": masked, "answer": words[position],
-                        "top_k": engine.fill_mask(masked, k=k)[0]})
+                        "top_k": model.fill_mask(masked, k=k)[0]})
         if len(samples) == count:
             break
     return samples

@@ -81,10 +81,15 @@ class Vocab:
 
     @classmethod
     def load(cls, path: str | Path) -> "Vocab":
-        text = Path(path).read_text(encoding="utf-8")
+        return cls.from_text(Path(path).read_text(encoding="utf-8"), str(path))
+
+    @classmethod
+    def from_text(cls, text: str, where: str = "vocabulary") -> "Vocab":
+        """The vocabulary of a vocab.txt's text: one token per line, in id order."""
         lines = text.split("\n")
         if lines and lines[-1] == "":
             lines.pop()
-        if any(not t for t in lines):
-            raise ValueError(f"{path}: empty line in vocabulary file")
+        if any(not t or t != t.strip() for t in lines):
+            raise ValueError(f"{where}: an empty line, or a token with white space around it, "
+                             "in the vocabulary file")
         return cls.from_tokens(lines)

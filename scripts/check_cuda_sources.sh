@@ -1,51 +1,33 @@
 #!/usr/bin/env bash
-# Compile every CUDA source under csrc/ to object code for sm_80 and sm_90 with nvcc, and
-# compile the CUDA half of the bindings (-fsyntax-only: the CPU torch here cannot link it), so
-# that a CUDA build break fails CI on a machine without a GPU.
+# Compile the CUDA layers (kernels, runner, the CUDA op and Engine bindings) for sm_80 and
+# sm_90 through CMake with warnings as errors, so that a CUDA build break fails CI on a machine
+# with nvcc but without a GPU, a CUDA torch or cuBLAS's libraries. Nothing is linked.
 #
-# The CUDA kernels see no torch: they need the CUDA toolkit and cuBLAS's headers. Where the
-# toolkit lacks cuBLAS, its headers come from the nvidia-cublas wheel (headers only, unzipped
-# into build/cuda-check/).
+# Where the toolkit lacks cuBLAS, its headers come from the nvidia-cublas wheel (headers only,
+# unzipped into build/cuda-check/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-nvcc=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 cuda_home=${CUDA_HOME:-/usr/local/cuda}
 python=${PYTHON:-.venv/bin/python}
 work=build/cuda-check
 mkdir -p "$work"
+export PATH="$PWD/.venv/bin:$cuda_home/bin:$PATH"
 
-includes=(-Icsrc)
+cublas_include=""
 if [ ! -f "$cuda_home/include/cublasLt.h" ]; then
   if [ ! -f "$work/cublas/nvidia/cu13/include/cublasLt.h" ]; then
     "$python" -m pip download --quiet --no-deps --dest "$work/wheel" "nvidia-cublas==13.*"
     unzip -q -o "$work"/wheel/nvidia_cublas-*.whl 'nvidia/cu13/include/*' -d "$work/cublas"
   fi
-  includes+=("-I$PWD/$work/cublas/nvidia/cu13/include")
+  cublas_include="$PWD/$work/cublas/nvidia/cu13/include"
 fi
 
-mapfile -t sources < <(find csrc -name '*.cu' | sort)
-for src in "${sources[@]}"; do
-  echo "nvcc: $src"
-  "$nvcc" -std=c++17 -O2 --expt-relaxed-constexpr "${includes[@]}" \
-    -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
-    -Werror all-warnings -c "$src" -o "$work/$(basename "$src").o"
-done
-echo "check_cuda_sources: ${#sources[@]} CUDA file(s) compiled for sm_80 and sm_90"
-
-# The bindings with PYBERT_WITH_CUDA. The CPU wheel of torch ships the c10/cuda headers but not
-# the one its CMake generates for CUDA builds; a stand-in lets the rest be compiled.
-mkdir -p "$work/stub/c10/cuda/impl"
-printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' \
-  > "$work/stub/c10/cuda/impl/cuda_cmake_macros.h"
-mapfile -t torch_includes < <("$python" - <<'PY'
-import sysconfig
-from torch.utils.cpp_extension import include_paths
-for path in include_paths() + [sysconfig.get_paths()["include"]]:
-    print("-isystem" + path)
-PY
-)
-echo "g++ -fsyntax-only -DPYBERT_WITH_CUDA: csrc/bindings.cpp"
-"${CXX:-g++}" -std=c++17 -fsyntax-only -Wall -Wextra -Wno-unused-parameter -Werror \
-  -DPYBERT_WITH_CUDA -DTORCH_EXTENSION_NAME=_C "${torch_includes[@]}" \
-  "-isystem$PWD/$work/stub" "-isystem$cuda_home/include" "${includes[@]}" csrc/bindings.cpp
-echo "check_cuda_sources: the CUDA bindings compile"
+generator=()
+command -v ninja > /dev/null && generator=(-G Ninja)
+cmake -S . -B "$work/cmake" "${generator[@]}" -DPython_EXECUTABLE="$("$python" -c 'import sys; print(sys.executable)')" \
+  -DCMAKE_CUDA_COMPILER="$(command -v nvcc)" -DPYBERT_CUDA_COMPILE_ONLY=ON \
+  -DPYBERT_CUDA_ARCHS="80;90" -DPYBERT_WERROR=ON -DPYBERT_CUBLAS_INCLUDE_DIR="$cublas_include" \
+  > "$work/configure.log" || { cat "$work/configure.log"; exit 1; }
+cmake --build "$work/cmake" -j "${MAX_JOBS:-2}" \
+  --target pybert_cuda_kernels pybert_cuda_runner pybert_cuda_bindings
+echo "check_cuda_sources: the CUDA kernels, runner and bindings compile for sm_80 and sm_90"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pybert
-from pybert.batch import iter_encoded, plan_batches
+from pybert.text import plan_batches
 from pybert.config import BertConfig
 from pybert.vocab import BERT_RESERVED_TOKENS, Vocab
 
@@ -20,9 +20,8 @@ CONFIG = BertConfig(len(VOCAB), 32, 48, 4, 2, max_len=24)
 
 
 @pytest.fixture(scope="module")
-def engine():
-    return pybert.Engine.from_model(random_model(CONFIG, seed=3), vocab=VOCAB,
-                                    text_format="plain")
+def model():
+    return pybert.TextModel.from_model(random_model(CONFIG, seed=3), VOCAB, text_format="plain")
 
 
 def random_texts(n, seed=0):
@@ -39,13 +38,13 @@ def random_texts(n, seed=0):
     return texts
 
 
-def one_by_one(engine, item):
+def one_by_one(model, item):
     """The reference: tokenise by hand, run the engine on this text alone."""
     a, b = (item, None) if isinstance(item, str) else item
     words_a = pybert.tokenize.normalize_text(a).split()
     words_b = None if b is None else pybert.tokenize.normalize_text(b).split()
     tokens, segments = pybert.get_tokens_and_segments(words_a, words_b)
-    encoded = engine.encode(torch.tensor([VOCAB[tokens]]), torch.tensor([segments]))
+    encoded = model.engine.encode(torch.tensor([VOCAB[tokens]]), torch.tensor([segments]))
     return encoded[0]
 
 
@@ -62,11 +61,11 @@ def test_plan_batches_respects_the_budget():
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean", "tokens"])
-def test_texts_match_one_by_one_and_keep_their_order(engine, pooling):
+def test_texts_match_one_by_one_and_keep_their_order(model, pooling):
     texts = random_texts(60)
-    out = pybert.encode(engine, texts, pooling=pooling, batch_tokens=64)
+    out = pybert.encode(model, texts, pooling=pooling, batch_tokens=64)
     for i, item in enumerate(texts):
-        ref = one_by_one(engine, item)
+        ref = one_by_one(model, item)
         if pooling == "cls":
             expected = ref[0]
         elif pooling == "mean":
@@ -78,52 +77,52 @@ def test_texts_match_one_by_one_and_keep_their_order(engine, pooling):
         assert out.shape == (60, 32) and out.dtype == np.float32
 
 
-def test_chunks_and_budgets_do_not_change_results(engine):
+def test_chunks_and_budgets_do_not_change_results(model):
     texts = random_texts(50, seed=2)
-    expected = pybert.encode(engine, texts, batch_tokens=10_000)
+    expected = pybert.encode(model, texts, batch_tokens=10_000)
     for chunk_size, budget in ((1, 24), (7, 50), (64, 100)):
-        rows = [r for chunk in iter_encoded(engine, iter(texts), "cls", budget, chunk_size)
+        rows = [r for chunk in model.iter_encode(iter(texts), "cls", budget, chunk_size)
                 for r in chunk]
         np.testing.assert_allclose(torch.stack(rows).numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_return_types_and_single_text(engine):
-    as_torch = pybert.encode(engine, ["the cat", "a dog"], return_type="torch")
+def test_return_types_and_single_text(model):
+    as_torch = pybert.encode(model, ["the cat", "a dog"], return_type="torch")
     assert isinstance(as_torch, torch.Tensor) and as_torch.shape == (2, 32)
-    single = pybert.encode(engine, "the cat")
+    single = pybert.encode(model, "the cat")
     np.testing.assert_allclose(single, as_torch[0].numpy(), rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="return_type"):
-        pybert.encode(engine, ["x"], return_type="list")
+        pybert.encode(model, ["x"], return_type="list")
     with pytest.raises(ValueError, match="pooling"):
-        pybert.encode(engine, ["x"], pooling="max")
+        pybert.encode(model, ["x"], pooling="max")
     with pytest.raises(ValueError, match="segments and valid_lens"):
-        pybert.encode(engine, ["x"], valid_lens=[1])
+        pybert.encode(model, ["x"], valid_lens=[1])
 
 
-def test_truncation(engine):
+def test_truncation(model):
     long_text = " ".join(["cat"] * 40)
     with pytest.warns(UserWarning, match="1 text"):
-        out = pybert.encode(engine, [long_text, "the cat"], pooling="tokens")
+        out = pybert.encode(model, [long_text, "the cat"], pooling="tokens")
     assert out[0].shape == (24, 32)
     with pytest.raises(ValueError, match=r"texts\[1\] has 40 words"):
-        pybert.encode(engine, ["cat", long_text], truncation="error")
+        pybert.encode(model, ["cat", long_text], truncation="error")
     with pytest.warns(UserWarning):
-        pair = pybert.encode(engine, [(long_text, "the dog sat")], pooling="tokens")[0]
+        pair = pybert.encode(model, [(long_text, "the dog sat")], pooling="tokens")[0]
     assert pair.shape == (24, 32)
 
 
-def test_bad_text_inputs(engine):
+def test_bad_text_inputs(model):
     with pytest.raises(TypeError, match=r"texts\[1\]"):
-        pybert.encode(engine, ["fine", 3])
+        pybert.encode(model, ["fine", 3])
     with pytest.raises(TypeError, match=r"texts\[0\]"):
-        pybert.encode(engine, [("a", "b", "c")])
+        pybert.encode(model, [("a", "b", "c")])
     no_vocab = pybert.Engine.from_model(random_model(CONFIG))
     with pytest.raises(ValueError, match="no vocabulary"):
         pybert.encode(no_vocab, ["the cat"])
 
 
-def test_fill_mask_and_next_sentence(engine):
-    result = engine.fill_mask(["the <mask> sat on the <mask> .", "a dog"], k=3)
+def test_fill_mask_and_next_sentence(model):
+    result = model.fill_mask(["the <mask> sat on the <mask> .", "a dog"], k=3)
     assert len(result) == 2 and len(result[0]) == 2 and result[1] == []
     for guesses in result[0]:
         probs = [p for _, p in guesses]
@@ -131,21 +130,21 @@ def test_fill_mask_and_next_sentence(engine):
     # the same numbers as the MLM head run by hand
     words = "the <mask> sat on the <mask> .".split()
     tokens, segments = pybert.get_tokens_and_segments(words)
-    _, mlm, _ = engine(torch.tensor([VOCAB[tokens]]), torch.tensor([segments]), None,
+    _, mlm, _ = model.engine(torch.tensor([VOCAB[tokens]]), torch.tensor([segments]), None,
                        torch.tensor([[2, 6]]))
     top = torch.topk(torch.softmax(mlm[0, 0], -1), 3)
     assert [w for w, _ in result[0][0]] == VOCAB.to_tokens(top.indices.tolist())
 
-    p = engine.next_sentence([("the cat sat", "it is red"), ("a dog", "the mat")])
+    p = model.next_sentence([("the cat sat", "it is red"), ("a dog", "the mat")])
     assert p.shape == (2,) and np.all((p > 0) & (p < 1))
     tokens, segments = pybert.get_tokens_and_segments(["the", "cat", "sat"], ["it", "is", "red"])
-    _, _, nsp = engine(torch.tensor([VOCAB[tokens]]), torch.tensor([segments]))
+    _, _, nsp = model.engine(torch.tensor([VOCAB[tokens]]), torch.tensor([segments]))
     assert p[0] == pytest.approx(float(torch.softmax(nsp[0].double(), -1)[1]), rel=1e-6)
     with pytest.raises(TypeError, match="pairs"):
-        engine.next_sentence(["just one text"])
+        model.next_sentence(["just one text"])
 
 
-def test_a_numpy_array_of_texts(engine):
+def test_a_numpy_array_of_texts(model):
     texts = ["the cat", "a dog ran", "it is red"]
-    np.testing.assert_allclose(pybert.encode(engine, np.array(texts)),
-                               pybert.encode(engine, texts), rtol=0, atol=0)
+    np.testing.assert_allclose(pybert.encode(model, np.array(texts)),
+                               pybert.encode(model, texts), rtol=0, atol=0)

@@ -295,8 +295,9 @@ def test_spare_capacity_gives_the_same_results(device, dtype):
     cu[1:4] = torch.cumsum(valid_lens.int(), 0)
     cu[4:] = cu[3]
     args = [t.to(device) for t in (big_tokens, big_segments, cu)]
-    encoded, _, nsp = engine._native.forward(*args, batch_cap * seq_cap, seq_cap, None, True,
-                                             True)
+    encoded, _, nsp = engine._native.forward(*args, total_tokens=batch_cap * seq_cap,
+                                             max_seqlen=seq_cap, pred_positions=None,
+                                             with_encoded=True, with_nsp=True)
     torch.testing.assert_close(encoded[:3, :20], expected, rtol=0, atol=0)
     torch.testing.assert_close(nsp[:3], expected_nsp, rtol=0, atol=0)
     assert torch.count_nonzero(encoded[3]) == 0 and bool(torch.isfinite(nsp).all())

@@ -110,11 +110,11 @@ def test_hf_checkpoint_matches_transformers(tmp_path, kind, hidden_act):
         with torch.no_grad():
             logits = model(**tok(*pair, return_tensors="pt")).seq_relationship_logits
         expected_p = float(torch.softmax(logits[0].double(), -1)[0])
-        assert engine.next_sentence(pair) == pytest.approx(expected_p, rel=1e-5)
+        assert engine.text_model.next_sentence(pair) == pytest.approx(expected_p, rel=1e-5)
     else:
         assert nsp is None
         with pytest.raises(ValueError, match="no NSP head"):
-            engine.next_sentence([("a", "b")])
+            engine.text_model.next_sentence([("a", "b")])
     if not engine.has_mlm:
         with pytest.raises(ValueError, match="no MLM head"):
             engine(tokens, segments, valid_lens, positions)
@@ -128,7 +128,7 @@ def test_wordpiece_matches_the_transformers_tokenizer(tmp_path):
     pairs = list(zip(texts[::2], texts[1::2]))
     items = texts[:150] + pairs
     with pytest.warns(UserWarning, match="longer than max_len=64"):
-        ours = engine.tokenizer.encode_all(items, truncation="warn")
+        ours = engine.text_model.tokenizer.encode_all(items, truncation="warn")
     cut = dict(truncation="longest_first", max_length=64)
     for item, (ids, types) in zip(items, ours):
         expected = reference(*item, **cut) if isinstance(item, tuple) else \
@@ -137,7 +137,7 @@ def test_wordpiece_matches_the_transformers_tokenizer(tmp_path):
     # vocab.txt alone (no tokenizer.json) gives the same tokens
     (tmp_path / "hf" / "tokenizer.json").unlink()
     with pytest.warns(UserWarning):
-        again = pybert.load(tmp_path / "hf").tokenizer.encode_all(items)
+        again = pybert.TextModel.load(tmp_path / "hf").tokenizer.encode_all(items)
     assert again == ours
 
 
@@ -194,10 +194,10 @@ def test_sentence_transformers_directory(tmp_path, pooling, normalize):
         assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert rel_l2(torch.from_numpy(vectors), expected) <= BOUNDS[torch.float32]
     # the batch job applies the model's pooling and normalisation too
-    from pybert.batch import run_encode_job
+    from pybert.job import run_encode_job
 
     (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
-    run_encode_job(pybert.load(tmp_path / "st"), tmp_path / "in.txt", tmp_path / "out.npy",
+    run_encode_job(pybert.TextModel.load(tmp_path / "st"), tmp_path / "in.txt", tmp_path / "out.npy",
                    "st", progress=False)
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), vectors, rtol=1e-5, atol=1e-6)
 

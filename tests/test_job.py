@@ -14,7 +14,7 @@ from safetensors.numpy import load_file
 
 import pybert
 import pybert.output
-from pybert.batch import run_encode_job
+from pybert.job import run_encode_job
 
 from test_batch import CONFIG, VOCAB, WORDS, random_texts
 from conftest import random_model
@@ -162,11 +162,13 @@ def test_a_changed_input_is_not_resumed(tmp_path, checkpoint, monkeypatch):
     engine = pybert.load(checkpoint)
     flushes = []
 
+    flush = pybert.output.NpyWriter.flush
+
     def flush_then_stop(self):
         flushes.append(1)
         if len(flushes) == 2:
             raise KeyboardInterrupt  # as if Ctrl-C came after the second chunk
-        self.array.flush()
+        flush(self)
 
     monkeypatch.setattr(pybert.output.NpyWriter, "flush", flush_then_stop)
     with pytest.raises(KeyboardInterrupt):

@@ -1,9 +1,9 @@
-// The BERT the runner executes: its sizes, its packed weights and one batch's inputs/outputs.
-// Plain structs of raw pointers; the bindings own the memory behind them.
+// The BERT the runner executes: its sizes and one batch's inputs and outputs (the weights are
+// in weights.h). Plain structs of raw pointers; the bindings own the memory behind them.
 #pragma once
 
 #include <cstdint>
-#include <vector>
+#include <functional>
 
 #include "../kernels/activation.h"
 
@@ -23,46 +23,6 @@ struct BertConfig {
   int64_t head_dim() const { return num_hiddens / num_heads; }
 };
 
-// One post-LN encoder block. Every matrix is in nn.Linear layout (out_features, in_features).
-// qkv_weight is W_q, W_k, W_v stacked: (3 * H, H), so one GEMM yields [Q | K | V].
-template <typename T>
-struct BertLayerWeights {
-  const T* qkv_weight;  // (3H, H)
-  const T* qkv_bias;    // (3H)
-  const T* out_weight;  // (H, H)
-  const T* out_bias;    // (H)
-  const T* ln1_weight;  // (H)
-  const T* ln1_bias;    // (H)
-  const T* ffn1_weight; // (F, H)
-  const T* ffn1_bias;   // (F)
-  const T* ffn2_weight; // (H, F)
-  const T* ffn2_bias;   // (H)
-  const T* ln2_weight;  // (H)
-  const T* ln2_bias;    // (H)
-};
-
-// Optional parts are null when a checkpoint lacks them: the embedding LayerNorm (d2l has none,
-// Hugging Face BERT has one), the NSP head with its pooler, the MLM head.
-template <typename T>
-struct BertWeights {
-  const T* token_embedding;    // (V, H)
-  const T* segment_embedding;  // (2, H)
-  const T* pos_embedding;      // (max_len, H)
-  const T* embedding_ln_weight;  // (H) or null
-  const T* embedding_ln_bias;    // (H) or null
-  std::vector<BertLayerWeights<T>> layers;
-  const T* pooler_weight;      // (H, H)   NSP: tanh(pooler(x_cls))
-  const T* pooler_bias;        // (H)
-  const T* nsp_weight;         // (2, H)
-  const T* nsp_bias;           // (2)
-  const T* mlm_dense_weight;   // (H, H)   MLM: decoder(LN(act(dense(x))))
-  const T* mlm_dense_bias;     // (H)
-  const T* mlm_ln_weight;      // (H)
-  const T* mlm_ln_bias;        // (H)
-  const T* mlm_decoder_weight; // (V, H)
-  const T* mlm_decoder_bias;   // (V)
-};
-
 // One batch, already validated by the caller: ids in range, 1 <= length <= seq_len <= max_len,
 // pred_positions inside each sequence's real tokens.
 struct BatchInputs {
@@ -77,6 +37,9 @@ struct BatchInputs {
   int64_t max_seqlen;             // the longest valid length
   int64_t num_pred_positions;
   bool with_nsp;
+  // Asked between layers; true abandons the forward (its outputs are then undefined). The CPU
+  // engine sets it so that Ctrl-C need not wait for a long batch; empty: never asked.
+  std::function<bool()> stop_requested;
 };
 
 template <typename T>

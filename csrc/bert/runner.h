@@ -6,6 +6,7 @@
 #pragma once
 
 #include "model.h"
+#include "weights.h"
 
 namespace pybert {
 
@@ -42,9 +43,10 @@ inline int64_t workspace_elements(const BertConfig& c, const BatchInputs& in) {
 
 // Backend is an object (it may hold a stream, a cuBLASLt handle, ...) whose Scalar type and
 // methods mirror kernels/cpu/kernels.h: gemm_bias_act, embed_packed, add_layernorm,
-// attention_varlen, gather_rows, unpack_padded.
+// attention_varlen, gather_rows, unpack_padded. Returns false when in.stop_requested
+// abandoned the forward between two layers.
 template <typename Backend>
-void bert_forward(Backend& backend, const BertConfig& c,
+bool bert_forward(Backend& backend, const BertConfig& c,
                   const BertWeights<typename Backend::Scalar>& w, const BatchInputs& in,
                   const BatchOutputs<typename Backend::Scalar>& out,
                   typename Backend::Scalar* workspace) {
@@ -71,6 +73,7 @@ void bert_forward(Backend& backend, const BertConfig& c,
                           c.layer_norm_eps);
   }
   for (const auto& layer : w.layers) {
+    if (in.stop_requested && in.stop_requested()) return false;
     backend.gemm_bias_act(x, layer.qkv_weight, layer.qkv_bias, qkv, t, 3 * h, h,
                           Activation::kNone);
     backend.attention_varlen(qkv, in.cu_seqlens, context, in.batch, in.max_seqlen,
@@ -106,6 +109,7 @@ void bert_forward(Backend& backend, const BertConfig& c,
     backend.gemm_bias_act(pooled, w.nsp_weight, w.nsp_bias, out.nsp_logits, in.batch, 2, h,
                           Activation::kNone);
   }
+  return true;
 }
 
 }  // namespace pybert

@@ -9,20 +9,18 @@ void bert_forward_cuda(const BertConfig& config, const BertWeights<T>& weights,
                        const BatchInputs& inputs, const BatchOutputs<T>& outputs, T* workspace,
                        cuda::CublasLtGemm& gemm, void* gemm_workspace, cudaStream_t stream) {
   CudaBackend<T> backend{gemm, gemm_workspace, stream};
-  bert_forward(backend, config, weights, inputs, outputs, workspace);
+  BatchInputs enqueue_all = inputs;
+  enqueue_all.stop_requested = nullptr;
+  bert_forward(backend, config, weights, enqueue_all, outputs, workspace);
 }
 
-template void bert_forward_cuda<float>(const BertConfig&, const BertWeights<float>&,
-                                       const BatchInputs&, const BatchOutputs<float>&, float*,
-                                       cuda::CublasLtGemm&, void*, cudaStream_t);
-template void bert_forward_cuda<__half>(const BertConfig&, const BertWeights<__half>&,
-                                        const BatchInputs&, const BatchOutputs<__half>&, __half*,
-                                        cuda::CublasLtGemm&, void*, cudaStream_t);
-template void bert_forward_cuda<__nv_bfloat16>(const BertConfig&,
-                                               const BertWeights<__nv_bfloat16>&,
-                                               const BatchInputs&,
-                                               const BatchOutputs<__nv_bfloat16>&,
-                                               __nv_bfloat16*, cuda::CublasLtGemm&, void*,
-                                               cudaStream_t);
+#define PYBERT_INSTANTIATE(T)                                                                \
+  template void bert_forward_cuda<T>(const BertConfig&, const BertWeights<T>&,               \
+                                     const BatchInputs&, const BatchOutputs<T>&, T*,         \
+                                     cuda::CublasLtGemm&, void*, cudaStream_t);
+PYBERT_INSTANTIATE(float)
+PYBERT_INSTANTIATE(__half)
+PYBERT_INSTANTIATE(__nv_bfloat16)
+#undef PYBERT_INSTANTIATE
 
 }  // namespace pybert

@@ -4,12 +4,14 @@
 
 #include "../kernels/cuda/kernels.cuh"
 #include "model.h"
+#include "weights.h"
 
 namespace pybert {
 
 // Enqueues the whole forward on `stream`; no host synchronisation, no allocation.
 // Every pointer in weights, inputs, outputs and both workspaces is device memory;
-// gemm_workspace holds gemm.workspace_bytes().
+// gemm_workspace holds gemm.workspace_bytes(). inputs.stop_requested is not asked: the
+// forward is only enqueued here, which takes far less time than running it.
 template <typename T>
 void bert_forward_cuda(const BertConfig& config, const BertWeights<T>& weights,
                        const BatchInputs& inputs, const BatchOutputs<T>& outputs, T* workspace,

@@ -24,86 +24,114 @@ void check_cublas(cublasStatus_t status, const char* what) {
   }
 }
 
-struct CublasLtGemm::Plan {
-  cublasLtMatmulDesc_t desc = nullptr;
-  cublasLtMatrixLayout_t weight_layout = nullptr, input_layout = nullptr, out_layout = nullptr;
-  cublasLtMatmulAlgo_t algo{};
+namespace {
 
-  ~Plan() {
-    if (out_layout) cublasLtMatrixLayoutDestroy(out_layout);
-    if (input_layout) cublasLtMatrixLayoutDestroy(input_layout);
-    if (weight_layout) cublasLtMatrixLayoutDestroy(weight_layout);
-    if (desc) cublasLtMatmulDescDestroy(desc);
+// The descriptors of one GEMM, initialised in place on the caller's stack: no allocation,
+// nothing shared between calls (the bias pointer is per call).
+struct MatmulDescriptors {
+  cublasLtMatmulDescOpaque_t desc_storage;
+  cublasLtMatrixLayoutOpaque_t weight_storage, input_storage, out_storage;
+  cublasLtMatmulDesc_t desc = &desc_storage;
+  cublasLtMatrixLayout_t weight = &weight_storage, input = &input_storage, out = &out_storage;
+
+  MatmulDescriptors(cudaDataType_t type, int64_t m, int64_t n, int64_t k, int epilogue,
+                    const void* bias) {
+    // fp32 accumulation for every type; CUBLAS_COMPUTE_32F never uses TF32.
+    check_cublas(cublasLtMatmulDescInit(desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "desc");
+    const cublasOperation_t transpose = CUBLAS_OP_T, keep = CUBLAS_OP_N;
+    set(CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof(transpose));
+    set(CUBLASLT_MATMUL_DESC_TRANSB, &keep, sizeof(keep));
+    const auto lt_epilogue = static_cast<cublasLtEpilogue_t>(epilogue);
+    set(CUBLASLT_MATMUL_DESC_EPILOGUE, &lt_epilogue, sizeof(lt_epilogue));
+    if (bias != nullptr) set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias));
+    check_cublas(cublasLtMatrixLayoutInit(weight, type, k, n, k), "layout W");
+    check_cublas(cublasLtMatrixLayoutInit(input, type, k, m, k), "layout A");
+    check_cublas(cublasLtMatrixLayoutInit(out, type, n, m, n), "layout D");
+  }
+
+  void set(cublasLtMatmulDescAttributes_t attribute, const void* value, size_t size) {
+    check_cublas(cublasLtMatmulDescSetAttribute(desc, attribute, value, size), "desc attribute");
   }
 };
 
-CublasLtGemm::CublasLtGemm(size_t workspace_bytes) : workspace_bytes_(workspace_bytes) {
+int epilogue_of(bool bias, bool relu) {
+  return bias ? (relu ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS)
+              : (relu ? CUBLASLT_EPILOGUE_RELU : CUBLASLT_EPILOGUE_DEFAULT);
+}
+
+// The row-count bucket of a plan: m rounded up to a power of two.
+int64_t bucket_of(int64_t m) {
+  int64_t bucket = 1;
+  while (bucket < m) bucket <<= 1;
+  return bucket;
+}
+
+}  // namespace
+
+CublasLtGemm::CublasLtGemm(size_t workspace_bytes, size_t max_plans)
+    : workspace_bytes_(workspace_bytes), max_plans_(max_plans) {
   check_cublas(cublasLtCreate(&handle_), "cublasLtCreate");
 }
 
 CublasLtGemm::~CublasLtGemm() {
-  for (auto& entry : plans_) delete entry.second;
   if (handle_) cublasLtDestroy(handle_);
 }
 
-const CublasLtGemm::Plan& CublasLtGemm::plan_for(cudaDataType_t type, int64_t m, int64_t n,
-                                                 int64_t k, bool bias, bool relu) {
-  const auto key = std::make_tuple(int(type), m, n, k, bias, relu);
-  auto found = plans_.find(key);
-  if (found != plans_.end()) return *found->second;
+size_t CublasLtGemm::cached_plans() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return plans_.size();
+}
 
-  auto* plan = new Plan();
-  try {
-    // fp32 accumulation for every type; CUBLAS_COMPUTE_32F never uses TF32.
-    check_cublas(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F),
-                 "cublasLtMatmulDescCreate");
-    const cublasOperation_t transpose = CUBLAS_OP_T, keep = CUBLAS_OP_N;
-    check_cublas(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA,
-                                                &transpose, sizeof(transpose)), "TRANSA");
-    check_cublas(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &keep,
-                                                sizeof(keep)), "TRANSB");
-    cublasLtEpilogue_t epilogue = bias ? (relu ? CUBLASLT_EPILOGUE_RELU_BIAS
-                                               : CUBLASLT_EPILOGUE_BIAS)
-                                       : (relu ? CUBLASLT_EPILOGUE_RELU
-                                               : CUBLASLT_EPILOGUE_DEFAULT);
-    check_cublas(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
-                                                &epilogue, sizeof(epilogue)), "EPILOGUE");
-    check_cublas(cublasLtMatrixLayoutCreate(&plan->weight_layout, type, k, n, k), "layout W");
-    check_cublas(cublasLtMatrixLayoutCreate(&plan->input_layout, type, k, m, k), "layout A");
-    check_cublas(cublasLtMatrixLayoutCreate(&plan->out_layout, type, n, m, n), "layout D");
-
-    cublasLtMatmulPreference_t preference = nullptr;
-    check_cublas(cublasLtMatmulPreferenceCreate(&preference), "preference");
-    uint64_t bytes = workspace_bytes_;
-    cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                         &bytes, sizeof(bytes));
-    // Operands are 16-byte aligned at least: the engine's workspace regions start at
-    // multiples of 64 scalars, and torch's allocator aligns every tensor it hands out.
-    uint32_t alignment = 16;
-    for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
-      cublasLtMatmulPreferenceSetAttribute(preference, attr, &alignment, sizeof(alignment));
-    }
-    cublasLtMatmulHeuristicResult_t result{};
-    int returned = 0;
-    const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
-        handle_, plan->desc, plan->weight_layout, plan->input_layout, plan->out_layout,
-        plan->out_layout, preference, 1, &result, &returned);
-    cublasLtMatmulPreferenceDestroy(preference);
-    check_cublas(status, "cublasLtMatmulAlgoGetHeuristic");
-    if (returned == 0) {
-      throw std::runtime_error("cuBLASLt has no algorithm for a " + std::to_string(m) + "x" +
-                               std::to_string(n) + "x" + std::to_string(k) + " GEMM");
-    }
-    plan->algo = result.algo;
-  } catch (...) {
-    delete plan;
-    throw;
+cublasLtMatmulAlgo_t CublasLtGemm::ask_heuristic(cudaDataType_t type, int64_t m, int64_t n,
+                                                 int64_t k, int epilogue) {
+  const MatmulDescriptors d(type, m, n, k, epilogue, nullptr);
+  cublasLtMatmulPreferenceOpaque_t preference_storage;
+  cublasLtMatmulPreference_t preference = &preference_storage;
+  check_cublas(cublasLtMatmulPreferenceInit(preference), "preference");
+  const uint64_t bytes = workspace_bytes_;
+  check_cublas(cublasLtMatmulPreferenceSetAttribute(
+                   preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &bytes, sizeof(bytes)),
+               "preference workspace");
+  // Operands are 16-byte aligned at least: the engine's workspace regions start at
+  // multiples of 64 scalars, and torch's allocator aligns every tensor it hands out.
+  const uint32_t alignment = 16;
+  for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
+    check_cublas(cublasLtMatmulPreferenceSetAttribute(preference, attr, &alignment,
+                                                      sizeof(alignment)),
+                 "preference alignment");
   }
-  plans_[key] = plan;
-  return *plan;
+  cublasLtMatmulHeuristicResult_t result{};
+  int returned = 0;
+  check_cublas(cublasLtMatmulAlgoGetHeuristic(handle_, d.desc, d.weight, d.input, d.out, d.out,
+                                              preference, 1, &result, &returned),
+               "cublasLtMatmulAlgoGetHeuristic");
+  if (returned == 0) {
+    throw std::runtime_error("cuBLASLt has no algorithm for a " + std::to_string(m) + "x" +
+                             std::to_string(n) + "x" + std::to_string(k) + " GEMM");
+  }
+  return result.algo;
+}
+
+cublasLtMatmulAlgo_t CublasLtGemm::algo_for(const PlanKey& key) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto found = plans_.find(key);
+  if (found != plans_.end()) {
+    lru_.splice(lru_.begin(), lru_, found->second.lru_position);
+    return found->second.algo;
+  }
+  const auto [type, m_bucket, n, k, epilogue] = key;
+  const cublasLtMatmulAlgo_t algo =
+      ask_heuristic(static_cast<cudaDataType_t>(type), m_bucket, n, k, epilogue);
+  if (plans_.size() >= max_plans_) {
+    plans_.erase(lru_.back());
+    lru_.pop_back();
+  }
+  lru_.push_front(key);
+  plans_.emplace(key, Plan{algo, lru_.begin()});
+  return algo;
 }
 
 template <typename T>
@@ -120,19 +148,21 @@ void CublasLtGemm::run(const T* a, const T* weight, const T* bias, T* out, int64
                        int64_t k, Activation act, void* workspace, cudaStream_t stream) {
   if (m == 0 || n == 0) return;
   const bool relu = act == Activation::kReLU;
-  // The plan cache and the descriptor's bias pointer are shared; cublasLtMatmul reads the
-  // descriptor when it enqueues, so the lock covers exactly that.
-  std::lock_guard<std::mutex> lock(mutex_);
-  const Plan& plan = plan_for(data_type<T>(), m, n, k, bias != nullptr, relu);
-  if (bias != nullptr) {
-    check_cublas(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                                                &bias, sizeof(bias)), "BIAS_POINTER");
-  }
+  const int epilogue = epilogue_of(bias != nullptr, relu);
+  const cudaDataType_t type = data_type<T>();
+  const MatmulDescriptors d(type, m, n, k, epilogue, bias);
   const float alpha = 1.0f, beta = 0.0f;
-  check_cublas(cublasLtMatmul(handle_, plan.desc, &alpha, weight, plan.weight_layout, a,
-                              plan.input_layout, &beta, out, plan.out_layout, out,
-                              plan.out_layout, &plan.algo, workspace, workspace_bytes_, stream),
-               "cublasLtMatmul");
+  const auto enqueue = [&](const cublasLtMatmulAlgo_t& algo) {
+    return cublasLtMatmul(handle_, d.desc, &alpha, weight, d.weight, a, d.input, &beta, out,
+                          d.out, out, d.out, &algo, workspace, workspace_bytes_, stream);
+  };
+  const cublasLtMatmulAlgo_t algo = algo_for({int(type), bucket_of(m), n, k, epilogue});
+  cublasStatus_t status = enqueue(algo);
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE) {
+    // The bucket's algorithm does not take this exact m: ask for one that does.
+    status = enqueue(ask_heuristic(type, m, n, k, epilogue));
+  }
+  check_cublas(status, "cublasLtMatmul");
   if (!relu) apply_activation(out, m * n, act, stream);  // tanh and exact GELU
 }
 

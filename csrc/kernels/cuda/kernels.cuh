@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <list>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -57,12 +58,14 @@ void apply_activation(T* x, int64_t n, Activation act, cudaStream_t stream);
 
 // out[m, n] = act(sum_k a[m, k] * weight[n, k] + bias[n]) through cuBLASLt, with bias and
 // ReLU fused into its epilogue. fp32 accumulation; fp32 inputs use strict fp32 (no TF32), so
-// the fp32 engine holds 1e-5 relative error. Holds the cuBLASLt handle and the algorithm chosen
-// for each shape. Safe to call from several threads and streams: the plan cache is locked, and
-// each call brings its own workspace (stream-ordered memory of workspace_bytes).
+// the fp32 engine holds 1e-5 relative error. Holds the cuBLASLt handle and a bounded cache of
+// the algorithm chosen per shape bucket (the row count m rounded up to a power of two, since a
+// packed batch has a different m almost every call). A call's descriptors live on its own
+// stack and its workspace is its own (stream-ordered memory of workspace_bytes), so calls from
+// several threads and streams share nothing but the cache, which is locked.
 class CublasLtGemm {
  public:
-  explicit CublasLtGemm(size_t workspace_bytes);
+  explicit CublasLtGemm(size_t workspace_bytes, size_t max_plans = 256);
   ~CublasLtGemm();
   CublasLtGemm(const CublasLtGemm&) = delete;
   CublasLtGemm& operator=(const CublasLtGemm&) = delete;
@@ -72,16 +75,25 @@ class CublasLtGemm {
            Activation act, void* workspace, cudaStream_t stream);
 
   size_t workspace_bytes() const { return workspace_bytes_; }
+  size_t cached_plans();
 
  private:
-  struct Plan;
-  const Plan& plan_for(cudaDataType_t type, int64_t m, int64_t n, int64_t k, bool bias,
-                       bool relu);
+  // (data type, m bucket, n, k, epilogue)
+  using PlanKey = std::tuple<int, int64_t, int64_t, int64_t, int>;
+  struct Plan {
+    cublasLtMatmulAlgo_t algo;
+    std::list<PlanKey>::iterator lru_position;
+  };
+  cublasLtMatmulAlgo_t algo_for(const PlanKey& key);
+  cublasLtMatmulAlgo_t ask_heuristic(cudaDataType_t type, int64_t m, int64_t n, int64_t k,
+                                     int epilogue);
 
   cublasLtHandle_t handle_ = nullptr;
   size_t workspace_bytes_;
+  size_t max_plans_;
   std::mutex mutex_;
-  std::map<std::tuple<int, int64_t, int64_t, int64_t, bool, bool>, Plan*> plans_;
+  std::map<PlanKey, Plan> plans_;
+  std::list<PlanKey> lru_;  // most recently used first
 };
 
 // Throws std::runtime_error naming the call when a CUDA or cuBLAS call fails.

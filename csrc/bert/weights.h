@@ -1,0 +1,138 @@
+// The packed-weight layout of the BERT the runner executes, defined once.
+//
+// Each X(...) line below is one weight: its name, the part of the model it belongs to and its
+// shape in terms of the config. The lines generate the fields of BertWeights (the runner's
+// view), the shape checks of the bindings and pybert._C.weight_shapes (what the Python packers
+// are tested against). A new variant (pre-LN, another position scheme) adds lines here and
+// reads them in runner.h: nothing else lists weights.
+//
+// Every matrix is in nn.Linear layout (out_features, in_features). qkv_weight is W_q, W_k,
+// W_v stacked: (3H, H), so one GEMM yields [Q | K | V].
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model.h"
+
+namespace pybert {
+
+// The parts of a model. kEmbeddings and kLayers are always there; the others are optional and
+// come with all of their weights or none: the embedding LayerNorm (Hugging Face BERT has one,
+// d2l has none), the NSP head with its pooler, the MLM head.
+enum class WeightPart { kEmbeddings, kEmbeddingNorm, kLayers, kNsp, kMlm };
+
+// The sizes a shape is written in; kOne marks a vector (a 1-d weight).
+enum class WeightDim { kOne, kTwo, kHidden, kThreeHidden, kFfn, kVocab, kMaxLen };
+
+// name, part, rows, cols (cols kOne: a vector of `rows` entries)
+#define PYBERT_MODEL_WEIGHTS(X)                                    \
+  X(token_embedding, kEmbeddings, kVocab, kHidden)                 \
+  X(segment_embedding, kEmbeddings, kTwo, kHidden)                 \
+  X(pos_embedding, kEmbeddings, kMaxLen, kHidden)                  \
+  X(embedding_ln_weight, kEmbeddingNorm, kHidden, kOne)            \
+  X(embedding_ln_bias, kEmbeddingNorm, kHidden, kOne)              \
+  X(pooler_weight, kNsp, kHidden, kHidden) /* tanh(pooler(cls)) */ \
+  X(pooler_bias, kNsp, kHidden, kOne)                              \
+  X(nsp_weight, kNsp, kTwo, kHidden)                               \
+  X(nsp_bias, kNsp, kTwo, kOne)                                    \
+  X(mlm_dense_weight, kMlm, kHidden, kHidden) /* LN(act(dense)) */ \
+  X(mlm_dense_bias, kMlm, kHidden, kOne)                           \
+  X(mlm_ln_weight, kMlm, kHidden, kOne)                            \
+  X(mlm_ln_bias, kMlm, kHidden, kOne)                              \
+  X(mlm_decoder_weight, kMlm, kVocab, kHidden)                     \
+  X(mlm_decoder_bias, kMlm, kVocab, kOne)
+
+// One post-LN encoder block; named "layers.<i>.<name>".
+#define PYBERT_LAYER_WEIGHTS(X)                 \
+  X(qkv_weight, kLayers, kThreeHidden, kHidden) \
+  X(qkv_bias, kLayers, kThreeHidden, kOne)      \
+  X(out_weight, kLayers, kHidden, kHidden)      \
+  X(out_bias, kLayers, kHidden, kOne)           \
+  X(ln1_weight, kLayers, kHidden, kOne)         \
+  X(ln1_bias, kLayers, kHidden, kOne)           \
+  X(ffn1_weight, kLayers, kFfn, kHidden)        \
+  X(ffn1_bias, kLayers, kFfn, kOne)             \
+  X(ffn2_weight, kLayers, kHidden, kFfn)        \
+  X(ffn2_bias, kLayers, kHidden, kOne)          \
+  X(ln2_weight, kLayers, kHidden, kOne)         \
+  X(ln2_bias, kLayers, kHidden, kOne)
+
+#define PYBERT_WEIGHT_FIELD(name, part, rows, cols) const T* name = nullptr;
+
+template <typename T>
+struct BertLayerWeights {
+  PYBERT_LAYER_WEIGHTS(PYBERT_WEIGHT_FIELD)
+};
+
+// The weights of one model in the engine's scalar type T; an absent optional part is null.
+template <typename T>
+struct BertWeights {
+  PYBERT_MODEL_WEIGHTS(PYBERT_WEIGHT_FIELD)
+  std::vector<BertLayerWeights<T>> layers;
+};
+
+#undef PYBERT_WEIGHT_FIELD
+
+inline int64_t weight_dim_size(WeightDim dim, const BertConfig& c) {
+  switch (dim) {
+    case WeightDim::kOne: return 1;
+    case WeightDim::kTwo: return 2;
+    case WeightDim::kHidden: return c.num_hiddens;
+    case WeightDim::kThreeHidden: return 3 * c.num_hiddens;
+    case WeightDim::kFfn: return c.ffn_num_hiddens;
+    case WeightDim::kVocab: return c.vocab_size;
+    case WeightDim::kMaxLen: return c.max_len;
+  }
+  return 0;
+}
+
+// One weight of a config: its full name, its part, its shape ({rows} or {rows, cols}).
+struct WeightSpec {
+  std::string name;
+  WeightPart part;
+  std::vector<int64_t> shape;
+};
+
+// Calls fn(spec, field) for every weight of `weights` (num_layers of them in config), where
+// field is the `const T*&` the weight's pointer goes to. The layers vector is resized first.
+template <typename T, typename Fn>
+void for_each_weight(const BertConfig& c, BertWeights<T>& weights, Fn&& fn) {
+  auto spec = [&c](std::string name, WeightPart part, WeightDim rows, WeightDim cols) {
+    std::vector<int64_t> shape{weight_dim_size(rows, c)};
+    if (cols != WeightDim::kOne) shape.push_back(weight_dim_size(cols, c));
+    return WeightSpec{std::move(name), part, std::move(shape)};
+  };
+#define PYBERT_VISIT(name, part, rows, cols) \
+  fn(spec(prefix + #name, WeightPart::part, WeightDim::rows, WeightDim::cols), target.name);
+  {
+    const std::string prefix;
+    auto& target = weights;
+    PYBERT_MODEL_WEIGHTS(PYBERT_VISIT)
+  }
+  weights.layers.resize(static_cast<size_t>(c.num_layers));
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    const std::string prefix = "layers." + std::to_string(i) + ".";
+    auto& target = weights.layers[static_cast<size_t>(i)];
+    PYBERT_LAYER_WEIGHTS(PYBERT_VISIT)
+  }
+#undef PYBERT_VISIT
+}
+
+inline const char* weight_part_name(WeightPart part) {
+  switch (part) {
+    case WeightPart::kEmbeddings: return "embeddings";
+    case WeightPart::kEmbeddingNorm: return "embedding_norm";
+    case WeightPart::kLayers: return "layers";
+    case WeightPart::kNsp: return "nsp";
+    case WeightPart::kMlm: return "mlm";
+  }
+  return "";
+}
+
+inline bool weight_part_is_optional(WeightPart part) {
+  return part != WeightPart::kEmbeddings && part != WeightPart::kLayers;
+}
+
+}  // namespace pybert

@@ -1,0 +1,140 @@
+#include "engine.h"
+
+#include <c10/core/DeviceGuard.h>
+
+#include <map>
+#include <set>
+
+#include "bert/runner.h"
+#include "tensor_checks.h"
+
+namespace pybert {
+
+Engine::Engine(const BertConfig& config, const WeightTensors& weights) : config_(config) {
+  TORCH_CHECK(config.num_heads > 0 && config.num_hiddens % config.num_heads == 0,
+              "num_hiddens (", config.num_hiddens, ") must be a multiple of num_heads (",
+              config.num_heads, ")");
+  auto first = weights.find("token_embedding");
+  TORCH_CHECK(first != weights.end(), "missing weight 'token_embedding'");
+  device_ = first->second.device();
+  dtype_ = first->second.scalar_type();
+
+  std::map<WeightPart, std::pair<int, int>> found_of_part;  // (found, expected)
+  std::set<std::string> known;
+  BertWeights<void> layout;
+  for_each_weight(config, layout, [&](const WeightSpec& spec, const void*&) {
+    known.insert(spec.name);
+    auto& [found, expected] = found_of_part[spec.part];
+    ++expected;
+    auto it = weights.find(spec.name);
+    if (it == weights.end()) return;
+    ++found;
+    const at::Tensor& t = it->second;
+    check_tensor(t, spec.name.c_str(), dtype_, static_cast<int64_t>(spec.shape.size()),
+                 device_);
+    TORCH_CHECK(t.sizes() == at::IntArrayRef(spec.shape), "weight '", spec.name,
+                "' must have shape ", at::IntArrayRef(spec.shape), ", got ", t.sizes());
+  });
+  for (const auto& entry : weights) {
+    TORCH_CHECK(known.count(entry.first), "unexpected weight '", entry.first, "'");
+  }
+  for (const auto& [part, counts] : found_of_part) {
+    const auto [found, expected] = counts;
+    TORCH_CHECK(found == expected || (found == 0 && weight_part_is_optional(part)),
+                "the weights of part '", weight_part_name(part), "' must come together: ",
+                found, " of its ", expected, " weights are given");
+  }
+  has_embedding_norm_ = found_of_part[WeightPart::kEmbeddingNorm].first > 0;
+  has_nsp_ = found_of_part[WeightPart::kNsp].first > 0;
+  has_mlm_ = found_of_part[WeightPart::kMlm].first > 0;
+  weights_ = weights;
+  if (device_.is_cpu()) {
+    TORCH_CHECK(dtype_ == at::kFloat, "Engine: the CPU kernels compute in float32, got ",
+                c10::toString(dtype_));
+    runner_ = make_cpu_runner(config_, weights_);
+  } else {
+    TORCH_CHECK(device_.is_cuda(), "Engine: unsupported device ", device_);
+    runner_ = make_cuda_runner(config_, weights_, dtype_, device_);
+  }
+}
+
+Engine::Outputs Engine::forward(const at::Tensor& tokens, const at::Tensor& segments,
+                                const at::Tensor& cu_seqlens, int64_t total_tokens,
+                                int64_t max_seqlen,
+                                const std::optional<at::Tensor>& pred_positions,
+                                bool with_encoded, bool with_nsp,
+                                std::function<bool()> stop_requested) {
+  const bool packed = tokens.dim() == 1;
+  check_tensor(tokens, "tokens", at::kLong, packed ? 1 : 2, device_);
+  check_tensor(segments, "segments", at::kLong, packed ? 1 : 2, device_);
+  check_tensor(cu_seqlens, "cu_seqlens", at::kInt, 1, device_);
+  TORCH_CHECK(segments.sizes() == tokens.sizes(), "segments shape ", segments.sizes(),
+              " must equal tokens shape ", tokens.sizes());
+  const int64_t batch = packed ? cu_seqlens.size(0) - 1 : tokens.size(0);
+  const int64_t seq_len = packed ? 0 : tokens.size(1);
+  const int64_t longest = packed ? config_.max_len : seq_len;
+  TORCH_CHECK(batch >= 1 && tokens.numel() >= 1, "tokens must be non-empty, got ",
+              tokens.sizes());
+  TORCH_CHECK(cu_seqlens.size(0) == batch + 1, "cu_seqlens must have batch + 1 = ", batch + 1,
+              " entries, got ", cu_seqlens.size(0));
+  TORCH_CHECK(longest <= config_.max_len, "sequence length ", longest, " exceeds max_len ",
+              config_.max_len);
+  TORCH_CHECK(max_seqlen >= 1 && max_seqlen <= longest, "max_seqlen ", max_seqlen,
+              " must be in [1, ", longest, "]");
+  TORCH_CHECK(total_tokens >= 1 && total_tokens <= batch * max_seqlen, "total_tokens ",
+              total_tokens, " must be in [1, batch * max_seqlen]");
+  TORCH_CHECK(!packed || tokens.size(0) == total_tokens, "packed tokens has ", tokens.size(0),
+              " ids but total_tokens is ", total_tokens);
+  // total_tokens, the rows to compute, is at least cu_seqlens[batch] (more is spare capacity,
+  // zeros, as a CUDA-graph bucket has). The values can be read only on the CPU; on the GPU the
+  // caller vouches for them, so that a forward never synchronises.
+  if (cu_seqlens.is_cpu()) {
+    const HostSeqlens seqlens = checked_seqlens(cu_seqlens);
+    TORCH_CHECK(seqlens.longest <= max_seqlen, "a sequence of cu_seqlens has length ",
+                seqlens.longest, ", more than max_seqlen ", max_seqlen);
+    TORCH_CHECK(seqlens.total_tokens >= 1 && seqlens.total_tokens <= total_tokens,
+                "cu_seqlens[-1] = ", seqlens.total_tokens, " must be in [1, total_tokens=",
+                total_tokens, "]");
+  }
+  TORCH_CHECK(!with_nsp || has_nsp_, "this model has no NSP head (pooler and classifier)");
+  TORCH_CHECK(!pred_positions.has_value() || has_mlm_, "this model has no MLM head");
+
+  BatchInputs in{};
+  in.tokens = tokens.data_ptr<int64_t>();
+  in.segments = segments.data_ptr<int64_t>();
+  in.cu_seqlens = cu_seqlens.data_ptr<int32_t>();
+  in.batch = batch;
+  in.seq_len = seq_len;
+  in.total_tokens = total_tokens;
+  in.max_seqlen = max_seqlen;
+  in.with_nsp = with_nsp;
+  in.stop_requested = std::move(stop_requested);
+  if (pred_positions.has_value()) {
+    check_tensor(*pred_positions, "pred_positions", at::kLong, 2, device_);
+    TORCH_CHECK(pred_positions->size(0) == batch, "pred_positions must have ", batch,
+                " rows, got ", pred_positions->size(0));
+    in.pred_positions = pred_positions->data_ptr<int64_t>();
+    in.num_pred_positions = pred_positions->size(1);
+  }
+
+  const c10::DeviceGuard guard(device_);
+  const auto opts = at::TensorOptions().dtype(dtype_).device(device_);
+  Outputs out;
+  if (with_encoded) {
+    out.encoded = packed ? at::empty({total_tokens, config_.num_hiddens}, opts)
+                         : at::empty({batch, seq_len, config_.num_hiddens}, opts);
+  }
+  if (pred_positions.has_value()) {
+    out.mlm_logits = at::empty({batch, in.num_pred_positions, config_.vocab_size}, opts);
+  }
+  if (with_nsp) out.nsp_logits = at::empty({batch, 2}, opts);
+  const at::Tensor workspace = at::empty({workspace_elements(config_, in)}, opts);
+  auto data = [](const std::optional<at::Tensor>& t) { return t ? t->data_ptr() : nullptr; };
+  out.completed = runner_->forward(
+      in, with_encoded && !packed ? data(out.encoded) : nullptr,
+      with_encoded && packed ? data(out.encoded) : nullptr, data(out.mlm_logits),
+      data(out.nsp_logits), workspace.data_ptr());
+  return out;
+}
+
+}  // namespace pybert

@@ -1,0 +1,98 @@
+// The Python module pybert._C: the Engine class, the weight layout and what the build holds.
+// (torch.ops.pybert.* are registered by ops_schema.cpp and the ops_<device>.cpp files.)
+#include <torch/extension.h>
+
+#include "engine.h"
+#include "tensor_checks.h"
+
+namespace pybert {
+namespace {
+
+// A config dict as pybert.BertConfig.native() writes it.
+BertConfig config_from_dict(const py::dict& d) {
+  auto get = [&d](const char* key) {
+    TORCH_CHECK(d.contains(key), "config has no '", key, "'");
+    return d[key];
+  };
+  BertConfig c;
+  c.vocab_size = get("vocab_size").cast<int64_t>();
+  c.num_hiddens = get("num_hiddens").cast<int64_t>();
+  c.num_heads = get("num_heads").cast<int64_t>();
+  c.ffn_num_hiddens = get("ffn_num_hiddens").cast<int64_t>();
+  c.num_layers = get("num_layers").cast<int64_t>();
+  c.max_len = get("max_len").cast<int64_t>();
+  c.layer_norm_eps = get("layer_norm_eps").cast<float>();
+  c.ffn_activation = parse_activation(get("ffn_activation").cast<std::string>());
+  c.mlm_activation = parse_activation(get("mlm_activation").cast<std::string>());
+  for (int64_t size : {c.vocab_size, c.num_hiddens, c.num_heads, c.ffn_num_hiddens,
+                       c.num_layers, c.max_len}) {
+    TORCH_CHECK(size >= 1, "config sizes must be >= 1, got ", size);
+  }
+  return c;
+}
+
+// {name: (shape, part)} for every weight of `config`, in the order of bert/weights.h.
+py::dict weight_shapes(const py::dict& config_dict) {
+  const BertConfig config = config_from_dict(config_dict);
+  py::dict shapes;
+  BertWeights<void> layout;
+  for_each_weight(config, layout, [&](const WeightSpec& spec, const void*&) {
+    shapes[py::str(spec.name)] =
+        py::make_tuple(py::tuple(py::cast(spec.shape)), weight_part_name(spec.part));
+  });
+  return shapes;
+}
+
+}  // namespace
+}  // namespace pybert
+
+PYBIND11_MODULE(_C, m) {
+  using pybert::Engine;
+  m.doc() = "pybert's C++/CUDA engine (see pybert.Engine for the Python API)";
+  m.attr("cuda_available") = pybert::kBuiltWithCuda;
+  py::dict activations;
+  for (auto act : {pybert::Activation::kNone, pybert::Activation::kReLU,
+                   pybert::Activation::kTanh, pybert::Activation::kGELU}) {
+    activations[pybert::activation_name(act)] = static_cast<int>(act);
+  }
+  m.attr("ACTIVATIONS") = activations;
+  m.def("weight_shapes", &pybert::weight_shapes, py::arg("config"),
+        "{name: (shape, part)} of the engine's packed weights for a config dict");
+  py::class_<Engine>(m, "Engine")
+      .def(py::init([](const py::dict& config, const pybert::WeightTensors& weights) {
+             return std::make_unique<Engine>(pybert::config_from_dict(config), weights);
+           }),
+           py::arg("config"), py::arg("weights"))
+      .def_property_readonly("has_nsp", &Engine::has_nsp)
+      .def_property_readonly("has_mlm", &Engine::has_mlm)
+      .def_property_readonly("has_embedding_norm", &Engine::has_embedding_norm)
+      .def(
+          "forward",
+          [](Engine& engine, const at::Tensor& tokens, const at::Tensor& segments,
+             const at::Tensor& cu_seqlens, int64_t total_tokens, int64_t max_seqlen,
+             const std::optional<at::Tensor>& pred_positions, bool with_encoded,
+             bool with_nsp, bool interruptible) {
+            // Between two layers a CPU forward asks whether a signal arrived (Ctrl-C): the
+            // handler runs with the GIL, and its exception ends the call.
+            std::function<bool()> stop_requested;
+            if (interruptible) {
+              stop_requested = [] {
+                py::gil_scoped_acquire gil;
+                return PyErr_CheckSignals() != 0;
+              };
+            }
+            Engine::Outputs out;
+            {
+              py::gil_scoped_release release;
+              out = engine.forward(tokens, segments, cu_seqlens, total_tokens, max_seqlen,
+                                   pred_positions, with_encoded, with_nsp,
+                                   std::move(stop_requested));
+            }
+            if (!out.completed) throw py::error_already_set();
+            return py::make_tuple(out.encoded, out.mlm_logits, out.nsp_logits);
+          },
+          py::arg("tokens"), py::arg("segments"), py::arg("cu_seqlens"),
+          py::arg("total_tokens"), py::arg("max_seqlen"), py::arg("pred_positions"),
+          py::arg("with_encoded") = true, py::arg("with_nsp") = true,
+          py::arg("interruptible") = false);
+}

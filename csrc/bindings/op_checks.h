@@ -1,0 +1,55 @@
+// The argument checks of each torch.ops.pybert op, shared by its CPU and CUDA implementations:
+// every shape, dtype, device and index the kernel relies on is checked here, so that no call of
+// a public op can read or write out of bounds. Index tensors are read through private host
+// copies (the ops may synchronise; the Engine never does).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+#include "kernels/activation.h"
+#include "tensor_checks.h"
+
+namespace pybert {
+
+struct GemmArgs {
+  int64_t m, n, k;
+  Activation act;
+};
+GemmArgs check_gemm_bias_act(const at::Tensor& a, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias, int64_t activation);
+
+struct EmbedArgs {
+  int64_t batch, seq_len, total_tokens, hidden;
+  // Validated host copies of the index tensors.
+  at::Tensor tokens, segments;
+  HostSeqlens seqlens;
+};
+EmbedArgs check_embed_packed(const at::Tensor& tokens, const at::Tensor& segments,
+                             const at::Tensor& cu_seqlens, int64_t total_tokens,
+                             const at::Tensor& token_table, const at::Tensor& segment_table,
+                             const at::Tensor& pos_table);
+
+void check_add_layernorm(const at::Tensor& x, const std::optional<at::Tensor>& residual,
+                         const at::Tensor& weight, const at::Tensor& bias, double eps);
+
+struct AttentionArgs {
+  int64_t batch, head_dim;
+  HostSeqlens seqlens;
+};
+AttentionArgs check_attention_varlen(const at::Tensor& qkv, const at::Tensor& cu_seqlens,
+                                     int64_t max_seqlen, int64_t num_heads);
+
+struct GatherArgs {
+  int64_t batch, num_positions;
+  HostSeqlens seqlens;
+  std::optional<at::Tensor> positions;  // validated host copy
+};
+GatherArgs check_gather_rows(const at::Tensor& packed, const at::Tensor& cu_seqlens,
+                             const std::optional<at::Tensor>& positions);
+
+HostSeqlens check_unpack_padded(const at::Tensor& packed, const at::Tensor& cu_seqlens,
+                                int64_t seq_len);
+
+}  // namespace pybert

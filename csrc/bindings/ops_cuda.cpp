@@ -1,0 +1,134 @@
+// torch.ops.pybert.* on the GPU: the kernels of kernels/cuda in fp32, fp16 and bf16, enqueued
+// on torch's current stream. The index arguments are checked on host copies (an op may
+// synchronise; the Engine never does).
+#include <c10/core/DeviceGuard.h>
+#include <torch/library.h>
+
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+
+#include "cuda_dispatch.h"
+#include "kernels/cuda/kernels.cuh"
+#include "op_checks.h"
+
+namespace pybert {
+namespace {
+
+constexpr size_t kGemmWorkspaceBytes = 32 << 20;
+
+// The GEMM runner of the gemm_bias_act op on each device (an Engine has its own), created on
+// first use and kept for the process.
+cuda::CublasLtGemm& op_gemm(const at::Device& device) {
+  static std::mutex mutex;
+  static std::unordered_map<int, std::unique_ptr<cuda::CublasLtGemm>> per_device;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& gemm = per_device[device.index()];
+  if (!gemm) gemm = std::make_unique<cuda::CublasLtGemm>(kGemmWorkspaceBytes);
+  return *gemm;
+}
+
+at::Tensor gemm_bias_act(const at::Tensor& a, const at::Tensor& weight,
+                         const std::optional<at::Tensor>& bias, int64_t activation) {
+  const GemmArgs args = check_gemm_bias_act(a, weight, bias, activation);
+  const c10::DeviceGuard guard(a.device());
+  at::Tensor out = at::empty({args.m, args.n}, a.options());
+  // Stream-ordered scratch from torch's allocator: calls on other streams never share it.
+  const at::Tensor scratch = at::empty({int64_t(kGemmWorkspaceBytes)},
+                                       a.options().dtype(at::kByte));
+  dispatch_cuda_scalar(a.scalar_type(), "gemm_bias_act", [&](auto tag) {
+    using T = decltype(tag);
+    op_gemm(a.device()).run(ptr<T>(a), ptr<T>(weight), ptr_or_null<T>(bias), ptr<T>(out),
+                            args.m, args.n, args.k, args.act, scratch.data_ptr(),
+                            current_cuda_stream(a.device()));
+  });
+  return out;
+}
+
+at::Tensor embed_packed(const at::Tensor& tokens, const at::Tensor& segments,
+                        const at::Tensor& cu_seqlens, int64_t total_tokens,
+                        const at::Tensor& token_table, const at::Tensor& segment_table,
+                        const at::Tensor& pos_table) {
+  const EmbedArgs args = check_embed_packed(tokens, segments, cu_seqlens, total_tokens,
+                                            token_table, segment_table, pos_table);
+  const c10::DeviceGuard guard(token_table.device());
+  at::Tensor out = at::empty({args.total_tokens, args.hidden}, token_table.options());
+  dispatch_cuda_scalar(token_table.scalar_type(), "embed_packed", [&](auto tag) {
+    using T = decltype(tag);
+    cuda::embed_packed(tokens.data_ptr<int64_t>(), segments.data_ptr<int64_t>(),
+                       cu_seqlens.data_ptr<int32_t>(), ptr<T>(token_table),
+                       ptr<T>(segment_table), ptr<T>(pos_table), ptr<T>(out), args.batch,
+                       args.seq_len, args.total_tokens, args.hidden,
+                       current_cuda_stream(token_table.device()));
+  });
+  return out;
+}
+
+at::Tensor add_layernorm(const at::Tensor& x, const std::optional<at::Tensor>& residual,
+                         const at::Tensor& weight, const at::Tensor& bias, double eps) {
+  check_add_layernorm(x, residual, weight, bias, eps);
+  const c10::DeviceGuard guard(x.device());
+  at::Tensor out = at::empty_like(x);
+  dispatch_cuda_scalar(x.scalar_type(), "add_layernorm", [&](auto tag) {
+    using T = decltype(tag);
+    cuda::add_layernorm(ptr<T>(x), ptr_or_null<T>(residual), ptr<T>(weight), ptr<T>(bias),
+                        ptr<T>(out), x.size(0), x.size(1), static_cast<float>(eps),
+                        current_cuda_stream(x.device()));
+  });
+  return out;
+}
+
+at::Tensor attention_varlen(const at::Tensor& qkv, const at::Tensor& cu_seqlens,
+                            int64_t max_seqlen, int64_t num_heads) {
+  const AttentionArgs args = check_attention_varlen(qkv, cu_seqlens, max_seqlen, num_heads);
+  const c10::DeviceGuard guard(qkv.device());
+  at::Tensor out = at::empty({qkv.size(0), qkv.size(1) / 3}, qkv.options());
+  dispatch_cuda_scalar(qkv.scalar_type(), "attention_varlen", [&](auto tag) {
+    using T = decltype(tag);
+    cuda::attention_varlen(ptr<T>(qkv), cu_seqlens.data_ptr<int32_t>(), ptr<T>(out),
+                           args.batch, max_seqlen, num_heads, args.head_dim,
+                           current_cuda_stream(qkv.device()));
+  });
+  return out;
+}
+
+at::Tensor gather_rows(const at::Tensor& packed, const at::Tensor& cu_seqlens,
+                       const std::optional<at::Tensor>& positions) {
+  const GatherArgs args = check_gather_rows(packed, cu_seqlens, positions);
+  const c10::DeviceGuard guard(packed.device());
+  at::Tensor out = at::empty({args.batch * args.num_positions, packed.size(1)},
+                             packed.options());
+  dispatch_cuda_scalar(packed.scalar_type(), "gather_rows", [&](auto tag) {
+    using T = decltype(tag);
+    cuda::gather_rows(ptr<T>(packed), cu_seqlens.data_ptr<int32_t>(),
+                      ptr_or_null<int64_t>(positions), ptr<T>(out), args.batch,
+                      args.num_positions, packed.size(1), current_cuda_stream(packed.device()));
+  });
+  return out;
+}
+
+at::Tensor unpack_padded(const at::Tensor& packed, const at::Tensor& cu_seqlens,
+                         int64_t seq_len) {
+  const HostSeqlens seqlens = check_unpack_padded(packed, cu_seqlens, seq_len);
+  const c10::DeviceGuard guard(packed.device());
+  at::Tensor out = at::empty({seqlens.batch, seq_len, packed.size(1)}, packed.options());
+  dispatch_cuda_scalar(packed.scalar_type(), "unpack_padded", [&](auto tag) {
+    using T = decltype(tag);
+    cuda::unpack_padded(ptr<T>(packed), cu_seqlens.data_ptr<int32_t>(), ptr<T>(out),
+                        seqlens.batch, seq_len, packed.size(1),
+                        current_cuda_stream(packed.device()));
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace pybert
+
+TORCH_LIBRARY_IMPL(pybert, CUDA, m) {
+  m.impl("gemm_bias_act", &pybert::gemm_bias_act);
+  m.impl("embed_packed", &pybert::embed_packed);
+  m.impl("add_layernorm", &pybert::add_layernorm);
+  m.impl("attention_varlen", &pybert::attention_varlen);
+  m.impl("gather_rows", &pybert::gather_rows);
+  m.impl("unpack_padded", &pybert::unpack_padded);
+}

@@ -1,0 +1,16 @@
+// The schemas of torch.ops.pybert.*, declared once; each device registers its implementations
+// in its own file (ops_cpu.cpp, ops_cuda.cpp) and pybert/ops.py registers the fake ones.
+// activation is a code of kernels/activation.h: 0 none, 1 relu, 2 tanh, 3 gelu.
+#include <torch/library.h>
+
+TORCH_LIBRARY(pybert, m) {
+  m.def("gemm_bias_act(Tensor a, Tensor weight, Tensor? bias, int activation) -> Tensor");
+  m.def("embed_packed(Tensor tokens, Tensor segments, Tensor cu_seqlens, int total_tokens, "
+        "Tensor token_table, Tensor segment_table, Tensor pos_table) -> Tensor");
+  m.def("add_layernorm(Tensor x, Tensor? residual, Tensor weight, Tensor bias, float eps) "
+        "-> Tensor");
+  m.def("attention_varlen(Tensor qkv, Tensor cu_seqlens, int max_seqlen, int num_heads) "
+        "-> Tensor");
+  m.def("gather_rows(Tensor packed, Tensor cu_seqlens, Tensor? positions) -> Tensor");
+  m.def("unpack_padded(Tensor packed, Tensor cu_seqlens, int seq_len) -> Tensor");
+}
