@@ -36,7 +36,8 @@ from .config import BertConfig
 from .data import Corpus, PretrainingData, build_vocab, load_corpus, make_pretraining_data
 from .vocab import Vocab
 
-__all__ = ["TrainConfig", "pretrain", "evaluate", "mlm_nsp_losses"]
+__all__ = ["TrainConfig", "RunState", "pretrain", "evaluate", "mlm_nsp_losses",
+           "rank_batch_indices", "rank_seed", "prepare_run", "prepare_run_folder", "train_step"]
 
 CHECKPOINT_DIR = "checkpoint"
 TRAINER_STATE = "trainer.json"
@@ -208,7 +209,7 @@ def _load_optimizer_tensors(optimizer, tensors: dict[str, torch.Tensor], groups:
     optimizer.load_state_dict({"state": state, "param_groups": groups["param_groups"]})
 
 
-def _write_checkpoint(out: Path, net, vocab: Vocab, optimizer, trainer_state: dict,
+def _write_checkpoint(out: Path, net, vocab: Vocab, optimizer, state: RunState,
                       corpus: Corpus) -> Path:
     """Write out/checkpoint atomically: build it in a temporary folder, then swap it in."""
     final = out / CHECKPOINT_DIR
@@ -216,12 +217,12 @@ def _write_checkpoint(out: Path, net, vocab: Vocab, optimizer, trainer_state: di
     old = out / f".{CHECKPOINT_DIR}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     save(net, tmp, vocab=vocab, extra={"text_format": corpus.text_format,
-                                       "corpus": corpus.source,
-                                       "step": trainer_state["step"]})
+                                       "corpus": corpus.source, "step": state.step})
     tensors, groups = _optimizer_tensors(optimizer)
     tensors["rng.torch"] = torch.get_rng_state()
     save_file(tensors, str(tmp / OPTIMIZER_STATE))
-    (tmp / TRAINER_STATE).write_text(json.dumps({**trainer_state, **groups}, indent=1))
+    state = dataclasses.replace(state, param_groups=groups["param_groups"])
+    (tmp / TRAINER_STATE).write_text(state.to_json())
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         final.rename(old)
@@ -242,12 +243,36 @@ def _truncate_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
+@dataclass
+class RunState:
+    """Where a run stands, as its checkpoint's trainer.json records it: the steps taken, the
+    position in the epochs, the run's settings and the optimizer's param groups."""
+
+    step: int
+    epoch: int
+    batch_in_epoch: int
+    config: dict
+    param_groups: list = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunState":
+        data = json.loads(text)
+        return cls(step=int(data["step"]), epoch=int(data["epoch"]),
+                   batch_in_epoch=int(data["batch_in_epoch"]), config=dict(data["config"]),
+                   param_groups=list(data.get("param_groups", [])))
+
+    @classmethod
+    def read(cls, checkpoint: Path) -> "RunState":
+        return cls.from_json((checkpoint / TRAINER_STATE).read_text())
+
+
 def saved_steps(out) -> int | None:
     """The total steps of the run whose checkpoint is in ``out`` (None: no checkpoint)."""
     found = _find_checkpoint(Path(out))
-    if found is None:
-        return None
-    return json.loads((found / TRAINER_STATE).read_text())["config"]["steps"]
+    return None if found is None else RunState.read(found).config["steps"]
 
 
 def _find_checkpoint(out: Path) -> Path | None:
@@ -298,6 +323,80 @@ def _resolve_device(name: str, local_rank: int) -> torch.device:
     return device
 
 
+def rank_batch_indices(order: torch.Tensor, batch_in_epoch: int, batch_size: int,
+                      world_size: int = 1, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the global batch's indices, this rank's share) of batch ``batch_in_epoch`` of an
+    epoch whose examples are visited in ``order``. Under data parallelism the global batch is
+    cut to a multiple of the ranks (a short last batch of a tiny corpus) and each rank takes
+    its contiguous shard."""
+    index = order[batch_in_epoch * batch_size:(batch_in_epoch + 1) * batch_size]
+    if world_size == 1:
+        return index, index
+    shard = len(index) // world_size
+    index = index[: shard * world_size]
+    return index, index[rank * shard:(rank + 1) * shard]
+
+
+def rank_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of rank ``rank``'s dropout stream from ``step`` on: every rank builds the same
+    initial weights from ``seed``, then each draws its own masks (rank 0 keeps the stream a
+    checkpoint restores, so it never reseeds)."""
+    return seed * 1_000_003 + rank * 7919 + step
+
+
+def prepare_run(config: TrainConfig, resume: bool, overwrite: bool
+                ) -> tuple[TrainConfig, Path | None]:
+    """(the config the run goes on with, the checkpoint it resumes from or None). A resumed
+    run keeps its own settings; only the total steps, where the files go and the progress bar
+    come from the caller. A folder that holds a run needs ``resume`` or ``overwrite``."""
+    out = Path(config.out)
+    previous = _find_checkpoint(out) if out.exists() else None
+    if resume:
+        if previous is None:
+            raise FileNotFoundError(f"--resume: no checkpoint to resume in {out}")
+        saved = RunState.read(previous).config
+        config = TrainConfig(**{**saved, "steps": config.steps, "progress": config.progress,
+                                "out": config.out})
+    elif (previous is not None or (out / "metrics.jsonl").exists()) and not overwrite:
+        raise FileExistsError(f"{out} already holds a training run; pass --resume to "
+                              "continue it or --overwrite to start again")
+    config.validate()
+    return config, previous if resume else None
+
+
+def prepare_run_folder(config: TrainConfig, resumed_at: int | None) -> None:
+    """Make the run folder ready (rank 0): a resumed run drops the metrics logged after its
+    checkpoint; a new one (or an overwrite) removes everything an old run left."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if resumed_at is not None:
+        _truncate_metrics(out / "metrics.jsonl", resumed_at)
+    else:
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        for name in (CHECKPOINT_DIR, f".{CHECKPOINT_DIR}.old", f".{CHECKPOINT_DIR}.tmp"):
+            shutil.rmtree(out / name, ignore_errors=True)
+    (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
+
+
+def train_step(model, net, optimizer, scheduler, batch, config: TrainConfig, autocast,
+               world_size: int = 1, global_weight: float | None = None,
+               global_batch: int | None = None) -> tuple[torch.Tensor, float]:
+    """One optimizer step: (the losses (mlm, nsp, the book's mlm) of this rank, detached,
+    and the learning rate the step used)."""
+    with autocast():
+        mlm_loss, nsp_loss, mlm_loss_book = mlm_nsp_losses(model, batch, world_size,
+                                                           global_weight, global_batch)
+    optimizer.zero_grad(set_to_none=True)
+    (mlm_loss + nsp_loss).backward()
+    if config.clip_norm > 0:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), config.clip_norm)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    return torch.stack([mlm_loss.detach().float(), nsp_loss.detach().float(),
+                        mlm_loss_book.float()]), lr
+
+
 def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Train, evaluate, checkpoint. Returns the final held-out metrics and the paths written.
 
@@ -305,21 +404,8 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    config, previous = prepare_run(config, resume, overwrite)
     out = Path(config.out)
-    previous = _find_checkpoint(out) if out.exists() else None
-    if resume:
-        if previous is None:
-            raise FileNotFoundError(f"--resume: no checkpoint to resume in {out}")
-        # The run goes on with its own settings; only the total number of steps (and where
-        # the files go, and the progress bar) come from the caller.
-        saved = json.loads((previous / TRAINER_STATE).read_text())
-        config = TrainConfig(**{**saved["config"], "steps": config.steps,
-                                "progress": config.progress, "out": config.out})
-    elif previous is not None or (out / "metrics.jsonl").exists():
-        if not overwrite:
-            raise FileExistsError(f"{out} already holds a training run; pass --resume to "
-                                  "continue it or --overwrite to start again")
-    config.validate()
     device = _resolve_device(config.device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -332,7 +418,7 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
     corpus = load_corpus(config.data, seed=config.seed)
-    if resume:
+    if previous is not None:
         net, vocab = load_model(previous)
     else:
         vocab = build_vocab(corpus.train, min_freq=config.min_freq)
@@ -341,18 +427,18 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
     net = net.to(device).train()
     model = nn.parallel.DistributedDataParallel(net) if world_size > 1 else net
     optimizer = _make_optimizer(net, config)
-    start_step, epoch, batch_in_epoch = 0, 0, 0
-    if resume:
-        state = json.loads((previous / TRAINER_STATE).read_text())
+    state = RunState(step=0, epoch=0, batch_in_epoch=0, config=dataclasses.asdict(config))
+    if previous is not None:
+        saved = RunState.read(previous)
         tensors = load_file(str(previous / OPTIMIZER_STATE))
         # load_state_dict moves each state tensor to its parameter's device.
-        _load_optimizer_tensors(optimizer, tensors, state)
+        _load_optimizer_tensors(optimizer, tensors, {"param_groups": saved.param_groups})
         torch.set_rng_state(tensors["rng.torch"])
-        start_step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        state = dataclasses.replace(state, step=saved.step, epoch=saved.epoch,
+                                    batch_in_epoch=saved.batch_in_epoch)
+    start_step = state.step
     if rank > 0:
-        # Every rank built the same initial weights from the seed; from here on each rank
-        # draws its own dropout masks (rank 0 keeps the stream a checkpoint restores).
-        torch.manual_seed(config.seed * 1_000_003 + rank * 7919 + start_step)
+        torch.manual_seed(rank_seed(config.seed, rank, start_step))
     # Constructed at last_epoch = start_step - 1, the scheduler steps once to start_step and
     # sets the lr of the next step (the saved param groups carry initial_lr).
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config),
@@ -364,14 +450,7 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
 
     is_main = rank == 0
     if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if resume:
-            _truncate_metrics(out / "metrics.jsonl", start_step)
-        else:  # --overwrite: nothing of the old run may be resumed or plotted later
-            (out / "metrics.jsonl").unlink(missing_ok=True)
-            for name in (CHECKPOINT_DIR, f".{CHECKPOINT_DIR}.old", f".{CHECKPOINT_DIR}.tmp"):
-                shutil.rmtree(out / name, ignore_errors=True)
-        (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
+        prepare_run_folder(config, start_step if previous is not None else None)
     metrics_file = open(out / "metrics.jsonl", "a") if is_main else None
 
     def epoch_data(e: int) -> tuple[PretrainingData, torch.Tensor]:
@@ -388,11 +467,10 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
     def checkpoint(step: int) -> None:
         if is_main:
             _write_checkpoint(out, net, vocab, optimizer,
-                              {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                               "config": dataclasses.asdict(config)}, corpus)
+                              dataclasses.replace(state, step=step), corpus)
             plot_losses(out / "metrics.jsonl", out / "loss.png")
 
-    data, order = epoch_data(epoch)
+    data, order = epoch_data(state.epoch)
     step = start_step
     pairs_seen, window_start = 0, time.perf_counter()
     from tqdm import tqdm
@@ -402,42 +480,26 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
     with stop_requested() as stop:
         try:
             while step < config.steps:
-                batches_in_epoch = max(1, len(data) // config.batch_size)
-                if batch_in_epoch >= batches_in_epoch:
-                    epoch, batch_in_epoch = epoch + 1, 0
-                    data, order = epoch_data(epoch)
+                if state.batch_in_epoch >= max(1, len(data) // config.batch_size):
+                    state = dataclasses.replace(state, epoch=state.epoch + 1, batch_in_epoch=0)
+                    data, order = epoch_data(state.epoch)
                     continue
-                index = order[batch_in_epoch * config.batch_size:
-                              (batch_in_epoch + 1) * config.batch_size]
-                if world_size > 1:
-                    # A short last batch (tiny corpus) is cut to a multiple of the ranks.
-                    shard = len(index) // world_size
-                    index = index[: shard * world_size]
-                global_weight = float(data.mlm_weights[index].sum())
-                global_batch = len(index)
-                if world_size > 1:
-                    index = index[rank * shard:(rank + 1) * shard]
+                global_index, index = rank_batch_indices(order, state.batch_in_epoch,
+                                                         config.batch_size, world_size, rank)
+                global_weight = float(data.mlm_weights[global_index].sum())
+                global_batch = len(global_index)
                 batch = [t.to(device, non_blocking=True) for t in data.batch(index)]
-                with autocast():
-                    mlm_loss, nsp_loss, mlm_loss_book = mlm_nsp_losses(
-                        model, batch, world_size, global_weight, global_batch)
-                optimizer.zero_grad(set_to_none=True)
-                (mlm_loss + nsp_loss).backward()
-                if config.clip_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), config.clip_norm)
-                lr = scheduler.get_last_lr()[0]  # the lr this step used
-                optimizer.step()
-                scheduler.step()
+                losses, lr = train_step(model, net, optimizer, scheduler, batch, config,
+                                        autocast, world_size, global_weight, global_batch)
                 step += 1
-                batch_in_epoch += 1
+                state = dataclasses.replace(state, batch_in_epoch=state.batch_in_epoch + 1)
                 pairs_seen += global_batch
                 # Each rank's losses carry a factor world_size (see mlm_nsp_losses); the book's
                 # figure is a plain per-rank mean. Divided by world_size, the sum over ranks is
                 # the global value for all three. The fourth entry is > 0 when a signal asked
                 # any rank to stop, so every rank stops after the same step.
-                losses = torch.stack([mlm_loss.detach().float(), nsp_loss.detach().float(),
-                                      mlm_loss_book.float(),
-                                      torch.tensor(float(stop.requested), device=device)])
+                losses = torch.cat([losses.to(device),
+                                    torch.tensor([float(stop.requested)], device=device)])
                 losses = losses / world_size
                 if world_size > 1:
                     dist.all_reduce(losses)
@@ -447,7 +509,7 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
                     row = {"kind": "train", "step": step, "mlm_loss": float(losses[0]),
                            "nsp_loss": float(losses[1]), "mlm_loss_unweighted": float(losses[2]),
                            "lr": lr,
-                           "pairs_per_s": pairs_seen / max(elapsed, 1e-9), "epoch": epoch}
+                           "pairs_per_s": pairs_seen / max(elapsed, 1e-9), "epoch": state.epoch}
                     log(row)
                     bar.set_postfix(mlm=f"{row['mlm_loss']:.3f}", nsp=f"{row['nsp_loss']:.3f}",
                                     pairs_s=f"{row['pairs_per_s']:.0f}")

@@ -331,3 +331,99 @@ def test_cuda_graphs_replay_the_eager_results():
                                eager(tokens, segments, valid_lens, pred)[1], rtol=0, atol=0)
     with pytest.raises(ValueError, match="cuda_graphs needs"):
         pybert.Engine.from_model(net, cuda_graphs=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The packed-weight layout (defined once, in csrc/bert/weights.h) and the engine's checks of it.
+
+def test_the_d2l_packer_gives_the_layout_of_weight_shapes():
+    from pybert.engine import pack_d2l_state_dict
+    from pybert.weights import weight_shapes
+
+    config = CONFIGS["hidden-96-head-dim-32"]
+    shapes = weight_shapes(config)
+    packed = pack_d2l_state_dict(random_model(config).state_dict(), config)
+    assert set(packed) == {n for n, (_, part) in shapes.items() if part != "embedding_norm"}
+    assert {n: tuple(t.shape) for n, t in packed.items()} == \
+        {n: shapes[n][0] for n in packed}
+    assert len([n for n in shapes if n.startswith("layers.")]) == 12 * config.num_layers
+
+
+def test_the_native_engine_checks_names_shapes_and_parts():
+    from pybert.engine import pack_d2l_state_dict
+
+    config = CONFIGS["head-dim-8"]
+    packed = pack_d2l_state_dict(random_model(config).state_dict(), config)
+    native = pybert._C.Engine
+    partial = {k: v for k, v in packed.items() if k != "nsp_bias"}
+    with pytest.raises(RuntimeError, match="part 'nsp' must come together"):
+        native(config.native(), partial)
+    with pytest.raises(RuntimeError, match="unexpected weight 'layers.3.qkv_weight'"):
+        native(config.native(), {**packed, "layers.3.qkv_weight": packed["layers.0.qkv_weight"]})
+    with pytest.raises(RuntimeError, match=r"'layers.1.ffn1_weight' must have shape \[48, 32\]"):
+        native(config.native(), {**packed, "layers.1.ffn1_weight": packed["layers.1.ffn2_weight"]})
+    with pytest.raises(RuntimeError, match="missing weight 'token_embedding'"):
+        native(config.native(), {k: v for k, v in packed.items() if k != "token_embedding"})
+    without_heads = {k: v for k, v in packed.items()
+                     if not k.startswith(("mlm_", "nsp_", "pooler_"))}
+    engine = native(config.native(), without_heads)
+    assert not engine.has_nsp and not engine.has_mlm
+
+
+@pytest.mark.parametrize("value,dtype", [(1e300, torch.float64), (float("nan"), torch.float32)])
+def test_weights_must_be_finite_in_the_engines_dtype(value, dtype):
+    config = CONFIGS["head-dim-8"]
+    state = {k: v.to(dtype) for k, v in random_model(config).state_dict().items()}
+    state["encoder.blks.1.ffn.dense2.bias"][3] = value
+    with pytest.raises(ValueError, match=r"ffn2_bias holds NaN or infinity in torch.float32"):
+        pybert.Engine.from_state_dict(state, config)
+
+
+def test_the_old_text_api_still_works_with_a_warning():
+    from pybert.vocab import BERT_RESERVED_TOKENS, Vocab
+
+    vocab = Vocab.from_tokens(["<unk>", *BERT_RESERVED_TOKENS,
+                               *[f"w{i}" for i in range(52)]])
+    net = random_model(CONFIGS["head-dim-8"])
+    with pytest.warns(DeprecationWarning, match="TextModel"):
+        engine = pybert.Engine.from_model(net, vocab=vocab)
+    model = pybert.TextModel.from_model(net, vocab)
+    with pytest.warns(DeprecationWarning, match="fill_mask"):
+        old = engine.fill_mask("w1 <mask> w2", k=3)
+    assert old == model.fill_mask("w1 <mask> w2", k=3)
+    with pytest.warns(DeprecationWarning, match="next_sentence"):
+        np.testing.assert_array_equal(engine.next_sentence([("w1", "w2")]),
+                                      model.next_sentence([("w1", "w2")]))
+    with pytest.warns(DeprecationWarning, match="pybert.job.run_encode_job"):
+        from pybert.batch import run_encode_job
+    from pybert.job import run_encode_job as moved
+    assert run_encode_job is moved
+    with pytest.warns(DeprecationWarning, match="TextModel.encode"):
+        vectors = pybert.batch.encode_texts(engine, ["w1 w2", "w3"])
+    np.testing.assert_array_equal(vectors, model.encode(["w1 w2", "w3"]))
+
+
+@pytest.mark.cuda
+def test_packed_inputs_on_the_gpu_stay_there():
+    """encode_packed on GPU tensors: checked on the device (one small read-back), or not at
+    all with validate=False; either way the result is the host path's."""
+    config = CONFIGS["hidden-96-head-dim-32"]
+    engine = pybert.Engine.from_model(random_model(config), device="cuda", dtype=torch.float16)
+    tokens, segments, valid_lens, _ = random_batch(config, 6, 40, seed=9)
+    mask = valid_mask(valid_lens, 6, 40)
+    cu = torch.zeros(7, dtype=torch.int32)
+    cu[1:] = torch.cumsum(valid_lens.int(), 0)
+    expected = engine.encode_packed(tokens[mask], cu, segments[mask])
+    on_gpu = [t.cuda() for t in (tokens[mask], cu, segments[mask])]
+    got = engine.encode_packed(*on_gpu[:2], on_gpu[2], max_seqlen=40)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    unchecked = engine.encode_packed(*on_gpu[:2], on_gpu[2], max_seqlen=40, validate=False)
+    torch.testing.assert_close(unchecked, expected, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="max_seqlen must be given"):
+        engine.encode_packed(*on_gpu)
+    bad = on_gpu[0].clone()
+    bad[3] = config.vocab_size
+    with pytest.raises(ValueError, match=r"tokens must be ids in \[0, 101\)"):
+        engine.encode_packed(bad, on_gpu[1], max_seqlen=40)
+    with pytest.raises(ValueError, match="max_seqlen=20"):
+        engine.encode_packed(on_gpu[0], on_gpu[1], max_seqlen=20)

@@ -235,3 +235,23 @@ def test_hf_checkpoint_on_the_gpu(tmp_path, dtype):
     rows = torch.arange(5).repeat_interleave(3)
     assert rel_l2(mlm, ref_mlm[rows, positions.reshape(-1)].reshape(5, 3, -1)) <= BOUNDS[dtype]
     assert rel_l2(nsp, ref_nsp) <= BOUNDS[dtype]
+
+
+@pytest.mark.parametrize("kind,parts", [("pretraining", {"embeddings", "embedding_norm", "layers",
+                                                         "nsp", "mlm"}),
+                                        ("mlm", {"embeddings", "embedding_norm", "layers",
+                                                 "mlm"}),
+                                        ("base", {"embeddings", "embedding_norm", "layers"})])
+def test_the_hf_packer_gives_the_layout_of_weight_shapes(tmp_path, kind, parts):
+    from safetensors.torch import load_file
+
+    from pybert.huggingface import config_from_hf, pack_hf_state_dict
+    from pybert.weights import weight_shapes
+
+    make_hf_dir(tmp_path / "hf", kind=kind)
+    config = config_from_hf(json.loads((tmp_path / "hf" / "config.json").read_text()), tmp_path)
+    packed = pack_hf_state_dict(load_file(str(tmp_path / "hf" / "model.safetensors")), config,
+                                tmp_path)
+    shapes = weight_shapes(config)
+    assert set(packed) == {n for n, (_, part) in shapes.items() if part in parts}
+    assert all(tuple(t.shape) == shapes[n][0] for n, t in packed.items())

@@ -139,3 +139,35 @@ def test_bad_packed_segments_and_max_seqlen(engine):
         engine.encode_packed(tokens, cu, max_seqlen=2)
     with pytest.raises(TypeError, match="cu_seqlens"):
         engine.encode_packed(tokens, torch.tensor([0.0, 1.0, 4.0]))
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda t: t.to_sparse(), "dense"),
+    (lambda t: t.to("meta"), "meta"),
+    (lambda t: torch.nested.nested_tensor([t[0], t[1, :5]]), "nested"),
+])
+def test_tensors_that_are_not_dense_are_refused(engine, make, match):
+    tokens, segments, valid_lens, _ = good_batch()
+    with pytest.raises(TypeError, match=match):
+        engine(make(tokens), segments, valid_lens)
+    with pytest.raises(TypeError, match=match):
+        engine(tokens, make(segments), valid_lens)
+
+
+def test_the_engine_runs_on_its_own_copy_of_the_inputs(engine, monkeypatch):
+    """What was checked is what runs: a caller that changes its tensor after the checks (from
+    another thread) cannot slip an unchecked id into the forward."""
+    import pybert.inputs
+
+    tokens, segments, valid_lens, _ = good_batch()
+    expected = engine.encode(tokens, segments, valid_lens)
+    checked = pybert.inputs._checked_tokens
+
+    def check_then_change(value, config):
+        copy = checked(value, config)
+        value.fill_(10**9)  # the caller's tensor changes right after the check
+        return copy
+
+    monkeypatch.setattr(pybert.inputs, "_checked_tokens", check_then_change)
+    torch.testing.assert_close(engine.encode(tokens.clone(), segments, valid_lens), expected,
+                               rtol=0, atol=0)

@@ -10,10 +10,13 @@ import torch.nn.functional as F
 
 import pybert  # noqa: F401  (registers the ops)
 
+from pybert.ops import ACTIVATIONS
+
 from conftest import BOUNDS, rel_l2
 
 ops = torch.ops.pybert
-ACTIVATIONS = {0: lambda x: x, 1: torch.relu, 2: torch.tanh, 3: F.gelu}
+REFERENCE_ACTIVATIONS = {"none": lambda x: x, "relu": torch.relu, "tanh": torch.tanh,
+                         "gelu": F.gelu}
 
 TARGETS = [
     pytest.param(("cpu", torch.float32), id="cpu-fp32"),
@@ -43,15 +46,15 @@ def random_cu_seqlens(batch, max_len, seed, device="cpu"):
 
 
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (7, 13, 96), (64, 384, 128), (3, 10000, 32)])
-@pytest.mark.parametrize("activation", [0, 1, 2, 3])
+@pytest.mark.parametrize("activation", ["none", "relu", "tanh", "gelu"])
 def test_gemm_bias_act(target, m, n, k, activation):
     a, w, b = rand(m, k, target=target), rand(n, k, target=target), rand(n, target=target)
-    out = ops.gemm_bias_act(a, w, b, activation)
+    out = ops.gemm_bias_act(a, w, b, ACTIVATIONS[activation])
     assert out.dtype == a.dtype and out.device == a.device
-    ref = ACTIVATIONS[activation](a.double() @ w.double().T + b.double())
+    ref = REFERENCE_ACTIVATIONS[activation](a.double() @ w.double().T + b.double())
     assert rel_l2(out, ref) <= BOUNDS[target[1]]
-    no_bias = ops.gemm_bias_act(a, w, None, activation)
-    ref = ACTIVATIONS[activation](a.double() @ w.double().T)
+    no_bias = ops.gemm_bias_act(a, w, None, ACTIVATIONS[activation])
+    ref = REFERENCE_ACTIVATIONS[activation](a.double() @ w.double().T)
     assert rel_l2(no_bias, ref) <= BOUNDS[target[1]]
 
 
@@ -144,19 +147,104 @@ def test_kernels_reject_bad_arguments():
                          torch.randn(2, 4), torch.randn(4, 4))
 
 
-def test_opcheck(target):
-    """The ops' schemas, fake kernels and dispatch agree (what torch.compile relies on)."""
+def opcheck_cases(target):
+    """Arguments for every op, on fresh random inputs."""
     device, _ = target
-    cu, _ = random_cu_seqlens(3, 6, seed=3, device=device)
+    cu, lengths = random_cu_seqlens(3, 6, seed=3, device=device)
     t = int(cu[-1])
-    cases = [
+    tokens = torch.randint(0, 11, (3, 6), device=device)
+    segments = torch.randint(0, 2, (3, 6), device=device)
+    positions = (torch.rand(3, 2) * lengths[:, None]).long().to(device)
+    return [
         (ops.gemm_bias_act, (rand(4, 8, target=target), rand(5, 8, target=target),
-                             rand(5, target=target), 1)),
+                             rand(5, target=target), ACTIVATIONS["relu"])),
+        (ops.gemm_bias_act, (rand(4, 8, target=target), rand(5, 8, target=target), None,
+                             ACTIVATIONS["gelu"])),
+        (ops.embed_packed, (tokens, segments, cu, t, rand(11, 8, target=target),
+                            rand(2, 8, target=target), rand(6, 8, target=target))),
         (ops.add_layernorm, (rand(4, 8, target=target), rand(4, 8, target=target),
                              rand(8, target=target), rand(8, target=target), 1e-5)),
+        (ops.add_layernorm, (rand(4, 8, target=target), None, rand(8, target=target),
+                             rand(8, target=target), 1e-5)),
         (ops.attention_varlen, (rand(t, 48, target=target), cu, 6, 2)),
         (ops.unpack_padded, (rand(t, 8, target=target), cu, 6)),
         (ops.gather_rows, (rand(t, 8, target=target), cu, None)),
+        (ops.gather_rows, (rand(t, 8, target=target), cu, positions)),
     ]
-    for op, args in cases:
-        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
+
+
+def test_opcheck(target):
+    """Every op passes all of torch.library.opcheck's checks: schema, autograd registration,
+    fake tensor and AOT dispatch (what torch.compile relies on)."""
+    for op, args in opcheck_cases(target):
+        torch.library.opcheck(op, args)
+
+
+def test_torch_compile_traces_the_ops():
+    """A function calling the ops compiles into one graph (fullgraph: no break at any op) and
+    gives the eager result."""
+    torch._dynamo.reset()
+    cu, _ = random_cu_seqlens(3, 6, seed=5)
+    t = int(cu[-1])
+    qkv, w, b = torch.randn(t, 48), torch.randn(16, 16), torch.randn(16)
+    gamma, beta = torch.randn(16), torch.randn(16)
+
+    def layer(qkv, cu):
+        context = ops.attention_varlen(qkv, cu, 6, 2)
+        projected = ops.gemm_bias_act(context, w, b, ACTIVATIONS["none"])
+        return ops.add_layernorm(projected, context, gamma, beta, 1e-5)
+
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(qkv, cu), layer(qkv, cu), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("call,match", [
+    # empty or malformed cu_seqlens: refused, never a crash
+    (lambda: ops.attention_varlen(torch.randn(0, 12), torch.zeros(0, dtype=torch.int32), 1, 2),
+     "cu_seqlens must have batch"),
+    (lambda: ops.gather_rows(torch.randn(5, 4), torch.zeros(0, dtype=torch.int32), None),
+     "cu_seqlens must have batch"),
+    (lambda: ops.gather_rows(torch.randn(5, 4), torch.tensor([0, 5, 5], dtype=torch.int32),
+                             None), "empty one"),
+    (lambda: ops.unpack_padded(torch.randn(5, 4), torch.tensor([0], dtype=torch.int32), 3),
+     "cu_seqlens must have batch"),
+    (lambda: ops.attention_varlen(torch.randn(5, 12), torch.tensor([0, 4, 2, 5], dtype=torch.int32),
+                                  4, 2), "must not decrease"),
+    (lambda: ops.attention_varlen(torch.randn(5, 12), torch.tensor([0, 5], dtype=torch.int32),
+                                  10**9, 2), "max_seqlen"),
+    (lambda: ops.unpack_padded(torch.randn(5, 4), torch.tensor([0, 5], dtype=torch.int32), 3),
+     "longest"),
+    # tables narrower or shorter than the token table / the sequence
+    (lambda: ops.embed_packed(torch.zeros(1, 2, dtype=torch.long),
+                              torch.zeros(1, 2, dtype=torch.long),
+                              torch.tensor([0, 2], dtype=torch.int32), 2, torch.randn(5, 8),
+                              torch.randn(2, 4), torch.randn(4, 8)), "width of token_table"),
+    (lambda: ops.embed_packed(torch.zeros(1, 2, dtype=torch.long),
+                              torch.ones(1, 2, dtype=torch.long),
+                              torch.tensor([0, 2], dtype=torch.int32), 2, torch.randn(5, 8),
+                              torch.randn(1, 8), torch.randn(4, 8)), "segments out of range"),
+    (lambda: ops.embed_packed(torch.zeros(1, 2, dtype=torch.long),
+                              torch.zeros(1, 2, dtype=torch.long),
+                              torch.tensor([0, 2], dtype=torch.int32), 3, torch.randn(5, 8),
+                              torch.randn(2, 8), torch.randn(4, 8)), "packed rows"),
+    (lambda: ops.gemm_bias_act(torch.randn(2, 3), torch.randn(4, 3), None, 7), "activation"),
+    (lambda: ops.add_layernorm(torch.randn(2, 3), None, torch.ones(3), torch.zeros(3),
+                               float("nan")), "eps"),
+])
+def test_ops_check_every_argument(call, match):
+    with pytest.raises(RuntimeError, match=match):
+        call()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_gemm_plans_serve_every_row_count(dtype):
+    """cuBLASLt plans are cached per power-of-two bucket of the row count: every m of a bucket
+    must get a correct product from the bucket's algorithm (or its fallback)."""
+    target = ("cuda", dtype)
+    w, b = rand(384, 128, target=target), rand(384, target=target)
+    for m in list(range(1, 70)) + [127, 128, 129, 1000, 1023, 1025, 4097]:
+        a = rand(m, 128, target=target)
+        out = ops.gemm_bias_act(a, w, b, ACTIVATIONS["relu"])
+        ref = torch.relu(a.double() @ w.double().T + b.double())
+        assert rel_l2(out, ref) <= BOUNDS[dtype], m

@@ -179,3 +179,86 @@ def test_training_on_the_gpu_with_bf16(tmp_path):
     assert last < first - 0.5, (first, last)
     assert next(result["model"].parameters()).device.type == "cuda"
     pybert.load(result["checkpoint"], device="cuda", dtype=torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer's parts, each on its own.
+
+def test_run_state_round_trips_the_trainer_file(tmp_path):
+    from pybert.train import TRAINER_STATE, RunState
+
+    state = RunState(step=7, epoch=2, batch_in_epoch=3, config={"steps": 20, "lr": 1e-3},
+                     param_groups=[{"lr": 1e-3, "initial_lr": 2e-3, "params": [0, 1]}])
+    (tmp_path / TRAINER_STATE).write_text(state.to_json())
+    assert RunState.read(tmp_path) == state
+    # the files written before RunState existed (the same keys) still read
+    legacy = {"step": 7, "epoch": 2, "batch_in_epoch": 3, "config": {"steps": 20},
+              "param_groups": []}
+    assert RunState.from_json(json.dumps(legacy)).step == 7
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_rank_batch_indices_partition_each_global_batch(world_size):
+    from pybert.train import rank_batch_indices
+
+    order = torch.randperm(103, generator=torch.Generator().manual_seed(0))
+    for batch_in_epoch in range(4):  # the last batch (index 3) is short: 103 = 3 * 32 + 7
+        shares = [rank_batch_indices(order, batch_in_epoch, 32, world_size, rank)
+                  for rank in range(world_size)]
+        global_index = shares[0][0]
+        assert all(torch.equal(g, global_index) for g, _ in shares)
+        full = order[batch_in_epoch * 32:(batch_in_epoch + 1) * 32]
+        assert len(global_index) == len(full) // world_size * world_size
+        assert torch.equal(global_index, full[:len(global_index)])
+        assert torch.equal(torch.cat([local for _, local in shares]), global_index)
+        assert len({len(local) for _, local in shares}) == 1  # equal shards
+
+
+def test_rank_seeds_differ_by_rank_and_resume_position():
+    from pybert.train import rank_seed
+
+    seeds = {rank_seed(0, rank, step) for rank in range(1, 4) for step in (0, 10, 100)}
+    assert len(seeds) == 9
+    assert rank_seed(5, 1, 10) == rank_seed(5, 1, 10)
+
+
+def test_prepare_run_and_its_folder(tmp_path):
+    from pybert.train import prepare_run, prepare_run_folder
+
+    config = TrainConfig(out=str(tmp_path / "run"), steps=2, **TINY)
+    assert prepare_run(config, resume=False, overwrite=False) == (config, None)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        prepare_run(config, resume=True, overwrite=False)
+    pretrain(config)
+    with pytest.raises(FileExistsError, match="--resume"):
+        prepare_run(config, resume=False, overwrite=False)
+    resumed, previous = prepare_run(dataclasses.replace(config, steps=5, lr=1.0),
+                                    resume=True, overwrite=False)
+    assert previous == tmp_path / "run" / "checkpoint"
+    assert resumed.steps == 5 and resumed.lr == TINY["lr"]  # the run's own settings
+    rows = read_metrics(tmp_path / "run")
+    prepare_run_folder(config, resumed_at=1)
+    assert [r for r in read_metrics(tmp_path / "run")] == [r for r in rows if r["step"] <= 1]
+    prepare_run_folder(config, resumed_at=None)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_train_step_updates_the_weights_and_reports_the_lr():
+    from pybert.data import builtin_corpus, build_vocab, make_pretraining_data
+    from pybert.train import _lr_lambda, _make_optimizer, train_step
+
+    config = TrainConfig(steps=10, warmup_steps=2, **TINY)
+    paragraphs = builtin_corpus()[:200]
+    vocab = build_vocab(paragraphs, min_freq=config.min_freq)
+    data = make_pretraining_data(paragraphs, vocab, config.max_len, seed=0)
+    torch.manual_seed(0)
+    net = config.model_config(len(vocab)).build_model().train()
+    optimizer = _make_optimizer(net, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+    before = net.encoder.token_embedding.weight.detach().clone()
+    losses, lr = train_step(net, net, optimizer, scheduler, data.batch(slice(0, 16)), config,
+                            lambda: torch.autocast("cpu", enabled=False))
+    assert losses.shape == (3,) and bool(torch.isfinite(losses).all())
+    assert lr == pytest.approx(config.lr / 2)  # step 0 of a 2-step warm-up
+    assert not torch.equal(before, net.encoder.token_embedding.weight)
