@@ -112,9 +112,12 @@ def read_config(path) -> tuple[BertConfig, dict]:
         config = BertConfig.from_dict(document.get("model"))
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{config_path}: {err}") from None
-    if config.embedding_layer_norm:
-        raise CheckpointError(f"{config_path}: embedding_layer_norm is true, but a pybert "
-                              "checkpoint holds d2l's BERT, which has no embedding LayerNorm")
+    if not config.is_d2l:
+        raise CheckpointError(f"{config_path}: a pybert checkpoint holds d2l's BERT, which has "
+                              "ReLU activations and no embedding LayerNorm; this config has "
+                              f"ffn_activation={config.ffn_activation!r}, mlm_activation="
+                              f"{config.mlm_activation!r}, embedding_layer_norm="
+                              f"{config.embedding_layer_norm}")
     return config, document
 
 

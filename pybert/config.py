@@ -72,6 +72,12 @@ class BertConfig:
                 "ffn_activation": self.ffn_activation, "mlm_activation": self.mlm_activation}
 
     @property
+    def is_d2l(self) -> bool:
+        """Whether d2l's BERT has this form: ReLU activations and no embedding LayerNorm."""
+        return (self.ffn_activation, self.mlm_activation, self.embedding_layer_norm) == \
+            ("relu", "relu", False)
+
+    @property
     def head_dim(self) -> int:
         return self.num_hiddens // self.num_heads
 
@@ -96,8 +102,7 @@ class BertConfig:
         """A fresh eager ``BERTModel`` of these sizes (every *_size / *_features = num_hiddens)."""
         from .model import BERTModel
 
-        if (self.ffn_activation, self.mlm_activation, self.embedding_layer_norm) != \
-                ("relu", "relu", False):
+        if not self.is_d2l:
             raise ValueError("the d2l eager model has ReLU activations and no embedding "
                              "LayerNorm; this config (a Hugging Face BERT?) cannot be built "
                              "as one")

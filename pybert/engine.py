@@ -212,11 +212,19 @@ class Engine:
             threading.current_thread() is threading.main_thread()
         with torch.cuda.device(self.device) if self.device.type == "cuda" else \
                 contextlib.nullcontext():
-            return self._native.forward(
+            outputs = self._native.forward(
                 batch.tokens, batch.segments, batch.cu_seqlens,
                 total_tokens=batch.total_tokens, max_seqlen=batch.max_seqlen,
                 pred_positions=batch.pred_positions, with_encoded=True, with_nsp=with_nsp,
                 interruptible=interruptible)
+        # Finite weights can still overflow float32 arithmetic (an attention score of 1e50):
+        # say so rather than return NaN. On the GPU the check would wait for the device, so
+        # there the outputs are returned as computed.
+        if self.device.type == "cpu" and not all(bool(torch.isfinite(t).all())
+                                                 for t in outputs if t is not None):
+            raise ValueError("the forward produced NaN or infinity: the model's weights are "
+                             f"too large for {self.dtype} arithmetic")
+        return outputs
 
     # -- the text side, kept for old callers -------------------------------------------------
 

@@ -25,11 +25,13 @@ __all__ = ["CheckpointError", "read_file", "read_json", "SafetensorsHeader",
            "MAX_CONFIG_BYTES", "MAX_TOKENIZER_BYTES", "MAX_VOCAB_BYTES",
            "MAX_SAFETENSORS_HEADER_BYTES"]
 
-MAX_CONFIG_BYTES = 1 << 20            # config.json and the other small JSON files
-MAX_TOKENIZER_BYTES = 64 << 20        # tokenizer.json (large multilingual ones are ~20 MB)
-MAX_VOCAB_BYTES = 16 << 20            # vocab.txt
-MAX_SAFETENSORS_HEADER_BYTES = 8 << 20  # a BERT's header is tens of KB
-MAX_TENSORS = 100_000
+# The caps keep what refusing a file costs small (peak memory well under 64 MB) while leaving
+# room many times over for real BERT checkpoints.
+MAX_CONFIG_BYTES = 1 << 20            # config.json and the other small JSON files (~1 KB)
+MAX_TOKENIZER_BYTES = 8 << 20         # tokenizer.json (multilingual BERT's: 2.9 MB)
+MAX_VOCAB_BYTES = 4 << 20             # vocab.txt (multilingual BERT's: 0.9 MB)
+MAX_SAFETENSORS_HEADER_BYTES = 2 << 20  # BERT-large's header: ~50 KB for ~400 tensors
+MAX_TENSORS = 20_000
 
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
                       "BF16": torch.bfloat16}

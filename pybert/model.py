@@ -183,7 +183,8 @@ class MaskLM(nn.Module):
     def forward(self, x, pred_positions):
         batch_size, num_preds = pred_positions.shape
         rows = torch.arange(batch_size, device=x.device).repeat_interleave(num_preds)
-        gathered = x[rows, pred_positions.reshape(-1)].reshape(batch_size, num_preds, -1)
+        gathered = x[rows, pred_positions.reshape(-1)].reshape(batch_size, num_preds,
+                                                               x.shape[-1])
         return self.mlp(gathered)
 
 

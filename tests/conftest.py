@@ -6,6 +6,11 @@ import torch
 from pybert.config import BertConfig
 
 
+def pytest_addoption(parser):
+    parser.addoption("--fuzz-examples", type=int, default=0,
+                     help="examples per fuzz property (default: a few seconds' worth)")
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -181,3 +181,99 @@ def test_a_changed_input_is_not_resumed(tmp_path, checkpoint, monkeypatch):
     result = run_encode_job(engine, source, tmp_path / "o.npy", "m", chunk_size=10,
                             overwrite=True, progress=False)
     assert result["resumed_at"] == 0 and np.load(tmp_path / "o.npy").shape[0] == 10
+
+
+# ---------------------------------------------------------------------------------------------
+# Data nobody cleaned, and disks that fill up.
+
+def test_rows_end_at_newlines_only(tmp_path, checkpoint):
+    """A lone \\r inside a line is text, not a row break: no later row shifts."""
+    (tmp_path / "in.txt").write_bytes(b"the cat\rsat\nit is red\r\na dog\n")
+    model = pybert.TextModel.load(checkpoint)
+    run_encode_job(model, tmp_path / "in.txt", tmp_path / "o.npy", "m", progress=False)
+    expected = model.encode(["the cat\rsat", "it is red", "a dog"])
+    np.testing.assert_allclose(np.load(tmp_path / "o.npy"), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path, checkpoint):
+    (tmp_path / "in.txt").write_bytes(b"fine\nbad \xff byte\n")
+    with pytest.raises(ValueError, match=r"in.txt:2: not valid UTF-8"):
+        run_encode_job(pybert.load(checkpoint), tmp_path / "in.txt", tmp_path / "o.npy", "m",
+                       progress=False)
+
+
+@pytest.mark.parametrize("problem", ["output-is-a-directory", "batch-tokens", "chunk-size",
+                                     "no-such-folder", "input-is-a-fifo"])
+def test_refusals_come_before_any_work_and_leave_nothing(tmp_path, checkpoint, problem):
+    write_txt(tmp_path / "in.txt", ["the cat"] * 5)
+    source, output, options = tmp_path / "in.txt", tmp_path / "o.npy", {}
+    if problem == "output-is-a-directory":
+        output.mkdir()
+    elif problem == "batch-tokens":
+        options["batch_tokens"] = 0
+    elif problem == "chunk-size":
+        options["chunk_size"] = -1
+    elif problem == "no-such-folder":
+        output = tmp_path / "missing" / "o.npy"
+    else:
+        source = tmp_path / "fifo.txt"
+        os.mkfifo(source)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises((ValueError, FileNotFoundError)):
+        run_encode_job(pybert.load(checkpoint), source, output, "m", progress=False, **options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".safetensors"])
+def test_a_full_disk_is_reported_and_the_job_resumes(tmp_path, checkpoint, suffix):
+    """A file size limit makes the disk 'full' for the job (EFBIG instead of ENOSPC, the same
+    path): a clear message and exit 1, never SIGBUS or a traceback; once there is room, the
+    same command finishes the job."""
+    import resource
+
+    texts = [" ".join(random.Random(i).choice(WORDS) for _ in range(5)) for i in range(4000)]
+    source, output = tmp_path / "in.txt", tmp_path / f"out{suffix}"
+    write_txt(source, texts)
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    full = subprocess.run(
+        [sys.executable, "-m", "pybert", "encode", "--model", str(checkpoint), "--input",
+         str(source), "--output", str(output), "--no-progress"], capture_output=True,
+        text=True, preexec_fn=small_disk, timeout=300)
+    assert full.returncode == 1, full.stderr
+    assert "cannot write" in full.stderr and "run the same command again" in full.stderr
+    assert "Traceback" not in full.stderr
+    again = _encode_cli(checkpoint, source, output)
+    text = again.communicate(timeout=300)[0]
+    assert again.returncode == 0, text
+    expected = pybert.encode(pybert.load(checkpoint), texts)
+    np.testing.assert_allclose(read_output(output), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_write_that_fails_midway_keeps_the_rows_done(tmp_path, checkpoint, monkeypatch):
+    import errno
+
+    source = tmp_path / "in.txt"
+    write_txt(source, ["the cat"] * 50)
+    model = pybert.TextModel.load(checkpoint)
+    writes = []
+    write = pybert.output._RowFile.write
+
+    def fail_third(self, start, block):
+        writes.append(start)
+        if len(writes) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(self, start, block)
+
+    monkeypatch.setattr(pybert.output._RowFile, "write", fail_third)
+    with pytest.raises(OSError, match="The 20 rows done so far are kept"):
+        run_encode_job(model, source, tmp_path / "o.npy", "m", chunk_size=10, progress=False)
+    monkeypatch.undo()
+    result = run_encode_job(model, source, tmp_path / "o.npy", "m", chunk_size=10,
+                            progress=False)
+    assert result["resumed_at"] == 20
+    np.testing.assert_allclose(np.load(tmp_path / "o.npy"), model.encode(["the cat"] * 50),
+                               rtol=1e-5, atol=1e-6)
