@@ -1,6 +1,9 @@
 """Checkpoints and inputs made by someone else: every refusal is a documented exception that
 names the file, field or argument; nothing crashes, hangs, reads without bound or answers
-silently wrong."""
+silently wrong.
+
+The subprocesses run in a temporary folder: from the checkout's root, ``import pybert`` would
+find the source tree (no compiled extension there) instead of the installed package."""
 
 import json
 import os
@@ -105,7 +108,7 @@ def test_special_files_are_refused_not_read(saved, name, special):
             print("refused:", err)
         """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, cwd=saved.parent)
     assert "refused:" in done.stdout and "regular file" in done.stdout, done.stdout + \
         done.stderr
 
@@ -230,7 +233,7 @@ def test_refusing_malicious_checkpoints_costs_little_memory(saved, tmp_path):
         print("grew_kb", after - before)
         """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, cwd=tmp_path)
     assert "accepted" not in done.stdout, done.stdout
     grew = int(done.stdout.split("grew_kb")[1])
     assert grew < 64 * 1024, f"peak RSS grew by {grew} KB while refusing"
@@ -337,7 +340,7 @@ def test_ctrl_c_stops_a_long_forward_between_layers(tmp_path):
             print("interrupted", flush=True)
         """)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=tmp_path)
     assert proc.stdout.readline().strip() == "ready"
     import signal
     import time

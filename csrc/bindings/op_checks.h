@@ -11,6 +11,16 @@
 #include "kernels/activation.h"
 #include "tensor_checks.h"
 
+// Registers with `m` the implementations of every op that a device's file defines in
+// namespace `ns` (ops_cpu.cpp, ops_cuda.cpp): one list, so no device can miss an op.
+#define PYBERT_IMPL_OPS(m, ns)                        \
+  m.impl("gemm_bias_act", &ns::gemm_bias_act);       \
+  m.impl("embed_packed", &ns::embed_packed);         \
+  m.impl("add_layernorm", &ns::add_layernorm);       \
+  m.impl("attention_varlen", &ns::attention_varlen); \
+  m.impl("gather_rows", &ns::gather_rows);           \
+  m.impl("unpack_padded", &ns::unpack_padded);
+
 namespace pybert {
 
 struct GemmArgs {

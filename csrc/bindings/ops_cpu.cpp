@@ -5,7 +5,7 @@
 #include "kernels/cpu/kernels.h"
 #include "op_checks.h"
 
-namespace pybert {
+namespace pybert::ops_cpu {
 namespace {
 
 void require_float32(const at::Tensor& t, const char* op) {
@@ -82,13 +82,6 @@ at::Tensor unpack_padded(const at::Tensor& packed, const at::Tensor& cu_seqlens,
 }
 
 }  // namespace
-}  // namespace pybert
+}  // namespace pybert::ops_cpu
 
-TORCH_LIBRARY_IMPL(pybert, CPU, m) {
-  m.impl("gemm_bias_act", &pybert::gemm_bias_act);
-  m.impl("embed_packed", &pybert::embed_packed);
-  m.impl("add_layernorm", &pybert::add_layernorm);
-  m.impl("attention_varlen", &pybert::attention_varlen);
-  m.impl("gather_rows", &pybert::gather_rows);
-  m.impl("unpack_padded", &pybert::unpack_padded);
-}
+TORCH_LIBRARY_IMPL(pybert, CPU, m) { PYBERT_IMPL_OPS(m, pybert::ops_cpu) }

@@ -12,7 +12,7 @@
 #include "kernels/cuda/kernels.cuh"
 #include "op_checks.h"
 
-namespace pybert {
+namespace pybert::ops_cuda {
 namespace {
 
 constexpr size_t kGemmWorkspaceBytes = 32 << 20;
@@ -122,13 +122,6 @@ at::Tensor unpack_padded(const at::Tensor& packed, const at::Tensor& cu_seqlens,
 }
 
 }  // namespace
-}  // namespace pybert
+}  // namespace pybert::ops_cuda
 
-TORCH_LIBRARY_IMPL(pybert, CUDA, m) {
-  m.impl("gemm_bias_act", &pybert::gemm_bias_act);
-  m.impl("embed_packed", &pybert::embed_packed);
-  m.impl("add_layernorm", &pybert::add_layernorm);
-  m.impl("attention_varlen", &pybert::attention_varlen);
-  m.impl("gather_rows", &pybert::gather_rows);
-  m.impl("unpack_padded", &pybert::unpack_padded);
-}
+TORCH_LIBRARY_IMPL(pybert, CUDA, m) { PYBERT_IMPL_OPS(m, pybert::ops_cuda) }
