@@ -1,4 +1,5 @@
-"""The pybert command line: ``pybert pretrain``, ``pybert encode``, ``pybert bench``.
+"""The pybert command line: ``pybert pretrain``, ``pybert encode``, ``pybert serve``,
+``pybert bench``.
 
 ``pybert pretrain`` with no arguments trains the book's BERT config on the built-in corpus
 (Python's documentation topics) in a few minutes on a CPU, then serves the checkpoint with the
@@ -93,11 +94,7 @@ def _encode(args) -> int:
     from .job import run_encode_job
     from .text import TextModel
 
-    device = args.device
-    if device == "auto":
-        from . import _C
-
-        device = "cuda" if _C.cuda_available and torch.cuda.is_available() else "cpu"
+    device = _resolve_device(args.device)
     dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
     try:
         model = TextModel.load(args.model, device=device, dtype=getattr(torch, dtype))
@@ -117,6 +114,49 @@ def _encode(args) -> int:
         print(f"pybert encode: {err.strerror or err}", file=sys.stderr)
         return 1
     print(json.dumps(result))
+    return 0
+
+
+def _resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    from . import _C
+
+    return "cuda" if _C.cuda_available and torch.cuda.is_available() else "cpu"
+
+
+def _serve(args) -> int:
+    import os
+
+    import torch
+
+    from .serve import ServeConfig, serve
+    from .text import TextModel
+
+    try:
+        from starlette import __version__  # noqa: F401
+        import uvicorn  # noqa: F401
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        print("pybert serve needs its extra: pip install \"pybert[serve]\" (starlette, "
+              "uvicorn, prometheus-client)", file=sys.stderr)
+        return 2
+    device = _resolve_device(args.device)
+    dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
+    try:
+        config = ServeConfig(batch_tokens=args.batch_tokens, max_wait_ms=args.max_wait_ms,
+                             max_queue=args.max_queue, max_inputs=args.max_inputs,
+                             max_text_bytes=args.max_text_bytes,
+                             api_key=args.api_key or os.environ.get("PYBERT_API_KEY") or None,
+                             model_id=args.model_id or os.path.basename(
+                                 os.path.normpath(args.model)))
+        model = TextModel.load(args.model, device=device, dtype=getattr(torch, dtype))
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        print(f"pybert serve: {err}", file=sys.stderr)
+        return 2
+    serve(model, host=args.host, port=args.port, config=config, log_level=args.log_level)
     return 0
 
 
@@ -174,6 +214,36 @@ def main(argv=None) -> int:
     encode_parser.add_argument("--progress", action=argparse.BooleanOptionalAction,
                                default=True)
     encode_parser.set_defaults(run=_encode)
+    serve_parser = commands.add_parser(
+        "serve", help="serve embeddings over HTTP with dynamic batching",
+        description="Serve a model over HTTP: POST /embed (text-embeddings-inference), POST "
+                    "/v1/embeddings (OpenAI), POST /fill-mask, POST /next-sentence, GET "
+                    "/health, /info, /metrics. Concurrent requests are packed into shared "
+                    "engine calls. SIGTERM finishes the requests in flight, then exits.")
+    serve_parser.add_argument("--model", required=True,
+                              help="a pybert, Hugging Face BERT or sentence-transformers "
+                                   "checkpoint directory")
+    serve_parser.add_argument("--host", default="127.0.0.1",
+                              help="address to listen on (default: loopback only)")
+    serve_parser.add_argument("--port", type=int, default=8080)
+    serve_parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    serve_parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
+                              help="default: float16 on a GPU, float32 on the CPU")
+    serve_parser.add_argument("--api-key", help="require this bearer token on every route but "
+                                                "/health (default: $PYBERT_API_KEY, or none)")
+    serve_parser.add_argument("--model-id", help="the name /info and /v1/embeddings report")
+    serve_parser.add_argument("--batch-tokens", type=int, default=16384,
+                              help="tokens per packed engine call")
+    serve_parser.add_argument("--max-wait-ms", type=float, default=2.0,
+                              help="how long a batch waits for more requests")
+    serve_parser.add_argument("--max-queue", type=int, default=4096,
+                              help="sequences queued at most (beyond: 503 + Retry-After)")
+    serve_parser.add_argument("--max-inputs", type=int, default=256, help="texts per request")
+    serve_parser.add_argument("--max-text-bytes", type=int, default=65536,
+                              help="UTF-8 bytes per text")
+    serve_parser.add_argument("--log-level", default="info",
+                              choices=("critical", "error", "warning", "info", "debug"))
+    serve_parser.set_defaults(run=_serve)
     bench_parser = commands.add_parser(
         "bench", help="time the engine against its peers on the same inputs",
         description="On a GPU (--device cuda, the default where one is present): the BERT-base "

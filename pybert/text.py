@@ -288,6 +288,21 @@ class TextModel:
         except BaseException as err:  # handed to the consumer, which raises it
             put(err)
 
+    def encode_tokenized(self, encoded: list, pooling: str | None = None,
+                         normalize: bool | None = None) -> torch.Tensor:
+        """(N, H) float32 vectors of texts already tokenised by ``self.tokenizer`` (a list of
+        (ids, segments)), run as one packed batch: what a server's batcher calls with the
+        sequences of many requests. ``normalize`` defaults to the model's own."""
+        pooling = pooling or self.pooling
+        if pooling not in POOLINGS[:2]:
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        if not encoded:
+            return torch.zeros((0, self.dim))
+        tokens, segments, cu_seqlens = pack_batch(encoded, range(len(encoded)))
+        packed = self.engine.encode_packed(tokens, cu_seqlens, segments)
+        return _pool(packed, cu_seqlens, pooling,
+                     self.normalize if normalize is None else normalize)
+
     # -- the heads --------------------------------------------------------------------------
 
     def _tokenised(self, texts, truncation: str):

@@ -323,8 +323,10 @@ def test_hf_bad_files(tmp_path, edit, match):
 def test_ctrl_c_stops_a_long_forward_between_layers(tmp_path):
     """SIGINT during a long CPU forward ends it at the next layer, not after the last."""
     code = textwrap.dedent("""
-        import sys, time, torch, pybert
+        import signal, sys, time, torch, pybert
         from pybert.config import BertConfig
+        # A shell's background job starts with SIGINT ignored: take Python's usual handler.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         config = BertConfig(50, 64, 128, 4, 400, max_len=128)
         engine = pybert.Engine.from_model(config.build_model().eval())
         tokens = torch.randint(0, 50, (16, 128))

@@ -242,7 +242,7 @@ def test_a_full_disk_is_reported_and_the_job_resumes(tmp_path, checkpoint, suffi
     full = subprocess.run(
         [sys.executable, "-m", "pybert", "encode", "--model", str(checkpoint), "--input",
          str(source), "--output", str(output), "--no-progress"], capture_output=True,
-        text=True, preexec_fn=small_disk, timeout=300)
+        text=True, preexec_fn=small_disk, timeout=300, cwd=tmp_path)
     assert full.returncode == 1, full.stderr
     assert "cannot write" in full.stderr and "run the same command again" in full.stderr
     assert "Traceback" not in full.stderr

@@ -1,0 +1,177 @@
+"""Load test of `pybert serve` on loopback: N concurrent clients, each sending one-sentence
+/embed requests on a kept-alive connection for a fixed time, then it stops. Prints
+requests/s, p50/p99 latency, errors and the server's memory at start and end, beside the
+sentences/s of calling pybert.encode in-process on the same sentences (what HTTP and batching
+cost).
+
+    python benchmarks/bench_serve.py --clients 64 --seconds 60            # a small random model
+    python benchmarks/bench_serve.py --model DIR --clients 256 --device cuda
+
+Sentences come from WikiText-2 (../shared/data/wikitext-2) where present, else from Python's
+documentation topics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+import pybert
+
+
+def sentences(count: int) -> list[str]:
+    wiki = Path(__file__).resolve().parents[1].parent / "shared/data/wikitext-2/wiki.test.tokens"
+    if wiki.exists():
+        lines = [line.strip() for line in wiki.read_text(encoding="utf-8").splitlines()]
+        lines = [line for line in lines if 20 < len(line) < 400 and not line.startswith("=")]
+    else:
+        from pybert.data import builtin_corpus
+
+        lines = [" ".join(s) for p in builtin_corpus() for s in p if 4 <= len(s) <= 60]
+    return (lines * (count // max(len(lines), 1) + 1))[:count]
+
+
+def small_model(folder: Path) -> Path:
+    """A random BERT of MiniLM's width (384, 6 layers) with the built-in corpus's vocabulary."""
+    from pybert.config import BertConfig
+    from pybert.data import build_vocab, builtin_corpus
+
+    vocab = build_vocab(builtin_corpus(), min_freq=2)
+    config = BertConfig(len(vocab), 384, 1536, 12, 6, max_len=128)
+    torch.manual_seed(0)
+    net = config.build_model().eval()
+    path = folder / "model"
+    pybert.save(net, path, vocab=vocab, extra={"text_format": "plain"})
+    return path
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def load(port: int, texts: list[str], clients: int, seconds: float):
+    latencies, errors, lock = [], [0], threading.Lock()
+    stop_at = time.perf_counter() + seconds
+
+    def client(index: int):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        i = index
+        mine, failed = [], 0
+        while time.perf_counter() < stop_at:
+            body = json.dumps({"inputs": texts[i % len(texts)], "truncate": True})
+            start = time.perf_counter()
+            try:
+                conn.request("POST", "/embed", body, {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                response.read()
+                if response.status != 200:
+                    failed += 1
+                else:
+                    mine.append(time.perf_counter() - start)
+            except OSError:
+                failed += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            i += clients
+        with lock:
+            latencies.extend(mine)
+            errors[0] += failed
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    begin = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, errors[0], time.perf_counter() - begin
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="checkpoint directory (default: a random MiniLM-sized "
+                                        "model made here)")
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(args.model) if args.model else small_model(Path(tmp))
+        texts = sentences(4096)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = subprocess.Popen(
+            [sys.executable, "-m", "pybert", "serve", "--model", str(model_dir), "--port",
+             str(port), "--device", args.device, "--log-level", "warning", "--max-wait-ms",
+             str(args.max_wait_ms)], cwd=tmp)
+        try:
+            deadline = time.time() + 300
+            while True:
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                    conn.request("GET", "/health")
+                    if conn.getresponse().status == 200:
+                        break
+                except OSError:
+                    pass
+                if time.time() > deadline or server.poll() is not None:
+                    raise RuntimeError("the server did not start")
+                time.sleep(0.2)
+            load(port, texts, args.clients, min(5.0, args.seconds))  # warm-up
+            start_kb = rss_kb(server.pid)
+            latencies, errors, elapsed = load(port, texts, args.clients, args.seconds)
+            end_kb = rss_kb(server.pid)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=120)
+
+        model = pybert.TextModel.load(model_dir, device=args.device,
+                                      dtype=torch.float16 if args.device.startswith("cuda")
+                                      else torch.float32)
+        sample = texts[:2048]
+        model.encode(sample[:64], truncation="warn")
+        began = time.perf_counter()
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.encode(sample)
+        in_process = len(sample) / (time.perf_counter() - began)
+
+    latencies.sort()
+    rate = len(latencies) / elapsed
+    p50 = statistics.median(latencies) * 1e3
+    p99 = latencies[int(0.99 * (len(latencies) - 1))] * 1e3
+    result = {"clients": args.clients, "seconds": round(elapsed, 1), "requests": len(latencies),
+              "errors": errors, "requests_per_s": round(rate, 1), "p50_ms": round(p50, 2),
+              "p99_ms": round(p99, 2), "p99_over_p50": round(p99 / p50, 2),
+              "server_rss_mb_start": round(start_kb / 1024, 1),
+              "server_rss_mb_end": round(end_kb / 1024, 1),
+              "in_process_sentences_per_s": round(in_process, 1),
+              "server_over_in_process": round(rate / in_process, 2),
+              "cpu_threads": torch.get_num_threads(), "cores": os.cpu_count()}
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
