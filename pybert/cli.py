@@ -94,12 +94,18 @@ def _encode(args) -> int:
     from .job import run_encode_job
     from .text import TextModel
 
+    if args.ray is not None:
+        return _encode_on_ray(args)
+    if len(args.input) != 1:
+        print("pybert encode: one --input file (several, or folders, need --ray)",
+              file=sys.stderr)
+        return 2
     device = _resolve_device(args.device)
     dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
     try:
         model = TextModel.load(args.model, device=device, dtype=getattr(torch, dtype))
         with sigterm_as_interrupt():
-            result = run_encode_job(model, args.input, args.output, str(args.model),
+            result = run_encode_job(model, args.input[0], args.output, str(args.model),
                                     pooling=args.pooling, batch_tokens=args.batch_tokens,
                                     chunk_size=args.chunk_size, truncation=args.truncation,
                                     overwrite=args.overwrite, progress=args.progress)
@@ -114,6 +120,36 @@ def _encode(args) -> int:
         print(f"pybert encode: {err.strerror or err}", file=sys.stderr)
         return 1
     print(json.dumps(result))
+    return 0
+
+
+def _encode_on_ray(args) -> int:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        print("pybert encode --ray needs Ray: pip install \"pybert[ray]\"", file=sys.stderr)
+        return 2
+    from .ray import run_ray_job
+
+    if not args.progress:
+        import os
+
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    try:
+        summary = run_ray_job(args.model, args.input, args.output,
+                              address=None if args.ray == "local" else args.ray,
+                              pooling=args.pooling, truncation=args.truncation,
+                              batch_tokens=args.batch_tokens,
+                              rows_per_shard=args.rows_per_shard, actors=args.actors,
+                              device=args.device, dtype=args.dtype, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        print("\npybert encode: interrupted; the finished shards are kept. Run the same "
+              "command again to continue.", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        print(f"pybert encode: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
     return 0
 
 
@@ -196,8 +232,20 @@ def main(argv=None) -> int:
     encode_parser.add_argument("--model", required=True,
                                help="a pybert, Hugging Face BERT or sentence-transformers "
                                     "checkpoint directory")
-    encode_parser.add_argument("--input", required=True)
-    encode_parser.add_argument("--output", required=True)
+    encode_parser.add_argument("--input", required=True, nargs="+",
+                               help="a .txt or .jsonl file; with --ray, any number of .txt, "
+                                    ".jsonl and .parquet files or folders of them")
+    encode_parser.add_argument("--output", required=True,
+                               help=".npy, .safetensors or .parquet file; with --ray, a folder "
+                                    "of Parquet shards")
+    encode_parser.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                               help="run on a Ray cluster: 'auto', an address, or nothing for "
+                                    "a local one started for the run")
+    encode_parser.add_argument("--rows-per-shard", type=int, default=10_000,
+                               help="with --ray: rows per output shard")
+    encode_parser.add_argument("--actors", type=int,
+                               help="with --ray: engine actors (default: one per GPU, else "
+                                    "one per CPU)")
     encode_parser.add_argument("--pooling", choices=("cls", "mean"),
                                help="default: the model's own (cls unless a "
                                     "sentence-transformers model says otherwise)")

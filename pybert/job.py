@@ -18,7 +18,8 @@ import torch
 
 from .text import POOLINGS, text_model_of
 
-__all__ = ["read_texts", "count_rows", "run_encode_job", "MAX_ROW_BYTES", "INPUT_SUFFIXES"]
+__all__ = ["read_texts", "parse_rows", "count_rows", "run_encode_job", "MAX_ROW_BYTES",
+           "INPUT_SUFFIXES"]
 
 INPUT_SUFFIXES = (".txt", ".jsonl")
 MAX_ROW_BYTES = 16 << 20  # a row longer than this is refused (BERT reads 512 tokens at most)
@@ -46,32 +47,52 @@ def _is_row(line: bytes, jsonl: bool) -> bool:
     return not jsonl or bool(line.strip())
 
 
-def read_texts(path, skip: int = 0) -> Iterator:
-    """The rows of a .txt (one text per line; a tab separates a pair) or .jsonl file (each line
-    a string, a [text_a, text_b] pair, or an object with "text" and optionally "text_pair",
-    or "text_a" and "text_b"), from row ``skip`` on. Blank .jsonl lines are not rows. Bad rows
-    (invalid UTF-8, invalid JSON, a wrong shape) raise ValueError naming file and line."""
+def parse_rows(path, start: int = 0, stop: int | None = None) -> Iterator[tuple]:
+    """(row, text or None, error or None, id or None) for rows ``start`` to ``stop`` of a .txt
+    or .jsonl file (see read_texts): a row that cannot be read gives its error, which names the
+    file and line, instead of a text; a .jsonl object's "id" field comes with its text."""
     path = Path(path)
     jsonl = path.suffix == ".jsonl"
-    row = 0
+    row = -1
     for number, raw in _lines(path):
         if not _is_row(raw, jsonl):
             continue
         row += 1
-        if row <= skip:
+        if row < start:
             continue
+        if stop is not None and row >= stop:
+            return
         try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{path}:{number}: not valid UTF-8 (byte {err.start})") from None
-        if not jsonl:
-            yield tuple(line.split("\t", 1)) if "\t" in line else line
-            continue
-        try:
-            value = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as err:
-            raise ValueError(f"{path}:{number}: not valid JSON: {err}") from None
-        yield _jsonl_text(value, f"{path}:{number}")
+            yield (row, *_parse_row(raw, jsonl, f"{path}:{number}"))
+        except ValueError as err:
+            yield row, None, err, None
+
+
+def _parse_row(raw: bytes, jsonl: bool, where: str) -> tuple:
+    """(text, None, id) of one row, or ValueError naming ``where``."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{where}: not valid UTF-8 (byte {err.start})") from None
+    if not jsonl:
+        return (tuple(line.split("\t", 1)) if "\t" in line else line), None, None
+    try:
+        value = json.loads(line)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{where}: not valid JSON: {err}") from None
+    row_id = value.get("id") if isinstance(value, dict) else None
+    return _jsonl_text(value, where), None, row_id
+
+
+def read_texts(path, skip: int = 0) -> Iterator:
+    """The rows of a .txt (one text per line; a tab separates a pair) or .jsonl file (each line
+    a string, a [text_a, text_b] pair, or an object with "text" and optionally "text_pair",
+    or "text_a" and "text_b"), from row ``skip`` on. Blank .jsonl lines are not rows. A bad
+    row (invalid UTF-8, invalid JSON, a wrong shape) raises ValueError naming file and line."""
+    for _, text, error, _ in parse_rows(path, start=skip):
+        if error is not None:
+            raise error
+        yield text
 
 
 def _jsonl_text(value, where: str):

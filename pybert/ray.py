@@ -1,0 +1,367 @@
+"""pybert on a Ray cluster: batch embedding with Ray Data, one engine per actor.
+
+- :class:`Embedder` is a callable class for ``ray.data.Dataset.map_batches``: it loads a model
+  once per actor and turns a column of texts (or text pairs, or token ids) into a column of
+  vectors, pooled, normalised and truncated as ``pybert.encode`` does; the other columns (ids)
+  pass through. Give it ``num_gpus=1`` for one engine per GPU, or CPU actors.
+- :func:`run_ray_job` is ``pybert encode --ray``: many input files (.txt, .jsonl, .parquet) are
+  cut into shards of rows, each written as its own Parquet file, named from its input file and
+  row range, under a temporary name and renamed when complete. A rerun after a crash, a killed
+  driver or a killed worker skips the finished shards and redoes only the rest: no row lost or
+  repeated. Rows that cannot be read (invalid UTF-8, bad JSON, a missing field) get a null
+  vector and their error in the ``error`` column, and are counted in the summary.
+
+Ray is an optional extra: ``pip install "pybert[ray]"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Embedder", "ShardWriter", "Shard", "plan_shards", "run_ray_job", "INPUT_SUFFIXES"]
+
+INPUT_SUFFIXES = (".txt", ".jsonl", ".parquet")
+MANIFEST = "_pybert_job.json"
+
+
+def _load(model, device, dtype):
+    import torch
+
+    from .text import TextModel
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype is None:
+        dtype = "float16" if str(device).startswith("cuda") else "float32"
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    return TextModel.load(model, device=device, dtype=dtype)
+
+
+def _vector_column(vectors: np.ndarray, ok: list[bool], dim: int):
+    """A fixed-size list<float32> column of ``dim``, null where not ``ok``."""
+    import pyarrow as pa
+
+    full = np.zeros((len(ok), dim), dtype=np.float32)
+    if len(vectors):
+        full[np.flatnonzero(ok)] = vectors
+    values = pa.array(full.reshape(-1), type=pa.float32())
+    mask = pa.array([not o for o in ok], type=pa.bool_())
+    return pa.FixedSizeListArray.from_arrays(values, dim, mask=mask)
+
+
+class Embedder:
+    """``ds.map_batches(Embedder, fn_constructor_kwargs={"model": path}, batch_format="pyarrow",
+    concurrency=N, num_gpus=1)``: adds ``output_column`` (fixed-size list<float32>) holding
+    each row's vector.
+
+    The input is ``text_column`` (strings, with ``pair_column`` for the second text of pairs)
+    or, with ``tokens_column``, token ids (lists of ints; ``segments_column`` optional). A row
+    that cannot be encoded (not a string, ids out of range) raises, unless ``on_error="null"``:
+    then its vector is null and ``error_column`` says why."""
+
+    def __init__(self, model, device: str = "auto", dtype=None, text_column: str = "text",
+                 pair_column: str | None = None, tokens_column: str | None = None,
+                 segments_column: str | None = None, output_column: str = "embedding",
+                 pooling: str | None = None, truncation: str = "warn",
+                 batch_tokens: int = 16384, on_error: str = "raise",
+                 error_column: str = "error"):
+        if on_error not in ("raise", "null"):
+            raise ValueError(f"on_error must be 'raise' or 'null', got {on_error!r}")
+        self.model = _load(model, device, dtype)
+        self.text_column, self.pair_column = text_column, pair_column
+        self.tokens_column, self.segments_column = tokens_column, segments_column
+        self.output_column, self.error_column = output_column, error_column
+        self.pooling, self.truncation, self.batch_tokens = pooling, truncation, batch_tokens
+        self.on_error = on_error
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_pydict(
+            {k: list(v) for k, v in batch.items()})
+        items, errors = self._items(table)
+        ok = [e is None for e in errors]
+        if self.on_error == "raise" and not all(ok):
+            raise ValueError(next(e for e in errors if e is not None))
+        vectors = self._vectors([item for item, good in zip(items, ok) if good])
+        table = table.append_column(self.output_column,
+                                    _vector_column(vectors, ok, self.model.dim))
+        if self.on_error == "null":
+            table = table.append_column(self.error_column, pa.array(errors, type=pa.string()))
+        return table
+
+    def _items(self, table) -> tuple[list, list]:
+        if self.tokens_column is not None:
+            ids = table.column(self.tokens_column).to_pylist()
+            segments = table.column(self.segments_column).to_pylist() \
+                if self.segments_column else [None] * len(ids)
+            items, errors = [], []
+            vocab, max_len = self.model.engine.config.vocab_size, self.model.engine.config.max_len
+            for i, (row, seg) in enumerate(zip(ids, segments)):
+                seg = [0] * len(row or []) if seg is None else seg
+                good = isinstance(row, list) and 1 <= len(row) <= max_len and \
+                    len(seg) == len(row) and all(isinstance(t, int) and 0 <= t < vocab
+                                                 for t in row) and set(seg) <= {0, 1}
+                items.append((row, seg) if good else None)
+                errors.append(None if good else f"row {i}: token ids must be 1..{max_len} ids "
+                                                "in [0, vocab_size) with segments of 0/1")
+            return items, errors
+        texts = table.column(self.text_column).to_pylist()
+        pairs = table.column(self.pair_column).to_pylist() if self.pair_column else None
+        items, errors = [], []
+        for i, text in enumerate(texts):
+            second = None if pairs is None else pairs[i]
+            if not isinstance(text, str) or (second is not None and not isinstance(second, str)):
+                items.append(None)
+                errors.append(f"row {i}: {self.text_column} must be a string")
+                continue
+            items.append(text if second is None else (text, second))
+            errors.append(None)
+        return items, errors
+
+    def _vectors(self, items: list) -> np.ndarray:
+        if not items:
+            return np.zeros((0, self.model.dim), dtype=np.float32)
+        if self.tokens_column is not None:
+            pooled = self.model.encode_tokenized(items, self.pooling)
+            return pooled.numpy()
+        return self.model.encode(items, pooling=self.pooling, batch_tokens=self.batch_tokens,
+                                 truncation=self.truncation)
+
+
+# -- the sharded job ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Shard:
+    """Rows [start, stop) of one input file, written to ``name`` in the output folder."""
+
+    path: str
+    start: int
+    stop: int
+    name: str
+
+
+def _input_files(inputs) -> list[Path]:
+    files = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in INPUT_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"--input {path} holds no {INPUT_SUFFIXES} files")
+            files += found
+        elif path.is_file():
+            if path.suffix not in INPUT_SUFFIXES:
+                raise ValueError(f"--input must be {INPUT_SUFFIXES} files or folders of them, "
+                                 f"got {path.name}")
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"--input {path} does not exist")
+    if len({f.resolve() for f in files}) != len(files):
+        raise ValueError("an input file is named twice")
+    return files
+
+
+def _count(path: Path) -> int:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    from .job import count_rows
+
+    return count_rows(path)
+
+
+def plan_shards(files: list[Path], rows_per_shard: int) -> list[Shard]:
+    """Every file's rows cut into shards of ``rows_per_shard``, each named from its file (its
+    position in the list and its stem) and row range, so a rerun finds the same names."""
+    shards = []
+    for index, path in enumerate(files):
+        rows = _count(path)
+        stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in path.stem)[:60]
+        for start in range(0, rows, rows_per_shard):
+            stop = min(start + rows_per_shard, rows)
+            shards.append(Shard(str(path.resolve()), start, stop,
+                                f"{index:05d}-{stem}-{start:012d}-{stop:012d}.parquet"))
+    return shards
+
+
+def _parquet_rows(path: str, start: int, stop: int):
+    """(row, text or None, error or None, id) of rows [start, stop) of a Parquet file with a
+    "text" column (and optionally "text_pair" and "id")."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path).slice(start, stop - start)
+    names = table.column_names
+    if "text" not in names:
+        raise ValueError(f"{path}: a Parquet input needs a \"text\" column, it has {names}")
+    texts = table.column("text").to_pylist()
+    pairs = table.column("text_pair").to_pylist() if "text_pair" in names else [None] * len(texts)
+    ids = table.column("id").to_pylist() if "id" in names else [None] * len(texts)
+    for i, (text, pair, row_id) in enumerate(zip(texts, pairs, ids)):
+        where = f"{path}: row {start + i}"
+        if not isinstance(text, str) or (pair is not None and not isinstance(pair, str)):
+            yield start + i, None, ValueError(f"{where}: text must be a string"), row_id
+        else:
+            yield start + i, text if pair is None else (text, pair), None, row_id
+
+
+class ShardWriter:
+    """A Ray actor's work: load the model once; for each shard, read its rows, embed them, and
+    write ``<name>`` in the output folder through a temporary file that is renamed only when
+    complete. Returns one summary row per shard."""
+
+    def __init__(self, model, output_dir: str, device: str = "auto", dtype=None,
+                 pooling: str | None = None, truncation: str = "warn",
+                 batch_tokens: int = 16384):
+        self.model = _load(model, device, dtype)
+        self.output_dir = Path(output_dir)
+        self.pooling, self.truncation, self.batch_tokens = pooling, truncation, batch_tokens
+
+    def __call__(self, batch: dict) -> dict:
+        out = {"name": [], "rows": [], "bad_rows": [], "seconds": []}
+        for i in range(len(batch["name"])):
+            shard = Shard(str(batch["path"][i]), int(batch["start"][i]), int(batch["stop"][i]),
+                          str(batch["name"][i]))
+            began = time.perf_counter()
+            rows, bad = self.write(shard)
+            for key, value in (("name", shard.name), ("rows", rows), ("bad_rows", bad),
+                               ("seconds", time.perf_counter() - began)):
+                out[key].append(value)
+        return out
+
+    def write(self, shard: Shard) -> tuple[int, int]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from .job import parse_rows
+
+        reader = _parquet_rows if shard.path.endswith(".parquet") else parse_rows
+        records = list(reader(shard.path, shard.start, shard.stop))
+        good = [text for _, text, error, _ in records if error is None]
+        vectors = self.model.encode(good, pooling=self.pooling, batch_tokens=self.batch_tokens,
+                                    truncation=self.truncation) if good else \
+            np.zeros((0, self.model.dim), dtype=np.float32)
+        ok = [error is None for _, _, error, _ in records]
+        ids = [row_id for *_, row_id in records]
+        table = pa.table({
+            "file": pa.array([shard.path] * len(records), type=pa.string()),
+            "row": pa.array([row for row, *_ in records], type=pa.int64()),
+            "id": pa.array([None if i is None else str(i) for i in ids], type=pa.string()),
+            "embedding": _vector_column(vectors, ok, self.model.dim),
+            "error": pa.array([None if e is None else str(e) for *_, e, _ in records],
+                              type=pa.string()),
+        })
+        final = self.output_dir / shard.name
+        tmp = self.output_dir / f".{shard.name}.{uuid.uuid4().hex}.tmp"
+        try:
+            pq.write_table(table, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return len(records), len(records) - sum(ok)
+
+
+def _job_identity(model: str, files: list[Path], options: dict) -> dict:
+    inputs = []
+    for path in files:
+        stat = path.stat()
+        inputs.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+    digest = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()[:16]
+    return {"model": model, "inputs": inputs, "inputs_digest": digest, **options}
+
+
+def run_ray_job(model: str, inputs, output_dir, address: str | None = None,
+                pooling: str | None = None, truncation: str = "warn", batch_tokens: int = 16384,
+                rows_per_shard: int = 10_000, actors: int | None = None,
+                gpus_per_actor: float | None = None, device: str = "auto", dtype=None,
+                overwrite: bool = False, writer=ShardWriter) -> dict:
+    """Embed every row of ``inputs`` (files or folders of .txt, .jsonl, .parquet) into Parquet
+    shards in ``output_dir`` on a Ray cluster (``address``: "auto", an address, or None for
+    a local one started for the run), and return a summary.
+
+    One actor per GPU when the cluster has GPUs (``gpus_per_actor`` 1), else ``actors`` CPU
+    actors (default: the cluster's CPUs). Finished shards are skipped, so rerunning the same
+    command after a crash finishes the job; ``overwrite`` starts again. ``writer`` is the actor
+    class (ShardWriter; tests pass one that dies on purpose)."""
+    import ray
+
+    from .text import _check_batch_tokens
+
+    if isinstance(rows_per_shard, bool) or not isinstance(rows_per_shard, int) or \
+            rows_per_shard < 1:
+        raise ValueError(f"rows_per_shard must be an int >= 1, got {rows_per_shard!r}")
+    _check_batch_tokens(batch_tokens)
+    files = _input_files(inputs)
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output {output_dir} must be a folder for a Ray job")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    identity = _job_identity(str(model), files, {"pooling": pooling, "truncation": truncation,
+                                                 "rows_per_shard": rows_per_shard,
+                                                 "dtype": str(dtype)})
+    manifest = output_dir / MANIFEST
+    if manifest.exists() and not overwrite:
+        if json.loads(manifest.read_text()) != identity:
+            raise ValueError(f"{output_dir} holds the shards of a different job (other inputs, "
+                             "model or options); pass --overwrite to start again")
+    elif overwrite:
+        for old in output_dir.glob("*.parquet"):
+            old.unlink()
+    tmp = manifest.with_name(manifest.name + ".tmp")
+    tmp.write_text(json.dumps(identity, indent=1))
+    os.replace(tmp, manifest)
+    for stale in output_dir.glob(".*.tmp"):  # a crashed writer's partial shard
+        stale.unlink(missing_ok=True)
+
+    shards = plan_shards(files, rows_per_shard)
+    done = {p.name for p in output_dir.glob("*.parquet")}
+    pending = [s for s in shards if s.name not in done]
+    began = time.perf_counter()
+    summary = {"output": str(output_dir), "shards": len(shards),
+               "shards_skipped": len(shards) - len(pending),
+               "rows": sum(s.stop - s.start for s in pending), "bad_rows": 0}
+    if pending:
+        started_here = not ray.is_initialized()
+        if started_here:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     ignore_reinit_error=True)
+        try:
+            resources = ray.cluster_resources()
+            gpus = int(resources.get("GPU", 0)) if gpus_per_actor is None else gpus_per_actor
+            per_actor = {"num_gpus": 1} if gpus and gpus_per_actor is None else (
+                {"num_gpus": gpus_per_actor} if gpus_per_actor else {"num_cpus": 1})
+            count = actors or (int(resources.get("GPU", 0)) if "num_gpus" in per_actor
+                               else max(1, int(resources.get("CPU", 1))))
+            count = max(1, min(count, len(pending)))
+            dataset = ray.data.from_items([asdict(s) for s in pending],
+                                          override_num_blocks=len(pending))
+            results = dataset.map_batches(
+                writer, batch_size=1, concurrency=count, **per_actor,
+                fn_constructor_kwargs=dict(model=str(model), output_dir=str(output_dir),
+                                           device=device, dtype=dtype, pooling=pooling,
+                                           truncation=truncation, batch_tokens=batch_tokens),
+                max_restarts=-1, max_task_retries=-1)
+            for row in results.iter_rows():
+                summary["bad_rows"] += int(row["bad_rows"])
+        finally:
+            if started_here:
+                ray.shutdown()
+    seconds = time.perf_counter() - began
+    summary["seconds"] = round(seconds, 3)
+    summary["rows_per_s"] = round(summary["rows"] / seconds, 1) if seconds > 0 else None
+    missing = [s.name for s in shards if not (output_dir / s.name).exists()]
+    if missing:
+        raise RuntimeError(f"{len(missing)} shards were not written (first: {missing[0]}); run "
+                           "the same command again to finish them")
+    return summary
