@@ -138,7 +138,17 @@ def main(argv=None) -> int:
                 time.sleep(0.2)
             load(port, texts, args.clients, min(5.0, args.seconds))  # warm-up
             start_kb = rss_kb(server.pid)
+            samples, sampling = [], threading.Event()
+
+            def sample():  # the server's memory every tenth of the run
+                while not sampling.wait(args.seconds / 10):
+                    samples.append(round(rss_kb(server.pid) / 1024, 1))
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
             latencies, errors, elapsed = load(port, texts, args.clients, args.seconds)
+            sampling.set()
+            sampler.join()
             end_kb = rss_kb(server.pid)
         finally:
             server.send_signal(signal.SIGTERM)
@@ -166,6 +176,7 @@ def main(argv=None) -> int:
               "p99_ms": round(p99, 2), "p99_over_p50": round(p99 / p50, 2),
               "server_rss_mb_start": round(start_kb / 1024, 1),
               "server_rss_mb_end": round(end_kb / 1024, 1),
+              "server_rss_mb_during": samples,
               "in_process_sentences_per_s": round(in_process, 1),
               "server_over_in_process": round(rate / in_process, 2),
               "cpu_threads": torch.get_num_threads(), "cores": os.cpu_count()}

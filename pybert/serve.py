@@ -253,6 +253,11 @@ def create_app(model, config: ServeConfig | None = None):
 
     config = config or ServeConfig()
     state = {"ready": False}
+    # Tokenising is CPU work under the GIL (or in the tokenizers package): a couple of threads
+    # keep the event loop free; more would only add memory (an allocator arena each).
+    from concurrent.futures import ThreadPoolExecutor
+
+    tokenizing = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pybert-tokenize")
     batcher = Batcher(model, config)
     metrics = _Metrics(lambda: batcher.queued_sequences)
     batcher.observe_batch = metrics.observe_batch
@@ -279,8 +284,8 @@ def create_app(model, config: ServeConfig | None = None):
 
     async def tokenised(texts: list, truncate: bool) -> list:
         try:
-            return await run_in_threadpool(model.tokenizer.encode_all, texts,
-                                           "warn" if truncate else "error")
+            return await asyncio.get_running_loop().run_in_executor(
+                tokenizing, model.tokenizer.encode_all, texts, "warn" if truncate else "error")
         except ValueError as err:
             raise HTTPError(413, f"{err}; pass \"truncate\": true to cut long inputs") from None
 
@@ -416,7 +421,7 @@ def create_app(model, config: ServeConfig | None = None):
     @contextlib.asynccontextmanager
     async def lifespan(app):
         batcher.start()
-        warm = await run_in_threadpool(model.tokenizer.encode_all, ["warm up"], "warn")
+        warm = await tokenised(["warm up"], truncate=True)
         await embedded_without_request(warm)
         state["ready"] = True
         try:
@@ -424,6 +429,7 @@ def create_app(model, config: ServeConfig | None = None):
         finally:
             state["ready"] = False
             await run_in_threadpool(batcher.stop)
+            tokenizing.shutdown(wait=False)
 
     async def embedded_without_request(encoded):
         return await batcher.submit(encoded, asyncio.get_running_loop())
@@ -440,10 +446,26 @@ def create_app(model, config: ServeConfig | None = None):
     return app
 
 
+def _return_large_buffers_to_the_os() -> None:
+    """glibc raises its mmap threshold each time a large buffer is freed, after which buffers of
+    that size (a batch's activations) stay in the heap when freed: a long-running server's
+    memory then grows with the largest batch it has seen. A fixed threshold keeps buffers
+    above it mapped, so they go back to the OS when freed. (Other C libraries: no change.)"""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def serve(model, host: str = "127.0.0.1", port: int = 8080, config: ServeConfig | None = None,
           log_level: str = "info") -> None:
     """Run the server until SIGTERM or Ctrl-C; requests in flight are finished first."""
     import uvicorn
 
+    _return_large_buffers_to_the_os()
     uvicorn.run(create_app(model, config), host=host, port=port, log_level=log_level,
                 timeout_graceful_shutdown=60, access_log=False)
