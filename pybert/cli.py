@@ -110,7 +110,7 @@ def _encode(args) -> int:
                                     chunk_size=args.chunk_size, truncation=args.truncation,
                                     overwrite=args.overwrite, progress=args.progress)
     except KeyboardInterrupt:
-        print(f"\npybert encode: interrupted; the rows done so far are kept. Run the same "
+        print("\npybert encode: interrupted; the rows done so far are kept. Run the same "
               "command again to continue.", file=sys.stderr)
         return 130
     except (FileExistsError, FileNotFoundError, ValueError, TypeError) as err:

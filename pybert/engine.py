@@ -86,9 +86,9 @@ class Engine:
         self.has_nsp = self._native.has_nsp
         self.has_mlm = self._native.has_mlm
         if self._native.has_embedding_norm != config.embedding_layer_norm:
-            raise ValueError(f"the config says embedding_layer_norm={config.embedding_layer_norm}"
-                             f" but the weights {'have' if not config.embedding_layer_norm else 'lack'}"
-                             " the embedding LayerNorm")
+            have = "lack" if config.embedding_layer_norm else "have"
+            raise ValueError(f"the config says embedding_layer_norm={config.embedding_layer_norm} "
+                             f"but the weights {have} the embedding LayerNorm")
         self._graphs = None
         if cuda_graphs:
             if self.device.type != "cuda":

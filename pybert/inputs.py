@@ -240,7 +240,8 @@ def device_packed_batch(config: BertConfig, tokens: torch.Tensor, cu_seqlens: to
             raise ValueError(f"tokens must be ids in [0, {config.vocab_size}), found "
                              f"{low if low < 0 else high}")
         if seg_low < 0 or seg_high > 1:
-            raise ValueError(f"segments must be 0 or 1, found {seg_low if seg_low < 0 else seg_high}")
+            bad = seg_low if seg_low < 0 else seg_high
+            raise ValueError(f"segments must be 0 or 1, found {bad}")
         if first != 0 or last != tokens.numel():
             raise ValueError(f"cu_seqlens must run from 0 to len(tokens) = {tokens.numel()}, "
                              f"got {first}..{last}")

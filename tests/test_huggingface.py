@@ -197,8 +197,8 @@ def test_sentence_transformers_directory(tmp_path, pooling, normalize):
     from pybert.job import run_encode_job
 
     (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
-    run_encode_job(pybert.TextModel.load(tmp_path / "st"), tmp_path / "in.txt", tmp_path / "out.npy",
-                   "st", progress=False)
+    run_encode_job(pybert.TextModel.load(tmp_path / "st"), tmp_path / "in.txt",
+                   tmp_path / "out.npy", "st", progress=False)
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), vectors, rtol=1e-5, atol=1e-6)
 
 

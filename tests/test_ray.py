@@ -25,10 +25,16 @@ from test_job import write_txt  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
+    """A local two-CPU cluster. Ray's workers start in the driver's folder and import from it:
+    started from the checkout they would find the source tree (no compiled extension there),
+    so the driver moves to a temporary folder for the module."""
+    here = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("ray-cwd"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+    os.chdir(here)
 
 
 @pytest.fixture(scope="module")
