@@ -14,6 +14,13 @@ __all__ = ["BertConfig", "config_from_model", "state_dict_problems", "expected_s
 ACTIVATIONS = ("relu", "gelu")
 
 
+def check_positive_int(value, name: str) -> int:
+    """``value`` if it is an int >= 1 (not a bool, not a float); ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
 def _real(value, name: str) -> float:
     """value as a float if it is a real number (an int or a float, not a bool or a string)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -42,9 +49,7 @@ class BertConfig:
     def __post_init__(self):
         for name in ("vocab_size", "num_hiddens", "ffn_num_hiddens", "num_heads", "num_layers",
                      "max_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"BertConfig.{name} must be a positive integer, got {value!r}")
+            check_positive_int(getattr(self, name), f"BertConfig.{name}")
         if self.num_hiddens % self.num_heads:
             raise ValueError(f"BertConfig.num_hiddens ({self.num_hiddens}) must be a multiple of "
                              f"num_heads ({self.num_heads})")

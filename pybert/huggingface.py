@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from .config import BertConfig
-from .files import (MAX_TOKENIZER_BYTES, MAX_VOCAB_BYTES, CheckpointError, SafetensorsHeader,
-                    read_file, read_json)
+from .files import (MAX_TOKENIZER_BYTES, MAX_VOCAB_BYTES, SAFETENSORS_DTYPES, CheckpointError,
+                    SafetensorsHeader, read_file, read_json)
 from .tokenize import check_truncation, text_item, warn_cut
 from .weights import LAYER, WeightFormat, WeightsError, pack_weights
 
@@ -156,10 +156,12 @@ HF_FORMAT = WeightFormat(
 )
 
 
-def pack_hf_state_dict(state: dict, config: BertConfig, where: Path) -> dict:
-    """Hugging Face BERT weights -> the engine's packed weights (heads where present)."""
+def pack_hf_state_dict(state: dict, config: BertConfig, where: Path,
+                       used: set | None = None) -> dict:
+    """Hugging Face BERT weights -> the engine's packed weights (heads where present); the
+    keys read (normalised) are added to ``used``."""
     try:
-        return pack_weights(state, HF_FORMAT, config, str(where))
+        return pack_weights(state, HF_FORMAT, config, str(where), used=used)
     except WeightsError as err:
         raise CheckpointError(str(err)) from None
 
@@ -173,26 +175,20 @@ def _read_packed_weights(path: Path, config: BertConfig) -> dict:
     for header in headers:
         for name in header.tensors:
             owner.setdefault(name, header)
-    used: dict[SafetensorsHeader, list] = {}
     meta = {}  # the float tensors; other dtypes the packing needs are refused by name
     for name, header in owner.items():
-        if header.tensors[name][0] in ("F64", "F32", "F16", "BF16"):
+        if header.tensors[name][0] in SAFETENSORS_DTYPES:
             meta[name] = header.meta_state([name])[name]
-    pack_hf_state_dict(meta, config, path)  # shapes only
-    needed = _needed_keys(meta, config)
-    for name in needed:
-        used.setdefault(owner[name], []).append(name)
+    used: set[str] = set()
+    pack_hf_state_dict(meta, config, path, used)  # shapes only
+    by_file: dict[SafetensorsHeader, list] = {}
+    for name in meta:
+        if _normalise_key(name) in used:
+            by_file.setdefault(owner[name], []).append(name)
     state = {}
-    for header, names in used.items():
+    for header, names in by_file.items():
         state.update(header.load(names))
     return pack_hf_state_dict(state, config, path)
-
-
-def _needed_keys(state: dict, config: BertConfig) -> list[str]:
-    """The keys of ``state`` (as the file spells them) that packing reads."""
-    used: set[str] = set()
-    pack_weights(state, HF_FORMAT, config, used=used)
-    return sorted(k for k in state if _normalise_key(k) in used)
 
 
 class WordPieceTokenizer:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .config import check_positive_int
 from .text import POOLINGS, text_model_of
 
 __all__ = ["read_texts", "parse_rows", "count_rows", "run_encode_job", "MAX_ROW_BYTES",
@@ -172,7 +173,6 @@ def run_encode_job(model, input_path, output_path, model_id: str, pooling: str |
     from tqdm import tqdm
 
     from .output import open_writer, partial_path
-    from .text import _check_batch_tokens
     from .tokenize import check_truncation
 
     model = text_model_of(model)
@@ -180,9 +180,8 @@ def run_encode_job(model, input_path, output_path, model_id: str, pooling: str |
     if pooling not in POOLINGS[:2]:
         raise ValueError(f"a batch job pools each text to one vector: pooling must be cls or "
                          f"mean, got {pooling!r}")
-    _check_batch_tokens(batch_tokens)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    check_positive_int(batch_tokens, "batch_tokens")
+    check_positive_int(chunk_size, "chunk_size")
     check_truncation(truncation)
     input_path, output_path = Path(input_path), Path(output_path)
     _check_paths(input_path, output_path, overwrite)

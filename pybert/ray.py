@@ -296,12 +296,10 @@ def run_ray_job(model: str, inputs, output_dir, address: str | None = None,
     class (ShardWriter; tests pass one that dies on purpose)."""
     import ray
 
-    from .text import _check_batch_tokens
+    from .config import check_positive_int
 
-    if isinstance(rows_per_shard, bool) or not isinstance(rows_per_shard, int) or \
-            rows_per_shard < 1:
-        raise ValueError(f"rows_per_shard must be an int >= 1, got {rows_per_shard!r}")
-    _check_batch_tokens(batch_tokens)
+    check_positive_int(rows_per_shard, "rows_per_shard")
+    check_positive_int(batch_tokens, "batch_tokens")
     files = _input_files(inputs)
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():

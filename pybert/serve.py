@@ -22,6 +22,7 @@ import base64
 import collections
 import contextlib
 import hmac
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -44,11 +45,11 @@ class ServeConfig:
     model_id: str = "pybert"
 
     def __post_init__(self):
+        from .config import check_positive_int
+
         for name in ("batch_tokens", "max_queue", "max_inputs", "max_text_bytes",
                      "max_body_bytes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            check_positive_int(getattr(self, name), name)
         if not 0 <= self.max_wait_ms <= 10_000:
             raise ValueError(f"max_wait_ms must be in [0, 10000], got {self.max_wait_ms!r}")
 
@@ -272,8 +273,6 @@ def create_app(model, config: ServeConfig | None = None):
             body += chunk
             if len(body) > config.max_body_bytes:
                 raise HTTPError(413, f"the body is larger than {config.max_body_bytes} bytes")
-        import json
-
         try:
             value = json.loads(bytes(body))
         except (ValueError, RecursionError) as err:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .config import check_positive_int
+
 __all__ = ["TextModel", "text_model_of", "plan_batches", "pack_batch", "pad_batch", "POOLINGS"]
 
 POOLINGS = ("cls", "mean", "tokens")
@@ -31,7 +33,7 @@ def plan_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     """Indices grouped into batches: sorted by length (longest first), each batch holding at
     most ``batch_tokens`` padded tokens (batch size x its longest length); a sequence longer
     than the budget gets a batch of its own."""
-    _check_batch_tokens(batch_tokens)
+    check_positive_int(batch_tokens, "batch_tokens")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches, current, longest = [], [], 0
     for i in order:
@@ -44,11 +46,6 @@ def plan_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     if current:
         batches.append(current)
     return batches
-
-
-def _check_batch_tokens(batch_tokens) -> None:
-    if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int) or batch_tokens < 1:
-        raise ValueError(f"batch_tokens must be an int >= 1, got {batch_tokens!r}")
 
 
 def pack_batch(encoded: list, rows: list[int]):
@@ -220,9 +217,8 @@ class TextModel:
         pooling = pooling or self.pooling
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
-        _check_batch_tokens(batch_tokens)
+        check_positive_int(chunk_size, "chunk_size")
+        check_positive_int(batch_tokens, "batch_tokens")
         check_truncation(truncation)
         batches: queue.Queue = queue.Queue(maxsize=prefetch)
         stop = threading.Event()
