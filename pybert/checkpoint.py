@@ -204,5 +204,5 @@ def load(path, device="cpu", dtype: torch.dtype = torch.float32, **engine_option
     """An :class:`~pybert.Engine` serving the checkpoint at ``path``: a pybert checkpoint, a
     Hugging Face BERT directory or a sentence-transformers model directory. When the
     checkpoint has a vocabulary, ``engine.text_model`` (see :class:`pybert.TextModel`) turns
-    texts into vectors. ``engine_options``: cuda_graphs, max_graphs."""
+    texts into vectors. ``engine_options``: cuda_graphs, max_graphs, quantize."""
     return open_checkpoint(path, device, dtype, **engine_options)[0]

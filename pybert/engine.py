@@ -22,9 +22,13 @@ from .config import BertConfig, config_from_model, state_dict_problems
 from .inputs import PackedBatch, device_packed_batch, packed_batch, padded_batch
 from .weights import D2L_FORMAT, pack_weights
 
-__all__ = ["Engine", "pack_d2l_state_dict", "CUDA_DTYPES", "WEIGHT_DTYPES"]
+__all__ = ["Engine", "pack_d2l_state_dict", "CPU_DTYPES", "CUDA_DTYPES", "QUANTIZATIONS",
+           "WEIGHT_DTYPES"]
 
+CPU_DTYPES = (torch.float32, torch.bfloat16)
 CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# quantize=...: int8 weights per output channel, activations quantised per call (CPU only).
+QUANTIZATIONS = ("int8",)
 # The dtypes a checkpoint's weights may come in; the engine casts them to its own.
 WEIGHT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 _TEXT_OPTIONS = ("tokenizer", "vocab", "pooling", "normalize", "nsp_is_next_label")
@@ -56,11 +60,17 @@ class Engine:
     ``weights`` are the engine's packed tensors by the names of ``pybert._C.weight_shapes``
     (see pybert.weights). ``cuda_graphs`` (GPU only) replays a captured CUDA graph per shape
     bucket for calls without pred_positions; at most ``max_graphs`` are kept.
+
+    On the CPU the engine computes in float32 or bfloat16 (AVX512-BF16 or AMX where the CPU has
+    them; LayerNorm, softmax and accumulation in float32), with its weight matrices prepacked
+    once for oneDNN. ``quantize="int8"`` (CPU, float32) holds them in int8 per output channel
+    and quantises activations per call (dynamic quantisation, fbgemm's VNNI GEMMs): faster,
+    at a small cost in accuracy (measured in benchmarks/RESULTS.md).
     """
 
     def __init__(self, config: BertConfig, weights: dict, device="cpu",
                  dtype: torch.dtype = torch.float32, *, cuda_graphs: bool = False,
-                 max_graphs: int = 16, **text_options):
+                 max_graphs: int = 16, quantize: str | None = None, **text_options):
         unknown = set(text_options) - set(_TEXT_OPTIONS)
         if unknown:
             raise TypeError(f"Engine() got unexpected keyword arguments {sorted(unknown)}")
@@ -78,11 +88,20 @@ class Engine:
             if dtype not in CUDA_DTYPES:
                 raise ValueError(f"the CUDA engine computes in {CUDA_DTYPES}, got dtype={dtype}")
         elif self.device.type == "cpu":
-            if dtype != torch.float32:
-                raise ValueError(f"the CPU engine computes in torch.float32, got dtype={dtype}")
+            if dtype not in CPU_DTYPES:
+                raise ValueError(f"the CPU engine computes in {CPU_DTYPES}, got dtype={dtype}")
         else:
             raise ValueError(f"device {self.device} is not supported: use cpu or cuda")
-        self._native = _C.Engine(config.native(), self._cast_weights(weights))
+        if quantize is not None:
+            if quantize not in QUANTIZATIONS:
+                raise ValueError(f"quantize must be one of {QUANTIZATIONS} or None, got "
+                                 f"{quantize!r}")
+            if self.device.type != "cpu" or dtype != torch.float32:
+                raise ValueError("quantize='int8' runs on the CPU from float32: use "
+                                 "device='cpu', dtype=torch.float32")
+        self.quantize = quantize
+        self._native = _C.Engine(config.native(), self._cast_weights(weights),
+                                 weight_format=quantize or "packed")
         self.has_nsp = self._native.has_nsp
         self.has_mlm = self._native.has_mlm
         if self._native.has_embedding_norm != config.embedding_layer_norm:
@@ -150,16 +169,17 @@ class Engine:
     def from_model(cls, net: torch.nn.Module, device="cpu", dtype: torch.dtype = torch.float32,
                    vocab=None, text_format: str = "wikitext", **engine_options) -> "Engine":
         """Pack the weights of a d2l-style ``BERTModel`` (pybert's or the book's).
-        ``engine_options``: cuda_graphs, max_graphs."""
+        ``engine_options``: cuda_graphs, max_graphs, quantize."""
         return cls.from_state_dict(net.state_dict(), config_from_model(net), device=device,
                                    dtype=dtype, vocab=vocab, text_format=text_format,
                                    **engine_options)
 
     def __repr__(self) -> str:
         c = self.config
+        quantized = f", quantize={self.quantize!r}" if self.quantize else ""
         return (f"Engine(vocab_size={c.vocab_size}, num_hiddens={c.num_hiddens}, "
                 f"num_heads={c.num_heads}, num_layers={c.num_layers}, "
-                f"device={self.device}, dtype={self.dtype})")
+                f"device={self.device}, dtype={self.dtype}{quantized})")
 
     # -- forward ----------------------------------------------------------------------------
 
@@ -217,13 +237,9 @@ class Engine:
                 total_tokens=batch.total_tokens, max_seqlen=batch.max_seqlen,
                 pred_positions=batch.pred_positions, with_encoded=True, with_nsp=with_nsp,
                 interruptible=interruptible)
-        # Finite weights can still overflow float32 arithmetic (an attention score of 1e50):
-        # say so rather than return NaN. On the GPU the check would wait for the device, so
-        # there the outputs are returned as computed.
-        if self.device.type == "cpu" and not all(bool(torch.isfinite(t).all())
-                                                 for t in outputs if t is not None):
-            raise ValueError("the forward produced NaN or infinity: the model's weights are "
-                             f"too large for {self.dtype} arithmetic")
+        # A CPU forward checks its outputs finite (finite weights can still overflow: an
+        # attention score of 1e50) and raises ValueError; on the GPU that check would wait for
+        # the device, so there the outputs are returned as computed.
         return outputs
 
     # -- the text side, kept for old callers -------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 import pybert
 from pybert.config import BertConfig
 
-from conftest import random_batch, random_model, reference_forward, rel_l2, valid_mask
+from conftest import BOUNDS, random_batch, random_model, reference_forward, rel_l2, valid_mask
 from d2l_book import load_book_bert
 
 FP32_BOUND = 1e-5
@@ -59,6 +59,90 @@ def test_engine_matches_eager(name, batch, seq_len):
     ref = reference_forward(net, tokens, segments, valid_lens, pred_positions)
     out = engine(tokens, segments, valid_lens, pred_positions)
     assert_matches(out, ref, valid_lens, batch, seq_len)
+
+
+@pytest.mark.parametrize("name,batch,seq_len", CASES)
+def test_cpu_bf16_engine_matches_eager(name, batch, seq_len):
+    """bfloat16 on the CPU (AVX512-BF16/AMX GEMMs where the CPU has them), float32 LayerNorm,
+    softmax and accumulation: within the bf16 bound of the float64 model."""
+    config = CONFIGS[name]
+    net = random_model(config, seed=batch * 100 + seq_len)
+    engine = pybert.Engine.from_model(net, dtype=torch.bfloat16)
+    tokens, segments, valid_lens, pred = random_batch(config, batch, seq_len, seed=seq_len)
+    ref_encoded, ref_mlm, ref_nsp = reference_forward(net, tokens, segments, valid_lens, pred)
+    encoded, mlm, nsp = engine(tokens, segments, valid_lens, pred)
+    assert encoded.dtype == torch.bfloat16 and encoded.device.type == "cpu"
+    mask = valid_mask(valid_lens, batch, seq_len)
+    assert rel_l2(encoded[mask], ref_encoded[mask]) <= BOUNDS[torch.bfloat16]
+    assert torch.count_nonzero(encoded[~mask]) == 0
+    assert rel_l2(mlm, ref_mlm) <= BOUNDS[torch.bfloat16]
+    assert rel_l2(nsp, ref_nsp) <= BOUNDS[torch.bfloat16]
+
+
+# int8 dynamic quantisation is approximate by design: measured on these random models, the
+# encodings are within 6e-3 of the float64 model (cosine >= 0.9999 per token) and the heads'
+# logits within 6e-2; the bounds leave about 3x (encodings) and 2x (logits) of room.
+INT8_ENCODING_BOUND = 2e-2
+INT8_LOGIT_BOUND = 1e-1
+
+
+@pytest.mark.parametrize("name,batch,seq_len", CASES)
+def test_int8_engine_stays_close_to_eager(name, batch, seq_len):
+    config = CONFIGS[name]
+    net = random_model(config, seed=batch * 100 + seq_len)
+    engine = pybert.Engine.from_model(net, quantize="int8")
+    assert "quantize='int8'" in repr(engine)
+    tokens, segments, valid_lens, pred = random_batch(config, batch, seq_len, seed=seq_len)
+    ref_encoded, ref_mlm, ref_nsp = reference_forward(net, tokens, segments, valid_lens, pred)
+    encoded, mlm, nsp = engine(tokens, segments, valid_lens, pred)
+    assert encoded.dtype == torch.float32
+    mask = valid_mask(valid_lens, batch, seq_len)
+    assert rel_l2(encoded[mask], ref_encoded[mask]) <= INT8_ENCODING_BOUND
+    cosine = torch.nn.functional.cosine_similarity(encoded[mask].double(), ref_encoded[mask],
+                                                   dim=-1)
+    assert float(cosine.min()) >= 0.999
+    assert torch.count_nonzero(encoded[~mask]) == 0
+    assert rel_l2(mlm, ref_mlm) <= INT8_LOGIT_BOUND
+    assert rel_l2(nsp, ref_nsp) <= INT8_LOGIT_BOUND
+
+
+@pytest.mark.parametrize("weight_format", ["packed", "plain"])
+@pytest.mark.parametrize("rows", [1, 37, 128, 129, 300])
+def test_cpu_weight_formats_give_the_fp32_results(weight_format, rows):
+    """Prepacked oneDNN weights (used up to a row limit) and plain ones (addmm) both give the
+    float64 model's results, on either side of the limit."""
+    from pybert import _C
+    from pybert.engine import pack_d2l_state_dict
+
+    config = CONFIGS["hidden-96-head-dim-32"]
+    net = random_model(config, seed=rows)
+    native = _C.Engine(config.native(), pack_d2l_state_dict(net.state_dict(), config),
+                       weight_format=weight_format)
+    batch = min(5, rows)
+    seq_len = -(-rows // batch)
+    tokens, segments, _, pred = random_batch(config, batch, seq_len, seed=rows, full=True)
+    valid_lens = torch.full((batch,), seq_len)
+    valid_lens[-1] = rows - seq_len * (batch - 1)
+    cu = torch.zeros(batch + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(valid_lens, 0)
+    pred = pred.clamp(max=int(valid_lens.min()) - 1)
+    encoded, mlm, nsp = native.forward(tokens, segments, cu, total_tokens=rows,
+                                       max_seqlen=seq_len, pred_positions=pred)
+    ref_encoded, ref_mlm, ref_nsp = reference_forward(net, tokens, segments, valid_lens, pred)
+    mask = valid_mask(valid_lens, batch, seq_len)
+    assert rel_l2(encoded[mask], ref_encoded[mask]) <= FP32_BOUND
+    assert rel_l2(mlm, ref_mlm) <= FP32_BOUND
+    assert rel_l2(nsp, ref_nsp) <= FP32_BOUND
+
+
+def test_cpu_engine_options_are_checked():
+    net = random_model(CONFIGS["head-dim-8"])
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        pybert.Engine.from_model(net, quantize="int4")
+    with pytest.raises(ValueError, match="float32"):
+        pybert.Engine.from_model(net, dtype=torch.bfloat16, quantize="int8")
+    with pytest.raises(ValueError, match="CPU engine computes in"):
+        pybert.Engine.from_model(net, dtype=torch.float16)
 
 
 @pytest.mark.parametrize("name", ["book-training", "head-dim-8"])

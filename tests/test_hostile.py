@@ -394,13 +394,16 @@ def test_threads_sharing_an_engine_while_one_changes_its_inputs():
         writer.join()
 
 
-def test_weights_too_large_for_float32_arithmetic_are_reported():
+@pytest.mark.parametrize("options", [{}, {"dtype": torch.bfloat16}, {"quantize": "int8"}],
+                         ids=["fp32", "bf16", "int8"])
+def test_weights_too_large_for_float32_arithmetic_are_reported(options):
     """Finite weights can still overflow float32 inside the forward (attention scores of
-    1e50): the CPU engine says so instead of returning NaN."""
+    1e50): the CPU engine says so instead of returning NaN (or, in int8, quantising an
+    infinity into a finite wrong answer)."""
     net = random_model(CONFIG)
     with torch.no_grad():
         net.encoder.token_embedding.weight[3] *= 1e25
-    engine = pybert.Engine.from_model(net)
+    engine = pybert.Engine.from_model(net, **options)
     with pytest.raises(ValueError, match="NaN or infinity"):
         engine(torch.tensor([[3, 1, 2]]))
     engine(torch.tensor([[4, 1, 2]]))  # the other ids are fine

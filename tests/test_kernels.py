@@ -1,6 +1,6 @@
 """Each kernel (torch.ops.pybert.*) against a float64 torch reference, on fresh random inputs:
-the CPU kernels in fp32, and (marked cuda, skipped without a GPU) the CUDA kernels in fp32,
-fp16 and bf16."""
+the CPU kernels in fp32 and bf16, and (marked cuda, skipped without a GPU) the CUDA kernels
+in fp32, fp16 and bf16."""
 
 import math
 
@@ -20,6 +20,7 @@ REFERENCE_ACTIVATIONS = {"none": lambda x: x, "relu": torch.relu, "tanh": torch.
 
 TARGETS = [
     pytest.param(("cpu", torch.float32), id="cpu-fp32"),
+    pytest.param(("cpu", torch.bfloat16), id="cpu-bf16"),
     pytest.param(("cuda", torch.float32), id="cuda-fp32", marks=pytest.mark.cuda),
     pytest.param(("cuda", torch.float16), id="cuda-fp16", marks=pytest.mark.cuda),
     pytest.param(("cuda", torch.bfloat16), id="cuda-bf16", marks=pytest.mark.cuda),

@@ -1,39 +1,50 @@
-// The CPU backend of the runner: the fp32 kernels of kernels/cpu. They run synchronously on
-// torch's thread pool, so the backend holds no state.
+// The CPU backend of the runner: the kernels of kernels/cpu in float or bfloat16. They run
+// synchronously on torch's thread pool; the backend's one state is the engine's prepared
+// (prepacked or int8) weight matrices, found by the address of the plain matrix.
 #pragma once
+
+#include <unordered_map>
 
 #include "../kernels/cpu/kernels.h"
 #include "model.h"
 
 namespace pybert {
 
-struct CpuBackend {
-  using Scalar = float;
+using PreparedWeights = std::unordered_map<const void*, cpu::PreparedWeightPtr>;
 
-  void gemm_bias_act(const float* a, const float* w, const float* bias, float* out, int64_t m,
-                     int64_t n, int64_t k, Activation act) {
-    cpu::gemm_bias_act(a, w, bias, out, m, n, k, act);
+template <typename T>
+struct CpuBackend {
+  using Scalar = T;
+  const PreparedWeights* prepared = nullptr;
+
+  void gemm_bias_act(const T* a, const T* w, const T* bias, T* out, int64_t m, int64_t n,
+                     int64_t k, Activation act) {
+    const cpu::PreparedWeight* ready = nullptr;
+    if (prepared != nullptr) {
+      auto found = prepared->find(w);
+      if (found != prepared->end()) ready = found->second.get();
+    }
+    cpu::gemm_bias_act(a, w, bias, ready, out, m, n, k, act);
   }
   void embed_packed(const int64_t* tokens, const int64_t* segments, const int32_t* cu_seqlens,
-                    const float* token_table, const float* segment_table,
-                    const float* pos_table, float* out, int64_t batch, int64_t seq_len,
-                    int64_t total_tokens, int64_t hidden) {
+                    const T* token_table, const T* segment_table, const T* pos_table, T* out,
+                    int64_t batch, int64_t seq_len, int64_t total_tokens, int64_t hidden) {
     cpu::embed_packed(tokens, segments, cu_seqlens, token_table, segment_table, pos_table, out,
                       batch, seq_len, total_tokens, hidden);
   }
-  void add_layernorm(const float* x, const float* residual, const float* gamma,
-                     const float* beta, float* out, int64_t rows, int64_t hidden, float eps) {
+  void add_layernorm(const T* x, const T* residual, const T* gamma, const T* beta, T* out,
+                     int64_t rows, int64_t hidden, float eps) {
     cpu::add_layernorm(x, residual, gamma, beta, out, rows, hidden, eps);
   }
-  void attention_varlen(const float* qkv, const int32_t* cu_seqlens, float* out, int64_t batch,
+  void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
                         int64_t max_seqlen, int64_t num_heads, int64_t head_dim) {
     cpu::attention_varlen(qkv, cu_seqlens, out, batch, max_seqlen, num_heads, head_dim);
   }
-  void gather_rows(const float* packed, const int32_t* cu_seqlens, const int64_t* positions,
-                   float* out, int64_t batch, int64_t num_positions, int64_t hidden) {
+  void gather_rows(const T* packed, const int32_t* cu_seqlens, const int64_t* positions,
+                   T* out, int64_t batch, int64_t num_positions, int64_t hidden) {
     cpu::gather_rows(packed, cu_seqlens, positions, out, batch, num_positions, hidden);
   }
-  void unpack_padded(const float* packed, const int32_t* cu_seqlens, float* out, int64_t batch,
+  void unpack_padded(const T* packed, const int32_t* cu_seqlens, T* out, int64_t batch,
                      int64_t seq_len, int64_t hidden) {
     cpu::unpack_padded(packed, cu_seqlens, out, batch, seq_len, hidden);
   }

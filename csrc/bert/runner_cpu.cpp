@@ -1,15 +1,73 @@
 #include "runner_cpu.h"
 
-#include "backend_cpu.h"
+#include <algorithm>
+#include <stdexcept>
+
 #include "runner.h"
 
 namespace pybert {
 
-bool bert_forward_cpu(const BertConfig& config, const BertWeights<float>& weights,
-                      const BatchInputs& inputs, const BatchOutputs<float>& outputs,
-                      float* workspace) {
-  CpuBackend backend;
-  return bert_forward(backend, config, weights, inputs, outputs, workspace);
+template <typename T>
+PreparedWeights prepare_cpu_weights(const BertConfig& c, const BertWeights<T>& w,
+                                    cpu::WeightFormat format) {
+  PreparedWeights prepared;
+  auto prepare = [&](const T* weight, const T* bias, int64_t n, int64_t k) {
+    if (weight == nullptr) return;  // an absent head
+    auto ready = cpu::prepare_weight(weight, bias, n, k, format);
+    if (ready) prepared.emplace(weight, std::move(ready));
+  };
+  const int64_t h = c.num_hiddens;
+  for (const auto& layer : w.layers) {
+    prepare(layer.qkv_weight, layer.qkv_bias, 3 * h, h);
+    prepare(layer.out_weight, layer.out_bias, h, h);
+    prepare(layer.ffn1_weight, layer.ffn1_bias, c.ffn_num_hiddens, h);
+    prepare(layer.ffn2_weight, layer.ffn2_bias, h, c.ffn_num_hiddens);
+  }
+  prepare(w.pooler_weight, w.pooler_bias, h, h);
+  prepare(w.mlm_dense_weight, w.mlm_dense_bias, h, h);
+  prepare(w.mlm_decoder_weight, w.mlm_decoder_bias, c.vocab_size, h);
+  return prepared;
 }
+
+template <typename T>
+bool bert_forward_cpu(const BertConfig& config, const BertWeights<T>& weights,
+                      const PreparedWeights& prepared, const BatchInputs& inputs,
+                      const BatchOutputs<T>& outputs, T* workspace) {
+  CpuBackend<T> backend{&prepared};
+  // The attention writes the context rows of real tokens only: spare rows (capacity beyond
+  // cu_seqlens[batch]) get zeros, so that they stay finite in a reused workspace.
+  const WorkspaceLayout layout(config, inputs);
+  const int64_t real_rows = inputs.cu_seqlens[inputs.batch];
+  std::fill(workspace + layout.context + real_rows * config.num_hiddens,
+            workspace + layout.context + inputs.total_tokens * config.num_hiddens,
+            cpu::from_float<T>(0.0f));
+  if (!bert_forward(backend, config, weights, inputs, outputs, workspace)) return false;
+  // The hidden state is checked packed (the padded copy holds the same rows), its real rows
+  // only (spare capacity beyond cu_seqlens[batch] is never read), then the heads.
+  const T* hidden =
+      outputs.encoded_packed != nullptr ? outputs.encoded_packed : workspace + layout.x;
+  const int64_t preds = inputs.batch * inputs.num_pred_positions;
+  const bool finite =
+      cpu::all_finite(hidden, real_rows * config.num_hiddens) &&
+      (inputs.pred_positions == nullptr || preds == 0 ||
+       cpu::all_finite(outputs.mlm_logits, preds * config.vocab_size)) &&
+      (!inputs.with_nsp || cpu::all_finite(outputs.nsp_logits, inputs.batch * 2));
+  if (!finite) {
+    throw std::domain_error(
+        "the forward produced NaN or infinity: the model's weights are too large for this "
+        "dtype's arithmetic");
+  }
+  return true;
+}
+
+#define PYBERT_INSTANTIATE(T)                                                              \
+  template PreparedWeights prepare_cpu_weights<T>(const BertConfig&, const BertWeights<T>&, \
+                                                  cpu::WeightFormat);                      \
+  template bool bert_forward_cpu<T>(const BertConfig&, const BertWeights<T>&,                \
+                                    const PreparedWeights&, const BatchInputs&,              \
+                                    const BatchOutputs<T>&, T*);
+PYBERT_INSTANTIATE(float)
+PYBERT_INSTANTIATE(cpu::bfloat16)
+#undef PYBERT_INSTANTIATE
 
 }  // namespace pybert

@@ -1,16 +1,27 @@
-// The BERT forward on the CPU (fp32), compiled once in runner_cpu.cpp so that the bindings call
-// a plain function rather than instantiating the runner themselves.
+// The BERT forward on the CPU (float or bfloat16), compiled once in runner_cpu.cpp so that the
+// bindings call plain functions rather than instantiating the runner themselves.
 #pragma once
 
+#include "../kernels/cpu/kernels.h"
+#include "backend_cpu.h"
 #include "model.h"
 #include "weights.h"
 
 namespace pybert {
 
+// The weight matrices of `weights` (layers, pooler, MLM transform and decoder) prepared for
+// the GEMM library in `format`; a matrix the library cannot prepare stays plain.
+template <typename T>
+PreparedWeights prepare_cpu_weights(const BertConfig& config, const BertWeights<T>& weights,
+                                    cpu::WeightFormat format);
+
 // Runs the whole forward on torch's CPU thread pool. `workspace` holds workspace_elements()
-// floats. Returns false when inputs.stop_requested abandoned it between two layers.
-bool bert_forward_cpu(const BertConfig& config, const BertWeights<float>& weights,
-                      const BatchInputs& inputs, const BatchOutputs<float>& outputs,
-                      float* workspace);
+// scalars. Returns false when inputs.stop_requested abandoned it between two layers, and
+// throws std::runtime_error when the forward produced NaN or infinity (finite weights can
+// still overflow: an attention score of 1e50).
+template <typename T>
+bool bert_forward_cpu(const BertConfig& config, const BertWeights<T>& weights,
+                      const PreparedWeights& prepared, const BatchInputs& inputs,
+                      const BatchOutputs<T>& outputs, T* workspace);
 
 }  // namespace pybert

@@ -3,6 +3,7 @@
 #include <c10/core/DeviceGuard.h>
 
 #include <map>
+#include <mutex>
 #include <set>
 
 #include "bert/runner.h"
@@ -10,7 +11,9 @@
 
 namespace pybert {
 
-Engine::Engine(const BertConfig& config, const WeightTensors& weights) : config_(config) {
+Engine::Engine(const BertConfig& config, const WeightTensors& weights,
+               const std::string& weight_format)
+    : config_(config) {
   TORCH_CHECK(config.num_heads > 0 && config.num_hiddens % config.num_heads == 0,
               "num_hiddens (", config.num_hiddens, ") must be a multiple of num_heads (",
               config.num_heads, ")");
@@ -49,11 +52,11 @@ Engine::Engine(const BertConfig& config, const WeightTensors& weights) : config_
   has_mlm_ = found_of_part[WeightPart::kMlm].first > 0;
   weights_ = weights;
   if (device_.is_cpu()) {
-    TORCH_CHECK(dtype_ == at::kFloat, "Engine: the CPU kernels compute in float32, got ",
-                c10::toString(dtype_));
-    runner_ = make_cpu_runner(config_, weights_);
+    runner_ = make_cpu_runner(config_, weights_, dtype_, weight_format);
   } else {
     TORCH_CHECK(device_.is_cuda(), "Engine: unsupported device ", device_);
+    TORCH_CHECK_VALUE(weight_format == "packed" || weight_format == "plain",
+                      "weight_format '", weight_format, "' is CPU-only");
     runner_ = make_cuda_runner(config_, weights_, dtype_, device_);
   }
 }
@@ -128,7 +131,21 @@ Engine::Outputs Engine::forward(const at::Tensor& tokens, const at::Tensor& segm
     out.mlm_logits = at::empty({batch, in.num_pred_positions, config_.vocab_size}, opts);
   }
   if (with_nsp) out.nsp_logits = at::empty({batch, 2}, opts);
-  const at::Tensor workspace = at::empty({workspace_elements(config_, in)}, opts);
+  // On the CPU one workspace is kept and reused: a fresh one of this size comes from mmap,
+  // and touching its new pages costs more than small layers take. A call that finds it in use
+  // (another thread's forward) takes its own. CUDA's caching allocator already reuses memory.
+  const int64_t workspace_size = workspace_elements(config_, in);
+  std::unique_lock<std::mutex> reuse(workspace_mutex_, std::defer_lock);
+  at::Tensor workspace;
+  if (device_.is_cpu() && reuse.try_lock()) {
+    if (workspace_.numel() < workspace_size) {
+      workspace_ = at::Tensor();  // free the smaller one first
+      workspace_ = at::empty({workspace_size}, opts);
+    }
+    workspace = workspace_;
+  } else {
+    workspace = at::empty({workspace_size}, opts);
+  }
   auto data = [](const std::optional<at::Tensor>& t) { return t ? t->data_ptr() : nullptr; };
   out.completed = runner_->forward(
       in, with_encoded && !packed ? data(out.encoded) : nullptr,

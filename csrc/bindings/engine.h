@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -29,9 +30,13 @@ class DeviceRunner {
                        void* mlm_logits, void* nsp_logits, void* workspace) = 0;
 };
 
-// The CPU runner (fp32), in engine_cpu.cpp.
+// The CPU runner (float32 or bfloat16), in engine_cpu.cpp. weight_format says how its weight
+// matrices are held: "packed" (oneDNN's layout, where torch has oneDNN), "plain" or "int8"
+// (dynamic quantisation, float32 only).
 std::unique_ptr<DeviceRunner> make_cpu_runner(const BertConfig& config,
-                                              const WeightTensors& weights);
+                                              const WeightTensors& weights,
+                                              at::ScalarType dtype,
+                                              const std::string& weight_format);
 // The CUDA runner (fp32, fp16, bf16), in engine_cuda.cpp; a build without CUDA links
 // no_cuda.cpp instead, whose runner factory refuses with the reason.
 std::unique_ptr<DeviceRunner> make_cuda_runner(const BertConfig& config,
@@ -42,8 +47,10 @@ extern const bool kBuiltWithCuda;
 class Engine {
  public:
   // Checks every weight against the layout of bert/weights.h: names, shapes, one dtype and
-  // device, optional parts complete or absent.
-  Engine(const BertConfig& config, const WeightTensors& weights);
+  // device, optional parts complete or absent. weight_format: see make_cpu_runner (CPU only;
+  // the CUDA runner takes "packed", its cuBLASLt layout being the plain one).
+  Engine(const BertConfig& config, const WeightTensors& weights,
+         const std::string& weight_format = "packed");
 
   bool has_nsp() const { return has_nsp_; }
   bool has_mlm() const { return has_mlm_; }
@@ -70,6 +77,8 @@ class Engine {
   bool has_nsp_ = false, has_mlm_ = false, has_embedding_norm_ = false;
   WeightTensors weights_;  // keeps the storage behind the runner's pointers alive
   std::unique_ptr<DeviceRunner> runner_;
+  std::mutex workspace_mutex_;  // held by the forward using workspace_
+  at::Tensor workspace_;        // CPU: the largest workspace asked for so far
 };
 
 // Points each field of `weights` at its tensor in `tensors` (absent parts stay null).

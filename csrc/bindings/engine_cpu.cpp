@@ -1,34 +1,62 @@
-// The Engine's CPU runner: fp32 weights bound once, the forward of bert/runner_cpu.
+// The Engine's CPU runner: float32 or bfloat16 weights bound once and their matrices prepared
+// once for the GEMM library; the forward of bert/runner_cpu.
 #include "bert/runner_cpu.h"
 #include "engine.h"
 
 namespace pybert {
 namespace {
 
+template <typename T>
 class CpuRunner : public DeviceRunner {
  public:
-  CpuRunner(const BertConfig& config, const WeightTensors& weights)
-      : config_(config), weights_(bind_weights<float>(config, weights)) {}
+  CpuRunner(const BertConfig& config, const WeightTensors& weights, cpu::WeightFormat format)
+      : config_(config),
+        weights_(bind_weights<T>(config, weights)),
+        prepared_(prepare_cpu_weights(config_, weights_, format)) {}
 
   bool forward(const BatchInputs& in, void* encoded, void* encoded_packed, void* mlm_logits,
                void* nsp_logits, void* workspace) override {
-    const BatchOutputs<float> out{static_cast<float*>(encoded),
-                                  static_cast<float*>(encoded_packed),
-                                  static_cast<float*>(mlm_logits),
-                                  static_cast<float*>(nsp_logits)};
-    return bert_forward_cpu(config_, weights_, in, out, static_cast<float*>(workspace));
+    const BatchOutputs<T> out{static_cast<T*>(encoded), static_cast<T*>(encoded_packed),
+                              static_cast<T*>(mlm_logits), static_cast<T*>(nsp_logits)};
+    return bert_forward_cpu(config_, weights_, prepared_, in, out, static_cast<T*>(workspace));
   }
 
  private:
   BertConfig config_;
-  BertWeights<float> weights_;
+  BertWeights<T> weights_;
+  PreparedWeights prepared_;
 };
+
+cpu::WeightFormat parse_weight_format(const std::string& name, at::ScalarType dtype) {
+  if (name == "int8") {
+    TORCH_CHECK_VALUE(dtype == at::kFloat,
+                      "int8 quantisation takes float32 weights (activations are quantised from "
+                      "float32), got ", c10::toString(dtype));
+    TORCH_CHECK_VALUE(cpu::weight_format_supported<float>(cpu::WeightFormat::kInt8),
+                      "this build of torch has no quantised CPU engine (fbgemm/onednn), so "
+                      "int8 is unavailable");
+    return cpu::WeightFormat::kInt8;
+  }
+  if (name == "packed") return cpu::WeightFormat::kPacked;
+  TORCH_CHECK_VALUE(name == "plain", "weight_format must be 'packed', 'plain' or 'int8', got '",
+                    name, "'");
+  return cpu::WeightFormat::kPlain;
+}
 
 }  // namespace
 
 std::unique_ptr<DeviceRunner> make_cpu_runner(const BertConfig& config,
-                                              const WeightTensors& weights) {
-  return std::make_unique<CpuRunner>(config, weights);
+                                              const WeightTensors& weights,
+                                              at::ScalarType dtype,
+                                              const std::string& weight_format) {
+  const cpu::WeightFormat format = parse_weight_format(weight_format, dtype);
+  if (dtype == at::kBFloat16) {
+    return std::make_unique<CpuRunner<cpu::bfloat16>>(config, weights, format);
+  }
+  TORCH_CHECK_VALUE(dtype == at::kFloat,
+                    "Engine: the CPU kernels compute in float32 or bfloat16, got ",
+                    c10::toString(dtype));
+  return std::make_unique<CpuRunner<float>>(config, weights, format);
 }
 
 }  // namespace pybert

@@ -59,10 +59,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("weight_shapes", &pybert::weight_shapes, py::arg("config"),
         "{name: (shape, part)} of the engine's packed weights for a config dict");
   py::class_<Engine>(m, "Engine")
-      .def(py::init([](const py::dict& config, const pybert::WeightTensors& weights) {
-             return std::make_unique<Engine>(pybert::config_from_dict(config), weights);
+      .def(py::init([](const py::dict& config, const pybert::WeightTensors& weights,
+                       const std::string& weight_format) {
+             return std::make_unique<Engine>(pybert::config_from_dict(config), weights,
+                                             weight_format);
            }),
-           py::arg("config"), py::arg("weights"))
+           py::arg("config"), py::arg("weights"), py::arg("weight_format") = "packed")
       .def_property_readonly("has_nsp", &Engine::has_nsp)
       .def_property_readonly("has_mlm", &Engine::has_mlm)
       .def_property_readonly("has_embedding_norm", &Engine::has_embedding_norm)

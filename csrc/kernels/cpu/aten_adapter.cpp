@@ -1,56 +1,256 @@
-// The one CPU kernel file that sees torch: the GEMM goes to ATen (MKL/oneDNN/OpenBLAS, whatever
-// torch was built with) and parallel_for goes to torch's thread pool. Everything else in
-// kernels/cpu is plain C++.
+// The one CPU kernel file that sees torch. The GEMMs go to ATen's addmm (MKL or oneDNN) or to
+// oneDNN's own ops with weights prepacked once in its blocked layout, bias and activation fused
+// (AVX-512, AVX512-BF16, VNNI or AMX as the CPU has them; int8 with activations quantised per
+// call by quantize_u8); the attention goes to torch's CPU flash attention; parallel_for goes
+// to torch's thread pool. Everything else in kernels/cpu is plain C++.
+//
+// oneDNN's ops are reached through the dispatcher by name (ATen has no C++ API for them); a
+// torch built without them leaves weights plain.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
+#include <c10/util/BFloat16.h>
+
+#include <cmath>
+#include <stdexcept>
+#include <vector>
+#include <optional>
+#include <type_traits>
 
 #include "kernels.h"
 #include "parallel.h"
 
 namespace pybert::cpu {
 
-void gemm_bias_act(const float* a, const float* weight, const float* bias, float* out,
-                   int64_t m, int64_t n, int64_t k, Activation act) {
-  const auto opts = at::TensorOptions().dtype(at::kFloat);
-  auto a_t = at::from_blob(const_cast<float*>(a), {m, k}, opts);
-  auto w_t = at::from_blob(const_cast<float*>(weight), {n, k}, opts);
-  auto out_t = at::from_blob(out, {m, n}, opts);
-  if (bias != nullptr) {
-    auto bias_t = at::from_blob(const_cast<float*>(bias), {n}, opts);
-    at::addmm_out(out_t, bias_t, a_t, w_t.t());
-  } else {
-    at::mm_out(out_t, a_t, w_t.t());
-  }
+static_assert(sizeof(bfloat16) == sizeof(c10::BFloat16) && alignof(bfloat16) == alignof(c10::BFloat16),
+              "bfloat16 must have c10::BFloat16's layout");
+
+namespace {
+
+template <typename T>
+at::TensorOptions options_of() {
+  return at::TensorOptions().dtype(std::is_same_v<T, bfloat16> ? at::kBFloat16 : at::kFloat);
+}
+
+// A tensor over memory the caller owns (const: ATen only reads it).
+template <typename T>
+at::Tensor wrap(const T* data, at::IntArrayRef sizes) {
+  return at::from_blob(const_cast<T*>(data), sizes, options_of<T>());
+}
+
+std::optional<c10::OperatorHandle> find_op(const char* name, const char* overload = "") {
+  return c10::Dispatcher::singleton().findSchema({name, overload});
+}
+
+const std::optional<c10::OperatorHandle>& onednn_reorder_op() {
+  static const auto op = find_op("mkldnn::_reorder_linear_weight");
+  return op;
+}
+const std::optional<c10::OperatorHandle>& onednn_linear_op() {
+  static const auto op = find_op("mkldnn::_linear_pointwise");
+  return op;
+}
+const std::optional<c10::OperatorHandle>& int8_prepack_op() {
+  static const auto op = find_op("onednn::qlinear_prepack");
+  return op;
+}
+const std::optional<c10::OperatorHandle>& int8_linear_op() {
+  static const auto op = find_op("onednn::qlinear_pointwise");
+  return op;
+}
+
+at::Tensor call_for_tensor(const c10::OperatorHandle& op, torch::jit::Stack stack) {
+  op.callBoxed(&stack);
+  return stack.at(0).toTensor();
+}
+
+void apply_activation(at::Tensor& t, Activation act) {
   switch (act) {
     case Activation::kNone: break;
-    case Activation::kReLU: out_t.relu_(); break;
-    case Activation::kTanh: out_t.tanh_(); break;
-    case Activation::kGELU: out_t.copy_(at::gelu(out_t)); break;
+    case Activation::kReLU: t.relu_(); break;
+    case Activation::kTanh: t.tanh_(); break;
+    case Activation::kGELU: at::gelu_(t); break;
   }
 }
 
-void matmul_nt(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
-               int64_t m, int64_t n, int64_t k, float alpha) {
-  const auto opts = at::TensorOptions().dtype(at::kFloat);
-  auto a_t = at::from_blob(const_cast<float*>(a), {m, k}, {lda, 1}, opts);
-  auto b_t = at::from_blob(const_cast<float*>(b), {n, k}, {ldb, 1}, opts);
-  auto c_t = at::from_blob(c, {m, n}, {ldc, 1}, opts);
-  at::mm_out(c_t, a_t, b_t.t());
-  if (alpha != 1.0f) c_t.mul_(alpha);
+// The largest int8 weight magnitude. With VNNI or AMX, u8 x s8 products accumulate in 32 bits;
+// without them (AVX2, AVX-512F) pairs of products are added in 16 bits first, which saturates
+// unless the weights keep to 7 bits (255 * 63 * 2 < 32767).
+float int8_weight_limit() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool wide_accumulation = __builtin_cpu_supports("avx512vnni") ||
+                                        __builtin_cpu_supports("avxvnni") ||
+                                        __builtin_cpu_supports("amx-int8");
+  return wide_accumulation ? 127.0f : 63.0f;
+#else
+  return 127.0f;
+#endif
 }
 
-void matmul_nn(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
-               int64_t m, int64_t n, int64_t k) {
-  const auto opts = at::TensorOptions().dtype(at::kFloat);
-  auto a_t = at::from_blob(const_cast<float*>(a), {m, k}, {lda, 1}, opts);
-  auto b_t = at::from_blob(const_cast<float*>(b), {k, n}, {ldb, 1}, opts);
-  auto c_t = at::from_blob(c, {m, n}, {ldc, 1}, opts);
-  at::mm_out(c_t, a_t, b_t);
+const char* post_op_name(Activation act) {
+  switch (act) {
+    case Activation::kNone: return "none";
+    case Activation::kReLU: return "relu";
+    case Activation::kTanh: return "tanh";
+    case Activation::kGELU: return "gelu";
+  }
+  return "none";
+}
+
+// oneDNN's GELU post-op takes the approximation as an algorithm: "none" is the exact erf form.
+c10::IValue post_op_algorithm(Activation act) {
+  return act == Activation::kGELU ? c10::IValue(std::string("none")) : c10::IValue();
+}
+
+// oneDNN writes a prepacked GEMM's result to a tensor of its own, which is then copied out:
+// that pays only while the weight's per-call packing (what addmm does, n * k) outweighs the
+// copy (m * n). Measured on AVX-512/AMX (benchmarks/RESULTS.md, 2026-11-26): prepacked wins
+// up to these row counts and loses beyond.
+template <typename T>
+constexpr int64_t packed_rows_limit() {
+  return std::is_same_v<T, bfloat16> ? 256 : 128;
+}
+
+}  // namespace
+
+class PreparedWeight {
+ public:
+  WeightFormat format;
+  at::Tensor packed;       // the weight in oneDNN's layout (T, or int8)
+  at::Tensor bias;         // T (kPacked) or float32 (kInt8); or undefined
+  at::Tensor scales;       // kInt8: float32 per output channel
+  at::Tensor zero_points;  // kInt8: zeros (symmetric weights), as oneDNN's op takes them
+};
+
+void PreparedWeightDeleter::operator()(PreparedWeight* weight) const { delete weight; }
+
+template <typename T>
+bool weight_format_supported(WeightFormat format) {
+  switch (format) {
+    case WeightFormat::kPlain: return true;
+    case WeightFormat::kPacked:
+      return at::hasMKLDNN() && onednn_reorder_op() && onednn_linear_op();
+    case WeightFormat::kInt8:
+      return std::is_same_v<T, float> && at::hasMKLDNN() && int8_prepack_op() &&
+             int8_linear_op();
+  }
+  return false;
+}
+
+template <typename T>
+PreparedWeightPtr prepare_weight(const T* weight, const T* bias, int64_t n, int64_t k,
+                                 WeightFormat format) {
+  if (format == WeightFormat::kPlain || !weight_format_supported<T>(format)) return nullptr;
+  PreparedWeightPtr prepared(new PreparedWeight{format, {}, {}, {}, {}});
+  const at::Tensor w = wrap(weight, {n, k});
+  if (bias != nullptr) prepared->bias = wrap(bias, {n}).clone();
+  if (format == WeightFormat::kPacked) {
+    prepared->packed = call_for_tensor(*onednn_reorder_op(), {w.clone(), c10::IValue()});
+    return prepared;
+  }
+  // Symmetric per-output-channel scales: row r maps [-max|w_r|, max|w_r|] onto
+  // [-limit, limit].
+  const float limit = int8_weight_limit();
+  prepared->scales = (w.abs().amax(1).clamp_min(1e-30f) / limit).to(at::kFloat);
+  const at::Tensor quantized =
+      at::round(w / prepared->scales.unsqueeze(1)).clamp(-limit, limit).to(at::kChar);
+  prepared->packed = call_for_tensor(*int8_prepack_op(), {quantized, c10::IValue()});
+  prepared->zero_points = at::zeros({n}, at::kLong);
+  return prepared;
+}
+
+template <typename T>
+void gemm_bias_act(const T* a, const T* weight, const T* bias, const PreparedWeight* prepared,
+                   T* out, int64_t m, int64_t n, int64_t k, Activation act) {
+  at::Tensor out_t = wrap(out, {m, n});
+  const at::Tensor a_t = wrap(a, {m, k});
+  const bool int8 = prepared != nullptr && prepared->format == WeightFormat::kInt8;
+  if (!int8 && (prepared == nullptr || m > packed_rows_limit<T>())) {
+    const at::Tensor w_t = wrap(weight, {n, k});
+    if (bias != nullptr) {
+      at::addmm_out(out_t, wrap(bias, {n}), a_t, w_t.t());
+    } else {
+      at::mm_out(out_t, a_t, w_t.t());
+    }
+    apply_activation(out_t, act);
+    return;
+  }
+  const c10::IValue bias_value =
+      prepared->bias.defined() ? c10::IValue(prepared->bias) : c10::IValue();
+  const c10::List<std::optional<at::Scalar>> no_scalars;
+  if (!int8) {  // oneDNN applies the activation in its accumulators
+    out_t.copy_(call_for_tensor(*onednn_linear_op(),
+                                {a_t, prepared->packed, bias_value, std::string(post_op_name(act)),
+                                 no_scalars, post_op_algorithm(act)}));
+    return;
+  }
+  // Dynamic quantisation: this call's activations to uint8, one scale for the whole matrix.
+  thread_local std::vector<uint8_t> quantized;
+  quantized.resize(static_cast<size_t>(m * k));
+  const U8Quantization q =
+      quantize_u8(reinterpret_cast<const float*>(a), m * k, quantized.data());
+  if (std::isnan(q.scale)) {
+    throw std::domain_error(
+        "the forward produced NaN or infinity: the model's weights are too large for this "
+        "dtype's arithmetic");
+  }
+  const at::Tensor qa = at::from_blob(quantized.data(), {m, k}, at::kByte);
+  out_t.copy_(call_for_tensor(
+      *int8_linear_op(),
+      {qa, double(q.scale), int64_t(q.zero_point), prepared->packed, prepared->scales,
+       prepared->zero_points, bias_value, 1.0, int64_t(0), at::kFloat,
+       std::string(post_op_name(act)), no_scalars,
+       std::string(act == Activation::kGELU ? "none" : "")}));
+}
+
+template <typename T>
+void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
+                      int64_t max_seqlen, int64_t num_heads, int64_t head_dim) {
+  const int64_t hidden = num_heads * head_dim;
+  const double scale = 1.0 / std::sqrt(double(head_dim));
+  auto attend = [&](int64_t b) {
+    const int64_t first = cu_seqlens[b];
+    const int64_t length = cu_seqlens[b + 1] - first;
+    if (length == 0) return;  // an empty slot of a captured batch bucket
+    // Q, K and V of sequence b as (1, heads, length, head_dim) views into its qkv rows.
+    auto part = [&](int64_t index) {
+      return at::from_blob(const_cast<T*>(qkv) + first * 3 * hidden + index * hidden,
+                           {1, num_heads, length, head_dim},
+                           {length * 3 * hidden, head_dim, 3 * hidden, 1}, options_of<T>());
+    };
+    const at::Tensor context = std::get<0>(at::_scaled_dot_product_flash_attention_for_cpu(
+        part(0), part(1), part(2), 0.0, false, std::nullopt, scale));
+    // context is (1, heads, length, d); the heads go side by side in each token's row.
+    at::from_blob(out + first * hidden, {1, length, num_heads, head_dim}, options_of<T>())
+        .copy_(context.transpose(1, 2));
+  };
+  // Many sequences: one per task (each attention then runs on one thread). Few: one after
+  // another, each spread over the threads by heads and query blocks.
+  if (batch >= 2 * at::get_num_threads()) {
+    parallel_for(batch, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) attend(b);
+    });
+  } else {
+    for (int64_t b = 0; b < batch; ++b) attend(b);
+  }
 }
 
 void parallel_for(int64_t n, int64_t grain_size,
                   const std::function<void(int64_t, int64_t)>& fn) {
   at::parallel_for(0, n, grain_size, fn);
 }
+
+#define PYBERT_INSTANTIATE(T)                                                                 \
+  template bool weight_format_supported<T>(WeightFormat);                                    \
+  template PreparedWeightPtr prepare_weight<T>(const T*, const T*, int64_t, int64_t,         \
+                                               WeightFormat);                                \
+  template void gemm_bias_act<T>(const T*, const T*, const T*, const PreparedWeight*, T*,    \
+                                 int64_t, int64_t, int64_t, Activation);                     \
+  template void attention_varlen<T>(const T*, const int32_t*, T*, int64_t, int64_t, int64_t, \
+                                    int64_t);
+PYBERT_INSTANTIATE(float)
+PYBERT_INSTANTIATE(bfloat16)
+#undef PYBERT_INSTANTIATE
 
 }  // namespace pybert::cpu

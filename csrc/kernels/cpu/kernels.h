@@ -3,28 +3,53 @@
 // Each kernel is the readable reference for its CUDA twin in ../cuda/ (same arguments, same
 // layouts). Matrices are row-major. "Packed" activations hold only the real tokens of a batch,
 // sequence after sequence: sequence b owns rows [cu_seqlens[b], cu_seqlens[b + 1]).
+//
+// T is float or bfloat16 (bfloat16.h); every reduction and every elementwise formula is
+// computed in float. The GEMM and the attention go to torch's own CPU kernels (oneDNN and
+// its flash attention, aten_adapter.cpp), the one file here that sees torch.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
 #include "../activation.h"
+#include "bfloat16.h"
 
 namespace pybert::cpu {
 
+// How a weight matrix is held for the GEMM library.
+enum class WeightFormat {
+  kPlain,   // the row-major matrix as given
+  kPacked,  // prepacked once in the library's blocked layout (oneDNN), same dtype
+  kInt8,    // int8 per output channel, activations quantised to uint8 per call (dynamic
+            // quantisation; oneDNN's int8 GEMM: VNNI or AMX where the CPU has them)
+};
+
+// A weight matrix (and its bias) made ready for gemm_bias_act once, when an engine is built.
+// Opaque: its contents belong to the GEMM library (aten_adapter.cpp).
+class PreparedWeight;
+struct PreparedWeightDeleter {
+  void operator()(PreparedWeight* weight) const;
+};
+using PreparedWeightPtr = std::unique_ptr<PreparedWeight, PreparedWeightDeleter>;
+
+// Prepares weight (n, k) with bias (n) or null in `format`. kInt8 needs T = float. Returns
+// null when this torch build cannot (no oneDNN, no quantised engine): callers then pass null
+// to gemm_bias_act, which uses the plain matrix.
+template <typename T>
+PreparedWeightPtr prepare_weight(const T* weight, const T* bias, int64_t n, int64_t k,
+                                 WeightFormat format);
+// Whether this machine's torch can prepare weights in `format` for T.
+template <typename T>
+bool weight_format_supported(WeightFormat format);
+
 // out[m, n] = act(sum_k a[m, k] * weight[n, k] + bias[n])
 // a: (m, k); weight: (n, k), the nn.Linear layout; bias: (n) or null; out: (m, n).
-void gemm_bias_act(const float* a, const float* weight, const float* bias, float* out,
-                   int64_t m, int64_t n, int64_t k, Activation act);
-
-// Strided products for the kernels that work on slices (attention's heads):
-// matmul_nt: c[i, j] = alpha * sum_k a[i, k] * b[j, k]
-// matmul_nn: c[i, j] = sum_k a[i, k] * b[k, j]
-// a: (m, k) or (m, k), b: (n, k) or (k, n), c: (m, n); each row-major with the given row
-// stride (lda, ldb, ldc elements between rows).
-void matmul_nt(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
-               int64_t m, int64_t n, int64_t k, float alpha);
-void matmul_nn(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
-               int64_t m, int64_t n, int64_t k);
+// prepared, when not null, is prepare_weight(weight, bias, n, k, ...): int8 weights are always
+// used; prepacked ones where they pay (few rows), the plain matrix otherwise.
+template <typename T>
+void gemm_bias_act(const T* a, const T* weight, const T* bias, const PreparedWeight* prepared,
+                   T* out, int64_t m, int64_t n, int64_t k, Activation act);
 
 // Token + segment + position embeddings of the real tokens, packed.
 // tokens, segments: (batch, seq_len) padded, or already packed (total_tokens) when
@@ -33,32 +58,49 @@ void matmul_nn(const float* a, int64_t lda, const float* b, int64_t ldb, float* 
 // out: (total_tokens, hidden); row cu_seqlens[b] + s holds position s of sequence b, and rows
 // from cu_seqlens[batch] to total_tokens (spare capacity, as in a captured CUDA graph) are
 // zeros.
+template <typename T>
 void embed_packed(const int64_t* tokens, const int64_t* segments, const int32_t* cu_seqlens,
-                  const float* token_table, const float* segment_table, const float* pos_table,
-                  float* out, int64_t batch, int64_t seq_len, int64_t total_tokens,
-                  int64_t hidden);
+                  const T* token_table, const T* segment_table, const T* pos_table, T* out,
+                  int64_t batch, int64_t seq_len, int64_t total_tokens, int64_t hidden);
 
 // out[r] = LayerNorm(x[r] + residual[r]) * gamma + beta over rows of width `hidden`.
 // residual may be null (plain LayerNorm). out may alias x or residual.
-void add_layernorm(const float* x, const float* residual, const float* gamma, const float* beta,
-                   float* out, int64_t rows, int64_t hidden, float eps);
+template <typename T>
+void add_layernorm(const T* x, const T* residual, const T* gamma, const T* beta, T* out,
+                   int64_t rows, int64_t hidden, float eps);
 
 // Multi-head self-attention over packed sequences, keys limited to each sequence's tokens.
 // qkv: (total_tokens, 3 * hidden), columns [Q | K | V], head h owns columns [h*d, (h+1)*d) of
 // each third, d = hidden / num_heads; out: (total_tokens, hidden), heads side by side.
 // out[t, head h] = softmax_j(q_t . k_j / sqrt(d)) v_j over the keys j of t's sequence.
-void attention_varlen(const float* qkv, const int32_t* cu_seqlens, float* out, int64_t batch,
+template <typename T>
+void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
                       int64_t max_seqlen, int64_t num_heads, int64_t head_dim);
 
 // out[b * num_positions + p] = packed[cu_seqlens[b] + positions[b, p]] (rows of width hidden).
 // positions: (batch, num_positions), each in [0, length of sequence b); null means position 0
 // of every sequence (the <cls> rows) with num_positions = 1.
-void gather_rows(const float* packed, const int32_t* cu_seqlens, const int64_t* positions,
-                 float* out, int64_t batch, int64_t num_positions, int64_t hidden);
+template <typename T>
+void gather_rows(const T* packed, const int32_t* cu_seqlens, const int64_t* positions, T* out,
+                 int64_t batch, int64_t num_positions, int64_t hidden);
 
 // Restore the padded layout: out (batch, seq_len, hidden) gets the packed rows of each
 // sequence and zeros at its padded positions.
-void unpack_padded(const float* packed, const int32_t* cu_seqlens, float* out, int64_t batch,
+template <typename T>
+void unpack_padded(const T* packed, const int32_t* cu_seqlens, T* out, int64_t batch,
                    int64_t seq_len, int64_t hidden);
+
+// Asymmetric per-tensor uint8 quantisation of x (n values): x ~ scale * (out - zero_point),
+// with the range [min(x, 0), max(x, 0)] mapped onto [0, 255] (dynamic quantisation of a GEMM's
+// activations). A NaN or infinity in x gives scale NaN and leaves out unwritten.
+struct U8Quantization {
+  float scale;
+  int32_t zero_point;
+};
+U8Quantization quantize_u8(const float* x, int64_t n, uint8_t* out);
+
+// Whether all n values are finite (no NaN, no infinity).
+template <typename T>
+bool all_finite(const T* values, int64_t n);
 
 }  // namespace pybert::cpu

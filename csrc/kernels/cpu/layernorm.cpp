@@ -1,34 +1,70 @@
 #include <cmath>
+#include <type_traits>
+#include <vector>
 
 #include "kernels.h"
 #include "parallel.h"
+#include "simd.h"
 
 namespace pybert::cpu {
+namespace {
 
-void add_layernorm(const float* x, const float* residual, const float* gamma, const float* beta,
-                   float* out, int64_t rows, int64_t hidden, float eps) {
+PYBERT_SIMD_CLONES float sum_of(const float* __restrict v, int64_t n) {
+  float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+  for (int64_t i = 0; i < n; ++i) total += v[i];
+  return total;
+}
+
+PYBERT_SIMD_CLONES float squared_deviation_sum(const float* __restrict v, int64_t n,
+                                               float mean) {
+  float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+  for (int64_t i = 0; i < n; ++i) total += (v[i] - mean) * (v[i] - mean);
+  return total;
+}
+
+// out = (row - mean) * rstd * gamma + beta, for T = float (bfloat16 rows use the loop below).
+PYBERT_SIMD_CLONES void normalize_row(const float* __restrict row, const float* __restrict gamma,
+                                      const float* __restrict beta, float mean, float rstd,
+                                      int64_t n, float* __restrict out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = (row[i] - mean) * rstd * gamma[i] + beta[i];
+}
+
+}  // namespace
+
+template <typename T>
+void add_layernorm(const T* x, const T* residual, const T* gamma, const T* beta, T* out,
+                   int64_t rows, int64_t hidden, float eps) {
   parallel_for(rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> row(static_cast<size_t>(hidden));  // x + residual, in float
     for (int64_t r = begin; r < end; ++r) {
-      const float* xr = x + r * hidden;
-      const float* rr = residual ? residual + r * hidden : nullptr;
-      float* yr = out + r * hidden;
-      // Two passes in double: mean first, then the centred variance, so rows with a large
-      // mean lose no precision (the one-pass E[x^2] - E[x]^2 form cancels badly).
-      double sum = 0.0;
-      for (int64_t i = 0; i < hidden; ++i) sum += double(xr[i]) + (rr ? double(rr[i]) : 0.0);
-      const double mean = sum / double(hidden);
-      double sq = 0.0;
+      const T* xr = x + r * hidden;
+      const T* rr = residual ? residual + r * hidden : nullptr;
+      T* yr = out + r * hidden;
       for (int64_t i = 0; i < hidden; ++i) {
-        const double c = double(xr[i]) + (rr ? double(rr[i]) : 0.0) - mean;
-        sq += c * c;
+        row[i] = to_float(xr[i]) + (rr ? to_float(rr[i]) : 0.0f);
       }
-      const double rstd = 1.0 / std::sqrt(sq / double(hidden) + double(eps));
-      for (int64_t i = 0; i < hidden; ++i) {
-        const double c = double(xr[i]) + (rr ? double(rr[i]) : 0.0) - mean;
-        yr[i] = float(c * rstd) * gamma[i] + beta[i];
+      // Two passes, mean first and then the centred variance, so that a row with a large
+      // mean loses no precision (the one-pass E[x^2] - E[x]^2 form cancels badly).
+      const float mean = sum_of(row.data(), hidden) / float(hidden);
+      const float variance = squared_deviation_sum(row.data(), hidden, mean) / float(hidden);
+      const float rstd = 1.0f / std::sqrt(variance + eps);
+      if constexpr (std::is_same_v<T, float>) {
+        normalize_row(row.data(), gamma, beta, mean, rstd, hidden, yr);
+      } else {
+        for (int64_t i = 0; i < hidden; ++i) {
+          yr[i] = from_float<T>((row[i] - mean) * rstd * to_float(gamma[i]) +
+                                to_float(beta[i]));
+        }
       }
     }
   });
 }
+
+template void add_layernorm<float>(const float*, const float*, const float*, const float*,
+                                   float*, int64_t, int64_t, float);
+template void add_layernorm<bfloat16>(const bfloat16*, const bfloat16*, const bfloat16*,
+                                      const bfloat16*, bfloat16*, int64_t, int64_t, float);
 
 }  // namespace pybert::cpu
