@@ -1,27 +1,57 @@
-"""Benchmarks: the engine and its peers in one run, on the same inputs, as ratios.
+"""The CPU benchmark: the engine and its peers in one run, on the same inputs, as ratios.
 
-``run_cpu_benchmark`` times the CPU engine against the eager d2l model (fp32, inference mode),
-torch.compile of it, and torch.nn.TransformerEncoder's fused fast path (nested tensors for the
-padding; the same sizes, post-LN, ReLU), at the book's training config and a BERT-base-like
-shape."""
+Workloads (valid lengths uniform in [S/2, S], the longest S): the book's pretraining config
+(H 128, 2 layers) at 512 x 64, and BERT-base (12 layers) at 8 x 128 and 1 x 128. Contenders,
+all on the same Hugging Face checkpoint (random weights, saved once) except the d2l model:
+
+- d2l eager: pybert's eager d2l BERTModel of the same sizes (inference mode)
+- HF SDPA: transformers' BertModel with SDPA attention and an attention mask
+- torch.compile (freezing): that BertModel compiled by inductor with weight freezing
+- ORT fp32 / ORT int8: the BertModel exported to ONNX and run by ONNX Runtime with all graph
+  optimisations; int8 through ``onnxruntime.quantization.quantize_dynamic`` (its defaults)
+- pybert fp32 / bf16 / int8: ``pybert.load`` of the same directory (bf16 only where the CPU
+  has bf16 instructions; int8 is ``quantize="int8"``)
+
+Every contender runs with the same number of intra-op threads (torch.set_num_threads and ORT's
+intra_op_num_threads; ORT's inter-op pool at 1). Peers whose package is not installed are
+skipped and said so.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-from .config import BertConfig
-from .engine import Engine
+__all__ = ["CPU_WORKLOADS", "CpuWorkload", "int8_accuracy", "run_cpu_benchmark", "time_call",
+           "wikitext_sentences"]
 
-__all__ = ["run_cpu_benchmark", "time_call"]
 
-CPU_SHAPES = {
-    "book-training (H=128, 2 layers)": BertConfig(20256, 128, 256, 2, 2, max_len=512),
-    "BERT-base-like (H=768, 12 heads, 4 layers)": BertConfig(30522, 768, 3072, 12, 4,
-                                                             max_len=512),
+@dataclasses.dataclass(frozen=True)
+class CpuWorkload:
+    name: str
+    model: str  # a key of _HF_SHAPES
+    batch: int
+    seq_len: int
+
+
+# Hugging Face BertConfig sizes of the two models.
+_HF_SHAPES = {
+    "book": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=256, vocab_size=20256, hidden_act="relu"),
+    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                      intermediate_size=3072, vocab_size=30522, hidden_act="gelu"),
 }
+
+CPU_WORKLOADS = (
+    CpuWorkload("book config (H 128, 2 layers), 512 x 64", "book", 512, 64),
+    CpuWorkload("BERT-base, 8 x 128", "bert-base", 8, 128),
+    CpuWorkload("BERT-base, 1 x 128", "bert-base", 1, 128),
+)
 
 
 def time_call(fn, repeats: int, warmup: int = 2) -> float:
@@ -36,61 +66,217 @@ def time_call(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def _transformer_encoder_peer(config: BertConfig, tokens, valid_lens):
-    """The encoder layers as torch.nn.TransformerEncoder runs them on its fast path (eval,
-    inference mode, a padding mask turned into nested tensors), after an embedding lookup."""
-    layer = torch.nn.TransformerEncoderLayer(config.num_hiddens, config.num_heads,
-                                             config.ffn_num_hiddens, dropout=0.0,
-                                             activation="relu", batch_first=True)
-    encoder = torch.nn.TransformerEncoder(layer, config.num_layers,
-                                          enable_nested_tensor=True).eval()
-    embedding = torch.nn.Embedding(config.vocab_size, config.num_hiddens)
-    padding = torch.arange(tokens.shape[1])[None, :] >= valid_lens[:, None]
-
-    def run():
-        with torch.inference_mode():
-            encoder(embedding(tokens), src_key_padding_mask=padding)
-
-    return run
+def _inputs(workload: CpuWorkload, vocab_size: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    batch, seq_len = workload.batch, workload.seq_len
+    lengths = torch.randint(max(1, seq_len // 2), seq_len + 1, (batch,), generator=g)
+    lengths[0] = seq_len
+    tokens = torch.randint(5, vocab_size, (batch, seq_len), generator=g)
+    mask = (torch.arange(seq_len)[None, :] < lengths[:, None]).long()
+    return tokens * mask, torch.zeros_like(tokens), lengths, mask
 
 
-def run_cpu_benchmark(batch: int = 32, seq_len: int = 128, repeats: int = 10,
-                      compile_peer: bool = True) -> list[dict]:
+def _save_hf_model(folder: Path, model: str):
+    import transformers
+
+    config = transformers.BertConfig(**_HF_SHAPES[model], max_position_embeddings=512)
     torch.manual_seed(0)
-    rows = []
-    print(f"CPU, fp32, batch {batch} x seq_len {seq_len} (valid lengths uniform in "
-          f"[{seq_len // 4}, {seq_len}]), {torch.get_num_threads()} threads, median of "
-          f"{repeats}")
-    for name, config in CPU_SHAPES.items():
-        net = config.build_model().eval()
-        engine = Engine.from_model(net)
-        tokens = torch.randint(0, config.vocab_size, (batch, seq_len))
-        segments = torch.zeros_like(tokens)
-        valid_lens = torch.randint(seq_len // 4, seq_len + 1, (batch,))
+    transformers.BertModel(config, add_pooling_layer=False).eval().save_pretrained(folder)
 
-        def eager():
-            with torch.inference_mode():
-                net(tokens, segments, valid_lens)
 
-        peers = {"eager d2l model": eager,
-                 "nn.TransformerEncoder": _transformer_encoder_peer(config, tokens, valid_lens)}
-        if compile_peer:
-            compiled = torch.compile(net)
+def _hf_model(folder: Path):
+    import transformers
 
-            def compiled_run():
-                with torch.inference_mode():
-                    compiled(tokens, segments, valid_lens)
+    return transformers.BertModel.from_pretrained(folder, attn_implementation="sdpa").eval()
 
-            peers["torch.compile(eager)"] = compiled_run
-        results = {label: time_call(fn, repeats) for label, fn in peers.items()}
-        ours = time_call(lambda: engine(tokens, segments, valid_lens), repeats)
-        best = min(results.values())
-        print(f"\n{name}")
-        for label, seconds in results.items():
-            print(f"  {label:<24} {seconds * 1e3:9.2f} ms")
-        print(f"  {'pybert.Engine (cpu)':<24} {ours * 1e3:9.2f} ms   ratio to best peer "
-              f"{ours / best:.2f}")
-        rows.append({"shape": name, "engine_ms": ours * 1e3,
-                     **{f"{k}_ms": v * 1e3 for k, v in results.items()},
-                     "ratio_to_best_peer": ours / best})
+
+class _LastHiddenState(torch.nn.Module):
+    """The BertModel as a function of tensors (what export and compile want)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                          token_type_ids=token_type_ids).last_hidden_state
+
+
+def _export_onnx(folder: Path, example) -> tuple[Path, Path | None]:
+    """model.onnx (fp32) and model-int8.onnx (quantize_dynamic's defaults, None if the
+    quantiser is missing) in folder."""
+    fp32 = folder / "model.onnx"
+    tokens, segments, _, mask = example
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    torch.onnx.export(_LastHiddenState(_hf_model(folder)), (tokens, mask, segments), str(fp32),
+                      input_names=names, output_names=["last_hidden_state"],
+                      dynamic_axes={n: {0: "batch", 1: "seq"} for n in names},
+                      opset_version=17, dynamo=False)
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError:
+        return fp32, None
+    int8 = folder / "model-int8.onnx"
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+    return fp32, int8
+
+
+def _ort_runner(path: Path, threads: int, example):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    tokens, segments, _, mask = example
+    feed = {"input_ids": tokens.numpy(), "attention_mask": mask.numpy(),
+            "token_type_ids": segments.numpy()}
+    return lambda: session.run(None, feed)
+
+
+def _cpu_has_bf16() -> bool:
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check()) if check is not None else False
+
+
+def _contenders(workload: CpuWorkload, folder: Path, example, threads: int,
+                compile_peer: bool, ort_peer: bool, skipped: list[str]) -> dict:
+    import pybert
+    from pybert.config import BertConfig
+
+    tokens, segments, lengths, mask = example
+    shape = _HF_SHAPES[workload.model]
+    runs = {}
+
+    d2l = BertConfig(shape["vocab_size"], shape["hidden_size"], shape["intermediate_size"],
+                     shape["num_attention_heads"], shape["num_hidden_layers"],
+                     max_len=512).build_model().eval()
+
+    def d2l_eager():
+        with torch.inference_mode():
+            d2l(tokens, segments, lengths)
+
+    runs["d2l eager"] = d2l_eager
+    hf = _hf_model(folder)
+
+    def hf_eager():
+        with torch.inference_mode():
+            hf(input_ids=tokens, attention_mask=mask, token_type_ids=segments)
+
+    runs["HF SDPA"] = hf_eager
+    if compile_peer:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+        compiled = torch.compile(_LastHiddenState(_hf_model(folder)))
+
+        def hf_compiled():
+            with torch.no_grad():
+                compiled(tokens, mask, segments)
+
+        runs["torch.compile (freezing)"] = hf_compiled
+    if ort_peer:
+        try:
+            fp32, int8 = _export_onnx(folder, example)
+            runs["ORT fp32"] = _ort_runner(fp32, threads, example)
+            if int8 is not None:
+                runs["ORT int8"] = _ort_runner(int8, threads, example)
+        except ImportError as err:
+            skipped.append(f"ONNX Runtime ({err.name} is not installed)")
+    for label, options in (("pybert fp32", {}), ("pybert bf16", {"dtype": torch.bfloat16}),
+                           ("pybert int8", {"quantize": "int8"})):
+        if label == "pybert bf16" and not _cpu_has_bf16():
+            skipped.append("pybert bf16 (this CPU has no bf16 instructions)")
+            continue
+        engine = pybert.load(folder, **options)
+        runs[label] = lambda engine=engine: engine.encode(tokens, segments, lengths)
+    return runs
+
+
+def run_cpu_benchmark(workloads=CPU_WORKLOADS, repeats: int = 10, compile_peer: bool = True,
+                      ort_peer: bool = True, threads: int | None = None) -> list[dict]:
+    """Times every contender on every workload; prints a table per workload and returns one
+    dict per workload: {"workload", "<contender>_ms", ..., ratios}."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    print(f"CPU benchmark: {threads} threads, median of {repeats}, torch {torch.__version__}")
+    rows, skipped = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for workload in workloads:
+            folder = Path(tmp) / workload.model
+            if not folder.exists():
+                _save_hf_model(folder, workload.model)
+            example = _inputs(workload, _HF_SHAPES[workload.model]["vocab_size"])
+            runs = _contenders(workload, folder, example, threads, compile_peer, ort_peer,
+                               skipped)
+            ms = {label: time_call(fn, repeats) * 1e3 for label, fn in runs.items()}
+            row = {"workload": workload.name, **{f"{k}_ms": v for k, v in ms.items()}}
+            peers_fp32 = [v for k, v in ms.items() if not k.startswith("pybert")
+                          and k != "ORT int8"]
+            ratios = {"pybert fp32 / ORT fp32": ("pybert fp32", "ORT fp32"),
+                      "pybert bf16 / ORT fp32": ("pybert bf16", "ORT fp32"),
+                      "pybert int8 / ORT int8": ("pybert int8", "ORT int8")}
+            for name, (ours, theirs) in ratios.items():
+                if ours in ms and theirs in ms:
+                    row[name] = ms[ours] / ms[theirs]
+            row["pybert fp32 / best fp32 peer"] = ms["pybert fp32"] / min(peers_fp32)
+            print(f"\n{workload.name}")
+            for label, value in ms.items():
+                print(f"  {label:<26} {value:9.2f} ms")
+            for name in list(ratios) + ["pybert fp32 / best fp32 peer"]:
+                if name in row:
+                    print(f"  {name:<30} {row[name]:.2f}")
+            rows.append(row)
+    for note in dict.fromkeys(skipped):
+        print(f"skipped: {note}")
     return rows
+
+
+def wikitext_sentences(path, count: int, min_words: int = 5) -> list[str]:
+    """The first ``count`` sentences of at least ``min_words`` words of a WikiText file (lines
+    split at " . ", headings skipped)."""
+    sentences = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("="):
+            continue
+        for sentence in line.split(" . "):
+            if len(sentence.split()) >= min_words:
+                sentences.append(sentence.strip() + " .")
+                if len(sentences) == count:
+                    return sentences
+    return sentences
+
+
+def int8_accuracy(model_path, sentences: list[str], queries: list[str], top: int = 5) -> dict:
+    """How close ``quantize="int8"`` stays to float32 on a sentence-embedding checkpoint: the
+    cosine similarity of each sentence's two embeddings (min and mean), and two retrievals over
+    ``sentences``, each query ranking all of them: ``queries`` (unrelated sentences, so the
+    top results are near-ties), and the first half of each of the first len(queries)
+    sentences (whose own sentence should come first). For each: the share of queries whose
+    best result is the same in int8 as in float32, and whose top ``top`` come in the same
+    order."""
+    import numpy as np
+
+    from .text import TextModel
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    fp32 = TextModel.load(model_path)
+    int8 = TextModel.load(model_path, quantize="int8")
+    docs_fp32, docs_int8 = unit(fp32.encode(sentences)), unit(int8.encode(sentences))
+    cosine = (docs_fp32 * docs_int8).sum(axis=1)
+    result = {"sentences": len(sentences), "queries": len(queries),
+              "min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}
+    halves = [" ".join(s.split()[:max(2, len(s.split()) // 2)])
+              for s in sentences[:len(queries)]]
+    for name, texts in (("unrelated", queries), ("half-sentence", halves)):
+        ranks_fp32 = np.argsort(-(unit(fp32.encode(texts)) @ docs_fp32.T), axis=1)[:, :top]
+        ranks_int8 = np.argsort(-(unit(int8.encode(texts)) @ docs_int8.T), axis=1)[:, :top]
+        result[f"{name}: same top1"] = float((ranks_fp32[:, 0] == ranks_int8[:, 0]).mean())
+        result[f"{name}: same top{top} order"] = float(
+            (ranks_fp32 == ranks_int8).all(axis=1).mean())
+    return result

@@ -209,10 +209,14 @@ def _bench(args, rest) -> int:
     if rest:
         print(f"pybert bench: unknown arguments for the CPU benchmark: {rest}", file=sys.stderr)
         return 2
-    from .bench import run_cpu_benchmark
+    from .bench import CPU_WORKLOADS, CpuWorkload, run_cpu_benchmark
 
-    run_cpu_benchmark(batch=args.batch, seq_len=args.seq_len, repeats=args.repeats,
-                      compile_peer=not args.no_compile)
+    workloads = CPU_WORKLOADS
+    if args.batch is not None or args.seq_len is not None:
+        batch, seq_len = args.batch or 8, args.seq_len or 128
+        workloads = (CpuWorkload(f"BERT-base, {batch} x {seq_len}", "bert-base", batch,
+                                 seq_len),)
+    run_cpu_benchmark(workloads, repeats=args.repeats, compile_peer=not args.no_compile)
     return 0
 
 
@@ -297,10 +301,13 @@ def main(argv=None) -> int:
         description="On a GPU (--device cuda, the default where one is present): the BERT-base "
                     "fp16 benchmark against Hugging Face, torch.compile and TransformerEncoder; "
                     "its options (--peers, --workloads, --repeats, --json) pass through. On the "
-                    "CPU: the engine against the eager model and torch.compile.")
+                    "CPU: the engine in fp32, bf16 and int8 against the d2l and Hugging Face "
+                    "eager models, torch.compile and ONNX Runtime (where installed), on the "
+                    "book config at 512 x 64 and BERT-base at 8 x 128 and 1 x 128, or on "
+                    "BERT-base at --batch x --seq-len.")
     bench_parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    bench_parser.add_argument("--batch", type=int, default=32)
-    bench_parser.add_argument("--seq-len", type=int, default=128)
+    bench_parser.add_argument("--batch", type=int, default=None)
+    bench_parser.add_argument("--seq-len", type=int, default=None)
     bench_parser.add_argument("--repeats", type=int, default=10)
     bench_parser.add_argument("--no-compile", action="store_true",
                               help="skip the torch.compile peer")

@@ -1,7 +1,7 @@
 // The one CPU kernel file that sees torch. The GEMMs go to ATen's addmm (MKL or oneDNN) or to
 // oneDNN's own ops with weights prepacked once in its blocked layout, bias and activation fused
 // (AVX-512, AVX512-BF16, VNNI or AMX as the CPU has them; int8 with activations quantised per
-// call by quantize_u8); the attention goes to torch's CPU flash attention; parallel_for goes
+// row on each call by quantize_rows_u8); the attention goes to torch's CPU flash attention; parallel_for goes
 // to torch's thread pool. Everything else in kernels/cpu is plain C++.
 //
 // oneDNN's ops are reached through the dispatcher by name (ATen has no C++ API for them); a
@@ -176,32 +176,38 @@ void gemm_bias_act(const T* a, const T* weight, const T* bias, const PreparedWei
     apply_activation(out_t, act);
     return;
   }
-  const c10::IValue bias_value =
-      prepared->bias.defined() ? c10::IValue(prepared->bias) : c10::IValue();
   const c10::List<std::optional<at::Scalar>> no_scalars;
-  if (!int8) {  // oneDNN applies the activation in its accumulators
+  if (!int8) {  // oneDNN applies the bias and the activation in its accumulators
+    const c10::IValue bias_value =
+        prepared->bias.defined() ? c10::IValue(prepared->bias) : c10::IValue();
     out_t.copy_(call_for_tensor(*onednn_linear_op(),
-                                {a_t, prepared->packed, bias_value, std::string(post_op_name(act)),
-                                 no_scalars, post_op_algorithm(act)}));
+                                {a_t, prepared->packed, bias_value,
+                                 std::string(post_op_name(act)), no_scalars,
+                                 post_op_algorithm(act)}));
     return;
   }
-  // Dynamic quantisation: this call's activations to uint8, one scale for the whole matrix.
+  // Dynamic quantisation: this call's activations to 8 bits, one scale per row; the GEMM
+  // applies the weights' scales, the rows' scales and the bias are applied after it.
   thread_local std::vector<uint8_t> quantized;
+  thread_local std::vector<float> row_scales;
   quantized.resize(static_cast<size_t>(m * k));
-  const U8Quantization q =
-      quantize_u8(reinterpret_cast<const float*>(a), m * k, quantized.data());
-  if (std::isnan(q.scale)) {
+  row_scales.resize(static_cast<size_t>(m));
+  if (!quantize_rows_u8(reinterpret_cast<const float*>(a), m, k, quantized.data(),
+                        row_scales.data())) {
     throw std::domain_error(
         "the forward produced NaN or infinity: the model's weights are too large for this "
         "dtype's arithmetic");
   }
   const at::Tensor qa = at::from_blob(quantized.data(), {m, k}, at::kByte);
-  out_t.copy_(call_for_tensor(
+  const at::Tensor product = call_for_tensor(
       *int8_linear_op(),
-      {qa, double(q.scale), int64_t(q.zero_point), prepared->packed, prepared->scales,
-       prepared->zero_points, bias_value, 1.0, int64_t(0), at::kFloat,
-       std::string(post_op_name(act)), no_scalars,
-       std::string(act == Activation::kGELU ? "none" : "")}));
+      {qa, 1.0, int64_t(128), prepared->packed, prepared->scales, prepared->zero_points,
+       c10::IValue(), 1.0, int64_t(0), at::kFloat, std::string("none"), no_scalars,
+       std::string("")});
+  scale_rows_add_bias(product.data_ptr<float>(), row_scales.data(),
+                      prepared->bias.defined() ? prepared->bias.data_ptr<float>() : nullptr,
+                      reinterpret_cast<float*>(out), m, n);
+  apply_activation(out_t, act);
 }
 
 template <typename T>

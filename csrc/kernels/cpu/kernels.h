@@ -21,7 +21,7 @@ namespace pybert::cpu {
 enum class WeightFormat {
   kPlain,   // the row-major matrix as given
   kPacked,  // prepacked once in the library's blocked layout (oneDNN), same dtype
-  kInt8,    // int8 per output channel, activations quantised to uint8 per call (dynamic
+  kInt8,    // int8 per output channel, activations quantised per row on each call (dynamic
             // quantisation; oneDNN's int8 GEMM: VNNI or AMX where the CPU has them)
 };
 
@@ -90,14 +90,16 @@ template <typename T>
 void unpack_padded(const T* packed, const int32_t* cu_seqlens, T* out, int64_t batch,
                    int64_t seq_len, int64_t hidden);
 
-// Asymmetric per-tensor uint8 quantisation of x (n values): x ~ scale * (out - zero_point),
-// with the range [min(x, 0), max(x, 0)] mapped onto [0, 255] (dynamic quantisation of a GEMM's
-// activations). A NaN or infinity in x gives scale NaN and leaves out unwritten.
-struct U8Quantization {
-  float scale;
-  int32_t zero_point;
-};
-U8Quantization quantize_u8(const float* x, int64_t n, uint8_t* out);
+// Dynamic quantisation of a GEMM's activations, one scale per row (per token, so that one
+// token's outliers cost no other token its precision): x (rows, cols) ~ row_scales[r] *
+// (out - 128), out in [1, 255] (symmetric int8 stored as uint8 with zero point 128, the form
+// oneDNN's u8 x s8 GEMM takes). Returns false, with out undefined, if x holds NaN or infinity.
+bool quantize_rows_u8(const float* x, int64_t rows, int64_t cols, uint8_t* out,
+                      float* row_scales);
+// out[r, c] = y[r, c] * row_scales[r] + bias[c] (bias may be null): the epilogue of a GEMM on
+// quantize_rows_u8's rows. out may alias y.
+void scale_rows_add_bias(const float* y, const float* row_scales, const float* bias,
+                         float* out, int64_t rows, int64_t cols);
 
 // Whether all n values are finite (no NaN, no infinity).
 template <typename T>

@@ -1,7 +1,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <mutex>
+#include <atomic>
 
 #include "kernels.h"
 #include "parallel.h"
@@ -11,57 +11,68 @@ namespace pybert::cpu {
 
 namespace {
 
-struct Range {
-  float low = 0.0f, high = 0.0f;
-  bool finite = true;
-};
-
-PYBERT_SIMD_CLONES Range range_of(const float* __restrict x, int64_t begin, int64_t end) {
-  float low = 0.0f, high = 0.0f;
+// max |x[i]| over the row, and whether it holds a NaN or an infinity.
+PYBERT_SIMD_CLONES float row_absmax(const float* __restrict x, int64_t n, bool* finite) {
+  float absmax = 0.0f;
   uint32_t nonfinite = 0;
-#pragma omp simd reduction(min : low) reduction(max : high) reduction(| : nonfinite)
-  for (int64_t i = begin; i < end; ++i) {
-    const float v = x[i];
+#pragma omp simd reduction(max : absmax) reduction(| : nonfinite)
+  for (int64_t i = 0; i < n; ++i) {
     uint32_t bits;
-    std::memcpy(&bits, &v, sizeof(bits));
-    low = std::min(low, v);
-    high = std::max(high, v);
-    nonfinite |= (bits & 0x7f800000u) == 0x7f800000u;  // NaN or infinity
+    std::memcpy(&bits, x + i, sizeof(bits));
+    absmax = std::max(absmax, std::fabs(x[i]));
+    nonfinite |= (bits & 0x7f800000u) == 0x7f800000u;
   }
-  return {low, high, nonfinite == 0};
+  *finite = nonfinite == 0;
+  return absmax;
 }
 
-PYBERT_SIMD_CLONES void quantize_range(const float* __restrict x, int64_t begin, int64_t end,
-                                       float inverse, float offset, uint8_t* __restrict out) {
-  for (int64_t i = begin; i < end; ++i) {
-    const float v = std::min(std::max(x[i] * inverse + offset, 0.0f), 255.0f);
+PYBERT_SIMD_CLONES void quantize_row(const float* __restrict x, int64_t n, float inverse,
+                                     uint8_t* __restrict out) {
+  for (int64_t i = 0; i < n; ++i) {
+    // round(x / scale) in [-127, 127], + 128; adding 128.5 and truncating rounds to nearest
+    const float v = std::min(std::max(x[i] * inverse + 128.5f, 1.0f), 255.0f);
     out[i] = static_cast<uint8_t>(static_cast<int32_t>(v));
+  }
+}
+
+PYBERT_SIMD_CLONES void scale_row(const float* __restrict y, float scale,
+                                  const float* __restrict bias, int64_t n,
+                                  float* __restrict out) {
+  if (bias != nullptr) {
+    for (int64_t i = 0; i < n; ++i) out[i] = y[i] * scale + bias[i];
+  } else {
+    for (int64_t i = 0; i < n; ++i) out[i] = y[i] * scale;
   }
 }
 
 }  // namespace
 
-U8Quantization quantize_u8(const float* x, int64_t n, uint8_t* out) {
-  // The range of x, widened to hold 0 so that a zero activation stays exactly zero.
-  Range range;
-  std::mutex merge;
-  parallel_for(n, 1 << 14, [&](int64_t begin, int64_t end) {
-    const Range part = range_of(x, begin, end);
-    const std::lock_guard<std::mutex> lock(merge);
-    range.low = std::min(range.low, part.low);
-    range.high = std::max(range.high, part.high);
-    range.finite = range.finite && part.finite;
+bool quantize_rows_u8(const float* x, int64_t rows, int64_t cols, uint8_t* out,
+                      float* row_scales) {
+  std::atomic<bool> all_finite{true};
+  parallel_for(rows, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      bool finite = true;
+      const float absmax = row_absmax(x + r * cols, cols, &finite);
+      if (!finite) {
+        all_finite.store(false, std::memory_order_relaxed);
+        continue;
+      }
+      const float scale = absmax > 0.0f ? absmax / 127.0f : 1.0f;
+      row_scales[r] = scale;
+      quantize_row(x + r * cols, cols, 1.0f / scale, out + r * cols);
+    }
   });
-  if (!range.finite) return {std::nanf(""), 0};
-  U8Quantization q;
-  q.scale = range.high > range.low ? (range.high - range.low) / 255.0f : 1.0f;
-  q.zero_point = static_cast<int32_t>(std::lround(-range.low / q.scale));
-  const float inverse = 1.0f / q.scale;
-  const float offset = float(q.zero_point) + 0.5f;  // + 0.5 then truncation: round to nearest
-  parallel_for(n, 1 << 14, [&](int64_t begin, int64_t end) {
-    quantize_range(x, begin, end, inverse, offset, out);
+  return all_finite.load();
+}
+
+void scale_rows_add_bias(const float* y, const float* row_scales, const float* bias,
+                         float* out, int64_t rows, int64_t cols) {
+  parallel_for(rows, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      scale_row(y + r * cols, row_scales[r], bias, cols, out + r * cols);
+    }
   });
-  return q;
 }
 
 }  // namespace pybert::cpu
