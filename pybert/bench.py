@@ -13,8 +13,9 @@ all on the same Hugging Face checkpoint (random weights, saved once) except the 
   has bf16 instructions; int8 is ``quantize="int8"``)
 
 Every contender runs with the same number of intra-op threads (torch.set_num_threads and ORT's
-intra_op_num_threads; ORT's inter-op pool at 1). Peers whose package is not installed are
-skipped and said so.
+intra_op_num_threads; ORT's inter-op pool at 1), timed in two passes, in order and in
+reverse (``time_interleaved``), so that a noisy spell of a shared machine costs each alike.
+Peers whose package is not installed are skipped and said so.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CPU_WORKLOADS", "CpuWorkload", "int8_accuracy", "run_cpu_benchmark", "time_call",
-           "wikitext_sentences"]
+__all__ = ["CPU_WORKLOADS", "CpuWorkload", "int8_accuracy", "run_cpu_benchmark",
+           "run_cpu_texts_benchmark", "time_call", "time_interleaved", "wikitext_sentences"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,14 +57,28 @@ CPU_WORKLOADS = (
 
 def time_call(fn, repeats: int, warmup: int = 2) -> float:
     """Median seconds of fn() over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return time_interleaved({"fn": fn}, repeats, warmup)["fn"]
+
+
+def time_interleaved(runs: dict, repeats: int, warmup: int = 2) -> dict:
+    """Median seconds of each of ``runs`` (label -> fn) over ``repeats`` calls, made in two
+    passes: the contenders in order, then in reverse, each time a block of calls after
+    ``warmup`` untimed ones. Blocks, because thread pools spin a while after their work
+    (ONNX Runtime's, OpenMP's) and would slow a contender that follows call by call; two
+    orders, because a shared machine drifts, and a contender timed only early or only late
+    would be judged on its spell."""
+    times = {label: [] for label in runs}
+    first = (repeats + 1) // 2
+    for order, count in ((list(runs), first), (list(runs)[::-1], repeats - first)):
+        for label in order:
+            fn = runs[label]
+            for _ in range(warmup if count else 0):
+                fn()
+            for _ in range(count):
+                start = time.perf_counter()
+                fn()
+                times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(values) for label, values in times.items()}
 
 
 def _inputs(workload: CpuWorkload, vocab_size: int, seed: int = 0):
@@ -121,7 +136,10 @@ def _export_onnx(folder: Path, example) -> tuple[Path, Path | None]:
     return fp32, int8
 
 
-def _ort_runner(path: Path, threads: int, example):
+def _ort_runner(path: Path, threads: int, example, expected: torch.Tensor, bound: float):
+    """A call of the ONNX Runtime session on the example, checked once against ``expected``
+    (the Hugging Face model's encodings) at the real tokens: a benchmark of a wrong export
+    would mean nothing."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -132,7 +150,18 @@ def _ort_runner(path: Path, threads: int, example):
     tokens, segments, _, mask = example
     feed = {"input_ids": tokens.numpy(), "attention_mask": mask.numpy(),
             "token_type_ids": segments.numpy()}
+    _check_close(f"ONNX Runtime ({path.name})", torch.from_numpy(session.run(None, feed)[0]),
+                 expected, mask, bound)
     return lambda: session.run(None, feed)
+
+
+def _check_close(label: str, actual: torch.Tensor, expected: torch.Tensor, mask, bound: float):
+    real = mask.bool()
+    error = float((actual[real].double() - expected[real].double()).norm()
+                  / expected[real].double().norm())
+    if not error <= bound:
+        raise RuntimeError(f"{label} differs from the Hugging Face model by {error:.2e} "
+                           f"(relative L2; at most {bound} expected)")
 
 
 def _cpu_has_bf16() -> bool:
@@ -165,6 +194,9 @@ def _contenders(workload: CpuWorkload, folder: Path, example, threads: int,
             hf(input_ids=tokens, attention_mask=mask, token_type_ids=segments)
 
     runs["HF SDPA"] = hf_eager
+    with torch.inference_mode():
+        expected = hf(input_ids=tokens, attention_mask=mask,
+                      token_type_ids=segments).last_hidden_state
     if compile_peer:
         import torch._inductor.config as inductor_config
 
@@ -179,9 +211,9 @@ def _contenders(workload: CpuWorkload, folder: Path, example, threads: int,
     if ort_peer:
         try:
             fp32, int8 = _export_onnx(folder, example)
-            runs["ORT fp32"] = _ort_runner(fp32, threads, example)
+            runs["ORT fp32"] = _ort_runner(fp32, threads, example, expected, 1e-4)
             if int8 is not None:
-                runs["ORT int8"] = _ort_runner(int8, threads, example)
+                runs["ORT int8"] = _ort_runner(int8, threads, example, expected, 0.5)
         except ImportError as err:
             skipped.append(f"ONNX Runtime ({err.name} is not installed)")
     for label, options in (("pybert fp32", {}), ("pybert bf16", {"dtype": torch.bfloat16}),
@@ -190,6 +222,9 @@ def _contenders(workload: CpuWorkload, folder: Path, example, threads: int,
             skipped.append("pybert bf16 (this CPU has no bf16 instructions)")
             continue
         engine = pybert.load(folder, **options)
+        bound = {"pybert fp32": 1e-4, "pybert bf16": 3e-2}.get(label, 5e-2)
+        _check_close(label, engine.encode(tokens, segments, lengths).float(), expected, mask,
+                     bound)
         runs[label] = lambda engine=engine: engine.encode(tokens, segments, lengths)
     return runs
 
@@ -211,7 +246,8 @@ def run_cpu_benchmark(workloads=CPU_WORKLOADS, repeats: int = 10, compile_peer: 
             example = _inputs(workload, _HF_SHAPES[workload.model]["vocab_size"])
             runs = _contenders(workload, folder, example, threads, compile_peer, ort_peer,
                                skipped)
-            ms = {label: time_call(fn, repeats) * 1e3 for label, fn in runs.items()}
+            ms = {label: seconds * 1e3
+                  for label, seconds in time_interleaved(runs, repeats).items()}
             row = {"workload": workload.name, **{f"{k}_ms": v for k, v in ms.items()}}
             peers_fp32 = [v for k, v in ms.items() if not k.startswith("pybert")
                           and k != "ORT int8"]
@@ -232,6 +268,112 @@ def run_cpu_benchmark(workloads=CPU_WORKLOADS, repeats: int = 10, compile_peer: 
     for note in dict.fromkeys(skipped):
         print(f"skipped: {note}")
     return rows
+
+
+def _mean_pooled(hidden, mask):
+    """Mean of the real tokens' vectors, L2-normalised (all-MiniLM-L6-v2's pooling)."""
+    import numpy as np
+
+    weights = mask[..., None].astype(np.float32)
+    pooled = (hidden * weights).sum(axis=1) / weights.sum(axis=1)
+    return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+
+def run_cpu_texts_benchmark(model_path, texts: list[str], repeats: int = 3,
+                            batch_size: int = 32, threads: int | None = None) -> dict:
+    """Texts in, vectors out on a sentence-transformers checkpoint (mean pooling, normalised,
+    e.g. all-MiniLM-L6-v2), tokenisation included: sentence-transformers' encode, ONNX
+    Runtime fp32 and int8 (the model exported, the checkpoint's fast tokenizer, batches of
+    ``batch_size`` texts sorted by length, as a careful user would write it) and pybert.encode
+    in fp32, bf16 and int8. Returns {contender: sentences per second}; each contender's
+    vectors are checked against sentence-transformers' first."""
+    import numpy as np
+    import transformers
+
+    from .text import TextModel
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    model_path = Path(model_path)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    runs, bounds = {}, {}
+    try:
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(str(model_path), device="cpu")
+        runs["sentence-transformers"] = lambda: st.encode(texts, batch_size=batch_size,
+                                                          convert_to_numpy=True)
+        bounds["sentence-transformers"] = 0.0
+    except ImportError:
+        print("skipped: sentence-transformers (not installed)")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            import onnxruntime as ort
+
+            sample = tokenizer(texts[:2], padding=True, return_tensors="pt")
+            example = (sample["input_ids"], sample["token_type_ids"], None,
+                       sample["attention_mask"])
+            folder = Path(tmp)
+            model = transformers.BertModel.from_pretrained(model_path).eval()
+            model.save_pretrained(folder)
+            fp32, int8 = _export_onnx(folder, example)
+            for label, path, bound in (("ORT fp32", fp32, 1e-4), ("ORT int8", int8, 0.5)):
+                if path is None:
+                    continue
+                options = ort.SessionOptions()
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                options.intra_op_num_threads = threads
+                options.inter_op_num_threads = 1
+                session = ort.InferenceSession(str(path), options,
+                                               providers=["CPUExecutionProvider"])
+
+                def ort_encode(session=session):
+                    out = np.zeros((len(texts), model.config.hidden_size), np.float32)
+                    for start in range(0, len(order), batch_size):
+                        idx = order[start:start + batch_size]
+                        batch = tokenizer([texts[i] for i in idx], padding=True,
+                                          truncation=True, max_length=512, return_tensors="np")
+                        hidden = session.run(None, {
+                            "input_ids": batch["input_ids"],
+                            "attention_mask": batch["attention_mask"],
+                            "token_type_ids": batch["token_type_ids"]})[0]
+                        out[idx] = _mean_pooled(hidden, batch["attention_mask"])
+                    return out
+
+                runs[label] = ort_encode
+                bounds[label] = bound
+        except ImportError as err:
+            print(f"skipped: ONNX Runtime ({err.name} is not installed)")
+        for label, options, bound in (("pybert fp32", {}, 1e-4),
+                                      ("pybert bf16", {"dtype": torch.bfloat16}, 3e-2),
+                                      ("pybert int8", {"quantize": "int8"}, 0.15)):
+            if label == "pybert bf16" and not _cpu_has_bf16():
+                continue
+            text_model = TextModel.load(model_path, **options)
+            runs[label] = lambda text_model=text_model: text_model.encode(texts)
+            bounds[label] = bound
+        reference = None
+        for label, fn in runs.items():
+            vectors = np.asarray(fn(), dtype=np.float32)
+            if reference is None:
+                reference = vectors
+            error = float(np.linalg.norm(vectors - reference) / np.linalg.norm(reference))
+            if not error <= bounds[label] + 1e-6:
+                raise RuntimeError(f"{label}'s vectors differ from the first contender's by "
+                                   f"{error:.2e}")
+        seconds = time_interleaved(runs, repeats, warmup=0)
+    rates = {label: len(texts) / value for label, value in seconds.items()}
+    print(f"\ntexts in, vectors out: {len(texts)} texts, {model_path.name}, {threads} threads")
+    for label, rate in rates.items():
+        print(f"  {label:<26} {rate:9.1f} sentences/s")
+    for ours, theirs in (("pybert fp32", "ORT fp32"), ("pybert int8", "ORT int8"),
+                         ("pybert bf16", "ORT fp32"),
+                         ("pybert fp32", "sentence-transformers")):
+        if ours in rates and theirs in rates:
+            print(f"  {ours} time / {theirs} time   {rates[theirs] / rates[ours]:.2f}")
+    return rates
 
 
 def wikitext_sentences(path, count: int, min_words: int = 5) -> list[str]:
