@@ -29,6 +29,11 @@ from conftest import random_model, rel_l2  # noqa: E402
 CONFIG = BertConfig(23, 16, 24, 2, 2, max_len=12)
 NET = random_model(CONFIG, seed=11)
 ENGINE = pybert.Engine.from_model(NET)
+# The CPU engine's three modes and their bounds against the float64 model (encodings, logits):
+# see test_engine.py for the int8 bounds' measurement.
+ENGINES = {"fp32": (ENGINE, 1e-5, 1e-5),
+           "bf16": (pybert.Engine.from_model(NET, dtype=torch.bfloat16), 3e-2, 3e-2),
+           "int8": (pybert.Engine.from_model(NET, quantize="int8"), 2e-2, 1e-1)}
 REFERENCE = NET.double()  # the oracle, in float64 (the engine holds its own float32 copy)
 REJECTIONS = (ValueError, TypeError)
 FUZZ = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -102,13 +107,16 @@ def fuzz_settings(request):
     return settings(max_examples=examples(request, 150), **FUZZ)
 
 
-def test_engine_inputs(fuzz_settings):
+@pytest.mark.parametrize("mode", list(ENGINES))
+def test_engine_inputs(fuzz_settings, mode):
+    engine, bound, logit_bound = ENGINES[mode]
+
     @fuzz_settings
     @given(engine_calls())
     def run(call):
         tokens, segments, valid_lens, positions = call
         try:
-            encoded, mlm, nsp = ENGINE(tokens, segments, valid_lens, positions)
+            encoded, mlm, nsp = engine(tokens, segments, valid_lens, positions)
         except REJECTIONS:
             return
         vl = None if valid_lens is None else valid_lens.double()
@@ -120,11 +128,11 @@ def test_engine_inputs(fuzz_settings):
         lengths = torch.full((tokens.shape[0],), tokens.shape[1]) if valid_lens is None \
             else valid_lens.long()
         mask = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
-        assert rel_l2(encoded[mask], ref_encoded[mask]) <= 1e-5
+        assert rel_l2(encoded[mask], ref_encoded[mask]) <= bound
         assert torch.count_nonzero(encoded[~mask]) == 0
-        assert rel_l2(nsp, ref_nsp) <= 1e-5
+        assert rel_l2(nsp, ref_nsp) <= logit_bound
         if positions is not None and positions.numel():
-            assert rel_l2(mlm, ref_mlm) <= 1e-5
+            assert rel_l2(mlm, ref_mlm) <= logit_bound
 
     run()
 

@@ -33,8 +33,8 @@ cpu::WeightFormat parse_weight_format(const std::string& name, at::ScalarType dt
                       "int8 quantisation takes float32 weights (activations are quantised from "
                       "float32), got ", c10::toString(dtype));
     TORCH_CHECK_VALUE(cpu::weight_format_supported<float>(cpu::WeightFormat::kInt8),
-                      "this build of torch has no quantised CPU engine (fbgemm/onednn), so "
-                      "int8 is unavailable");
+                      "int8 needs oneDNN's int8 GEMM (onednn::qlinear_pointwise), which this "
+                      "build of torch lacks");
     return cpu::WeightFormat::kInt8;
   }
   if (name == "packed") return cpu::WeightFormat::kPacked;
