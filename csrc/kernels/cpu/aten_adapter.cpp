@@ -1,8 +1,8 @@
 // The one CPU kernel file that sees torch. The GEMMs go to ATen's addmm (MKL or oneDNN) or to
 // oneDNN's own ops with weights prepacked once in its blocked layout, bias and activation fused
 // (AVX-512, AVX512-BF16, VNNI or AMX as the CPU has them; int8 with activations quantised per
-// row on each call by quantize_rows_u8); the attention goes to torch's CPU flash attention; parallel_for goes
-// to torch's thread pool. Everything else in kernels/cpu is plain C++.
+// row on each call by quantize_rows_u8); the attention goes to torch's CPU flash attention;
+// parallel_for goes to torch's thread pool. Everything else in kernels/cpu is plain C++.
 //
 // oneDNN's ops are reached through the dispatcher by name (ATen has no C++ API for them); a
 // torch built without them leaves weights plain.
@@ -13,17 +13,18 @@
 #include <c10/util/BFloat16.h>
 
 #include <cmath>
-#include <stdexcept>
-#include <vector>
 #include <optional>
+#include <stdexcept>
 #include <type_traits>
+#include <vector>
 
 #include "kernels.h"
 #include "parallel.h"
 
 namespace pybert::cpu {
 
-static_assert(sizeof(bfloat16) == sizeof(c10::BFloat16) && alignof(bfloat16) == alignof(c10::BFloat16),
+static_assert(sizeof(bfloat16) == sizeof(c10::BFloat16) &&
+                  alignof(bfloat16) == alignof(c10::BFloat16),
               "bfloat16 must have c10::BFloat16's layout");
 
 namespace {
@@ -39,25 +40,23 @@ at::Tensor wrap(const T* data, at::IntArrayRef sizes) {
   return at::from_blob(const_cast<T*>(data), sizes, options_of<T>());
 }
 
-std::optional<c10::OperatorHandle> find_op(const char* name, const char* overload = "") {
-  return c10::Dispatcher::singleton().findSchema({name, overload});
-}
+// oneDNN's ops as the dispatcher knows them; each is absent from a torch built without it.
+struct OneDnnOps {
+  std::optional<c10::OperatorHandle> reorder_weight;  // float/bf16 weight -> blocked layout
+  std::optional<c10::OperatorHandle> linear;          // GEMM + bias + activation post-op
+  std::optional<c10::OperatorHandle> int8_prepack;    // int8 weight -> blocked layout
+  std::optional<c10::OperatorHandle> int8_linear;     // u8 x s8 GEMM
+};
 
-const std::optional<c10::OperatorHandle>& onednn_reorder_op() {
-  static const auto op = find_op("mkldnn::_reorder_linear_weight");
-  return op;
-}
-const std::optional<c10::OperatorHandle>& onednn_linear_op() {
-  static const auto op = find_op("mkldnn::_linear_pointwise");
-  return op;
-}
-const std::optional<c10::OperatorHandle>& int8_prepack_op() {
-  static const auto op = find_op("onednn::qlinear_prepack");
-  return op;
-}
-const std::optional<c10::OperatorHandle>& int8_linear_op() {
-  static const auto op = find_op("onednn::qlinear_pointwise");
-  return op;
+const OneDnnOps& onednn_ops() {
+  static const OneDnnOps ops = [] {
+    auto find = [](const char* name) {
+      return c10::Dispatcher::singleton().findSchema({name, ""});
+    };
+    return OneDnnOps{find("mkldnn::_reorder_linear_weight"), find("mkldnn::_linear_pointwise"),
+                     find("onednn::qlinear_prepack"), find("onednn::qlinear_pointwise")};
+  }();
+  return ops;
 }
 
 at::Tensor call_for_tensor(const c10::OperatorHandle& op, torch::jit::Stack stack) {
@@ -130,10 +129,10 @@ bool weight_format_supported(WeightFormat format) {
   switch (format) {
     case WeightFormat::kPlain: return true;
     case WeightFormat::kPacked:
-      return at::hasMKLDNN() && onednn_reorder_op() && onednn_linear_op();
+      return at::hasMKLDNN() && onednn_ops().reorder_weight && onednn_ops().linear;
     case WeightFormat::kInt8:
-      return std::is_same_v<T, float> && at::hasMKLDNN() && int8_prepack_op() &&
-             int8_linear_op();
+      return std::is_same_v<T, float> && at::hasMKLDNN() && onednn_ops().int8_prepack &&
+             onednn_ops().int8_linear;
   }
   return false;
 }
@@ -146,7 +145,7 @@ PreparedWeightPtr prepare_weight(const T* weight, const T* bias, int64_t n, int6
   const at::Tensor w = wrap(weight, {n, k});
   if (bias != nullptr) prepared->bias = wrap(bias, {n}).clone();
   if (format == WeightFormat::kPacked) {
-    prepared->packed = call_for_tensor(*onednn_reorder_op(), {w.clone(), c10::IValue()});
+    prepared->packed = call_for_tensor(*onednn_ops().reorder_weight, {w.clone(), c10::IValue()});
     return prepared;
   }
   // Symmetric per-output-channel scales: row r maps [-max|w_r|, max|w_r|] onto
@@ -155,7 +154,7 @@ PreparedWeightPtr prepare_weight(const T* weight, const T* bias, int64_t n, int6
   prepared->scales = (w.abs().amax(1).clamp_min(1e-30f) / limit).to(at::kFloat);
   const at::Tensor quantized =
       at::round(w / prepared->scales.unsqueeze(1)).clamp(-limit, limit).to(at::kChar);
-  prepared->packed = call_for_tensor(*int8_prepack_op(), {quantized, c10::IValue()});
+  prepared->packed = call_for_tensor(*onednn_ops().int8_prepack, {quantized, c10::IValue()});
   prepared->zero_points = at::zeros({n}, at::kLong);
   return prepared;
 }
@@ -180,7 +179,7 @@ void gemm_bias_act(const T* a, const T* weight, const T* bias, const PreparedWei
   if (!int8) {  // oneDNN applies the bias and the activation in its accumulators
     const c10::IValue bias_value =
         prepared->bias.defined() ? c10::IValue(prepared->bias) : c10::IValue();
-    out_t.copy_(call_for_tensor(*onednn_linear_op(),
+    out_t.copy_(call_for_tensor(*onednn_ops().linear,
                                 {a_t, prepared->packed, bias_value,
                                  std::string(post_op_name(act)), no_scalars,
                                  post_op_algorithm(act)}));
@@ -200,7 +199,7 @@ void gemm_bias_act(const T* a, const T* weight, const T* bias, const PreparedWei
   }
   const at::Tensor qa = at::from_blob(quantized.data(), {m, k}, at::kByte);
   const at::Tensor product = call_for_tensor(
-      *int8_linear_op(),
+      *onednn_ops().int8_linear,
       {qa, 1.0, int64_t(128), prepared->packed, prepared->scales, prepared->zero_points,
        c10::IValue(), 1.0, int64_t(0), at::kFloat, std::string("none"), no_scalars,
        std::string("")});
