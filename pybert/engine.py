@@ -65,7 +65,9 @@ class Engine:
     them; LayerNorm, softmax and accumulation in float32), with its weight matrices prepacked
     once for oneDNN. ``quantize="int8"`` (CPU, float32) holds them in int8 per output channel
     and quantises activations per call (dynamic quantisation, fbgemm's VNNI GEMMs): faster,
-    at a small cost in accuracy (measured in benchmarks/RESULTS.md).
+    at a small cost in accuracy (measured in benchmarks/RESULTS.md). A CPU engine keeps the
+    workspace of its largest batch so far for the next call (fresh memory costs page faults
+    every call); it is freed with the engine.
     """
 
     def __init__(self, config: BertConfig, weights: dict, device="cpu",
