@@ -103,7 +103,8 @@ def _encode(args) -> int:
     device = _resolve_device(args.device)
     dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
     try:
-        model = TextModel.load(args.model, device=device, dtype=getattr(torch, dtype))
+        model = TextModel.load(args.model, device=device, dtype=getattr(torch, dtype),
+                               **_quantize_option(args))
         with sigterm_as_interrupt():
             result = run_encode_job(model, args.input[0], args.output, str(args.model),
                                     pooling=args.pooling, batch_tokens=args.batch_tokens,
@@ -121,6 +122,10 @@ def _encode(args) -> int:
         return 1
     print(json.dumps(result))
     return 0
+
+
+def _quantize_option(args) -> dict:
+    return {"quantize": args.quantize} if args.quantize else {}
 
 
 def _encode_on_ray(args) -> int:
@@ -141,7 +146,8 @@ def _encode_on_ray(args) -> int:
                               pooling=args.pooling, truncation=args.truncation,
                               batch_tokens=args.batch_tokens,
                               rows_per_shard=args.rows_per_shard, actors=args.actors,
-                              device=args.device, dtype=args.dtype, overwrite=args.overwrite)
+                              device=args.device, dtype=args.dtype, overwrite=args.overwrite,
+                              quantize=args.quantize)
     except KeyboardInterrupt:
         print("\npybert encode: interrupted; the finished shards are kept. Run the same "
               "command again to continue.", file=sys.stderr)
@@ -188,7 +194,8 @@ def _serve(args) -> int:
                              api_key=args.api_key or os.environ.get("PYBERT_API_KEY") or None,
                              model_id=args.model_id or os.path.basename(
                                  os.path.normpath(args.model)))
-        model = TextModel.load(args.model, device=device, dtype=getattr(torch, dtype))
+        model = TextModel.load(args.model, device=device, dtype=getattr(torch, dtype),
+                               **_quantize_option(args))
     except (FileNotFoundError, ValueError, TypeError) as err:
         print(f"pybert serve: {err}", file=sys.stderr)
         return 2
@@ -256,6 +263,8 @@ def main(argv=None) -> int:
     encode_parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     encode_parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
                                help="default: float16 on a GPU, float32 on the CPU")
+    encode_parser.add_argument("--quantize", choices=("int8",),
+                               help="CPU: int8 weights, activations quantised per call")
     encode_parser.add_argument("--batch-tokens", type=int, default=16384,
                                help="padded tokens per batch")
     encode_parser.add_argument("--chunk-size", type=int, default=4096,
@@ -281,6 +290,8 @@ def main(argv=None) -> int:
     serve_parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     serve_parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
                               help="default: float16 on a GPU, float32 on the CPU")
+    serve_parser.add_argument("--quantize", choices=("int8",),
+                              help="CPU: int8 weights, activations quantised per call")
     serve_parser.add_argument("--api-key", help="require this bearer token on every route but "
                                                 "/health (default: $PYBERT_API_KEY, or none)")
     serve_parser.add_argument("--model-id", help="the name /info and /v1/embeddings report")

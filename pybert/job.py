@@ -191,6 +191,8 @@ def run_encode_job(model, input_path, output_path, model_id: str, pooling: str |
            "input_mtime_ns": stat.st_mtime_ns, "model": model_id, "pooling": pooling,
            "normalize": model.normalize, "truncation": truncation, "dim": model.dim,
            "engine_dtype": str(model.engine.dtype).replace("torch.", "")}
+    if getattr(model.engine, "quantize", None):  # absent otherwise: older jobs still resume
+        job["engine_quantize"] = model.engine.quantize
     done, resume = 0, False
     if progress_path.exists() and partial_path(output_path).exists() and not overwrite:
         try:

@@ -32,7 +32,7 @@ INPUT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 MANIFEST = "_pybert_job.json"
 
 
-def _load(model, device, dtype):
+def _load(model, device, dtype, quantize=None):
     import torch
 
     from .text import TextModel
@@ -42,7 +42,8 @@ def _load(model, device, dtype):
     if dtype is None:
         dtype = "float16" if str(device).startswith("cuda") else "float32"
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    return TextModel.load(model, device=device, dtype=dtype)
+    return TextModel.load(model, device=device, dtype=dtype,
+                          **({"quantize": quantize} if quantize else {}))
 
 
 def _vector_column(vectors: np.ndarray, ok: list[bool], dim: int):
@@ -72,10 +73,10 @@ class Embedder:
                  segments_column: str | None = None, output_column: str = "embedding",
                  pooling: str | None = None, truncation: str = "warn",
                  batch_tokens: int = 16384, on_error: str = "raise",
-                 error_column: str = "error"):
+                 error_column: str = "error", quantize: str | None = None):
         if on_error not in ("raise", "null"):
             raise ValueError(f"on_error must be 'raise' or 'null', got {on_error!r}")
-        self.model = _load(model, device, dtype)
+        self.model = _load(model, device, dtype, quantize)
         self.text_column, self.pair_column = text_column, pair_column
         self.tokens_column, self.segments_column = tokens_column, segments_column
         self.output_column, self.error_column = output_column, error_column
@@ -221,8 +222,8 @@ class ShardWriter:
 
     def __init__(self, model, output_dir: str, device: str = "auto", dtype=None,
                  pooling: str | None = None, truncation: str = "warn",
-                 batch_tokens: int = 16384):
-        self.model = _load(model, device, dtype)
+                 batch_tokens: int = 16384, quantize: str | None = None):
+        self.model = _load(model, device, dtype, quantize)
         self.output_dir = Path(output_dir)
         self.pooling, self.truncation, self.batch_tokens = pooling, truncation, batch_tokens
 
@@ -285,7 +286,8 @@ def run_ray_job(model: str, inputs, output_dir, address: str | None = None,
                 pooling: str | None = None, truncation: str = "warn", batch_tokens: int = 16384,
                 rows_per_shard: int = 10_000, actors: int | None = None,
                 gpus_per_actor: float | None = None, device: str = "auto", dtype=None,
-                overwrite: bool = False, writer=ShardWriter) -> dict:
+                overwrite: bool = False, writer=ShardWriter,
+                quantize: str | None = None) -> dict:
     """Embed every row of ``inputs`` (files or folders of .txt, .jsonl, .parquet) into Parquet
     shards in ``output_dir`` on a Ray cluster (``address``: "auto", an address, or None for
     a local one started for the run), and return a summary.
@@ -305,9 +307,11 @@ def run_ray_job(model: str, inputs, output_dir, address: str | None = None,
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"--output {output_dir} must be a folder for a Ray job")
     output_dir.mkdir(parents=True, exist_ok=True)
-    identity = _job_identity(str(model), files, {"pooling": pooling, "truncation": truncation,
-                                                 "rows_per_shard": rows_per_shard,
-                                                 "dtype": str(dtype)})
+    options = {"pooling": pooling, "truncation": truncation, "rows_per_shard": rows_per_shard,
+               "dtype": str(dtype)}
+    if quantize:  # absent otherwise, so that jobs started before the option still resume
+        options["quantize"] = quantize
+    identity = _job_identity(str(model), files, options)
     manifest = output_dir / MANIFEST
     if manifest.exists() and not overwrite:
         if json.loads(manifest.read_text()) != identity:
@@ -348,7 +352,8 @@ def run_ray_job(model: str, inputs, output_dir, address: str | None = None,
                 writer, batch_size=1, concurrency=count, **per_actor,
                 fn_constructor_kwargs=dict(model=str(model), output_dir=str(output_dir),
                                            device=device, dtype=dtype, pooling=pooling,
-                                           truncation=truncation, batch_tokens=batch_tokens),
+                                           truncation=truncation, batch_tokens=batch_tokens,
+                                           quantize=quantize),
                 max_restarts=-1, max_task_retries=-1)
             for row in results.iter_rows():
                 summary["bad_rows"] += int(row["bad_rows"])

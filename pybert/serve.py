@@ -384,6 +384,7 @@ def create_app(model, config: ServeConfig | None = None):
             "pooling": model.pooling, "normalize": model.normalize,
             "has_mlm": engine.has_mlm, "has_nsp": engine.has_nsp,
             "device": str(engine.device), "dtype": str(engine.dtype).replace("torch.", ""),
+            "quantize": engine.quantize,
             "max_batch_tokens": config.batch_tokens, "max_client_batch_size": config.max_inputs,
             "max_text_bytes": config.max_text_bytes})
 

@@ -277,3 +277,17 @@ def test_a_write_that_fails_midway_keeps_the_rows_done(tmp_path, checkpoint, mon
     assert result["resumed_at"] == 20
     np.testing.assert_allclose(np.load(tmp_path / "o.npy"), model.encode(["the cat"] * 50),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_int8_job_from_the_command_line(tmp_path, checkpoint):
+    """`pybert encode --quantize int8` writes vectors close to the float32 job's."""
+    texts = random_texts(200, seed=3)
+    source = tmp_path / "in.txt"
+    write_txt(source, texts)
+    proc = _encode_cli(checkpoint, source, tmp_path / "int8.npy", "--quantize", "int8")
+    assert proc.wait(timeout=300) == 0, proc.stdout.read()
+    run_encode_job(pybert.TextModel.load(checkpoint), source, tmp_path / "fp32.npy", "m",
+                   progress=False)
+    int8, fp32 = read_output(tmp_path / "int8.npy"), read_output(tmp_path / "fp32.npy")
+    cosine = (int8 * fp32).sum(1) / np.linalg.norm(int8, axis=1) / np.linalg.norm(fp32, axis=1)
+    assert int8.shape == fp32.shape and cosine.min() >= 0.99
