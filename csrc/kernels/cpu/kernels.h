@@ -97,7 +97,7 @@ void unpack_padded(const T* packed, const int32_t* cu_seqlens, T* out, int64_t b
 bool quantize_rows_u8(const float* x, int64_t rows, int64_t cols, uint8_t* out,
                       float* row_scales);
 // out[r, c] = y[r, c] * row_scales[r] + bias[c] (bias may be null): the epilogue of a GEMM on
-// quantize_rows_u8's rows. out may alias y.
+// quantize_rows_u8's rows. out and y must not overlap.
 void scale_rows_add_bias(const float* y, const float* row_scales, const float* bias,
                          float* out, int64_t rows, int64_t cols);
 

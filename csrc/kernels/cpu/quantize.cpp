@@ -1,7 +1,7 @@
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
-#include <atomic>
 
 #include "kernels.h"
 #include "parallel.h"
