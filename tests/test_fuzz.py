@@ -29,11 +29,15 @@ from conftest import random_model, rel_l2  # noqa: E402
 CONFIG = BertConfig(23, 16, 24, 2, 2, max_len=12)
 NET = random_model(CONFIG, seed=11)
 ENGINE = pybert.Engine.from_model(NET)
-# The CPU engine's three modes and their bounds against the float64 model (encodings, logits):
-# see test_engine.py for the int8 bounds' measurement.
-ENGINES = {"fp32": (ENGINE, 1e-5, 1e-5),
-           "bf16": (pybert.Engine.from_model(NET, dtype=torch.bfloat16), 3e-2, 3e-2),
-           "int8": (pybert.Engine.from_model(NET, quantize="int8"), 2e-2, 1e-1)}
+# The CPU engine's three modes and their bounds against the float64 model: encodings and MLM
+# logits (relative L2; see test_engine.py for int8's), and NSP. The NSP logits of this
+# 16-wide model are two numbers near zero, each a sum of terms ten times its size, so their
+# relative error says little in bf16 and int8 (PyTorch's own model in bf16 is 6% off): there
+# the oracle is the NSP probability, within 0.01 (measured over 3,000 random calls: bf16
+# 0.0016, int8 0.0032). float32 keeps the relative bound on the logits.
+ENGINES = {"fp32": (ENGINE, 1e-5, 1e-5, None),
+           "bf16": (pybert.Engine.from_model(NET, dtype=torch.bfloat16), 3e-2, 3e-2, 0.01),
+           "int8": (pybert.Engine.from_model(NET, quantize="int8"), 2e-2, 1e-1, 0.01)}
 REFERENCE = NET.double()  # the oracle, in float64 (the engine holds its own float32 copy)
 REJECTIONS = (ValueError, TypeError)
 FUZZ = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -109,7 +113,7 @@ def fuzz_settings(request):
 
 @pytest.mark.parametrize("mode", list(ENGINES))
 def test_engine_inputs(fuzz_settings, mode):
-    engine, bound, logit_bound = ENGINES[mode]
+    engine, bound, mlm_bound, nsp_probability_bound = ENGINES[mode]
 
     @fuzz_settings
     @given(engine_calls())
@@ -130,9 +134,13 @@ def test_engine_inputs(fuzz_settings, mode):
         mask = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
         assert rel_l2(encoded[mask], ref_encoded[mask]) <= bound
         assert torch.count_nonzero(encoded[~mask]) == 0
-        assert rel_l2(nsp, ref_nsp) <= logit_bound
+        if nsp_probability_bound is None:
+            assert rel_l2(nsp, ref_nsp) <= 1e-5
+        else:
+            error = torch.softmax(nsp.double(), -1) - torch.softmax(ref_nsp, -1)
+            assert float(error.abs().max()) <= nsp_probability_bound
         if positions is not None and positions.numel():
-            assert rel_l2(mlm, ref_mlm) <= logit_bound
+            assert rel_l2(mlm, ref_mlm) <= mlm_bound
 
     run()
 

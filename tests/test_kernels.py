@@ -73,6 +73,22 @@ def test_add_layernorm(target, hidden, with_residual):
     assert rel_l2(out, ref) <= BOUNDS[target[1]]
 
 
+@pytest.mark.parametrize("target", [t for t in TARGETS if t.values[0][0] == "cpu"])
+def test_add_layernorm_of_rows_whose_squares_overflow_float(target):
+    """Finite values of 1e34 square beyond float's range: such a row must still normalise
+    right (found by the checkpoint fuzzer: one damaged weight of 1.7e34), not come out as
+    beta."""
+    x = rand(5, 96, target=target)
+    x[1, 7] = 1e34
+    x[3, :10] = -3e37
+    weight = rand(96, target=target, scale=0.1, shift=1.0)
+    bias = rand(96, target=target)
+    out = ops.add_layernorm(x, None, weight, bias, 1e-5)
+    ref = F.layer_norm(x.double(), (96,), weight.double(), bias.double(), 1e-5)
+    assert bool(torch.isfinite(out).all())
+    assert rel_l2(out, ref) <= BOUNDS[target[1]]
+
+
 def reference_attention(qkv, lengths, num_heads):
     hidden = qkv.shape[1] // 3
     d = hidden // num_heads

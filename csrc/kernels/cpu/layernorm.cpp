@@ -1,5 +1,6 @@
 #include <cmath>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "kernels.h"
@@ -31,6 +32,15 @@ PYBERT_SIMD_CLONES void normalize_row(const float* __restrict row, const float* 
   for (int64_t i = 0; i < n; ++i) out[i] = (row[i] - mean) * rstd * gamma[i] + beta[i];
 }
 
+std::pair<double, double> mean_and_variance_in_double(const float* v, int64_t n) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += v[i];
+  const double mean = sum / double(n);
+  double squares = 0.0;
+  for (int64_t i = 0; i < n; ++i) squares += (v[i] - mean) * (v[i] - mean);
+  return {mean, squares / double(n)};
+}
+
 }  // namespace
 
 template <typename T>
@@ -47,9 +57,17 @@ void add_layernorm(const T* x, const T* residual, const T* gamma, const T* beta,
       }
       // Two passes, mean first and then the centred variance, so that a row with a large
       // mean loses no precision (the one-pass E[x^2] - E[x]^2 form cancels badly).
-      const float mean = sum_of(row.data(), hidden) / float(hidden);
+      float mean = sum_of(row.data(), hidden) / float(hidden);
       const float variance = squared_deviation_sum(row.data(), hidden, mean) / float(hidden);
-      const float rstd = 1.0f / std::sqrt(variance + eps);
+      float rstd = 1.0f / std::sqrt(variance + eps);
+      if (!std::isfinite(mean) || !std::isfinite(variance)) {
+        // Finite values beyond ~1e19 overflow the squares in float, and the row would come out
+        // as beta, finite and wrong: such a row's statistics are taken in double instead
+        // (its 1 / std is then small, but a float).
+        const auto [mean64, variance64] = mean_and_variance_in_double(row.data(), hidden);
+        mean = float(mean64);
+        rstd = float(1.0 / std::sqrt(variance64 + double(eps)));
+      }
       if constexpr (std::is_same_v<T, float>) {
         normalize_row(row.data(), gamma, beta, mean, rstd, hidden, yr);
       } else {
