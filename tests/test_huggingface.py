@@ -222,6 +222,25 @@ def test_refused_configs_and_weights(tmp_path):
         pybert.load(tmp_path / "hf")
 
 
+@pytest.mark.parametrize("options,bounds", [
+    ({"dtype": torch.bfloat16}, (BOUNDS[torch.bfloat16],) * 3),
+    ({"quantize": "int8"}, (2e-2, 1e-1, 1e-1)),  # test_engine.py's int8 bounds
+], ids=["bf16", "int8"])
+def test_hf_checkpoint_on_the_cpu_in_bf16_and_int8(tmp_path, options, bounds):
+    """GELU, the embedding LayerNorm and the MLM transform's GELU in the CPU's reduced
+    precisions, against transformers in float64."""
+    model = make_hf_dir(tmp_path / "hf", "pretraining", "gelu", heads=3, hidden=96)
+    engine = pybert.load(tmp_path / "hf", **options)
+    tokens, segments, valid_lens, positions = random_inputs(engine.config.vocab_size)
+    ref_hidden, ref_mlm, ref_nsp = hf_reference(model, tokens, segments, valid_lens)
+    encoded, mlm, nsp = engine(tokens, segments, valid_lens, positions)
+    mask = torch.arange(30)[None, :] < valid_lens[:, None]
+    assert rel_l2(encoded[mask], ref_hidden[mask]) <= bounds[0]
+    rows = torch.arange(5).repeat_interleave(3)
+    assert rel_l2(mlm, ref_mlm[rows, positions.reshape(-1)].reshape(5, 3, -1)) <= bounds[1]
+    assert rel_l2(nsp, ref_nsp) <= bounds[2]
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_hf_checkpoint_on_the_gpu(tmp_path, dtype):
