@@ -6,6 +6,8 @@ all on the same Hugging Face checkpoint (random weights, saved once) except the 
 
 - d2l eager: pybert's eager d2l BERTModel of the same sizes (inference mode)
 - HF SDPA: transformers' BertModel with SDPA attention and an attention mask
+- nn.TransformerEncoder: PyTorch's fused fast path (nested tensors for the padding) over the
+  same sizes, weights of its own
 - torch.compile (freezing): that BertModel compiled by inductor with weight freezing
 - ORT fp32 / ORT int8: the BertModel exported to ONNX and run by ONNX Runtime with all graph
   optimisations; int8 through ``onnxruntime.quantization.quantize_dynamic`` (its defaults)
@@ -29,7 +31,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["CPU_WORKLOADS", "CpuWorkload", "int8_accuracy", "run_cpu_benchmark",
-           "run_cpu_texts_benchmark", "time_call", "time_interleaved", "wikitext_sentences"]
+           "run_cpu_texts_benchmark", "time_interleaved", "wikitext_sentences"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,11 +55,6 @@ CPU_WORKLOADS = (
     CpuWorkload("BERT-base, 8 x 128", "bert-base", 8, 128),
     CpuWorkload("BERT-base, 1 x 128", "bert-base", 1, 128),
 )
-
-
-def time_call(fn, repeats: int, warmup: int = 2) -> float:
-    """Median seconds of fn() over ``repeats`` runs after ``warmup`` runs."""
-    return time_interleaved({"fn": fn}, repeats, warmup)["fn"]
 
 
 def time_interleaved(runs: dict, repeats: int, warmup: int = 2) -> dict:
@@ -169,6 +166,25 @@ def _cpu_has_bf16() -> bool:
     return bool(check()) if check is not None else False
 
 
+def _transformer_encoder_peer(shape: dict, tokens, mask):
+    """The encoder layers as torch.nn.TransformerEncoder runs them on its fast path (eval,
+    inference mode, the padding mask turned into nested tensors), after an embedding lookup;
+    the same sizes and activation as the workload's model, weights of its own."""
+    layer = torch.nn.TransformerEncoderLayer(shape["hidden_size"], shape["num_attention_heads"],
+                                             shape["intermediate_size"], dropout=0.0,
+                                             activation=shape["hidden_act"], batch_first=True)
+    encoder = torch.nn.TransformerEncoder(layer, shape["num_hidden_layers"],
+                                          enable_nested_tensor=True).eval()
+    embedding = torch.nn.Embedding(shape["vocab_size"], shape["hidden_size"])
+    padding = mask == 0
+
+    def run():
+        with torch.inference_mode():
+            encoder(embedding(tokens), src_key_padding_mask=padding)
+
+    return run
+
+
 def _contenders(workload: CpuWorkload, folder: Path, example, threads: int,
                 compile_peer: bool, ort_peer: bool, skipped: list[str]) -> dict:
     import pybert
@@ -194,6 +210,7 @@ def _contenders(workload: CpuWorkload, folder: Path, example, threads: int,
             hf(input_ids=tokens, attention_mask=mask, token_type_ids=segments)
 
     runs["HF SDPA"] = hf_eager
+    runs["nn.TransformerEncoder"] = _transformer_encoder_peer(shape, tokens, mask)
     with torch.inference_mode():
         expected = hf(input_ids=tokens, attention_mask=mask,
                       token_type_ids=segments).last_hidden_state

@@ -31,7 +31,8 @@ def test_cpu_benchmark_runs_every_local_contender(capsys):
     pytest.importorskip("transformers")
     workload = CpuWorkload("book config, 3 x 9", "book", 3, 9)
     (row,) = run_cpu_benchmark([workload], repeats=1, compile_peer=False, ort_peer=False)
-    for label in ("d2l eager", "HF SDPA", "pybert fp32", "pybert int8"):
+    for label in ("d2l eager", "HF SDPA", "nn.TransformerEncoder", "pybert fp32",
+                  "pybert int8"):
         assert row[f"{label}_ms"] > 0
     assert row["pybert fp32 / best fp32 peer"] > 0
     assert "pybert fp32" in capsys.readouterr().out

@@ -1,7 +1,6 @@
 #include "runner_cpu.h"
 
 #include <algorithm>
-#include <stdexcept>
 
 #include "runner.h"
 
@@ -52,11 +51,7 @@ bool bert_forward_cpu(const BertConfig& config, const BertWeights<T>& weights,
       (inputs.pred_positions == nullptr || preds == 0 ||
        cpu::all_finite(outputs.mlm_logits, preds * config.vocab_size)) &&
       (!inputs.with_nsp || cpu::all_finite(outputs.nsp_logits, inputs.batch * 2));
-  if (!finite) {
-    throw std::domain_error(
-        "the forward produced NaN or infinity: the model's weights are too large for this "
-        "dtype's arithmetic");
-  }
+  if (!finite) cpu::fail_non_finite_forward();
   return true;
 }
 

@@ -17,8 +17,8 @@ PreparedWeights prepare_cpu_weights(const BertConfig& config, const BertWeights<
 
 // Runs the whole forward on torch's CPU thread pool. `workspace` holds workspace_elements()
 // scalars. Returns false when inputs.stop_requested abandoned it between two layers, and
-// throws std::runtime_error when the forward produced NaN or infinity (finite weights can
-// still overflow: an attention score of 1e50).
+// throws cpu::fail_non_finite_forward's error when the forward produced NaN or infinity
+// (finite weights can still overflow: an attention score of 1e50).
 template <typename T>
 bool bert_forward_cpu(const BertConfig& config, const BertWeights<T>& weights,
                       const PreparedWeights& prepared, const BatchInputs& inputs,

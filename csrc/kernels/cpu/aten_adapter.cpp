@@ -14,7 +14,6 @@
 
 #include <cmath>
 #include <optional>
-#include <stdexcept>
 #include <type_traits>
 #include <vector>
 
@@ -193,9 +192,7 @@ void gemm_bias_act(const T* a, const T* weight, const T* bias, const PreparedWei
   row_scales.resize(static_cast<size_t>(m));
   if (!quantize_rows_u8(reinterpret_cast<const float*>(a), m, k, quantized.data(),
                         row_scales.data())) {
-    throw std::domain_error(
-        "the forward produced NaN or infinity: the model's weights are too large for this "
-        "dtype's arithmetic");
+    fail_non_finite_forward();  // quantised, an infinity would become a finite wrong answer
   }
   const at::Tensor qa = at::from_blob(quantized.data(), {m, k}, at::kByte);
   const at::Tensor product = call_for_tensor(

@@ -101,6 +101,10 @@ bool quantize_rows_u8(const float* x, int64_t rows, int64_t cols, uint8_t* out,
 void scale_rows_add_bias(const float* y, const float* row_scales, const float* bias,
                          float* out, int64_t rows, int64_t cols);
 
+// Raises the CPU forward's error for arithmetic that overflowed (std::domain_error, a
+// ValueError in Python): finite weights can still give NaN or infinity.
+[[noreturn]] void fail_non_finite_forward();
+
 // Whether all n values are finite (no NaN, no infinity).
 template <typename T>
 bool all_finite(const T* values, int64_t n);

@@ -1,5 +1,6 @@
 #include <atomic>
 #include <cstring>
+#include <stdexcept>
 
 #include "kernels.h"
 #include "parallel.h"
@@ -57,6 +58,12 @@ PYBERT_SIMD_CLONES bool any_nonfinite(const bfloat16* __restrict values, int64_t
 }
 
 }  // namespace
+
+void fail_non_finite_forward() {
+  throw std::domain_error(
+      "the forward produced NaN or infinity: the model's weights are too large for this "
+      "dtype's arithmetic");
+}
 
 template <typename T>
 bool all_finite(const T* values, int64_t n) {
