@@ -58,8 +58,9 @@ class Engine:
     without pred_positions; nsp_Y_hat (B, 2), or None for a model without an NSP head.
 
     ``weights`` are the engine's packed tensors by the names of ``pybert._C.weight_shapes``
-    (see pybert.weights). ``cuda_graphs`` (GPU only) replays a captured CUDA graph per shape
-    bucket for calls without pred_positions; at most ``max_graphs`` are kept.
+    (see pybert.weights). On the GPU, calls small enough for the host's kernel launches to
+    cost more than the GPU's work replay a CUDA graph captured per size bucket (pybert.graphs;
+    at most ``max_graphs`` are kept); ``cuda_graphs=False`` runs every call eagerly.
 
     On the CPU the engine computes in float32 or bfloat16 (AVX512-BF16 or AMX where the CPU has
     them; LayerNorm, softmax and accumulation in float32), with its weight matrices prepacked
@@ -71,7 +72,7 @@ class Engine:
     """
 
     def __init__(self, config: BertConfig, weights: dict, device="cpu",
-                 dtype: torch.dtype = torch.float32, *, cuda_graphs: bool = False,
+                 dtype: torch.dtype = torch.float32, *, cuda_graphs: bool | None = None,
                  max_graphs: int = 16, quantize: str | None = None, **text_options):
         unknown = set(text_options) - set(_TEXT_OPTIONS)
         if unknown:
@@ -111,12 +112,12 @@ class Engine:
             raise ValueError(f"the config says embedding_layer_norm={config.embedding_layer_norm} "
                              f"but the weights {have} the embedding LayerNorm")
         self._graphs = None
-        if cuda_graphs:
-            if self.device.type != "cuda":
-                raise ValueError("cuda_graphs needs device='cuda'")
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError("cuda_graphs needs device='cuda'")
+        if self.device.type == "cuda" and cuda_graphs is not False:
             from .graphs import GraphCache
 
-            self._graphs = GraphCache(self._native, self.device, config.max_len, max_graphs)
+            self._graphs = GraphCache(self._native, self.device, config, max_graphs)
         self._text_model = None
         if text_options:
             _deprecated("Engine(tokenizer=..., pooling=...)", "pybert.TextModel(engine, ...)")
@@ -144,14 +145,23 @@ class Engine:
         return cast
 
     def capture(self, batch_sizes, seq_lens, with_nsp: bool = True) -> None:
-        """Capture the CUDA graphs of these shapes now rather than at their first call."""
+        """Capture now, rather than at their first call, the CUDA graphs of padded batches of
+        these sizes with every sequence full (shorter ones share the graph while they fit)."""
         if self._graphs is None:
-            raise ValueError("this engine was built without cuda_graphs=True")
+            raise ValueError("this engine runs without CUDA graphs (a CPU engine, or "
+                             "cuda_graphs=False)")
         for batch in batch_sizes:
             for seq_len in seq_lens:
-                if not 1 <= seq_len <= self.config.max_len:
-                    raise ValueError(f"seq_len {seq_len} is outside [1, max_len]")
-                self._graphs.capture(batch, seq_len, with_nsp and self.has_nsp)
+                if not 1 <= seq_len <= self.config.max_len or batch < 1:
+                    raise ValueError(f"batch {batch} x seq_len {seq_len}: need batch >= 1 and "
+                                     f"seq_len in [1, max_len={self.config.max_len}]")
+                key = self._graphs.key_for(batch * seq_len, batch, seq_len, 0, False,
+                                           with_nsp and self.has_nsp)
+                if key is None:
+                    raise ValueError(f"batch {batch} x seq_len {seq_len} runs without a graph: "
+                                     f"more than {self._graphs.max_tokens} tokens, where the "
+                                     "GPU's work outlasts the kernel launches")
+                self._graphs.capture(key)
 
     @classmethod
     def from_state_dict(cls, state_dict: dict, config: BertConfig, device="cpu",
@@ -222,11 +232,11 @@ class Engine:
         """(encoded, mlm_logits or None, nsp_logits or None) of a checked batch."""
         if with_nsp and not self.has_nsp:
             raise ValueError("this model has no NSP head")
-        if self._graphs is not None and batch.padded and batch.pred_positions is None:
-            lengths = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).to(torch.int32)
-            replayed = self._graphs.run(batch.tokens, batch.segments, lengths, with_nsp)
+        if self._graphs is not None:
+            with torch.cuda.device(self.device):
+                replayed = self._graphs.run(batch, with_nsp)
             if replayed is not None:
-                return replayed[0], None, replayed[1]
+                return replayed
         batch = batch.to(self.device)
         # On the CPU the forward stops between two layers when Ctrl-C arrives; a GPU forward
         # is only enqueued, which is quick.

@@ -1,49 +1,72 @@
-"""CUDA graphs of the engine's forward: capture once per shape bucket, replay after.
+"""CUDA graphs of the engine's forward: captured once per size bucket, replayed after.
 
-A batch of B sequences padded to S runs in the graph of its bucket (B rounded up to a power of
-two, S up to a multiple of 32): the graph computes a fixed number of rows (B_cap x S_cap), of
-which the real tokens are the first cu_seqlens[B]; the spare rows are zeros and the spare
-sequence slots are empty (see the runner's spare capacity). One replay is one launch from the
-host, which is what small batches need: without a graph, a 12-layer forward is ~100 kernel
-launches. Graphs are captured lazily (or ahead with Engine.capture), kept in a bounded LRU.
+A forward of BERT-base is ~100 kernel launches; for a small batch the host takes longer to
+launch them than the GPU to run them, and one graph replay is one launch. Graphs pay only
+there: a call of more than ``max_tokens`` real tokens (set from the model's size, where the
+GPU's work outlasts the launches) runs without one, so no workload gets slower with graphs on.
+
+A bucket is keyed by what the kernels see, not by the padded batch: the rows computed (the
+real tokens, rounded up to a few steps per power of two), the sequence slots (a power of two)
+and the longest sequence (a multiple of 32); plus the number of MLM positions, whether the
+inputs are packed and whether NSP runs. A ragged batch costs its real tokens, not B x S. The
+real tokens fill the first rows and slots; the spare rows and empty slots are computed on and
+never returned (see the runner's spare capacity). Graphs are captured at first use (or ahead,
+``Engine.capture``) and kept in a bounded LRU; each holds its own memory pool, freed with it.
+
+Calls from several threads or streams stay correct: one lock orders the enqueueing, and each
+graph's static buffers are refilled only after the previous replay's outputs were copied out.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from typing import NamedTuple
 
 import torch
 
-__all__ = ["GraphCache"]
+__all__ = ["GraphCache", "GraphKey"]
 
-SEQ_BUCKET = 32
-MAX_BATCH_BUCKET = 256
+SEQ_STEP = 32            # the longest sequence is rounded up to a multiple of this
+MIN_ROWS = 64            # the smallest row bucket
+ROW_STEPS_PER_OCTAVE = 8  # row buckets between two powers of two (at most 1/8 spare rows)
+# A forward's launches take ~0.5 ms of host time; at ~300 TFLOP/s the GPU takes as long for
+# ~150 GFLOP. Above that the GPU is the bottleneck and a graph's spare rows would only cost.
+HOST_BOUND_FLOP = 150e9
 
 
 def _round_up(value: int, multiple: int) -> int:
     return (value + multiple - 1) // multiple * multiple
 
 
-class _Captured:
-    """One bucket's graph, its static inputs (device + pinned staging) and static outputs."""
+def row_bucket(rows: int) -> int:
+    """rows rounded up: to a multiple of MIN_ROWS, and to 1/8 of its power of two above."""
+    step = max(MIN_ROWS, (1 << (max(rows, 1).bit_length() - 1)) // ROW_STEPS_PER_OCTAVE)
+    return _round_up(max(rows, 1), step)
 
-    def __init__(self, native, device, batch: int, seq_len: int, with_nsp: bool):
-        self.batch, self.seq_len = batch, seq_len
-        long = dict(dtype=torch.int64)
-        self.host_tokens = torch.zeros((batch, seq_len), pin_memory=True, **long)
-        self.host_segments = torch.zeros((batch, seq_len), pin_memory=True, **long)
-        self.host_cu = torch.zeros(batch + 1, dtype=torch.int32, pin_memory=True)
-        self.tokens = torch.zeros((batch, seq_len), device=device, **long)
-        self.segments = torch.zeros((batch, seq_len), device=device, **long)
-        # Capture with every slot full, so every kernel sees its largest work.
-        self.cu = torch.arange(0, (batch + 1) * seq_len, seq_len, device=device,
-                               dtype=torch.int32)
-        self.copied = torch.cuda.Event()   # the staging buffers were read
-        self.finished = torch.cuda.Event()  # the static outputs were read
-        args = dict(tokens=self.tokens, segments=self.segments, cu_seqlens=self.cu,
-                    total_tokens=batch * seq_len, max_seqlen=seq_len, pred_positions=None,
-                    with_encoded=True, with_nsp=with_nsp)
+
+class GraphKey(NamedTuple):
+    slots: int          # sequence slots (cu_seqlens has slots + 1 entries)
+    seq_len: int        # max_seqlen the graph was captured with; padded inputs' width
+    rows: int           # rows computed
+    pred_positions: int  # MLM positions per sequence (0: no MLM head run)
+    packed: bool        # inputs (total,) packed, or (slots, seq_len) padded
+    with_nsp: bool
+
+
+class _Captured:
+    """One bucket's graph: its static device inputs, pinned staging for host inputs, and its
+    static outputs."""
+
+    def __init__(self, native, device, key: GraphKey):
+        self.key = key
+        # Normal tensors even when the first call comes under torch.inference_mode: the static
+        # inputs are refilled in place by later calls, which may run outside it.
+        with torch.inference_mode(False):
+            self._allocate(device, key)
+        args = {"tokens": self.tokens, "segments": self.segments, "cu_seqlens": self.cu,
+                "total_tokens": key.rows, "max_seqlen": key.seq_len,
+                "pred_positions": self.pred, "with_encoded": True, "with_nsp": key.with_nsp}
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):  # warm-up: GEMM plans and kernel attributes, uncaptured
@@ -51,75 +74,132 @@ class _Captured:
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.encoded, _, self.nsp = native.forward(**args)
+            self.encoded, self.mlm, self.nsp = native.forward(**args)
 
-    def run(self, tokens, segments, lengths):
-        batch, seq_len = tokens.shape
-        self.copied.synchronize()  # the previous call's copies have left the staging buffers
-        # A previous call on another stream must have read the outputs before this replay
-        # writes them again.
-        torch.cuda.current_stream().wait_event(self.finished)
-        self.host_tokens.zero_()
-        self.host_segments.zero_()
-        self.host_tokens[:batch, :seq_len] = tokens
-        self.host_segments[:batch, :seq_len] = segments
-        self.host_cu.zero_()
-        torch.cumsum(lengths, 0, out=self.host_cu[1:batch + 1])
-        self.host_cu[batch + 1:] = self.host_cu[batch]
-        self.tokens.copy_(self.host_tokens, non_blocking=True)
-        self.segments.copy_(self.host_segments, non_blocking=True)
-        self.cu.copy_(self.host_cu, non_blocking=True)
-        self.copied.record()
-        self.graph.replay()
-        encoded = self.encoded[:batch, :seq_len].clone()
-        nsp = None if self.nsp is None else self.nsp[:batch].clone()
+    def _allocate(self, device, key: GraphKey):
+        shape = (key.rows,) if key.packed else (key.slots, key.seq_len)
+        long = {"dtype": torch.int64}
+        self.tokens = torch.zeros(shape, device=device, **long)
+        self.segments = torch.zeros(shape, device=device, **long)
+        # Any valid lengths do for the capture: launches depend on the key, not on the values.
+        self.cu = torch.arange(0, (key.slots + 1) * key.seq_len, key.seq_len, device=device,
+                               dtype=torch.int32).clamp_(max=key.rows)
+        self.pred = torch.zeros((key.slots, key.pred_positions), device=device, **long) \
+            if key.pred_positions else None
+        self.host_tokens = torch.zeros(shape, pin_memory=True, **long)
+        self.host_segments = torch.zeros(shape, pin_memory=True, **long)
+        self.host_cu = torch.zeros(key.slots + 1, dtype=torch.int32, pin_memory=True)
+        self.host_pred = torch.zeros_like(self.pred, device="cpu").pin_memory() \
+            if key.pred_positions else None
+        self.copied = torch.cuda.Event()    # the staging buffers were read
+        self.finished = torch.cuda.Event()  # the static outputs were copied out
         self.finished.record()
-        return encoded, nsp
+
+    def run(self, batch, with_mlm: bool):
+        """(encoded, mlm or None, nsp or None) of a checked PackedBatch that fits this bucket."""
+        slots, total = batch.batch, batch.total_tokens
+        stream = torch.cuda.current_stream()
+        # The previous replay's outputs were copied out (maybe on another stream) before this
+        # call refills the inputs and replays over them.
+        stream.wait_event(self.finished)
+        if batch.tokens.device.type == "cpu":
+            self.copied.synchronize()  # the previous call's uploads have left the staging
+            self._stage(batch)
+            self.tokens.copy_(self.host_tokens, non_blocking=True)
+            self.segments.copy_(self.host_segments, non_blocking=True)
+            self.cu.copy_(self.host_cu, non_blocking=True)
+            if self.pred is not None:
+                self.pred.copy_(self.host_pred, non_blocking=True)
+            self.copied.record()
+        else:  # packed inputs already on the GPU: device copies, nothing read back
+            self.tokens[:total].copy_(batch.tokens)
+            self.tokens[total:].zero_()
+            self.segments[:total].copy_(batch.segments)
+            self.segments[total:].zero_()
+            self.cu[:slots + 1].copy_(batch.cu_seqlens)
+            self.cu[slots + 1:].fill_(total)
+        self.graph.replay()
+        if self.key.packed:
+            encoded = self.encoded[:total].clone()
+        else:
+            encoded = self.encoded[:slots, :batch.tokens.shape[1]].clone()
+        mlm = self.mlm[:slots].clone() if with_mlm else None
+        nsp = self.nsp[:slots].clone() if self.key.with_nsp else None
+        self.finished.record()
+        return encoded, mlm, nsp
+
+    def _stage(self, batch):
+        slots, total = batch.batch, batch.total_tokens
+        if self.key.packed:
+            self.host_tokens[:total] = batch.tokens
+            self.host_tokens[total:] = 0
+            self.host_segments[:total] = batch.segments
+            self.host_segments[total:] = 0
+        else:
+            width = batch.tokens.shape[1]
+            self.host_tokens.zero_()
+            self.host_segments.zero_()
+            self.host_tokens[:slots, :width] = batch.tokens
+            self.host_segments[:slots, :width] = batch.segments
+        self.host_cu[:slots + 1] = batch.cu_seqlens
+        self.host_cu[slots + 1:] = total
+        if self.host_pred is not None:
+            self.host_pred.zero_()  # empty slots score position 0 of a spare row
+            self.host_pred[:slots] = batch.pred_positions
 
 
 class GraphCache:
     """The captured forwards of one engine, at most ``max_graphs`` of them (least recently used
-    first out; each graph holds its own memory pool, freed with it)."""
+    first out)."""
 
-    def __init__(self, native, device, max_len: int, max_graphs: int = 16):
+    def __init__(self, native, device, config, max_graphs: int = 16):
         if max_graphs < 1:
             raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
-        self.native, self.device, self.max_len, self.max_graphs = native, device, max_len, \
-            max_graphs
+        self.native, self.device, self.max_len = native, device, config.max_len
+        self.max_graphs = max_graphs
+        h, f = config.num_hiddens, config.ffn_num_hiddens
+        flop_per_token = 2 * config.num_layers * (4 * h * h + 2 * h * f)
+        self.max_tokens = row_bucket(int(HOST_BOUND_FLOP / flop_per_token))
         self.graphs: OrderedDict = OrderedDict()
-        # A graph's static buffers serve one call at a time.
         self.lock = threading.Lock()
 
-    def bucket(self, batch: int, seq_len: int) -> tuple[int, int] | None:
-        """(batch, seq_len) of the bucket for this shape, or None if it has none (too big)."""
-        batch_cap = 1 << max(0, batch - 1).bit_length()
-        if batch_cap > MAX_BATCH_BUCKET:
+    def key(self, batch, with_nsp: bool) -> GraphKey | None:
+        """The bucket of a checked PackedBatch, or None if it runs without a graph."""
+        packed = batch.tokens.dim() == 1
+        return self.key_for(batch.total_tokens, batch.batch,
+                            batch.max_seqlen if packed else batch.tokens.shape[1],
+                            0 if batch.pred_positions is None else batch.pred_positions.shape[1],
+                            packed, with_nsp)
+
+    def key_for(self, total: int, slots: int, width: int, positions: int, packed: bool,
+                with_nsp: bool) -> GraphKey | None:
+        """The bucket of `total` real tokens in `slots` sequences of at most `width`."""
+        if total > self.max_tokens:
             return None
-        return batch_cap, min(_round_up(seq_len, SEQ_BUCKET), self.max_len)
+        slot_cap = 1 << max(0, slots - 1).bit_length()
+        seq_len = min(_round_up(width, SEQ_STEP), self.max_len)
+        # An empty slot reads row cu[slots] = total (its <cls> row), so it needs a spare row.
+        rows = min(row_bucket(total + (slot_cap > slots)), slot_cap * self.max_len)
+        return GraphKey(slot_cap, seq_len, rows, positions, packed, with_nsp)
 
-    def capture(self, batch: int, seq_len: int, with_nsp: bool) -> None:
-        bucket = self.bucket(batch, seq_len)
-        if bucket is None:
-            raise ValueError(f"batch {batch} is above the largest graph bucket "
-                             f"({MAX_BATCH_BUCKET})")
+    def capture(self, key: GraphKey) -> None:
         with self.lock:
-            self._get(bucket, with_nsp)
+            self._get(key)
 
-    def _get(self, bucket, with_nsp: bool) -> _Captured:
-        key = (*bucket, with_nsp)
+    def _get(self, key: GraphKey) -> _Captured:
         if key in self.graphs:
             self.graphs.move_to_end(key)
         else:
             while len(self.graphs) >= self.max_graphs:
                 self.graphs.popitem(last=False)
-            self.graphs[key] = _Captured(self.native, self.device, *bucket, with_nsp)
+            self.graphs[key] = _Captured(self.native, self.device, key)
         return self.graphs[key]
 
-    def run(self, tokens, segments, lengths, with_nsp: bool):
-        """(encoded (B, S, H), nsp (B, 2) or None) for host tensors tokens, segments (B, S) and
-        lengths (B,), or None when the shape has no bucket."""
-        bucket = self.bucket(*tokens.shape)
-        if bucket is None:
+    def run(self, batch, with_nsp: bool):
+        """(encoded, mlm_logits or None, nsp_logits or None) of a checked PackedBatch, or None
+        when it runs without a graph (too many tokens, or inside the caller's own capture)."""
+        key = self.key(batch, with_nsp)
+        if key is None or torch.cuda.is_current_stream_capturing():
             return None
         with self.lock:
-            return self._get(bucket, with_nsp).run(tokens, segments, lengths)
+            return self._get(key).run(batch, batch.pred_positions is not None)

@@ -39,13 +39,35 @@ class PackedBatch:
         return self.tokens.dim() == 2
 
     def to(self, device: torch.device) -> "PackedBatch":
-        """The batch's tensors on ``device`` (copies enqueued without waiting)."""
+        """The batch's tensors on ``device``. To a GPU from the host: one asynchronous copy
+        from pinned memory (a copy from pageable memory makes the host wait for it, one per
+        tensor), so the call returns while the GPU works."""
         if self.tokens.device == device:
             return self
-        move = (lambda t: None if t is None else t.to(device, non_blocking=True))
-        return replace(self, tokens=move(self.tokens), segments=move(self.segments),
-                       cu_seqlens=move(self.cu_seqlens),
-                       pred_positions=move(self.pred_positions))
+        if device.type != "cuda" or self.tokens.device.type != "cpu":
+            move = (lambda t: None if t is None else t.to(device, non_blocking=True))
+            return replace(self, tokens=move(self.tokens), segments=move(self.segments),
+                           cu_seqlens=move(self.cu_seqlens),
+                           pred_positions=move(self.pred_positions))
+        # The int64 tensors first, cu_seqlens (int32) last: every part stays aligned to its
+        # element size in the one staging buffer, and on the device its bytes are viewed back.
+        parts = [self.tokens, self.segments, self.pred_positions, self.cu_seqlens]
+        sizes = [0 if t is None else t.numel() * t.element_size() for t in parts]
+        staging = torch.empty(sum(sizes), dtype=torch.uint8, pin_memory=True)
+        offset = 0
+        for t, size in zip(parts, sizes):
+            if t is not None:
+                staging[offset:offset + size] = t.contiguous().view(-1).view(torch.uint8)
+            offset += size
+        uploaded = staging.to(device, non_blocking=True)
+        moved, offset = [], 0
+        for t, size in zip(parts, sizes):
+            moved.append(None if t is None else
+                         uploaded[offset:offset + size].view(t.dtype).view(t.shape))
+            offset += size
+        tokens, segments, pred_positions, cu_seqlens = moved
+        return replace(self, tokens=tokens, segments=segments, cu_seqlens=cu_seqlens,
+                       pred_positions=pred_positions)
 
 
 def _dense(value, name: str) -> torch.Tensor:

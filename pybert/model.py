@@ -56,7 +56,9 @@ def masked_softmax(scores: torch.Tensor, valid_lens: torch.Tensor | None) -> tor
         per_query = valid_lens.reshape(scores.shape[0], num_queries)
     key_index = torch.arange(num_keys, device=scores.device, dtype=torch.float32)
     masked = key_index[None, None, :] >= per_query[:, :, None].to(torch.float32)
-    return F.softmax(scores.masked_fill(masked, MASKED_SCORE), dim=-1)
+    # -1e6 is beyond float16's range: there the most negative finite score does the same.
+    fill = max(MASKED_SCORE, torch.finfo(scores.dtype).min)
+    return F.softmax(scores.masked_fill(masked, fill), dim=-1)
 
 
 class DotProductAttention(nn.Module):

@@ -29,5 +29,5 @@ cmake -S . -B "$work/cmake" "${generator[@]}" -DPython_EXECUTABLE="$("$python" -
   -DPYBERT_CUDA_ARCHS="80;90" -DPYBERT_WERROR=ON -DPYBERT_CUBLAS_INCLUDE_DIR="$cublas_include" \
   > "$work/configure.log" || { cat "$work/configure.log"; exit 1; }
 cmake --build "$work/cmake" -j "${MAX_JOBS:-2}" \
-  --target pybert_cuda_kernels pybert_cuda_runner pybert_cuda_bindings
+  --target pybert_cuda_kernels pybert_cuda_aten_adapter pybert_cuda_runner pybert_cuda_bindings
 echo "check_cuda_sources: the CUDA kernels, runner and bindings compile for sm_80 and sm_90"

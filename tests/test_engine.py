@@ -278,11 +278,14 @@ def test_cuda_engine_matches_eager(name, batch, seq_len, dtype):
 
 
 @pytest.mark.cuda
-def test_cuda_engine_runs_on_the_current_stream():
-    """The forward is enqueued on torch's current stream, whichever it is."""
+@pytest.mark.parametrize("cuda_graphs", [False, True], ids=["eager", "graphs"])
+def test_cuda_engine_runs_on_the_current_stream(cuda_graphs):
+    """The forward (or its graph's replay) is enqueued on torch's current stream, whichever it
+    is."""
     config = CONFIGS["book-training"]
     net = random_model(config)
-    engine = pybert.Engine.from_model(net, device="cuda", dtype=torch.float16)
+    engine = pybert.Engine.from_model(net, device="cuda", dtype=torch.float16,
+                                      cuda_graphs=cuda_graphs)
     tokens, segments, valid_lens, pred = random_batch(config, 8, 64, seed=1)
     expected = engine(tokens, segments, valid_lens, pred)
     torch.cuda.synchronize()
@@ -389,32 +392,88 @@ def test_spare_capacity_gives_the_same_results(device, dtype):
 
 @pytest.mark.cuda
 def test_cuda_graphs_replay_the_eager_results():
+    """Graphs are on by default on the GPU, bucketed by rows, sequence slots and length: every
+    kind of call (padded, packed from the host or the GPU, with MLM positions, with NSP) gives
+    the float64 reference's results through them, and the cache stays bounded."""
     config = CONFIGS["book-training"]
     net = random_model(config)
-    eager = pybert.Engine.from_model(net, device="cuda", dtype=torch.float16)
-    graphed = pybert.Engine.from_model(net, device="cuda", dtype=torch.float16,
-                                       cuda_graphs=True, max_graphs=2)
+    eager = pybert.Engine.from_model(net, device="cuda", dtype=torch.float16, cuda_graphs=False)
+    graphed = pybert.Engine.from_model(net, device="cuda", dtype=torch.float16, max_graphs=2)
+    assert eager._graphs is None and graphed._graphs is not None
     graphed.capture([1, 8], [64])
     assert len(graphed._graphs.graphs) == 2
+    bound = BOUNDS[torch.float16]
     for batch, seq_len, seed in ((1, 64, 0), (1, 64, 1), (7, 50, 2), (8, 64, 3), (2, 9, 4),
-                                 (1, 64, 5)):
-        from conftest import BOUNDS
-
-        tokens, segments, valid_lens, _ = random_batch(config, batch, seq_len, seed=seed)
-        ref_encoded, _, ref_nsp = reference_forward(net, tokens, segments, valid_lens, None)
-        got = graphed(tokens, segments, valid_lens)
+                                 (1, 64, 5), (3, 1, 6)):
+        tokens, segments, valid_lens, pred = random_batch(config, batch, seq_len, seed=seed)
+        ref_encoded, ref_mlm, ref_nsp = reference_forward(net, tokens, segments, valid_lens,
+                                                          pred)
         mask = valid_mask(valid_lens, batch, seq_len)
-        assert got[0].shape == (batch, seq_len, config.num_hiddens)
-        assert rel_l2(got[0].cpu()[mask], ref_encoded[mask]) <= BOUNDS[torch.float16]
-        assert torch.count_nonzero(got[0].cpu()[~mask]) == 0
-        assert rel_l2(got[2], ref_nsp) <= BOUNDS[torch.float16]
+        encoded, mlm, nsp = graphed(tokens, segments, valid_lens)
+        assert mlm is None and encoded.shape == (batch, seq_len, config.num_hiddens)
+        assert rel_l2(encoded.cpu()[mask], ref_encoded[mask]) <= bound
+        assert torch.count_nonzero(encoded.cpu()[~mask]) == 0
+        assert rel_l2(nsp, ref_nsp) <= bound
+        _, mlm, _ = graphed(tokens, segments, valid_lens, pred)
+        assert rel_l2(mlm, ref_mlm) <= bound
+        cu = torch.zeros(batch + 1, dtype=torch.int32)
+        cu[1:] = torch.cumsum(valid_lens.int(), 0)
+        packed = graphed.encode_packed(tokens[mask], cu, segments[mask])
+        assert rel_l2(packed.cpu(), ref_encoded[mask]) <= bound
+        on_gpu = graphed.encode_packed(tokens[mask].cuda(), cu.cuda(), segments[mask].cuda(),
+                                       max_seqlen=seq_len)
+        torch.testing.assert_close(on_gpu, packed, rtol=0, atol=0)
     assert len(graphed._graphs.graphs) <= 2  # bounded
-    # with pred_positions the engine runs eagerly
-    tokens, segments, valid_lens, pred = random_batch(config, 4, 30, seed=9)
-    torch.testing.assert_close(graphed(tokens, segments, valid_lens, pred)[1],
-                               eager(tokens, segments, valid_lens, pred)[1], rtol=0, atol=0)
     with pytest.raises(ValueError, match="cuda_graphs needs"):
         pybert.Engine.from_model(net, cuda_graphs=True)
+
+
+@pytest.mark.cuda
+def test_cuda_graphs_captured_under_inference_mode_serve_later_calls():
+    """A graph captured by a call under torch.inference_mode is replayed by a later call outside
+    it (its static inputs are normal tensors, refilled in place)."""
+    config = CONFIGS["book-training"]
+    engine = pybert.Engine.from_model(random_model(config), device="cuda", dtype=torch.float16)
+    tokens, segments, valid_lens, _ = random_batch(config, 2, 16, seed=4)
+    with torch.inference_mode():
+        first = engine.encode(tokens, segments, valid_lens)
+    second = engine.encode(tokens, segments, valid_lens)
+    assert len(engine._graphs.graphs) == 1
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+def test_cuda_graphs_only_where_launches_dominate():
+    """A batch of more tokens than the graphs' limit (the GPU's work outlasts the launches
+    there) runs eagerly with no graph captured, and the same results."""
+    config = CONFIGS["hidden-96-head-dim-32"]
+    net = random_model(config)
+    engine = pybert.Engine.from_model(net, device="cuda", dtype=torch.float16)
+    # The limit comes from the model's size (for this small model, ~10^5 tokens); a lower one
+    # keeps the test quick.
+    assert engine._graphs.max_tokens >= 65536
+    engine._graphs.max_tokens = limit = 256
+    batch = limit // config.max_len + 1
+    tokens, segments, valid_lens, _ = random_batch(config, batch, config.max_len, seed=3)
+    valid_lens[:] = config.max_len
+    assert batch * config.max_len > limit
+    encoded = engine.encode(tokens, segments, valid_lens)
+    assert len(engine._graphs.graphs) == 0
+    ref_encoded, _, _ = reference_forward(net, tokens, segments, valid_lens, None)
+    assert rel_l2(encoded.cpu(), ref_encoded) <= BOUNDS[torch.float16]
+    with pytest.raises(ValueError, match="runs without a graph"):
+        engine.capture([batch], [config.max_len])
+
+
+def test_cuda_graphs_row_buckets():
+    """Row buckets: multiples of 64 up to 512, then eight steps per power of two, so a batch
+    pays at most 1/8 spare rows above 512 tokens."""
+    from pybert.graphs import row_bucket
+
+    assert [row_bucket(n) for n in (1, 64, 65, 128, 129, 500, 512, 513, 1000, 4097)] == \
+        [64, 64, 128, 128, 192, 512, 512, 576, 1024, 4608]
+    for n in range(513, 20000, 97):
+        assert n <= row_bucket(n) <= n * 9 / 8 + 1
 
 
 # ---------------------------------------------------------------------------------------------

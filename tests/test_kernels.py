@@ -59,7 +59,9 @@ def test_gemm_bias_act(target, m, n, k, activation):
     assert rel_l2(no_bias, ref) <= BOUNDS[target[1]]
 
 
-@pytest.mark.parametrize("hidden", [8, 96, 768, 4096])
+# On the GPU, rows of whole 16-byte packs up to 4 KB take the warp-per-row kernel (8, 96, 768,
+# 2048 in fp16/bf16; 20 in fp32), the others the block-per-row one (20 in fp16, 4096).
+@pytest.mark.parametrize("hidden", [8, 20, 96, 768, 2048, 4096])
 @pytest.mark.parametrize("with_residual", [True, False])
 def test_add_layernorm(target, hidden, with_residual):
     # a large mean tests the variance's cancellation
@@ -70,6 +72,19 @@ def test_add_layernorm(target, hidden, with_residual):
     out = ops.add_layernorm(x, residual, weight, bias, 1e-5)
     total = x.double() + (residual.double() if with_residual else 0)
     ref = F.layer_norm(total, (hidden,), weight.double(), bias.double(), 1e-5)
+    assert rel_l2(out, ref) <= BOUNDS[target[1]]
+
+
+def test_add_layernorm_of_unaligned_rows(target):
+    """Rows that do not start on a 16-byte boundary (a view one element into its storage) take
+    the kernel that needs no alignment, with the same result."""
+    hidden = 96
+    storage = rand(37 * hidden + 1, target=target, scale=2.0, shift=1.0)
+    x = storage[1:].view(37, hidden)
+    weight = rand(hidden, target=target, scale=0.1, shift=1.0)
+    bias = rand(hidden, target=target)
+    out = ops.add_layernorm(x, None, weight, bias, 1e-5)
+    ref = F.layer_norm(x.double(), (hidden,), weight.double(), bias.double(), 1e-5)
     assert rel_l2(out, ref) <= BOUNDS[target[1]]
 
 
@@ -102,15 +117,18 @@ def reference_attention(qkv, lengths, num_heads):
     return torch.cat(outs)
 
 
-# head dims: 8, 32, 64 and 192 (the book's example) on the tensor cores; 40 (a multiple of 8,
-# not of 16) and 256 at the edges of that path; 20 on the fallback.
+# head dims: 8, 32, 64 and 192 (the book's example); 40 (a multiple of 8, not of 16) and 256 at
+# the edges of FlashAttention-2's and our tensor-core kernel's range; 20 on our CUDA-core
+# kernel in fp16/bf16 (the memory-efficient kernel's in fp32). own_kernel runs our CUDA kernels
+# where the engine would call torch's (on the CPU there is one attention either way).
 @pytest.mark.parametrize("num_heads,head_dim", [(4, 8), (3, 32), (2, 64), (4, 192), (2, 40),
                                                 (1, 256), (1, 20)])
 @pytest.mark.parametrize("max_len", [1, 17, 130])
-def test_attention_varlen(target, num_heads, head_dim, max_len):
+@pytest.mark.parametrize("own_kernel", [False, True], ids=["engine-choice", "own-kernel"])
+def test_attention_varlen(target, num_heads, head_dim, max_len, own_kernel):
     cu, lengths = random_cu_seqlens(5, max_len, seed=max_len + head_dim, device=target[0])
     qkv = rand(int(cu[-1]), 3 * num_heads * head_dim, target=target)
-    out = ops.attention_varlen(qkv, cu, max_len, num_heads)
+    out = ops.attention_varlen(qkv, cu, max_len, num_heads, own_kernel=own_kernel)
     ref = reference_attention(qkv, lengths, num_heads)
     assert rel_l2(out, ref) <= BOUNDS[target[1]]
 
@@ -184,6 +202,7 @@ def opcheck_cases(target):
         (ops.add_layernorm, (rand(4, 8, target=target), None, rand(8, target=target),
                              rand(8, target=target), 1e-5)),
         (ops.attention_varlen, (rand(t, 48, target=target), cu, 6, 2)),
+        (ops.attention_varlen, (rand(t, 48, target=target), cu, 6, 2, True)),
         (ops.unpack_padded, (rand(t, 8, target=target), cu, 6)),
         (ops.gather_rows, (rand(t, 8, target=target), cu, None)),
         (ops.gather_rows, (rand(t, 8, target=target), cu, positions)),

@@ -75,6 +75,22 @@ def test_two_dimensional_valid_lens():
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_masked_softmax_in_half_precision(dtype):
+    """The book's masked score, -1e6, overflows float16: a half-precision model (bench_gpu's
+    eager-fp16 peer) masks with the dtype's most negative value instead, to the same result."""
+    from pybert.model import masked_softmax
+
+    torch.manual_seed(0)
+    scores = torch.randn(3, 4, 6)
+    lens = torch.tensor([6, 2, 4])
+    expected = masked_softmax(scores, lens)
+    actual = masked_softmax(scores.to(dtype), lens)
+    assert actual.dtype == dtype
+    torch.testing.assert_close(actual.float(), expected, rtol=0, atol=1e-2)
+    assert float(actual[1, :, 2:].abs().max()) == 0.0
+
+
 @needs_book
 @pytest.mark.parametrize("args,kwargs,max_len", [(EXAMPLE_ARGS, EXAMPLE_KW, 1000),
                                                  (TRAIN_ARGS, TRAIN_KW, 64)])

@@ -36,9 +36,11 @@ struct CpuBackend {
                      int64_t rows, int64_t hidden, float eps) {
     cpu::add_layernorm(x, residual, gamma, beta, out, rows, hidden, eps);
   }
-  void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
-                        int64_t max_seqlen, int64_t num_heads, int64_t head_dim) {
+  const T* attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
+                            int64_t total_tokens, int64_t max_seqlen, int64_t num_heads,
+                            int64_t head_dim) {
     cpu::attention_varlen(qkv, cu_seqlens, out, batch, max_seqlen, num_heads, head_dim);
+    return out;
   }
   void gather_rows(const T* packed, const int32_t* cu_seqlens, const int64_t* positions,
                    T* out, int64_t batch, int64_t num_positions, int64_t hidden) {

@@ -1,8 +1,12 @@
 // The CUDA backend of the runner: the kernels of kernels/cuda on one stream, with cuBLASLt
-// for the GEMMs. Scalar is float, __half or __nv_bfloat16.
+// for the GEMMs and torch's fused attention where it is faster. Scalar is float, __half or
+// __nv_bfloat16.
 #pragma once
 
+#include <memory>
+
 #include "../kernels/cuda/kernels.cuh"
+#include "../kernels/cuda/library_attention.h"
 #include "model.h"
 
 namespace pybert {
@@ -14,6 +18,8 @@ struct CudaBackend {
   cuda::CublasLtGemm& gemm;
   void* gemm_workspace;  // gemm.workspace_bytes() of device memory for this forward
   cudaStream_t stream;
+  int device_index;
+  std::shared_ptr<void> attention_rows;  // the library attention's last output
 
   void gemm_bias_act(const T* a, const T* w, const T* bias, T* out, int64_t m, int64_t n,
                      int64_t k, Activation act) {
@@ -29,10 +35,23 @@ struct CudaBackend {
                      int64_t rows, int64_t hidden, float eps) {
     cuda::add_layernorm(x, residual, gamma, beta, out, rows, hidden, eps, stream);
   }
-  void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
-                        int64_t max_seqlen, int64_t num_heads, int64_t head_dim) {
-    cuda::attention_varlen(qkv, cu_seqlens, out, batch, max_seqlen, num_heads, head_dim,
-                           stream);
+  // torch's FlashAttention-2 / memory-efficient kernel where they take the shape (their
+  // output rows stay alive until the next layer's attention replaces them), else ours.
+  const T* attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
+                            int64_t total_tokens, int64_t max_seqlen, int64_t num_heads,
+                            int64_t head_dim) {
+    const cuda::ScalarCode scalar = cuda::scalar_code<T>();
+    const cuda::AttentionKernel kernel = cuda::choose_attention_kernel(scalar, head_dim);
+    if (kernel == cuda::AttentionKernel::kOwn) {
+      cuda::attention_varlen(qkv, cu_seqlens, out, batch, max_seqlen, num_heads, head_dim,
+                             stream);
+      return out;
+    }
+    cuda::AttentionResult result = cuda::library_attention_varlen(
+        kernel, scalar, qkv, cu_seqlens, batch, total_tokens, max_seqlen, num_heads,
+        head_dim, device_index, stream);
+    attention_rows = std::move(result.owner);
+    return result.rows != nullptr ? static_cast<const T*>(result.rows) : out;
   }
   void gather_rows(const T* packed, const int32_t* cu_seqlens, const int64_t* positions,
                    T* out, int64_t batch, int64_t num_positions, int64_t hidden) {

@@ -33,7 +33,7 @@ struct BatchInputs {
   int64_t batch;
   int64_t seq_len;                // 0: tokens and segments are packed
   int64_t total_tokens;           // rows computed: cu_seqlens[batch], or more (spare capacity
-                                  // of a CUDA-graph bucket, computed on zero rows)
+                                  // of a CUDA-graph bucket: rows computed on, never returned)
   int64_t max_seqlen;             // the longest valid length
   int64_t num_pred_positions;
   bool with_nsp;

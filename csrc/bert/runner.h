@@ -43,7 +43,7 @@ inline int64_t workspace_elements(const BertConfig& c, const BatchInputs& in) {
 
 // Backend is an object (it may hold a stream, a cuBLASLt handle, ...) whose Scalar type and
 // methods mirror kernels/cpu/kernels.h: gemm_bias_act, embed_packed, add_layernorm,
-// attention_varlen, gather_rows, unpack_padded. Returns false when in.stop_requested
+// attention_varlen (which returns where it left the context rows), gather_rows, unpack_padded. Returns false when in.stop_requested
 // abandoned the forward between two layers.
 template <typename Backend>
 bool bert_forward(Backend& backend, const BertConfig& c,
@@ -76,9 +76,10 @@ bool bert_forward(Backend& backend, const BertConfig& c,
     if (in.stop_requested && in.stop_requested()) return false;
     backend.gemm_bias_act(x, layer.qkv_weight, layer.qkv_bias, qkv, t, 3 * h, h,
                           Activation::kNone);
-    backend.attention_varlen(qkv, in.cu_seqlens, context, in.batch, in.max_seqlen,
-                             c.num_heads, c.head_dim());
-    backend.gemm_bias_act(context, layer.out_weight, layer.out_bias, projected, t, h, h,
+    // The context rows land in `context`, or in a buffer of the attention library's own.
+    const T* attended = backend.attention_varlen(qkv, in.cu_seqlens, context, in.batch, t,
+                                                 in.max_seqlen, c.num_heads, c.head_dim());
+    backend.gemm_bias_act(attended, layer.out_weight, layer.out_bias, projected, t, h, h,
                           Activation::kNone);
     backend.add_layernorm(projected, x, layer.ln1_weight, layer.ln1_bias, x, t, h,
                           c.layer_norm_eps);

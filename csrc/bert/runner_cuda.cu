@@ -8,7 +8,9 @@ template <typename T>
 void bert_forward_cuda(const BertConfig& config, const BertWeights<T>& weights,
                        const BatchInputs& inputs, const BatchOutputs<T>& outputs, T* workspace,
                        cuda::CublasLtGemm& gemm, void* gemm_workspace, cudaStream_t stream) {
-  CudaBackend<T> backend{gemm, gemm_workspace, stream};
+  int device_index = 0;
+  cuda::check_cuda(cudaGetDevice(&device_index), "bert_forward_cuda: the current device");
+  CudaBackend<T> backend{gemm, gemm_workspace, stream, device_index, nullptr};
   BatchInputs enqueue_all = inputs;
   enqueue_all.stop_requested = nullptr;
   bert_forward(backend, config, weights, enqueue_all, outputs, workspace);

@@ -84,12 +84,12 @@ Engine::Outputs Engine::forward(const at::Tensor& tokens, const at::Tensor& segm
               config_.max_len);
   TORCH_CHECK(max_seqlen >= 1 && max_seqlen <= longest, "max_seqlen ", max_seqlen,
               " must be in [1, ", longest, "]");
-  TORCH_CHECK(total_tokens >= 1 && total_tokens <= batch * max_seqlen, "total_tokens ",
-              total_tokens, " must be in [1, batch * max_seqlen]");
+  TORCH_CHECK(total_tokens >= 1 && total_tokens <= batch * config_.max_len, "total_tokens ",
+              total_tokens, " must be in [1, batch * max_len]");
   TORCH_CHECK(!packed || tokens.size(0) == total_tokens, "packed tokens has ", tokens.size(0),
               " ids but total_tokens is ", total_tokens);
   // total_tokens, the rows to compute, is at least cu_seqlens[batch] (more is spare capacity,
-  // zeros, as a CUDA-graph bucket has). The values can be read only on the CPU; on the GPU the
+  // as a CUDA-graph bucket has: rows computed on and never returned). The values can be read only on the CPU; on the GPU the
   // caller vouches for them, so that a forward never synchronises.
   if (cu_seqlens.is_cpu()) {
     const HostSeqlens seqlens = checked_seqlens(cu_seqlens);

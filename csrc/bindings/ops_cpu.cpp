@@ -61,8 +61,9 @@ at::Tensor add_layernorm(const at::Tensor& x, const std::optional<at::Tensor>& r
   return out;
 }
 
+// The CPU has one attention (torch's CPU flash kernel), whatever own_kernel says.
 at::Tensor attention_varlen(const at::Tensor& qkv, const at::Tensor& cu_seqlens,
-                            int64_t max_seqlen, int64_t num_heads) {
+                            int64_t max_seqlen, int64_t num_heads, bool own_kernel) {
   const AttentionArgs args = check_attention_varlen(qkv, cu_seqlens, max_seqlen, num_heads);
   at::Tensor out = at::empty({qkv.size(0), qkv.size(1) / 3}, qkv.options());
   dispatch_cpu_scalar(qkv.scalar_type(), "attention_varlen", [&](auto tag) {

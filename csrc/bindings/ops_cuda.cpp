@@ -10,6 +10,7 @@
 
 #include "cuda_dispatch.h"
 #include "kernels/cuda/kernels.cuh"
+#include "kernels/cuda/library_attention.h"
 #include "op_checks.h"
 
 namespace pybert::ops_cuda {
@@ -78,16 +79,34 @@ at::Tensor add_layernorm(const at::Tensor& x, const std::optional<at::Tensor>& r
   return out;
 }
 
+// The kernel the engine would pick (torch's FlashAttention-2 or memory-efficient kernel where
+// they take the shape), or kernels/cuda's own with own_kernel.
 at::Tensor attention_varlen(const at::Tensor& qkv, const at::Tensor& cu_seqlens,
-                            int64_t max_seqlen, int64_t num_heads) {
+                            int64_t max_seqlen, int64_t num_heads, bool own_kernel) {
   const AttentionArgs args = check_attention_varlen(qkv, cu_seqlens, max_seqlen, num_heads);
   const c10::DeviceGuard guard(qkv.device());
-  at::Tensor out = at::empty({qkv.size(0), qkv.size(1) / 3}, qkv.options());
+  const int64_t total_tokens = qkv.size(0), hidden = qkv.size(1) / 3;
+  at::Tensor out;
   dispatch_cuda_scalar(qkv.scalar_type(), "attention_varlen", [&](auto tag) {
     using T = decltype(tag);
+    const cuda::ScalarCode scalar = cuda::scalar_code<T>();
+    const cuda::AttentionKernel kernel =
+        own_kernel ? cuda::AttentionKernel::kOwn
+                   : cuda::choose_attention_kernel(scalar, args.head_dim);
+    const cudaStream_t stream = current_cuda_stream(qkv.device());
+    if (kernel != cuda::AttentionKernel::kOwn) {
+      cuda::AttentionResult result = cuda::library_attention_varlen(
+          kernel, scalar, qkv.data_ptr(), cu_seqlens.data_ptr<int32_t>(), args.batch,
+          total_tokens, max_seqlen, num_heads, args.head_dim, qkv.device().index(), stream);
+      if (result.rows != nullptr) {
+        out = at::from_blob(const_cast<void*>(result.rows), {total_tokens, hidden},
+                            [owner = std::move(result.owner)](void*) {}, qkv.options());
+        return;
+      }
+    }
+    out = at::empty({total_tokens, hidden}, qkv.options());
     cuda::attention_varlen(ptr<T>(qkv), cu_seqlens.data_ptr<int32_t>(), ptr<T>(out),
-                           args.batch, max_seqlen, num_heads, args.head_dim,
-                           current_cuda_stream(qkv.device()));
+                           args.batch, max_seqlen, num_heads, args.head_dim, stream);
   });
   return out;
 }

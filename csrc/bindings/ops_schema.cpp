@@ -9,8 +9,9 @@ TORCH_LIBRARY(pybert, m) {
         "Tensor token_table, Tensor segment_table, Tensor pos_table) -> Tensor");
   m.def("add_layernorm(Tensor x, Tensor? residual, Tensor weight, Tensor bias, float eps) "
         "-> Tensor");
-  m.def("attention_varlen(Tensor qkv, Tensor cu_seqlens, int max_seqlen, int num_heads) "
-        "-> Tensor");
+  // own_kernel: kernels/cuda's attention even where the engine calls torch's (tests, benchmarks).
+  m.def("attention_varlen(Tensor qkv, Tensor cu_seqlens, int max_seqlen, int num_heads, "
+        "bool own_kernel=False) -> Tensor");
   m.def("gather_rows(Tensor packed, Tensor cu_seqlens, Tensor? positions) -> Tensor");
   m.def("unpack_padded(Tensor packed, Tensor cu_seqlens, int seq_len) -> Tensor");
 }

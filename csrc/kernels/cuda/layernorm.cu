@@ -1,9 +1,94 @@
+// add + LayerNorm (cpu::add_layernorm's contract), two kernels: a warp per row with the row in
+// registers and 16-byte accesses for rows that fit (hidden * sizeof(T) a multiple of 16 up to
+// 4 KB, aligned pointers: every BERT), a block per row through shared memory for any other.
+#include <cstdint>
+
 #include "common.cuh"
 
 namespace pybert::cuda {
 namespace {
 
-// One block per row. The row (x + residual) is kept in shared memory as fp32, so the mean and
+// 16 bytes of storage elements: one vectorised load or store.
+template <typename T>
+struct alignas(16) Pack {
+  T v[16 / sizeof(T)];
+};
+
+// out = LayerNorm(x + residual) * gamma + beta, one warp per row, the row in registers: lane l
+// holds the 16-byte packs l, l + 32, ... (kPacksPerLane of them, the last ones possibly past
+// the row). So x and residual are read once and out written once, the least traffic there is,
+// in 16-byte accesses; mean and centred variance are two warp reductions over registers (no
+// E[x^2] - E[x]^2 cancellation). out may alias x or residual: a lane writes only what it read.
+template <typename T, int kPacksPerLane>
+__global__ void add_layernorm_warp_kernel(const T* x, const T* residual, const T* gamma,
+                                          const T* beta, T* out, int64_t rows, int hidden,
+                                          float eps) {
+  constexpr int kPerPack = 16 / sizeof(T);
+  const int lane = threadIdx.x % 32;
+  const int64_t row = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (row >= rows) return;
+  const int packs = hidden / kPerPack;
+  const auto* x_row = reinterpret_cast<const Pack<T>*>(x + row * hidden);
+  const auto* r_row =
+      residual != nullptr ? reinterpret_cast<const Pack<T>*>(residual + row * hidden) : nullptr;
+  float v[kPacksPerLane][kPerPack];
+  float sum = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kPacksPerLane; ++i) {
+    const int p = lane + 32 * i;
+    if (p >= packs) continue;
+    const Pack<T> a = x_row[p];
+    Pack<T> b;
+    if (r_row != nullptr) b = r_row[p];
+#pragma unroll
+    for (int j = 0; j < kPerPack; ++j) {
+      v[i][j] = to_float(a.v[j]) + (r_row != nullptr ? to_float(b.v[j]) : 0.0f);
+      sum += v[i][j];
+    }
+  }
+  const float mean = warp_sum(sum) / float(hidden);
+  float sq = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kPacksPerLane; ++i) {
+    if (lane + 32 * i >= packs) continue;
+#pragma unroll
+    for (int j = 0; j < kPerPack; ++j) {
+      const float c = v[i][j] - mean;
+      sq += c * c;
+    }
+  }
+  const float rstd = rsqrtf(warp_sum(sq) / float(hidden) + eps);
+  const auto* g = reinterpret_cast<const Pack<T>*>(gamma);
+  const auto* b = reinterpret_cast<const Pack<T>*>(beta);
+  auto* out_row = reinterpret_cast<Pack<T>*>(out + row * hidden);
+#pragma unroll
+  for (int i = 0; i < kPacksPerLane; ++i) {
+    const int p = lane + 32 * i;
+    if (p >= packs) continue;
+    const Pack<T> gp = g[p], bp = b[p];
+    Pack<T> o;
+#pragma unroll
+    for (int j = 0; j < kPerPack; ++j) {
+      o.v[j] = from_float<T>((v[i][j] - mean) * rstd * to_float(gp.v[j]) + to_float(bp.v[j]));
+    }
+    out_row[p] = o;
+  }
+}
+
+constexpr int kMaxPacksPerLane = 8;  // rows up to 4 KB (2048 fp16 or 1024 fp32 values)
+constexpr int kWarpsPerBlock = 4;
+
+template <typename T, int kPacksPerLane>
+void launch_warp_kernel(const T* x, const T* residual, const T* gamma, const T* beta, T* out,
+                        int64_t rows, int64_t hidden, float eps, cudaStream_t stream) {
+  const int64_t blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  add_layernorm_warp_kernel<T, kPacksPerLane><<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(
+      x, residual, gamma, beta, out, rows, int(hidden), eps);
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Any row: one block per row. The row (x + residual) is kept in shared memory as fp32, so the mean and
 // the centred variance are two passes over fast memory (no E[x^2] - E[x]^2 cancellation).
 template <typename T>
 __global__ void add_layernorm_kernel(const T* x, const T* residual, const T* gamma,
@@ -36,6 +121,21 @@ template <typename T>
 void add_layernorm(const T* x, const T* residual, const T* gamma, const T* beta, T* out,
                    int64_t rows, int64_t hidden, float eps, cudaStream_t stream) {
   if (rows == 0) return;
+  constexpr int kPerPack = 16 / sizeof(T);
+  const int64_t packs_per_lane = (hidden / kPerPack + 31) / 32;
+  if (hidden % kPerPack == 0 && packs_per_lane <= kMaxPacksPerLane && aligned16(x) &&
+      aligned16(gamma) && aligned16(beta) && aligned16(out) &&
+      (residual == nullptr || aligned16(residual))) {
+    using Launch = void (*)(const T*, const T*, const T*, const T*, T*, int64_t, int64_t, float,
+                            cudaStream_t);
+    static constexpr Launch kLaunch[kMaxPacksPerLane] = {
+        launch_warp_kernel<T, 1>, launch_warp_kernel<T, 2>, launch_warp_kernel<T, 3>,
+        launch_warp_kernel<T, 4>, launch_warp_kernel<T, 5>, launch_warp_kernel<T, 6>,
+        launch_warp_kernel<T, 7>, launch_warp_kernel<T, 8>};
+    kLaunch[packs_per_lane - 1](x, residual, gamma, beta, out, rows, hidden, eps, stream);
+    check_launch("add_layernorm");
+    return;
+  }
   const int threads = hidden >= 1024 ? 512 : (hidden >= 256 ? 256 : 128);
   const size_t shared = size_t(hidden) * sizeof(float);
   if (shared > 48 * 1024) {
