@@ -1,9 +1,11 @@
 """CUDA graphs of the engine's forward: captured once per size bucket, replayed after.
 
 A forward of BERT-base is ~100 kernel launches; for a small batch the host takes longer to
-launch them than the GPU to run them, and one graph replay is one launch. Graphs pay only
-there: a call of more than ``max_tokens`` real tokens (set from the model's size, where the
-GPU's work outlasts the launches) runs without one, so no workload gets slower with graphs on.
+launch them than the GPU to run them, and one graph replay is one launch. Measured on an H100
+(BERT-base, fp16; benchmarks/RESULTS.md) graphs were faster at every fixed size up to 32 x 512,
+by 17% at 8 x 128 and 2% at 32 x 512. A call of more than ``max_tokens`` (16,384) real tokens
+runs without a graph: there the gain is gone, a bucket's spare rows would cost more, and each
+graph holds its activations' memory.
 
 A bucket is keyed by what the kernels see, not by the padded batch: the rows computed (the
 real tokens, rounded up to a few steps per power of two), the sequence slots (a power of two)
@@ -30,9 +32,7 @@ __all__ = ["GraphCache", "GraphKey"]
 SEQ_STEP = 32            # the longest sequence is rounded up to a multiple of this
 MIN_ROWS = 64            # the smallest row bucket
 ROW_STEPS_PER_OCTAVE = 8  # row buckets between two powers of two (at most 1/8 spare rows)
-# A forward's launches take ~0.5 ms of host time; at ~300 TFLOP/s the GPU takes as long for
-# ~150 GFLOP. Above that the GPU is the bottleneck and a graph's spare rows would only cost.
-HOST_BOUND_FLOP = 150e9
+MAX_GRAPH_TOKENS = 16384  # see the module's docstring
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -157,9 +157,7 @@ class GraphCache:
             raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
         self.native, self.device, self.max_len = native, device, config.max_len
         self.max_graphs = max_graphs
-        h, f = config.num_hiddens, config.ffn_num_hiddens
-        flop_per_token = 2 * config.num_layers * (4 * h * h + 2 * h * f)
-        self.max_tokens = row_bucket(int(HOST_BOUND_FLOP / flop_per_token))
+        self.max_tokens = MAX_GRAPH_TOKENS
         self.graphs: OrderedDict = OrderedDict()
         self.lock = threading.Lock()
 

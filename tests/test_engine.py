@@ -449,10 +449,8 @@ def test_cuda_graphs_only_where_launches_dominate():
     config = CONFIGS["hidden-96-head-dim-32"]
     net = random_model(config)
     engine = pybert.Engine.from_model(net, device="cuda", dtype=torch.float16)
-    # The limit comes from the model's size (for this small model, ~10^5 tokens); a lower one
-    # keeps the test quick.
-    assert engine._graphs.max_tokens >= 65536
-    engine._graphs.max_tokens = limit = 256
+    assert engine._graphs.max_tokens == 16384
+    engine._graphs.max_tokens = limit = 256  # a lower limit keeps the test quick
     batch = limit // config.max_len + 1
     tokens, segments, valid_lens, _ = random_batch(config, batch, config.max_len, seed=3)
     valid_lens[:] = config.max_len
