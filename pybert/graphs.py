@@ -21,6 +21,7 @@ graph's static buffers are refilled only after the previous replay's outputs wer
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from typing import NamedTuple
@@ -77,21 +78,27 @@ class _Captured:
             self.encoded, self.mlm, self.nsp = native.forward(**args)
 
     def _allocate(self, device, key: GraphKey):
+        # The static inputs are views into one device buffer, filled from one pinned staging
+        # buffer of the same layout: a call from the host uploads them in one copy. The int64
+        # parts come first, cu_seqlens (int32) last, so every view is aligned.
         shape = (key.rows,) if key.packed else (key.slots, key.seq_len)
-        long = {"dtype": torch.int64}
-        self.tokens = torch.zeros(shape, device=device, **long)
-        self.segments = torch.zeros(shape, device=device, **long)
+        parts = [("tokens", torch.int64, shape), ("segments", torch.int64, shape),
+                 ("pred", torch.int64, (key.slots, key.pred_positions)),
+                 ("cu", torch.int32, (key.slots + 1,))]
+        sizes = [math.prod(s) * d.itemsize for _, d, s in parts]
+        self.staging = torch.zeros(sum(sizes), dtype=torch.uint8, pin_memory=True)
+        self.inputs = torch.zeros(sum(sizes), dtype=torch.uint8, device=device)
+        offset, self.host = 0, {}
+        for (name, dtype, part_shape), size in zip(parts, sizes):
+            self.host[name] = self.staging[offset:offset + size].view(dtype).view(part_shape)
+            setattr(self, name, self.inputs[offset:offset + size].view(dtype).view(part_shape))
+            offset += size
+        if not key.pred_positions:
+            self.pred = None
         # Any valid lengths do for the capture: launches depend on the key, not on the values.
-        self.cu = torch.arange(0, (key.slots + 1) * key.seq_len, key.seq_len, device=device,
-                               dtype=torch.int32).clamp_(max=key.rows)
-        self.pred = torch.zeros((key.slots, key.pred_positions), device=device, **long) \
-            if key.pred_positions else None
-        self.host_tokens = torch.zeros(shape, pin_memory=True, **long)
-        self.host_segments = torch.zeros(shape, pin_memory=True, **long)
-        self.host_cu = torch.zeros(key.slots + 1, dtype=torch.int32, pin_memory=True)
-        self.host_pred = torch.zeros_like(self.pred, device="cpu").pin_memory() \
-            if key.pred_positions else None
-        self.copied = torch.cuda.Event()    # the staging buffers were read
+        self.cu.copy_(torch.arange(0, (key.slots + 1) * key.seq_len, key.seq_len,
+                                   dtype=torch.int32).clamp_(max=key.rows))
+        self.copied = torch.cuda.Event()    # the staging buffer was read
         self.finished = torch.cuda.Event()  # the static outputs were copied out
         self.finished.record()
 
@@ -103,13 +110,9 @@ class _Captured:
         # call refills the inputs and replays over them.
         stream.wait_event(self.finished)
         if batch.tokens.device.type == "cpu":
-            self.copied.synchronize()  # the previous call's uploads have left the staging
+            self.copied.synchronize()  # the previous call's upload has left the staging
             self._stage(batch)
-            self.tokens.copy_(self.host_tokens, non_blocking=True)
-            self.segments.copy_(self.host_segments, non_blocking=True)
-            self.cu.copy_(self.host_cu, non_blocking=True)
-            if self.pred is not None:
-                self.pred.copy_(self.host_pred, non_blocking=True)
+            self.inputs.copy_(self.staging, non_blocking=True)
             self.copied.record()
         else:  # packed inputs already on the GPU: device copies, nothing read back
             self.tokens[:total].copy_(batch.tokens)
@@ -130,22 +133,28 @@ class _Captured:
 
     def _stage(self, batch):
         slots, total = batch.batch, batch.total_tokens
+        tokens, segments = self.host["tokens"], self.host["segments"]
         if self.key.packed:
-            self.host_tokens[:total] = batch.tokens
-            self.host_tokens[total:] = 0
-            self.host_segments[:total] = batch.segments
-            self.host_segments[total:] = 0
+            tokens[:total] = batch.tokens
+            tokens[total:] = 0
+            segments[:total] = batch.segments
+            segments[total:] = 0
+        elif batch.tokens.shape == tokens.shape:
+            tokens.copy_(batch.tokens)
+            segments.copy_(batch.segments)
         else:
             width = batch.tokens.shape[1]
-            self.host_tokens.zero_()
-            self.host_segments.zero_()
-            self.host_tokens[:slots, :width] = batch.tokens
-            self.host_segments[:slots, :width] = batch.segments
-        self.host_cu[:slots + 1] = batch.cu_seqlens
-        self.host_cu[slots + 1:] = total
-        if self.host_pred is not None:
-            self.host_pred.zero_()  # empty slots score position 0 of a spare row
-            self.host_pred[:slots] = batch.pred_positions
+            tokens.zero_()
+            segments.zero_()
+            tokens[:slots, :width] = batch.tokens
+            segments[:slots, :width] = batch.segments
+        cu = self.host["cu"]
+        cu[:slots + 1] = batch.cu_seqlens
+        cu[slots + 1:] = total
+        if self.pred is not None:
+            pred = self.host["pred"]
+            pred[slots:] = 0  # empty slots score position 0 of a spare row
+            pred[:slots] = batch.pred_positions
 
 
 class GraphCache:

@@ -103,7 +103,7 @@ def _checked_tokens(value, config: BertConfig) -> torch.Tensor:
     tokens = _host_int64(value, "tokens")
     if tokens.numel() == 0:
         raise ValueError(f"tokens must be non-empty, got shape {tuple(tokens.shape)}")
-    low, high = int(tokens.min()), int(tokens.max())
+    low, high = (int(v) for v in torch.aminmax(tokens))
     if low < 0 or high >= config.vocab_size:
         bad = low if low < 0 else high
         raise ValueError(f"tokens must be ids in [0, {config.vocab_size}), found {bad}")
@@ -117,9 +117,9 @@ def _checked_segments(value, tokens: torch.Tensor) -> torch.Tensor:
     if tuple(segments.shape) != tuple(tokens.shape):
         raise ValueError(f"segments must have the shape of tokens {tuple(tokens.shape)}, "
                          f"got {tuple(segments.shape)}")
-    bad = (segments != 0) & (segments != 1)
-    if bool(bad.any()):
-        raise ValueError(f"segments must be 0 or 1, found {int(segments[bad][0])}")
+    low, high = (int(v) for v in torch.aminmax(segments))
+    if low < 0 or high > 1:
+        raise ValueError(f"segments must be 0 or 1, found {low if low < 0 else high}")
     return segments
 
 
@@ -140,7 +140,7 @@ def _checked_valid_lens(value, batch: int, seq_len: int) -> torch.Tensor:
             raise ValueError(f"valid_lens must be whole numbers, found {lens[fractional][0]}")
     elif not _is_integer(lens):
         raise TypeError(f"valid_lens must be integers or floats, got dtype {lens.dtype}")
-    low, high = lens.min().item(), lens.max().item()
+    low, high = (v.item() for v in torch.aminmax(lens))
     if low < 1 or high > seq_len:
         bad = low if low < 1 else high
         raise ValueError(f"valid_lens must be in [1, seq_len={seq_len}], found "

@@ -284,3 +284,23 @@ def test_gemm_plans_serve_every_row_count(dtype):
         out = ops.gemm_bias_act(a, w, b, ACTIVATIONS["relu"])
         ref = torch.relu(a.double() @ w.double().T + b.double())
         assert rel_l2(out, ref) <= BOUNDS[dtype], m
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_gemm_first_used_inside_a_graph_capture(dtype):
+    """A GEMM shape first met inside a CUDA graph's capture cannot be timed there: it runs the
+    heuristic's first choice (a correct product on replay), and the next call outside the
+    capture times the candidates and caches the fastest (also correct)."""
+    target = ("cuda", dtype)
+    ops.gemm_bias_act(rand(4, 8, target=target), rand(5, 8, target=target), None, 0)  # handle
+    n, k = 200 + (dtype == torch.float32), 96  # a shape no other test uses
+    a, w, b = rand(37, k, target=target), rand(n, k, target=target), rand(n, target=target)
+    ref = a.double() @ w.double().T + b.double()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):  # captures on a side stream of its own
+        captured = ops.gemm_bias_act(a, w, b, ACTIVATIONS["none"])
+    captured.fill_(float("nan"))
+    graph.replay()
+    assert rel_l2(captured, ref) <= BOUNDS[dtype]
+    assert rel_l2(ops.gemm_bias_act(a, w, b, ACTIVATIONS["none"]), ref) <= BOUNDS[dtype]

@@ -1,10 +1,13 @@
-// The GEMM adapter: cuBLASLt with bias (and ReLU) fused into the epilogue.
+// The GEMM adapter: cuBLASLt with bias (and ReLU) fused into the epilogue, the algorithm of
+// each shape bucket chosen by timing the heuristic's best candidates on its first call.
 //
 // Row-major out (m, n) = a (m, k) . weight (n, k)^T is, read column-major, out^T (n, m) =
 // weight^T . a^T, with weight stored as a column-major (k, n) matrix: so cuBLASLt sees
 // A = weight (transposed), B = a, D = out^T, and the bias runs along D's rows (length n).
+#include <limits>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "common.cuh"
 
@@ -59,6 +62,37 @@ int epilogue_of(bool bias, bool relu) {
               : (relu ? CUBLASLT_EPILOGUE_RELU : CUBLASLT_EPILOGUE_DEFAULT);
 }
 
+// Times each candidate on the first call's own operands (a warm-up launch, then a few timed
+// ones; the call's real launch comes after and overwrites the output) and returns the fastest.
+// Candidates that refuse the shape are skipped; the heuristic's first choice is the default.
+template <typename Enqueue>
+cublasLtMatmulAlgo_t fastest(const std::vector<cublasLtMatmulAlgo_t>& candidates,
+                             const Enqueue& enqueue, cudaStream_t stream) {
+  if (candidates.size() == 1) return candidates.front();
+  constexpr int kTimedLaunches = 5;
+  cudaEvent_t start = nullptr, stop = nullptr;
+  check_cuda(cudaEventCreate(&start), "cudaEventCreate");
+  check_cuda(cudaEventCreate(&stop), "cudaEventCreate");
+  cublasLtMatmulAlgo_t best = candidates.front();
+  float best_ms = std::numeric_limits<float>::infinity();
+  for (const cublasLtMatmulAlgo_t& candidate : candidates) {
+    if (enqueue(candidate) != CUBLAS_STATUS_SUCCESS) continue;
+    check_cuda(cudaEventRecord(start, stream), "cudaEventRecord");
+    for (int i = 0; i < kTimedLaunches; ++i) enqueue(candidate);
+    check_cuda(cudaEventRecord(stop, stream), "cudaEventRecord");
+    check_cuda(cudaEventSynchronize(stop), "cudaEventSynchronize");
+    float ms = 0.0f;
+    check_cuda(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
+    if (ms < best_ms) {
+      best_ms = ms;
+      best = candidate;
+    }
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return best;
+}
+
 // The row-count bucket of a plan: m rounded up to a power of two.
 int64_t bucket_of(int64_t m) {
   int64_t bucket = 1;
@@ -82,8 +116,9 @@ size_t CublasLtGemm::cached_plans() {
   return plans_.size();
 }
 
-cublasLtMatmulAlgo_t CublasLtGemm::ask_heuristic(cudaDataType_t type, int64_t m, int64_t n,
-                                                 int64_t k, int epilogue) {
+std::vector<cublasLtMatmulAlgo_t> CublasLtGemm::ask_heuristic(cudaDataType_t type, int64_t m,
+                                                              int64_t n, int64_t k,
+                                                              int epilogue, int count) {
   const MatmulDescriptors d(type, m, n, k, epilogue, nullptr);
   cublasLtMatmulPreferenceOpaque_t preference_storage;
   cublasLtMatmulPreference_t preference = &preference_storage;
@@ -103,19 +138,25 @@ cublasLtMatmulAlgo_t CublasLtGemm::ask_heuristic(cudaDataType_t type, int64_t m,
                                                       sizeof(alignment)),
                  "preference alignment");
   }
-  cublasLtMatmulHeuristicResult_t result{};
+  std::vector<cublasLtMatmulHeuristicResult_t> results(count);
   int returned = 0;
   check_cublas(cublasLtMatmulAlgoGetHeuristic(handle_, d.desc, d.weight, d.input, d.out, d.out,
-                                              preference, 1, &result, &returned),
+                                              preference, count, results.data(), &returned),
                "cublasLtMatmulAlgoGetHeuristic");
-  if (returned == 0) {
+  std::vector<cublasLtMatmulAlgo_t> algos;
+  for (int i = 0; i < returned; ++i) {
+    if (results[i].state == CUBLAS_STATUS_SUCCESS) algos.push_back(results[i].algo);
+  }
+  if (algos.empty()) {
     throw std::runtime_error("cuBLASLt has no algorithm for a " + std::to_string(m) + "x" +
                              std::to_string(n) + "x" + std::to_string(k) + " GEMM");
   }
-  return result.algo;
+  return algos;
 }
 
-cublasLtMatmulAlgo_t CublasLtGemm::algo_for(const PlanKey& key) {
+template <typename Enqueue>
+cublasLtMatmulAlgo_t CublasLtGemm::algo_for(const PlanKey& key, const Enqueue& enqueue,
+                                            cudaStream_t stream) {
   std::lock_guard<std::mutex> lock(mutex_);
   auto found = plans_.find(key);
   if (found != plans_.end()) {
@@ -123,8 +164,14 @@ cublasLtMatmulAlgo_t CublasLtGemm::algo_for(const PlanKey& key) {
     return found->second.algo;
   }
   const auto [type, m_bucket, n, k, epilogue] = key;
-  const cublasLtMatmulAlgo_t algo =
-      ask_heuristic(static_cast<cudaDataType_t>(type), m_bucket, n, k, epilogue);
+  const std::vector<cublasLtMatmulAlgo_t> candidates = ask_heuristic(
+      static_cast<cudaDataType_t>(type), m_bucket, n, k, epilogue, kCandidates);
+  // Inside a CUDA graph's capture nothing can be timed: take the heuristic's first choice
+  // for this call and leave the bucket to be timed by the next call outside a capture.
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  check_cuda(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing");
+  if (capture != cudaStreamCaptureStatusNone) return candidates.front();
+  const cublasLtMatmulAlgo_t algo = fastest(candidates, enqueue, stream);
   if (plans_.size() >= max_plans_) {
     plans_.erase(lru_.back());
     lru_.pop_back();
@@ -156,11 +203,12 @@ void CublasLtGemm::run(const T* a, const T* weight, const T* bias, T* out, int64
     return cublasLtMatmul(handle_, d.desc, &alpha, weight, d.weight, a, d.input, &beta, out,
                           d.out, out, d.out, &algo, workspace, workspace_bytes_, stream);
   };
-  const cublasLtMatmulAlgo_t algo = algo_for({int(type), bucket_of(m), n, k, epilogue});
+  const cublasLtMatmulAlgo_t algo =
+      algo_for({int(type), bucket_of(m), n, k, epilogue}, enqueue, stream);
   cublasStatus_t status = enqueue(algo);
   if (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE) {
     // The bucket's algorithm does not take this exact m: ask for one that does.
-    status = enqueue(ask_heuristic(type, m, n, k, epilogue));
+    status = enqueue(ask_heuristic(type, m, n, k, epilogue, 1).front());
   }
   check_cublas(status, "cublasLtMatmul");
   if (!relu) apply_activation(out, m * n, act, stream);  // tanh and exact GELU

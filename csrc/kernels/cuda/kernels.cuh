@@ -16,6 +16,7 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <vector>
 
 #include "../activation.h"
 
@@ -60,9 +61,12 @@ void apply_activation(T* x, int64_t n, Activation act, cudaStream_t stream);
 // ReLU fused into its epilogue. fp32 accumulation; fp32 inputs use strict fp32 (no TF32), so
 // the fp32 engine holds 1e-5 relative error. Holds the cuBLASLt handle and a bounded cache of
 // the algorithm chosen per shape bucket (the row count m rounded up to a power of two, since a
-// packed batch has a different m almost every call). A call's descriptors live on its own
-// stack and its workspace is its own (stream-ordered memory of workspace_bytes), so calls from
-// several threads and streams share nothing but the cache, which is locked.
+// packed batch has a different m almost every call). The first call of a bucket times the
+// heuristic's best kCandidates algorithms on its own operands and keeps the fastest (that call
+// waits for the GPU once); a call inside a CUDA graph's capture takes the heuristic's first
+// guess, uncached. A call's descriptors live on
+// its own stack and its workspace is its own (stream-ordered memory of workspace_bytes), so
+// calls from several threads and streams share nothing but the cache, which is locked.
 class CublasLtGemm {
  public:
   explicit CublasLtGemm(size_t workspace_bytes, size_t max_plans = 256);
@@ -78,15 +82,19 @@ class CublasLtGemm {
   size_t cached_plans();
 
  private:
+  static constexpr int kCandidates = 8;
   // (data type, m bucket, n, k, epilogue)
   using PlanKey = std::tuple<int, int64_t, int64_t, int64_t, int>;
   struct Plan {
     cublasLtMatmulAlgo_t algo;
     std::list<PlanKey>::iterator lru_position;
   };
-  cublasLtMatmulAlgo_t algo_for(const PlanKey& key);
-  cublasLtMatmulAlgo_t ask_heuristic(cudaDataType_t type, int64_t m, int64_t n, int64_t k,
-                                     int epilogue);
+  // enqueue(algo) launches this call's GEMM with algo (defined and used in gemm.cu only).
+  template <typename Enqueue>
+  cublasLtMatmulAlgo_t algo_for(const PlanKey& key, const Enqueue& enqueue,
+                                cudaStream_t stream);
+  std::vector<cublasLtMatmulAlgo_t> ask_heuristic(cudaDataType_t type, int64_t m, int64_t n,
+                                                  int64_t k, int epilogue, int count);
 
   cublasLtHandle_t handle_ = nullptr;
   size_t workspace_bytes_;
