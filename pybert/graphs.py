@@ -3,7 +3,7 @@
 A forward of BERT-base is ~100 kernel launches; for a small batch the host takes longer to
 launch them than the GPU to run them, and one graph replay is one launch. Measured on an H100
 (BERT-base, fp16; benchmarks/RESULTS.md) graphs were faster at every fixed size up to 32 x 512,
-by 17% at 8 x 128 and 2% at 32 x 512. A call of more than ``max_tokens`` (16,384) real tokens
+by 16% at 8 x 128 and 2% at 32 x 512. A call of more than ``max_tokens`` (16,384) real tokens
 runs without a graph: there the gain is gone, a bucket's spare rows would cost more, and each
 graph holds its activations' memory.
 
@@ -21,12 +21,13 @@ graph's static buffers are refilled only after the previous replay's outputs wer
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import OrderedDict
 from typing import NamedTuple
 
 import torch
+
+from .inputs import byte_views, layout_bytes
 
 __all__ = ["GraphCache", "GraphKey"]
 
@@ -82,19 +83,14 @@ class _Captured:
         # buffer of the same layout: a call from the host uploads them in one copy. The int64
         # parts come first, cu_seqlens (int32) last, so every view is aligned.
         shape = (key.rows,) if key.packed else (key.slots, key.seq_len)
-        parts = [("tokens", torch.int64, shape), ("segments", torch.int64, shape),
-                 ("pred", torch.int64, (key.slots, key.pred_positions)),
-                 ("cu", torch.int32, (key.slots + 1,))]
-        sizes = [math.prod(s) * d.itemsize for _, d, s in parts]
-        self.staging = torch.zeros(sum(sizes), dtype=torch.uint8, pin_memory=True)
-        self.inputs = torch.zeros(sum(sizes), dtype=torch.uint8, device=device)
-        offset, self.host = 0, {}
-        for (name, dtype, part_shape), size in zip(parts, sizes):
-            self.host[name] = self.staging[offset:offset + size].view(dtype).view(part_shape)
-            setattr(self, name, self.inputs[offset:offset + size].view(dtype).view(part_shape))
-            offset += size
-        if not key.pred_positions:
-            self.pred = None
+        layout = [(torch.int64, shape), (torch.int64, shape),
+                  (torch.int64, (key.slots, key.pred_positions)) if key.pred_positions else None,
+                  (torch.int32, (key.slots + 1,))]
+        self.staging = torch.zeros(layout_bytes(layout), dtype=torch.uint8, pin_memory=True)
+        self.inputs = torch.zeros(layout_bytes(layout), dtype=torch.uint8, device=device)
+        self.host = dict(zip(("tokens", "segments", "pred", "cu"),
+                             byte_views(self.staging, layout)))
+        self.tokens, self.segments, self.pred, self.cu = byte_views(self.inputs, layout)
         # Any valid lengths do for the capture: launches depend on the key, not on the values.
         self.cu.copy_(torch.arange(0, (key.slots + 1) * key.seq_len, key.seq_len,
                                    dtype=torch.int32).clamp_(max=key.rows))

@@ -49,25 +49,38 @@ class PackedBatch:
             return replace(self, tokens=move(self.tokens), segments=move(self.segments),
                            cu_seqlens=move(self.cu_seqlens),
                            pred_positions=move(self.pred_positions))
-        # The int64 tensors first, cu_seqlens (int32) last: every part stays aligned to its
-        # element size in the one staging buffer, and on the device its bytes are viewed back.
         parts = [self.tokens, self.segments, self.pred_positions, self.cu_seqlens]
-        sizes = [0 if t is None else t.numel() * t.element_size() for t in parts]
-        staging = torch.empty(sum(sizes), dtype=torch.uint8, pin_memory=True)
-        offset = 0
-        for t, size in zip(parts, sizes):
+        layout = [None if t is None else (t.dtype, tuple(t.shape)) for t in parts]
+        staging = torch.empty(layout_bytes(layout), dtype=torch.uint8, pin_memory=True)
+        for view, t in zip(byte_views(staging, layout), parts):
             if t is not None:
-                staging[offset:offset + size] = t.contiguous().view(-1).view(torch.uint8)
-            offset += size
+                view.copy_(t)
         uploaded = staging.to(device, non_blocking=True)
-        moved, offset = [], 0
-        for t, size in zip(parts, sizes):
-            moved.append(None if t is None else
-                         uploaded[offset:offset + size].view(t.dtype).view(t.shape))
-            offset += size
-        tokens, segments, pred_positions, cu_seqlens = moved
+        tokens, segments, pred_positions, cu_seqlens = byte_views(uploaded, layout)
         return replace(self, tokens=tokens, segments=segments, cu_seqlens=cu_seqlens,
                        pred_positions=pred_positions)
+
+
+def layout_bytes(layout) -> int:
+    """Bytes of the integer tensors of ``layout``, a list of (dtype, shape) or None, laid one
+    after another (see byte_views)."""
+    return sum(0 if part is None else math.prod(part[1]) * part[0].itemsize for part in layout)
+
+
+def byte_views(buffer: torch.Tensor, layout) -> list:
+    """Views of the uint8 ``buffer`` as the tensors of ``layout`` one after another (None for
+    None): one buffer, so one copy moves them all between host and device. Put the int64
+    parts before the int32 ones and every view stays aligned to its element size."""
+    views, offset = [], 0
+    for part in layout:
+        if part is None:
+            views.append(None)
+            continue
+        dtype, shape = part
+        size = math.prod(shape) * dtype.itemsize
+        views.append(buffer[offset:offset + size].view(dtype).view(shape))
+        offset += size
+    return views
 
 
 def _dense(value, name: str) -> torch.Tensor:

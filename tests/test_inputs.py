@@ -171,3 +171,20 @@ def test_the_engine_runs_on_its_own_copy_of_the_inputs(engine, monkeypatch):
     monkeypatch.setattr(pybert.inputs, "_checked_tokens", check_then_change)
     torch.testing.assert_close(engine.encode(tokens.clone(), segments, valid_lens), expected,
                                rtol=0, atol=0)
+
+
+def test_byte_views_lay_int_tensors_one_after_another():
+    """The one-copy upload's layout (PackedBatch.to, the CUDA graphs' staging): int64 parts,
+    a missing one, then int32, each viewed back unchanged from one byte buffer."""
+    from pybert.inputs import byte_views, layout_bytes
+
+    parts = [torch.randint(-10**12, 10**12, (3, 5)), None, torch.randint(0, 9, (7,)),
+             torch.randint(-2**31, 2**31 - 1, (4,), dtype=torch.int32)]
+    layout = [None if t is None else (t.dtype, tuple(t.shape)) for t in parts]
+    assert layout_bytes(layout) == 15 * 8 + 7 * 8 + 4 * 4
+    buffer = torch.zeros(layout_bytes(layout), dtype=torch.uint8)
+    for view, t in zip(byte_views(buffer, layout), parts):
+        if t is not None:
+            view.copy_(t.t().contiguous().t() if t.dim() == 2 else t)  # any strides in
+    for view, t in zip(byte_views(buffer.clone(), layout), parts):
+        assert view is None if t is None else torch.equal(view, t)
