@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 
 import torch
@@ -34,20 +33,9 @@ WORKLOADS = {"1x128": (1, 128, False), "64x128": (64, 128, False), "32x512": (32
 
 
 def time_ms(fn, inner: int = 20, repeats: int = 15) -> float:
-    """Median over `repeats` of the mean time of `inner` back-to-back calls, by CUDA events."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(inner):
-            fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / inner)
-    return statistics.median(times)
+    from pybert.bench_gpu import cuda_time_ms
+
+    return cuda_time_ms(fn, repeats, warmup=3, inner=inner)
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -35,7 +35,9 @@ SHAPE = dict(vocab_size=30522, num_hiddens=768, num_heads=12, num_layers=12,
              ffn_num_hiddens=3072, max_len=512)
 
 
-def cuda_time_ms(fn, repeats: int, warmup: int = 5) -> float:
+def cuda_time_ms(fn, repeats: int, warmup: int = 5, inner: int = 1) -> float:
+    """Median over `repeats` of the time per call of `inner` back-to-back calls, by CUDA
+    events (inner > 1 amortises the host's launch gaps, as inside a forward)."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -43,10 +45,11 @@ def cuda_time_ms(fn, repeats: int, warmup: int = 5) -> float:
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        for _ in range(inner):
+            fn()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(start.elapsed_time(end) / inner)
     return statistics.median(times)
 
 
