@@ -133,6 +133,20 @@ def test_attention_varlen(target, num_heads, head_dim, max_len, own_kernel):
     assert rel_l2(out, ref) <= BOUNDS[target[1]]
 
 
+def test_attention_varlen_groups_sequences_of_one_length(target):
+    """Many sequences (the CPU's batched path): those of one length are attended together,
+    in place where they are neighbours, gathered and scattered back where they are not."""
+    batch = 2 * torch.get_num_threads() + 10
+    g = torch.Generator().manual_seed(7)
+    lengths = torch.tensor([3, 5, 9, 9, 9, 1])[torch.randint(0, 6, (batch,), generator=g)]
+    lengths[4:7] = 9  # a run of neighbours too
+    cu = torch.zeros(batch + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(lengths, 0)
+    qkv = rand(int(cu[-1]), 3 * 2 * 16, target=target)
+    out = ops.attention_varlen(qkv, cu.to(target[0]), 9, 2)
+    assert rel_l2(out, reference_attention(qkv, lengths, 2)) <= BOUNDS[target[1]]
+
+
 def test_embed_packed(target):
     device, _ = target
     batch, seq_len, hidden, vocab = 4, 9, 24, 31
