@@ -10,7 +10,7 @@
 namespace pybert::cuda {
 
 AttentionKernel choose_attention_kernel(ScalarCode scalar, int64_t head_dim) {
-  // FlashAttention-2 was 4.7x (64 x 128) to 6.7x (32 x 512) faster than our own tensor-core
+  // FlashAttention-2 was 4.6x (64 x 128) to 6.7x (32 x 512) faster than our own tensor-core
   // kernel on an H100 (benchmarks/RESULTS.md); it takes fp16/bf16 and these head dims only.
   if (scalar != ScalarCode::kFloat) {
     return head_dim % 8 == 0 && head_dim <= 256 ? AttentionKernel::kFlash
