@@ -463,6 +463,23 @@ def test_cuda_graphs_only_where_launches_dominate():
         engine.capture([batch], [config.max_len])
 
 
+def test_cuda_graph_keys():
+    """A graph's key (pure: no GPU needed): slots to a power of two, the length to a multiple
+    of 32 within max_len, the rows to their bucket, with a spare row whenever a slot is empty
+    (an empty slot's <cls> row is row `total`), and no graph above the token limit."""
+    from pybert.graphs import GraphCache, GraphKey
+
+    config = BertConfig(50, 32, 64, 2, 1, max_len=100)
+    cache = GraphCache(None, "cuda", config, max_graphs=4)
+    assert cache.key_for(256, 3, 90, 5, False, True) == GraphKey(4, 96, 320, 5, False, True)
+    assert cache.key_for(64, 1, 64, 0, True, False) == GraphKey(1, 64, 64, 0, True, False)
+    assert cache.key_for(1, 1, 1, 0, True, False) == GraphKey(1, 32, 64, 0, True, False)
+    # the bucket never takes the rows past what the slots can hold
+    assert cache.key_for(200, 2, 100, 0, False, False) == GraphKey(2, 100, 200, 0, False, False)
+    assert cache.key_for(16384, 256, 64, 0, True, False).rows == 16384
+    assert cache.key_for(16385, 256, 100, 0, True, False) is None
+
+
 def test_cuda_graphs_row_buckets():
     """Row buckets: multiples of 64 up to 512, then eight steps per power of two, so a batch
     pays at most 1/8 spare rows above 512 tokens."""
