@@ -104,7 +104,7 @@ def _encode(args) -> int:
     dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
     try:
         model = TextModel.load(args.model, device=device, dtype=getattr(torch, dtype),
-                               **_quantize_option(args))
+                               quantize=args.quantize)
         with sigterm_as_interrupt():
             result = run_encode_job(model, args.input[0], args.output, str(args.model),
                                     pooling=args.pooling, batch_tokens=args.batch_tokens,
@@ -122,10 +122,6 @@ def _encode(args) -> int:
         return 1
     print(json.dumps(result))
     return 0
-
-
-def _quantize_option(args) -> dict:
-    return {"quantize": args.quantize} if args.quantize else {}
 
 
 def _encode_on_ray(args) -> int:
@@ -195,7 +191,7 @@ def _serve(args) -> int:
                              model_id=args.model_id or os.path.basename(
                                  os.path.normpath(args.model)))
         model = TextModel.load(args.model, device=device, dtype=getattr(torch, dtype),
-                               **_quantize_option(args))
+                               quantize=args.quantize)
     except (FileNotFoundError, ValueError, TypeError) as err:
         print(f"pybert serve: {err}", file=sys.stderr)
         return 2

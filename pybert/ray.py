@@ -42,8 +42,7 @@ def _load(model, device, dtype, quantize=None):
     if dtype is None:
         dtype = "float16" if str(device).startswith("cuda") else "float32"
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    return TextModel.load(model, device=device, dtype=dtype,
-                          **({"quantize": quantize} if quantize else {}))
+    return TextModel.load(model, device=device, dtype=dtype, quantize=quantize)
 
 
 def _vector_column(vectors: np.ndarray, ok: list[bool], dim: int):

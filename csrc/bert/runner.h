@@ -43,8 +43,8 @@ inline int64_t workspace_elements(const BertConfig& c, const BatchInputs& in) {
 
 // Backend is an object (it may hold a stream, a cuBLASLt handle, ...) whose Scalar type and
 // methods mirror kernels/cpu/kernels.h: gemm_bias_act, embed_packed, add_layernorm,
-// attention_varlen (which returns where it left the context rows), gather_rows, unpack_padded. Returns false when in.stop_requested
-// abandoned the forward between two layers.
+// attention_varlen (which returns where it left the context rows), gather_rows,
+// unpack_padded. Returns false when in.stop_requested abandoned the forward between two layers.
 template <typename Backend>
 bool bert_forward(Backend& backend, const BertConfig& c,
                   const BertWeights<typename Backend::Scalar>& w, const BatchInputs& in,

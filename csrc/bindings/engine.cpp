@@ -89,8 +89,9 @@ Engine::Outputs Engine::forward(const at::Tensor& tokens, const at::Tensor& segm
   TORCH_CHECK(!packed || tokens.size(0) == total_tokens, "packed tokens has ", tokens.size(0),
               " ids but total_tokens is ", total_tokens);
   // total_tokens, the rows to compute, is at least cu_seqlens[batch] (more is spare capacity,
-  // as a CUDA-graph bucket has: rows computed on and never returned). The values can be read only on the CPU; on the GPU the
-  // caller vouches for them, so that a forward never synchronises.
+  // as a CUDA-graph bucket has: rows computed on and never returned). The values can be read
+  // only on the CPU; on the GPU the caller vouches for them, so that a forward never
+  // synchronises.
   if (cu_seqlens.is_cpu()) {
     const HostSeqlens seqlens = checked_seqlens(cu_seqlens);
     TORCH_CHECK(seqlens.longest <= max_seqlen, "a sequence of cu_seqlens has length ",

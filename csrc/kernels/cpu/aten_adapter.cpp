@@ -210,24 +210,23 @@ void gemm_bias_act(const T* a, const T* weight, const T* bias, const PreparedWei
 
 namespace {
 
-// Flash attention of `n` sequences of `length` tokens whose QKV rows sit `stride` rows apart
-// from `qkv_rows` (one sequence when n == 1), written as (n, length, heads, d) into `out_rows`
-// with the same stride (length rows apart when the sequences are packed side by side).
+// Flash attention of `n` sequences of `length` tokens packed side by side from `qkv_rows`
+// (one sequence when n == 1), written as (n, length, heads, d) into `out_rows`.
 template <typename T>
-void flash_attend(const T* qkv_rows, T* out_rows, int64_t n, int64_t length, int64_t stride,
-                  int64_t num_heads, int64_t head_dim, double scale) {
+void flash_attend(const T* qkv_rows, T* out_rows, int64_t n, int64_t length, int64_t num_heads,
+                  int64_t head_dim, double scale) {
   const int64_t hidden = num_heads * head_dim;
   // Q, K and V as (n, heads, length, d) views into the rows.
   auto part = [&](int64_t index) {
     return at::from_blob(const_cast<T*>(qkv_rows) + index * hidden,
                          {n, num_heads, length, head_dim},
-                         {stride * 3 * hidden, head_dim, 3 * hidden, 1}, options_of<T>());
+                         {length * 3 * hidden, head_dim, 3 * hidden, 1}, options_of<T>());
   };
   const at::Tensor context = std::get<0>(at::_scaled_dot_product_flash_attention_for_cpu(
       part(0), part(1), part(2), 0.0, false, std::nullopt, scale));
   // context is (n, heads, length, d); the heads go side by side in each token's row.
   at::from_blob(out_rows, {n, length, num_heads, head_dim},
-                {stride * hidden, hidden, head_dim, 1}, options_of<T>())
+                {length * hidden, hidden, head_dim, 1}, options_of<T>())
       .copy_(context.transpose(1, 2));
 }
 
@@ -245,7 +244,7 @@ void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t b
     for (int64_t b = 0; b < batch; ++b) {
       if (length_of(b) > 0) {  // an empty slot of a captured batch bucket has none
         flash_attend(qkv + first_of(b) * 3 * hidden, out + first_of(b) * hidden, 1,
-                     length_of(b), length_of(b), num_heads, head_dim, scale);
+                     length_of(b), num_heads, head_dim, scale);
       }
     }
     return;
@@ -269,8 +268,8 @@ void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t b
         members.back() - members.front() == n - 1;  // consecutive, so `length` rows apart
     if (evenly_spaced) {
       flash_attend(qkv + first_of(members.front()) * 3 * hidden,
-                   out + first_of(members.front()) * hidden, n, length, length, num_heads,
-                   head_dim, scale);
+                   out + first_of(members.front()) * hidden, n, length, num_heads, head_dim,
+                   scale);
       continue;
     }
     const int64_t qkv_block = length * 3 * hidden, out_block = length * hidden;
@@ -286,7 +285,7 @@ void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t b
                     sizeof(T) * size_t(qkv_block));
       }
     });
-    flash_attend(gathered_rows, attended_rows, n, length, length, num_heads, head_dim, scale);
+    flash_attend(gathered_rows, attended_rows, n, length, num_heads, head_dim, scale);
     at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         std::memcpy(out + first_of(members[i]) * hidden, attended_rows + i * out_block,

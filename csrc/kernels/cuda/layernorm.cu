@@ -88,8 +88,9 @@ void launch_warp_kernel(const T* x, const T* residual, const T* gamma, const T* 
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-// Any row: one block per row. The row (x + residual) is kept in shared memory as fp32, so the mean and
-// the centred variance are two passes over fast memory (no E[x^2] - E[x]^2 cancellation).
+// Any row: one block per row. The row (x + residual) is kept in shared memory as fp32, so the
+// mean and the centred variance are two passes over fast memory (no E[x^2] - E[x]^2
+// cancellation).
 template <typename T>
 __global__ void add_layernorm_kernel(const T* x, const T* residual, const T* gamma,
                                      const T* beta, T* out, int64_t hidden, float eps) {
