@@ -253,7 +253,10 @@ def run_cpu_benchmark(workloads=CPU_WORKLOADS, repeats: int = 10, compile_peer: 
     if threads is not None:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
-    print(f"CPU benchmark: {threads} threads, median of {repeats}, torch {torch.__version__}")
+    # Which pybert runs matters: a script run from a checkout imports an installed copy unless
+    # the checkout is on the path (PYTHONPATH=. after an in-place build).
+    print(f"CPU benchmark: {threads} threads, median of {repeats}, torch {torch.__version__}, "
+          f"pybert from {Path(__file__).resolve().parent}")
     rows, skipped = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for workload in workloads:

@@ -120,7 +120,8 @@ def reference_attention(qkv, lengths, num_heads):
 # head dims: 8, 32, 64 and 192 (the book's example); 40 (a multiple of 8, not of 16) and 256 at
 # the edges of FlashAttention-2's and our tensor-core kernel's range; 20 on our CUDA-core
 # kernel in fp16/bf16 (the memory-efficient kernel's in fp32). own_kernel runs our CUDA kernels
-# where the engine would call torch's (on the CPU there is one attention either way).
+# where the engine would call torch's; on the CPU it runs the batched-GEMM attention (fp32: the
+# engine's choice), and without it torch's flash attention runs (bf16: the engine's choice).
 @pytest.mark.parametrize("num_heads,head_dim", [(4, 8), (3, 32), (2, 64), (4, 192), (2, 40),
                                                 (1, 256), (1, 20)])
 @pytest.mark.parametrize("max_len", [1, 17, 130])
@@ -145,6 +146,38 @@ def test_attention_varlen_groups_sequences_of_one_length(target):
     qkv = rand(int(cu[-1]), 3 * 2 * 16, target=target)
     out = ops.attention_varlen(qkv, cu.to(target[0]), 9, 2)
     assert rel_l2(out, reference_attention(qkv, lengths, 2)) <= BOUNDS[target[1]]
+
+
+@pytest.mark.parametrize("own_kernel", [False, True], ids=["engine-choice", "own-kernel"])
+def test_attention_varlen_of_many_short_sequences(target, own_kernel):
+    """The CPU's batched-GEMM attention: enough sequences that each thread's share takes
+    several rounds of its score buffer, three heads so that a thread's share can begin or end
+    inside a sequence, lengths from 1 to 120 (score rows of 1 to 8 lanes of 16, whole and
+    partial), and scores spread wide enough (scale 4) that most softmax weights underflow."""
+    g = torch.Generator().manual_seed(11)
+    lengths = torch.randint(1, 121, (301,), generator=g)
+    lengths[:3] = torch.tensor([96, 97, 1])
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(lengths, 0)
+    qkv = rand(int(cu[-1]), 3 * 3 * 24, target=target, scale=4.0)
+    out = ops.attention_varlen(qkv, cu.to(target[0]), 120, 3, own_kernel=own_kernel)
+    assert rel_l2(out, reference_attention(qkv, lengths, 3)) <= BOUNDS[target[1]]
+
+
+@pytest.mark.parametrize("own_kernel", [False, True], ids=["engine-choice", "own-kernel"])
+def test_attention_varlen_passes_nan_on(target, own_kernel):
+    """A NaN in one sequence's keys makes that sequence's context NaN (for the forward's
+    finiteness check to report), not a finite guess, and leaves the others alone."""
+    lengths = torch.tensor([5, 7, 6] * 6)
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(lengths, 0)
+    qkv = rand(int(cu[-1]), 3 * 2 * 8, target=target)
+    qkv[int(cu[1]) + 3, 16 + 2] = float("nan")  # sequence 1, a key of head 0
+    out = ops.attention_varlen(qkv, cu.to(target[0]), 7, 2, own_kernel=own_kernel).cpu()
+    rows_of_1 = slice(int(cu[1]), int(cu[2]))
+    assert bool(torch.isnan(out[rows_of_1, :8]).all())
+    others = torch.cat([out[: int(cu[1])], out[int(cu[2]):]])
+    assert bool(torch.isfinite(others).all())
 
 
 def test_embed_packed(target):

@@ -61,7 +61,8 @@ at::Tensor add_layernorm(const at::Tensor& x, const std::optional<at::Tensor>& r
   return out;
 }
 
-// The CPU has one attention (torch's CPU flash kernel), whatever own_kernel says.
+// own_kernel: the batched-GEMM attention (float, where this torch has MKL; the engine's
+// choice there); otherwise torch's flash attention (the engine's choice in bfloat16).
 at::Tensor attention_varlen(const at::Tensor& qkv, const at::Tensor& cu_seqlens,
                             int64_t max_seqlen, int64_t num_heads, bool own_kernel) {
   const AttentionArgs args = check_attention_varlen(qkv, cu_seqlens, max_seqlen, num_heads);
@@ -69,7 +70,8 @@ at::Tensor attention_varlen(const at::Tensor& qkv, const at::Tensor& cu_seqlens,
   dispatch_cpu_scalar(qkv.scalar_type(), "attention_varlen", [&](auto tag) {
     using T = decltype(tag);
     cpu::attention_varlen(ptr<T>(qkv), args.seqlens.cu_seqlens.data_ptr<int32_t>(),
-                          ptr<T>(out), args.batch, max_seqlen, num_heads, args.head_dim);
+                          ptr<T>(out), args.batch, max_seqlen, num_heads, args.head_dim,
+                          /*use_batched=*/own_kernel);
   });
   return out;
 }

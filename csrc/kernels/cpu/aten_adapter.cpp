@@ -1,7 +1,8 @@
 // The one CPU kernel file that sees torch. The GEMMs go to ATen's addmm (MKL or oneDNN) or to
 // oneDNN's own ops with weights prepacked once in its blocked layout, bias and activation fused
 // (AVX-512, AVX512-BF16, VNNI or AMX as the CPU has them; int8 with activations quantised per
-// row on each call by quantize_rows_u8); the attention goes to torch's CPU flash attention;
+// row on each call by quantize_rows_u8); the attention in bfloat16 (and in float where MKL is
+// absent) goes to torch's CPU flash attention, in float to attention.cpp's batched GEMMs;
 // parallel_for goes to torch's thread pool. Everything else in kernels/cpu is plain C++.
 //
 // oneDNN's ops are reached through the dispatcher by name (ATen has no C++ API for them); a
@@ -230,22 +231,20 @@ void flash_attend(const T* qkv_rows, T* out_rows, int64_t n, int64_t length, int
       .copy_(context.transpose(1, 2));
 }
 
-}  // namespace
-
+// Flash attention of the listed sequences (indices b of cu_seqlens, in increasing order).
 template <typename T>
-void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
-                      int64_t max_seqlen, int64_t num_heads, int64_t head_dim) {
+void flash_attend_sequences(const T* qkv, const int32_t* cu_seqlens, T* out,
+                            const std::vector<int64_t>& sequences, int64_t max_seqlen,
+                            int64_t num_heads, int64_t head_dim) {
   const int64_t hidden = num_heads * head_dim;
   const double scale = 1.0 / std::sqrt(double(head_dim));
   auto first_of = [&](int64_t b) { return int64_t(cu_seqlens[b]); };
   auto length_of = [&](int64_t b) { return int64_t(cu_seqlens[b + 1] - cu_seqlens[b]); };
   // Few sequences: one call each, spread over the threads by heads and query blocks.
-  if (batch < 2 * at::get_num_threads()) {
-    for (int64_t b = 0; b < batch; ++b) {
-      if (length_of(b) > 0) {  // an empty slot of a captured batch bucket has none
-        flash_attend(qkv + first_of(b) * 3 * hidden, out + first_of(b) * hidden, 1,
-                     length_of(b), num_heads, head_dim, scale);
-      }
+  if (int64_t(sequences.size()) < 2 * at::get_num_threads()) {
+    for (const int64_t b : sequences) {
+      flash_attend(qkv + first_of(b) * 3 * hidden, out + first_of(b) * hidden, 1, length_of(b),
+                   num_heads, head_dim, scale);
     }
     return;
   }
@@ -255,10 +254,7 @@ void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t b
   // others' rows (one contiguous block each) are gathered into a reused buffer and scattered
   // back after.
   std::vector<std::vector<int64_t>> by_length(size_t(max_seqlen) + 1);
-  for (int64_t b = 0; b < batch; ++b) {
-    if (length_of(b) > max_seqlen) throw std::invalid_argument("a sequence exceeds max_seqlen");
-    by_length[size_t(length_of(b))].push_back(b);
-  }
+  for (const int64_t b : sequences) by_length[size_t(length_of(b))].push_back(b);
   thread_local std::vector<T> gathered, attended;  // the calling thread's, reused
   for (int64_t length = 1; length <= max_seqlen; ++length) {
     const std::vector<int64_t>& members = by_length[size_t(length)];
@@ -295,6 +291,29 @@ void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t b
   }
 }
 
+}  // namespace
+
+template <typename T>
+void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
+                      int64_t max_seqlen, int64_t num_heads, int64_t head_dim,
+                      bool use_batched) {
+  std::vector<int64_t> sequences;  // an empty slot (length 0) has nothing to attend
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t length = cu_seqlens[b + 1] - cu_seqlens[b];
+    if (length > max_seqlen) throw std::invalid_argument("a sequence exceeds max_seqlen");
+    if (length > 0) sequences.push_back(b);
+  }
+  if (sequences.empty()) return;
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_batched && attention_batched_available()) {
+      attention_batched(qkv, cu_seqlens, sequences.data(), int64_t(sequences.size()), out,
+                        num_heads, head_dim);
+      return;
+    }
+  }
+  flash_attend_sequences(qkv, cu_seqlens, out, sequences, max_seqlen, num_heads, head_dim);
+}
+
 void parallel_for(int64_t n, int64_t grain_size,
                   const std::function<void(int64_t, int64_t)>& fn) {
   at::parallel_for(0, n, grain_size, fn);
@@ -307,7 +326,7 @@ void parallel_for(int64_t n, int64_t grain_size,
   template void gemm_bias_act<T>(const T*, const T*, const T*, const PreparedWeight*, T*,    \
                                  int64_t, int64_t, int64_t, Activation);                     \
   template void attention_varlen<T>(const T*, const int32_t*, T*, int64_t, int64_t, int64_t, \
-                                    int64_t);
+                                    int64_t, bool);
 PYBERT_INSTANTIATE(float)
 PYBERT_INSTANTIATE(bfloat16)
 #undef PYBERT_INSTANTIATE

@@ -5,8 +5,9 @@
 // sequence after sequence: sequence b owns rows [cu_seqlens[b], cu_seqlens[b + 1]).
 //
 // T is float or bfloat16 (bfloat16.h); every reduction and every elementwise formula is
-// computed in float. The GEMM and the attention go to torch's own CPU kernels (oneDNN and
-// its flash attention, aten_adapter.cpp), the one file here that sees torch.
+// computed in float. The GEMMs go to torch's own CPU kernels (MKL and oneDNN), as does the
+// attention in bfloat16 (its flash attention): aten_adapter.cpp, the one file here that sees
+// torch. The float attention's small GEMMs go to MKL's batched call (sgemm_batch.h).
 #pragma once
 
 #include <cstdint>
@@ -73,9 +74,22 @@ void add_layernorm(const T* x, const T* residual, const T* gamma, const T* beta,
 // qkv: (total_tokens, 3 * hidden), columns [Q | K | V], head h owns columns [h*d, (h+1)*d) of
 // each third, d = hidden / num_heads; out: (total_tokens, hidden), heads side by side.
 // out[t, head h] = softmax_j(q_t . k_j / sqrt(d)) v_j over the keys j of t's sequence.
+// float goes to attention_batched where this process has it (and use_batched), bfloat16 and
+// the rest to torch's flash attention (AMX/AVX512-BF16 tiles for bfloat16). Measured on
+// AVX-512 (benchmarks/RESULTS.md): batched was 1.2-2x faster than flash in float up to 384
+// tokens and even at 512.
 template <typename T>
 void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
-                      int64_t max_seqlen, int64_t num_heads, int64_t head_dim);
+                      int64_t max_seqlen, int64_t num_heads, int64_t head_dim,
+                      bool use_batched = true);
+
+// attention_varlen's arithmetic for the `count` sequences listed in `sequences` (indices b of
+// cu_seqlens; the other rows of out are left as they are), each (sequence, head)'s products
+// batched with others' into few BLAS calls (attention.cpp). Needs attention_batched_available().
+void attention_batched(const float* qkv, const int32_t* cu_seqlens, const int64_t* sequences,
+                       int64_t count, float* out, int64_t num_heads, int64_t head_dim);
+// Whether this process has the batched BLAS call (MKL's) attention_batched needs.
+bool attention_batched_available();
 
 // out[b * num_positions + p] = packed[cu_seqlens[b] + positions[b, p]] (rows of width hidden).
 // positions: (batch, num_positions), each in [0, length of sequence b); null means position 0

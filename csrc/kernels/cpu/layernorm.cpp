@@ -1,5 +1,4 @@
 #include <cmath>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -10,11 +9,34 @@
 namespace pybert::cpu {
 namespace {
 
-PYBERT_SIMD_CLONES float sum_of(const float* __restrict v, int64_t n) {
+// row = x + residual (residual may be null), in float; returns the row's sum. One clone per
+// input type, so that the bfloat16 conversions vectorise too.
+template <typename T>
+inline float add_rows_and_sum(const T* __restrict x, const T* __restrict residual, int64_t n,
+                              float* __restrict row) {
   float total = 0.0f;
+  if (residual == nullptr) {
 #pragma omp simd reduction(+ : total)
-  for (int64_t i = 0; i < n; ++i) total += v[i];
+    for (int64_t i = 0; i < n; ++i) {
+      row[i] = to_float(x[i]);
+      total += row[i];
+    }
+  } else {
+#pragma omp simd reduction(+ : total)
+    for (int64_t i = 0; i < n; ++i) {
+      row[i] = to_float(x[i]) + to_float(residual[i]);
+      total += row[i];
+    }
+  }
   return total;
+}
+PYBERT_SIMD_CLONES float add_rows_and_sum(const float* x, const float* residual, int64_t n,
+                                          float* row) {
+  return add_rows_and_sum<float>(x, residual, n, row);
+}
+PYBERT_SIMD_CLONES float add_rows_and_sum(const bfloat16* x, const bfloat16* residual,
+                                          int64_t n, float* row) {
+  return add_rows_and_sum<bfloat16>(x, residual, n, row);
 }
 
 PYBERT_SIMD_CLONES float squared_deviation_sum(const float* __restrict v, int64_t n,
@@ -25,11 +47,24 @@ PYBERT_SIMD_CLONES float squared_deviation_sum(const float* __restrict v, int64_
   return total;
 }
 
-// out = (row - mean) * rstd * gamma + beta, for T = float (bfloat16 rows use the loop below).
-PYBERT_SIMD_CLONES void normalize_row(const float* __restrict row, const float* __restrict gamma,
-                                      const float* __restrict beta, float mean, float rstd,
-                                      int64_t n, float* __restrict out) {
-  for (int64_t i = 0; i < n; ++i) out[i] = (row[i] - mean) * rstd * gamma[i] + beta[i];
+// out = (row - mean) * rstd * gamma + beta.
+template <typename T>
+inline void normalize_row(const float* __restrict row, const T* __restrict gamma,
+                          const T* __restrict beta, float mean, float rstd, int64_t n,
+                          T* __restrict out) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = from_float<T>((row[i] - mean) * rstd * to_float(gamma[i]) + to_float(beta[i]));
+  }
+}
+PYBERT_SIMD_CLONES void normalize_row(const float* row, const float* gamma, const float* beta,
+                                      float mean, float rstd, int64_t n, float* out) {
+  normalize_row<float>(row, gamma, beta, mean, rstd, n, out);
+}
+PYBERT_SIMD_CLONES void normalize_row(const float* row, const bfloat16* gamma,
+                                      const bfloat16* beta, float mean, float rstd, int64_t n,
+                                      bfloat16* out) {
+  normalize_row<bfloat16>(row, gamma, beta, mean, rstd, n, out);
 }
 
 std::pair<double, double> mean_and_variance_in_double(const float* v, int64_t n) {
@@ -52,12 +87,9 @@ void add_layernorm(const T* x, const T* residual, const T* gamma, const T* beta,
       const T* xr = x + r * hidden;
       const T* rr = residual ? residual + r * hidden : nullptr;
       T* yr = out + r * hidden;
-      for (int64_t i = 0; i < hidden; ++i) {
-        row[i] = to_float(xr[i]) + (rr ? to_float(rr[i]) : 0.0f);
-      }
       // Two passes, mean first and then the centred variance, so that a row with a large
       // mean loses no precision (the one-pass E[x^2] - E[x]^2 form cancels badly).
-      float mean = sum_of(row.data(), hidden) / float(hidden);
+      float mean = add_rows_and_sum(xr, rr, hidden, row.data()) / float(hidden);
       const float variance = squared_deviation_sum(row.data(), hidden, mean) / float(hidden);
       float rstd = 1.0f / std::sqrt(variance + eps);
       if (!std::isfinite(mean) || !std::isfinite(variance)) {
@@ -68,14 +100,7 @@ void add_layernorm(const T* x, const T* residual, const T* gamma, const T* beta,
         mean = float(mean64);
         rstd = float(1.0 / std::sqrt(variance64 + double(eps)));
       }
-      if constexpr (std::is_same_v<T, float>) {
-        normalize_row(row.data(), gamma, beta, mean, rstd, hidden, yr);
-      } else {
-        for (int64_t i = 0; i < hidden; ++i) {
-          yr[i] = from_float<T>((row[i] - mean) * rstd * to_float(gamma[i]) +
-                                to_float(beta[i]));
-        }
-      }
+      normalize_row(row.data(), gamma, beta, mean, rstd, hidden, yr);
     }
   });
 }
