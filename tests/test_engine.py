@@ -107,10 +107,11 @@ def test_int8_engine_stays_close_to_eager(name, batch, seq_len):
 
 
 @pytest.mark.parametrize("weight_format", ["packed", "plain"])
-@pytest.mark.parametrize("rows", [1, 37, 128, 129, 300])
+@pytest.mark.parametrize("rows", [1, 37, 128, 256, 257, 300])
 def test_cpu_weight_formats_give_the_fp32_results(weight_format, rows):
-    """Prepacked oneDNN weights (used up to a row limit) and plain ones (addmm) both give the
-    float64 model's results, on either side of the limit."""
+    """Weights prepacked for MKL (used up to 256 rows, whatever the row count they are used
+    with) and plain ones (addmm) both give the float64 model's results, on either side of
+    the limit."""
     from pybert import _C
     from pybert.engine import pack_d2l_state_dict
 

@@ -1,7 +1,7 @@
-// The one CPU kernel file that sees torch. The GEMMs go to ATen's addmm (MKL or oneDNN) or to
-// oneDNN's own ops with weights prepacked once in its blocked layout, bias and activation fused
-// (AVX-512, AVX512-BF16, VNNI or AMX as the CPU has them; int8 with activations quantised per
-// row on each call by quantize_rows_u8); the attention in bfloat16 (and in float where MKL is
+// The one CPU kernel file that sees torch. The GEMMs go to ATen's addmm (MKL or oneDNN) or,
+// with weights prepacked once, to MKL's packed GEMM (float) or oneDNN's own ops (bfloat16 and
+// int8: AVX512-BF16, VNNI or AMX as the CPU has them, bias and activation fused; int8 with
+// activations quantised per row on each call by quantize_rows_u8); the attention in bfloat16 (and in float where MKL is
 // absent) goes to torch's CPU flash attention, in float to attention.cpp's batched GEMMs;
 // parallel_for goes to torch's thread pool. Everything else in kernels/cpu is plain C++.
 //
@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "mkl.h"
 #include "parallel.h"
 
 namespace pybert::cpu {
@@ -104,21 +105,19 @@ c10::IValue post_op_algorithm(Activation act) {
   return act == Activation::kGELU ? c10::IValue(std::string("none")) : c10::IValue();
 }
 
-// oneDNN writes a prepacked GEMM's result to a tensor of its own, which is then copied out:
-// that pays only while the weight's per-call packing (what addmm does, n * k) outweighs the
-// copy (m * n). Measured on AVX-512/AMX (benchmarks/RESULTS.md, 2026-11-26): prepacked wins
-// up to these row counts and loses beyond.
-template <typename T>
-constexpr int64_t packed_rows_limit() {
-  return std::is_same_v<T, bfloat16> ? 256 : 128;
-}
+// Prepacked weights pay while the weight's per-call packing (what addmm does, n * k) outweighs
+// the rest of the product (m * n * k): measured on AVX-512/AMX (benchmarks/RESULTS.md,
+// 2026-11-26), MKL's packed float GEMM took 0.83-0.98 of addmm's time up to 256 rows and up to
+// 1.25 of it beyond; oneDNN's bfloat16 one, whose result is copied out of a tensor of its own,
+// wins up to 256 rows too.
+constexpr int64_t kPackedRowsLimit = 256;
 
 }  // namespace
 
 class PreparedWeight {
  public:
   WeightFormat format;
-  at::Tensor packed;       // the weight in oneDNN's layout (T, or int8)
+  at::Tensor packed;       // the weight in MKL's (float), or oneDNN's layout (bf16, int8)
   at::Tensor bias;         // T (kPacked) or float32 (kInt8); or undefined
   at::Tensor scales;       // kInt8: float32 per output channel
   at::Tensor zero_points;  // kInt8: zeros (symmetric weights), as oneDNN's op takes them
@@ -131,6 +130,7 @@ bool weight_format_supported(WeightFormat format) {
   switch (format) {
     case WeightFormat::kPlain: return true;
     case WeightFormat::kPacked:
+      if constexpr (std::is_same_v<T, float>) return packed_sgemm_available();
       return at::hasMKLDNN() && onednn_ops().reorder_weight && onednn_ops().linear;
     case WeightFormat::kInt8:
       return std::is_same_v<T, float> && at::hasMKLDNN() && onednn_ops().int8_prepack &&
@@ -147,7 +147,13 @@ PreparedWeightPtr prepare_weight(const T* weight, const T* bias, int64_t n, int6
   const at::Tensor w = wrap(weight, {n, k});
   if (bias != nullptr) prepared->bias = wrap(bias, {n}).clone();
   if (format == WeightFormat::kPacked) {
-    prepared->packed = call_for_tensor(*onednn_ops().reorder_weight, {w.clone(), c10::IValue()});
+    if constexpr (std::is_same_v<T, float>) {
+      prepared->packed = at::empty({int64_t(packed_sgemm_bytes(n, k))}, at::kByte);
+      pack_sgemm_weight(weight, n, k, prepared->packed.data_ptr());
+    } else {
+      prepared->packed =
+          call_for_tensor(*onednn_ops().reorder_weight, {w.clone(), c10::IValue()});
+    }
     return prepared;
   }
   // Symmetric per-output-channel scales: row r maps [-max|w_r|, max|w_r|] onto
@@ -167,7 +173,7 @@ void gemm_bias_act(const T* a, const T* weight, const T* bias, const PreparedWei
   at::Tensor out_t = wrap(out, {m, n});
   const at::Tensor a_t = wrap(a, {m, k});
   const bool int8 = prepared != nullptr && prepared->format == WeightFormat::kInt8;
-  if (!int8 && (prepared == nullptr || m > packed_rows_limit<T>())) {
+  if (!int8 && (prepared == nullptr || m > kPackedRowsLimit)) {
     const at::Tensor w_t = wrap(weight, {n, k});
     if (bias != nullptr) {
       at::addmm_out(out_t, wrap(bias, {n}), a_t, w_t.t());
@@ -176,6 +182,14 @@ void gemm_bias_act(const T* a, const T* weight, const T* bias, const PreparedWei
     }
     apply_activation(out_t, act);
     return;
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    if (!int8) {  // MKL accumulates onto the bias, written into the output first
+      if (bias != nullptr) out_t.copy_(wrap(bias, {1, n}).expand({m, n}));
+      packed_sgemm(a, prepared->packed.data_ptr(), out, m, n, k, bias != nullptr ? 1.0f : 0.0f);
+      apply_activation(out_t, act);
+      return;
+    }
   }
   const c10::List<std::optional<at::Scalar>> no_scalars;
   if (!int8) {  // oneDNN applies the bias and the activation in its accumulators

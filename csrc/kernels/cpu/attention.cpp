@@ -11,7 +11,7 @@
 
 #include "kernels.h"
 #include "parallel.h"
-#include "sgemm_batch.h"
+#include "mkl.h"
 #include "simd.h"
 
 namespace pybert::cpu {

@@ -7,7 +7,7 @@
 // T is float or bfloat16 (bfloat16.h); every reduction and every elementwise formula is
 // computed in float. The GEMMs go to torch's own CPU kernels (MKL and oneDNN), as does the
 // attention in bfloat16 (its flash attention): aten_adapter.cpp, the one file here that sees
-// torch. The float attention's small GEMMs go to MKL's batched call (sgemm_batch.h).
+// torch. The float attention's small GEMMs go to MKL's batched call (mkl.h).
 #pragma once
 
 #include <cstdint>
@@ -21,7 +21,7 @@ namespace pybert::cpu {
 // How a weight matrix is held for the GEMM library.
 enum class WeightFormat {
   kPlain,   // the row-major matrix as given
-  kPacked,  // prepacked once in the library's blocked layout (oneDNN), same dtype
+  kPacked,  // prepacked once in the library's layout (MKL for float, oneDNN for bfloat16)
   kInt8,    // int8 per output channel, activations quantised per row on each call (dynamic
             // quantisation; oneDNN's int8 GEMM: VNNI or AMX where the CPU has them)
 };
