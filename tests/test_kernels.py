@@ -164,6 +164,17 @@ def test_attention_varlen_of_many_short_sequences(target, own_kernel):
     assert rel_l2(out, reference_attention(qkv, lengths, 3)) <= BOUNDS[target[1]]
 
 
+def test_attention_varlen_beyond_the_batched_limit(target):
+    """Sequences longer than 512 tokens (a model with a longer position table) go to flash
+    attention beside shorter ones in the batched-GEMM attention, in one call."""
+    lengths = torch.tensor([600, 3, 513, 512, 40])
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(lengths, 0)
+    qkv = rand(int(cu[-1]), 3 * 2 * 16, target=target)
+    out = ops.attention_varlen(qkv, cu.to(target[0]), 600, 2, own_kernel=True)
+    assert rel_l2(out, reference_attention(qkv, lengths, 2)) <= BOUNDS[target[1]]
+
+
 @pytest.mark.parametrize("own_kernel", [False, True], ids=["engine-choice", "own-kernel"])
 def test_attention_varlen_passes_nan_on(target, own_kernel):
     """A NaN in one sequence's keys makes that sequence's context NaN (for the forward's

@@ -61,8 +61,9 @@ at::Tensor add_layernorm(const at::Tensor& x, const std::optional<at::Tensor>& r
   return out;
 }
 
-// own_kernel: the batched-GEMM attention (float, where this torch has MKL; the engine's
-// choice there); otherwise torch's flash attention (the engine's choice in bfloat16).
+// own_kernel: the batched-GEMM attention for float sequences of up to 512 tokens (where this
+// torch has MKL; the engine's choice there); otherwise torch's flash attention (the engine's
+// choice in bfloat16 and beyond 512 tokens).
 at::Tensor attention_varlen(const at::Tensor& qkv, const at::Tensor& cu_seqlens,
                             int64_t max_seqlen, int64_t num_heads, bool own_kernel) {
   const AttentionArgs args = check_attention_varlen(qkv, cu_seqlens, max_seqlen, num_heads);

@@ -311,21 +311,24 @@ template <typename T>
 void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
                       int64_t max_seqlen, int64_t num_heads, int64_t head_dim,
                       bool use_batched) {
-  std::vector<int64_t> sequences;  // an empty slot (length 0) has nothing to attend
+  const bool batch_floats =
+      std::is_same_v<T, float> && use_batched && attention_batched_available();
+  std::vector<int64_t> batched, flashed;  // an empty slot (length 0) has nothing to attend
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t length = cu_seqlens[b + 1] - cu_seqlens[b];
     if (length > max_seqlen) throw std::invalid_argument("a sequence exceeds max_seqlen");
-    if (length > 0) sequences.push_back(b);
+    if (length == 0) continue;
+    (batch_floats && length <= kBatchedAttentionMaxLength ? batched : flashed).push_back(b);
   }
-  if (sequences.empty()) return;
   if constexpr (std::is_same_v<T, float>) {
-    if (use_batched && attention_batched_available()) {
-      attention_batched(qkv, cu_seqlens, sequences.data(), int64_t(sequences.size()), out,
+    if (!batched.empty()) {
+      attention_batched(qkv, cu_seqlens, batched.data(), int64_t(batched.size()), out,
                         num_heads, head_dim);
-      return;
     }
   }
-  flash_attend_sequences(qkv, cu_seqlens, out, sequences, max_seqlen, num_heads, head_dim);
+  if (!flashed.empty()) {
+    flash_attend_sequences(qkv, cu_seqlens, out, flashed, max_seqlen, num_heads, head_dim);
+  }
 }
 
 void parallel_for(int64_t n, int64_t grain_size,

@@ -74,14 +74,19 @@ void add_layernorm(const T* x, const T* residual, const T* gamma, const T* beta,
 // qkv: (total_tokens, 3 * hidden), columns [Q | K | V], head h owns columns [h*d, (h+1)*d) of
 // each third, d = hidden / num_heads; out: (total_tokens, hidden), heads side by side.
 // out[t, head h] = softmax_j(q_t . k_j / sqrt(d)) v_j over the keys j of t's sequence.
-// float goes to attention_batched where this process has it (and use_batched), bfloat16 and
-// the rest to torch's flash attention (AMX/AVX512-BF16 tiles for bfloat16). Measured on
-// AVX-512 (benchmarks/RESULTS.md): batched was 1.2-2x faster than flash in float up to 384
-// tokens and even at 512.
+// Float sequences of up to kBatchedAttentionMaxLength tokens go to attention_batched where
+// this process has it (and use_batched); bfloat16, longer sequences and the rest go to torch's
+// flash attention (AMX/AVX512-BF16 tiles for bfloat16). Measured on AVX-512
+// (benchmarks/RESULTS.md): batched was 1.2-2x faster than flash in float up to 384 tokens and
+// as fast at 512.
 template <typename T>
 void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
                       int64_t max_seqlen, int64_t num_heads, int64_t head_dim,
                       bool use_batched = true);
+
+// attention_batched holds a sequence's whole L x L scores per head (1 MB at 512 tokens, BERT's
+// longest); flash's tiles suit longer ones.
+constexpr int64_t kBatchedAttentionMaxLength = 512;
 
 // attention_varlen's arithmetic for the `count` sequences listed in `sequences` (indices b of
 // cu_seqlens; the other rows of out are left as they are), each (sequence, head)'s products
