@@ -39,7 +39,8 @@ inline float exp_nonpositive(float x) {
   p = p * f + 1.6666665459e-1f;
   p = p * f + 5.0000001201e-1f;
   p = p * f * f + f + 1.0f;
-  const int32_t exponent = (__builtin_bit_cast(int32_t, shifted) - 0x4B400000 + 127) << 23;
+  // Unsigned: a NaN's bits would overflow a signed shift (and the result is NaN through p).
+  const uint32_t exponent = (__builtin_bit_cast(uint32_t, shifted) - 0x4B400000u + 127u) << 23;
   return negligible ? 0.0f : p * __builtin_bit_cast(float, exponent);
 }
 
