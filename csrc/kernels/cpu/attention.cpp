@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "kernels.h"
-#include "parallel.h"
 #include "mkl.h"
+#include "parallel.h"
 #include "simd.h"
 
 namespace pybert::cpu {
