@@ -1,9 +1,10 @@
 // The one CPU kernel file that sees torch. The GEMMs go to ATen's addmm (MKL or oneDNN) or,
 // with weights prepacked once, to MKL's packed GEMM (float) or oneDNN's own ops (bfloat16 and
 // int8: AVX512-BF16, VNNI or AMX as the CPU has them, bias and activation fused; int8 with
-// activations quantised per row on each call by quantize_rows_u8); the attention in bfloat16 (and in float where MKL is
-// absent) goes to torch's CPU flash attention, in float to attention.cpp's batched GEMMs;
-// parallel_for goes to torch's thread pool. Everything else in kernels/cpu is plain C++.
+// activations quantised per row on each call by quantize_rows_u8). Float attention goes to
+// attention.cpp's batched GEMMs; bfloat16 attention, sequences beyond its limit and a torch
+// without MKL go to torch's CPU flash attention. parallel_for goes to torch's thread pool.
+// Everything else in kernels/cpu is plain C++.
 //
 // oneDNN's ops are reached through the dispatcher by name (ATen has no C++ API for them); a
 // torch built without them leaves weights plain.
