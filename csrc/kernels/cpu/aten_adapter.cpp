@@ -149,7 +149,9 @@ PreparedWeightPtr prepare_weight(const T* weight, const T* bias, int64_t n, int6
   if (bias != nullptr) prepared->bias = wrap(bias, {n}).clone();
   if (format == WeightFormat::kPacked) {
     if constexpr (std::is_same_v<T, float>) {
-      prepared->packed = at::empty({int64_t(packed_sgemm_bytes(n, k))}, at::kByte);
+      const size_t bytes = packed_sgemm_bytes(n, k);
+      if (bytes == 0) return nullptr;
+      prepared->packed = at::empty({int64_t(bytes)}, at::kByte);
       pack_sgemm_weight(weight, n, k, prepared->packed.data_ptr());
     } else {
       prepared->packed =

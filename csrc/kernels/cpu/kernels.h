@@ -35,8 +35,9 @@ struct PreparedWeightDeleter {
 using PreparedWeightPtr = std::unique_ptr<PreparedWeight, PreparedWeightDeleter>;
 
 // Prepares weight (n, k) with bias (n) or null in `format`. kInt8 needs T = float. Returns
-// null when this torch build cannot (no oneDNN, no quantised engine): callers then pass null
-// to gemm_bias_act, which uses the plain matrix.
+// null when this torch build cannot (no MKL or oneDNN, no quantised engine, or an MKL whose
+// packed form would depend on the row count): callers then pass null to gemm_bias_act, which
+// uses the plain matrix.
 template <typename T>
 PreparedWeightPtr prepare_weight(const T* weight, const T* bias, int64_t n, int64_t k,
                                  WeightFormat format);

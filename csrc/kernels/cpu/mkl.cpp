@@ -77,7 +77,11 @@ bool packed_sgemm_available() {
 }
 
 size_t packed_sgemm_bytes(int64_t n, int64_t k) {
-  return cblas_sgemm_pack_get_size(kBMatrix, kNominalRows, int(n), int(k));
+  const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, kNominalRows, int(n), int(k));
+  for (const int rows : {1, 4096}) {
+    if (cblas_sgemm_pack_get_size(kBMatrix, rows, int(n), int(k)) != bytes) return 0;
+  }
+  return bytes;
 }
 
 void pack_sgemm_weight(const float* weight, int64_t n, int64_t k, void* dest) {

@@ -40,6 +40,8 @@ class SgemmBatch {
 // products of 1 to 3,000 rows matched plain ones when measured; the tests check the engine's
 // use, 1 to 256 rows).
 bool packed_sgemm_available();
+// The packed weight's size, or 0 where MKL sizes it differently for different row counts (a
+// packed form that would depend on them: the weight is then left plain).
 size_t packed_sgemm_bytes(int64_t n, int64_t k);
 // dest: packed_sgemm_bytes(n, k) bytes that must not move afterwards (MKL's rule).
 void pack_sgemm_weight(const float* weight, int64_t n, int64_t k, void* dest);
