@@ -37,13 +37,18 @@ def rand(*shape, target, scale=1.0, shift=0.0):
     return (torch.randn(*shape, dtype=torch.float64) * scale + shift).to(device, dtype)
 
 
+def cu_seqlens_of(lengths, device="cpu"):
+    """The prefix sums of `lengths`, int32 (cu_seqlens[b]: sequence b's first packed row)."""
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(lengths, 0)
+    return cu.to(device)
+
+
 def random_cu_seqlens(batch, max_len, seed, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(1, max_len + 1, (batch,), generator=g)
     lengths[0] = max_len
-    cu = torch.zeros(batch + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(lengths, 0)
-    return cu.to(device), lengths
+    return cu_seqlens_of(lengths, device), lengths
 
 
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (7, 13, 96), (64, 384, 128), (3, 10000, 32)])
@@ -141,8 +146,7 @@ def test_attention_varlen_groups_sequences_of_one_length(target):
     g = torch.Generator().manual_seed(7)
     lengths = torch.tensor([3, 5, 9, 9, 9, 1])[torch.randint(0, 6, (batch,), generator=g)]
     lengths[4:7] = 9  # a run of neighbours too
-    cu = torch.zeros(batch + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(lengths, 0)
+    cu = cu_seqlens_of(lengths)
     qkv = rand(int(cu[-1]), 3 * 2 * 16, target=target)
     out = ops.attention_varlen(qkv, cu.to(target[0]), 9, 2)
     assert rel_l2(out, reference_attention(qkv, lengths, 2)) <= BOUNDS[target[1]]
@@ -157,8 +161,7 @@ def test_attention_varlen_of_many_short_sequences(target, own_kernel):
     g = torch.Generator().manual_seed(11)
     lengths = torch.randint(1, 121, (301,), generator=g)
     lengths[:3] = torch.tensor([96, 97, 1])
-    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(lengths, 0)
+    cu = cu_seqlens_of(lengths)
     qkv = rand(int(cu[-1]), 3 * 3 * 24, target=target, scale=4.0)
     out = ops.attention_varlen(qkv, cu.to(target[0]), 120, 3, own_kernel=own_kernel)
     assert rel_l2(out, reference_attention(qkv, lengths, 3)) <= BOUNDS[target[1]]
@@ -168,8 +171,7 @@ def test_attention_varlen_beyond_the_batched_limit(target):
     """Sequences longer than 512 tokens (a model with a longer position table) go to flash
     attention beside shorter ones in the batched-GEMM attention, in one call."""
     lengths = torch.tensor([600, 3, 513, 512, 40])
-    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(lengths, 0)
+    cu = cu_seqlens_of(lengths)
     qkv = rand(int(cu[-1]), 3 * 2 * 16, target=target)
     out = ops.attention_varlen(qkv, cu.to(target[0]), 600, 2, own_kernel=True)
     assert rel_l2(out, reference_attention(qkv, lengths, 2)) <= BOUNDS[target[1]]
@@ -180,8 +182,7 @@ def test_attention_varlen_passes_nan_on(target, own_kernel):
     """A NaN in one sequence's keys makes that sequence's context NaN (for the forward's
     finiteness check to report), not a finite guess, and leaves the others alone."""
     lengths = torch.tensor([5, 7, 6] * 6)
-    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(lengths, 0)
+    cu = cu_seqlens_of(lengths)
     qkv = rand(int(cu[-1]), 3 * 2 * 8, target=target)
     qkv[int(cu[1]) + 3, 16 + 2] = float("nan")  # sequence 1, a key of head 0
     out = ops.attention_varlen(qkv, cu.to(target[0]), 7, 2, own_kernel=own_kernel).cpu()
