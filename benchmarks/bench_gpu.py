@@ -1,4 +1,4 @@
-"""GPU benchmark: pybert.Engine against its peers (see pybert/bench_gpu.py; also `pybert bench
+"""GPU benchmark: pybert.Engine against its peers (see pybert/bench/gpu.py; also `pybert bench
 --device cuda`).
 
     python benchmarks/bench_gpu.py [--peers all] [--workloads all] [--repeats 30] [--json F]
@@ -6,7 +6,7 @@
 
 import sys
 
-from pybert.bench_gpu import main
+from pybert.bench.gpu import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,7 +21,6 @@ forward    torch.profiler over one engine forward on 64 x 128: GPU time per kern
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
@@ -33,7 +32,7 @@ WORKLOADS = {"1x128": (1, 128, False), "64x128": (64, 128, False), "32x512": (32
 
 
 def time_ms(fn, inner: int = 20, repeats: int = 15) -> float:
-    from pybert.bench_gpu import cuda_time_ms
+    from pybert.bench.gpu import cuda_time_ms
 
     return cuda_time_ms(fn, repeats, warmup=3, inner=inner)
 
@@ -145,7 +144,7 @@ def bench_layernorm(dtype, results):
 
 def bench_gemm(dtype, results):
     print(f"\n== layer GEMMs ({dtype}) with bias: pybert vs F.linear")
-    from pybert.ops import ACTIVATIONS
+    from pybert.engine.ops import ACTIVATIONS
 
     row = {}
     for tokens in (128, 8192):
@@ -232,7 +231,8 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("bench_kernels: no CUDA GPU", file=sys.stderr)
         return 2
-    import pybert.ops  # noqa: F401  (registers torch.ops.pybert)
+    import pybert.engine.ops  # noqa: F401  (registers torch.ops.pybert)
+    from pybert.bench.gpu import write_json
 
     dtype = getattr(torch, args.dtype)
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
@@ -244,8 +244,7 @@ def main(argv=None) -> int:
         for section in args.sections.split(","):
             sections[section](dtype, results)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        write_json(args.json, results)
     return 0
 
 

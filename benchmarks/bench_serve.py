@@ -38,7 +38,7 @@ def sentences(count: int) -> list[str]:
         lines = [line.strip() for line in wiki.read_text(encoding="utf-8").splitlines()]
         lines = [line for line in lines if 20 < len(line) < 400 and not line.startswith("=")]
     else:
-        from pybert.data import builtin_corpus
+        from pybert.train.data import builtin_corpus
 
         lines = [" ".join(s) for p in builtin_corpus() for s in p if 4 <= len(s) <= 60]
     return (lines * (count // max(len(lines), 1) + 1))[:count]
@@ -47,7 +47,7 @@ def sentences(count: int) -> list[str]:
 def small_model(folder: Path) -> Path:
     """A random BERT of MiniLM's width (384, 6 layers) with the built-in corpus's vocabulary."""
     from pybert.config import BertConfig
-    from pybert.data import build_vocab, builtin_corpus
+    from pybert.train.data import build_vocab, builtin_corpus
 
     vocab = build_vocab(builtin_corpus(), min_freq=2)
     config = BertConfig(len(vocab), 384, 1536, 12, 6, max_len=128)

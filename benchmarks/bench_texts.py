@@ -29,7 +29,7 @@ def load_texts(path: str | None, count: int) -> list[str]:
         lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
         texts = [s.strip() for ln in lines for s in ln.split(" . ") if len(s.split()) >= 3]
     else:
-        from pybert.data import builtin_corpus
+        from pybert.train.data import builtin_corpus
 
         texts = [" ".join(s) for p in builtin_corpus() for s in p if len(s) >= 3]
     if not texts:

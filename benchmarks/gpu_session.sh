@@ -48,7 +48,7 @@ for stage in "${stages[@]}"; do
     memcheck)
       # shellcheck disable=SC2086
       timeout "$limit" compute-sanitizer --tool memcheck --error-exitcode 1 "$python" -m pytest -q -x \
-        -p no:cacheprovider -m cuda ${MEMCHECK_TESTS:-tests/test_kernels.py tests/test_engine.py} \
+        -p no:cacheprovider -m cuda ${MEMCHECK_TESTS:-tests/kernels tests/engine} \
         -k "${MEMCHECK_FILTER:-not 256 and not 300}" > "$out/memcheck.log" 2>&1
       echo "memcheck exit $?"; tail -8 "$out/memcheck.log" ;;
     kernels)

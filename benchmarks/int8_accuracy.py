@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pybert.bench import int8_accuracy, wikitext_sentences
+from pybert.bench.cpu import int8_accuracy, wikitext_sentences
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)

@@ -1,6 +1,11 @@
-"""pybert: fast BERT inference for PyTorch users, checkpoint-compatible with d2l's BERT."""
+"""pybert: fast BERT inference for PyTorch users, checkpoint-compatible with d2l's BERT.
 
-import functools
+The package's layers, bottom up (each imports only those below it): ``config`` and ``model``
+(the eager reference); ``engine`` (pybert._C behind the Engine); ``tokenization``;
+``checkpoint`` (formats read into plain data); ``loader`` (that data made into an engine and a
+tokenizer); ``text`` (TextModel); ``api`` (load, encode); then ``job``, ``ray``, ``serve``,
+``train``, ``bench`` and ``cli`` around them. docs/architecture.md draws it.
+"""
 
 import torch  # noqa: F401  (loads libtorch before the extension)
 
@@ -10,75 +15,14 @@ except ImportError as err:  # a source checkout on sys.path, not the installed p
     raise ImportError(
         f"pybert's compiled extension is missing next to {__file__}: build and install it "
         "with `pip install .` and import pybert from outside the source tree") from err
-from . import ops  # noqa: E402,F401  (fake kernels for torch.compile)
-from .checkpoint import load, load_model, save
-from .config import BertConfig
-from .engine import Engine
-from .model import BERTModel, get_tokens_and_segments
-from .text import TextModel, text_model_of
-from .vocab import Vocab
+from .api import encode, load  # noqa: E402
+from .checkpoint import load_model, save  # noqa: E402
+from .config import BertConfig  # noqa: E402
+from .engine import Engine  # noqa: E402
+from .model import BERTModel, get_tokens_and_segments  # noqa: E402
+from .text import TextModel, text_model_of  # noqa: E402,F401
+from .tokenization import Vocab  # noqa: E402
 
 __all__ = ["BERTModel", "BertConfig", "Engine", "TextModel", "Vocab", "encode",
            "get_tokens_and_segments", "load", "load_model", "save"]
 __version__ = "0.1.0"
-
-
-def encode(model, inputs, segments=None, valid_lens=None, *, device="cpu",
-           dtype=torch.float32, pooling=None, return_type="numpy", batch_tokens=16384,
-           truncation="warn"):
-    """Encode token ids or texts.
-
-    ``model`` is a :class:`TextModel`, an :class:`Engine` or the path of a checkpoint
-    directory (loaded with ``device`` and ``dtype``, once: later calls reuse it). ``inputs``
-    is either
-
-    - token ids (B, S) with optional ``segments`` and ``valid_lens``: returns the encodings
-      (B, S, H) as a tensor, zeros at padded positions; or
-    - a text, or a list of texts and (text_a, text_b) pairs: tokenised with the checkpoint's
-      vocabulary, sorted into length buckets of at most ``batch_tokens`` padded tokens, and
-      returned in the caller's order, pooled by ``pooling`` ("cls": the <cls> vector, "mean":
-      the mean over real tokens, (N, H); "tokens": a list of (len_i, H) per-token encodings;
-      default: the model's own, "cls" unless a sentence-transformers model says otherwise,
-      which also L2-normalises when it has a Normalize module) as ``return_type`` ("numpy"
-      or "torch"). Texts longer than max_len are cut with a warning, or raise with
-      ``truncation="error"``. An empty list gives an empty (0, H) result.
-    """
-    if isinstance(model, (Engine, TextModel)):
-        engine = model.engine if isinstance(model, TextModel) else model
-    else:
-        engine = _cached_load(model, device, dtype)
-    if getattr(getattr(inputs, "dtype", None), "kind", None) in ("U", "S"):
-        inputs = inputs.tolist()  # a numpy array of strings
-    if _is_text(inputs) or (isinstance(inputs, (list, tuple)) and len(inputs) == 0):
-        if segments is not None or valid_lens is not None:
-            raise ValueError("segments and valid_lens go with token ids, not with texts")
-        text_model = model if isinstance(model, TextModel) else text_model_of(engine)
-        return text_model.encode(inputs, pooling=pooling, return_type=return_type,
-                                 batch_tokens=batch_tokens, truncation=truncation)
-    return engine.encode(inputs, segments, valid_lens)
-
-
-def _cached_load(path, device, dtype) -> Engine:
-    """pybert.encode(path, ...) in a loop loads the checkpoint once: engines are cached by
-    path, device and dtype, and reloaded when the checkpoint's files change."""
-    from pathlib import Path
-
-    root = Path(path).resolve()
-    stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size)
-                  for p in sorted(root.glob("*")) if p.is_file()) if root.is_dir() else ()
-    return _load_cached(str(root), stamp, str(device), dtype)
-
-
-@functools.lru_cache(maxsize=4)
-def _load_cached(root: str, stamp: tuple, device: str, dtype) -> Engine:
-    return load(root, device=device, dtype=dtype)
-
-
-def _is_text(inputs) -> bool:
-    if isinstance(inputs, str):
-        return True
-    if isinstance(inputs, (list, tuple)) and inputs:
-        first = inputs[0]
-        return isinstance(first, str) or (isinstance(first, (tuple, list)) and len(first) > 0
-                                          and isinstance(first[0], str))
-    return False

@@ -13,6 +13,8 @@ import dataclasses
 import json
 import sys
 
+from .engine.devices import DTYPE_NAMES
+
 __all__ = ["main"]
 
 
@@ -71,11 +73,10 @@ def _pretrain(args) -> int:
         return 2
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    corpus = result.pop("corpus")
-    result.pop("model")
-    print(json.dumps(result, indent=1))
-    model = TextModel.load(result["checkpoint"], device="cpu", dtype=torch.float32)
-    samples = masked_word_samples(model, corpus.test)
+    print(json.dumps({"step": result.step, **result.metrics,
+                      "checkpoint": str(result.checkpoint)}, indent=1))
+    model = TextModel.load(result.checkpoint, device="cpu", dtype=torch.float32)
+    samples = masked_word_samples(model, result.corpus.test)
     lines = []
     for s in samples:
         guesses = ", ".join(f"{w} ({p:.2f})" for w, p in s["top_k"])
@@ -87,12 +88,31 @@ def _pretrain(args) -> int:
     return 0
 
 
-def _encode(args) -> int:
-    import torch
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments that choose a model and how the engine runs it (encode, serve)."""
+    parser.add_argument("--model", required=True,
+                        help="a pybert, Hugging Face BERT or sentence-transformers checkpoint "
+                             "directory")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES,
+                        help="default: float16 on a GPU, float32 on the CPU")
+    parser.add_argument("--quantize", choices=("int8",),
+                        help="CPU: int8 weights, activations quantised per call")
 
+
+def _load_text_model(args):
+    """The TextModel that --model, --device, --dtype and --quantize describe."""
+    from .engine import default_dtype, resolve_device
+    from .text import TextModel
+
+    device = resolve_device(args.device)
+    return TextModel.load(args.model, device=device, dtype=default_dtype(device, args.dtype),
+                          quantize=args.quantize)
+
+
+def _encode(args) -> int:
     from ._signals import sigterm_as_interrupt
     from .job import run_encode_job
-    from .text import TextModel
 
     if args.ray is not None:
         return _encode_on_ray(args)
@@ -100,11 +120,8 @@ def _encode(args) -> int:
         print("pybert encode: one --input file (several, or folders, need --ray)",
               file=sys.stderr)
         return 2
-    device = _resolve_device(args.device)
-    dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
     try:
-        model = TextModel.load(args.model, device=device, dtype=getattr(torch, dtype),
-                               quantize=args.quantize)
+        model = _load_text_model(args)
         with sigterm_as_interrupt():
             result = run_encode_job(model, args.input[0], args.output, str(args.model),
                                     pooling=args.pooling, batch_tokens=args.batch_tokens,
@@ -155,23 +172,8 @@ def _encode_on_ray(args) -> int:
     return 0
 
 
-def _resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    from . import _C
-
-    return "cuda" if _C.cuda_available and torch.cuda.is_available() else "cpu"
-
-
 def _serve(args) -> int:
     import os
-
-    import torch
-
-    from .serve import ServeConfig, serve
-    from .text import TextModel
 
     try:
         from starlette import __version__  # noqa: F401
@@ -181,8 +183,8 @@ def _serve(args) -> int:
         print("pybert serve needs its extra: pip install \"pybert[serve]\" (starlette, "
               "uvicorn, prometheus-client)", file=sys.stderr)
         return 2
-    device = _resolve_device(args.device)
-    dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
+    from .serve import ServeConfig, serve
+
     try:
         config = ServeConfig(batch_tokens=args.batch_tokens, max_wait_ms=args.max_wait_ms,
                              max_queue=args.max_queue, max_inputs=args.max_inputs,
@@ -190,8 +192,7 @@ def _serve(args) -> int:
                              api_key=args.api_key or os.environ.get("PYBERT_API_KEY") or None,
                              model_id=args.model_id or os.path.basename(
                                  os.path.normpath(args.model)))
-        model = TextModel.load(args.model, device=device, dtype=getattr(torch, dtype),
-                               quantize=args.quantize)
+        model = _load_text_model(args)
     except (FileNotFoundError, ValueError, TypeError) as err:
         print(f"pybert serve: {err}", file=sys.stderr)
         return 2
@@ -200,19 +201,16 @@ def _serve(args) -> int:
 
 
 def _bench(args, rest) -> int:
-    import torch
+    from .engine import resolve_device
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        from .bench_gpu import main as gpu_main
+    if resolve_device(args.device).type == "cuda":
+        from .bench.gpu import main as gpu_main
 
         return gpu_main(rest)
     if rest:
         print(f"pybert bench: unknown arguments for the CPU benchmark: {rest}", file=sys.stderr)
         return 2
-    from .bench import CPU_WORKLOADS, CpuWorkload, run_cpu_benchmark
+    from .bench.cpu import CPU_WORKLOADS, CpuWorkload, run_cpu_benchmark
 
     workloads = CPU_WORKLOADS
     if args.batch is not None or args.seq_len is not None:
@@ -223,87 +221,78 @@ def _bench(args, rest) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="pybert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    pretrain_parser = commands.add_parser("pretrain", help="pretrain a BERT (MLM + NSP)")
-    _add_train_arguments(pretrain_parser)
-    pretrain_parser.set_defaults(run=_pretrain)
-    encode_parser = commands.add_parser(
+def _add_pretrain_command(commands) -> None:
+    parser = commands.add_parser("pretrain", help="pretrain a BERT (MLM + NSP)")
+    _add_train_arguments(parser)
+    parser.set_defaults(run=_pretrain)
+
+
+def _add_encode_command(commands) -> None:
+    parser = commands.add_parser(
         "encode", help="embed every text of a file (a batch job that resumes)",
         description="Embed each row of --input (.txt: a text per line, a tab between the two "
                     "texts of a pair; .jsonl: a string, a [a, b] pair or {\"text\": ...}) into "
                     "--output (.npy, .safetensors or .parquet), in input order. An interrupted "
                     "job continues where it stopped when run again with the same arguments.")
-    encode_parser.add_argument("--model", required=True,
-                               help="a pybert, Hugging Face BERT or sentence-transformers "
-                                    "checkpoint directory")
-    encode_parser.add_argument("--input", required=True, nargs="+",
-                               help="a .txt or .jsonl file; with --ray, any number of .txt, "
-                                    ".jsonl and .parquet files or folders of them")
-    encode_parser.add_argument("--output", required=True,
-                               help=".npy, .safetensors or .parquet file; with --ray, a folder "
-                                    "of Parquet shards")
-    encode_parser.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                               help="run on a Ray cluster: 'auto', an address, or nothing for "
-                                    "a local one started for the run")
-    encode_parser.add_argument("--rows-per-shard", type=int, default=10_000,
-                               help="with --ray: rows per output shard")
-    encode_parser.add_argument("--actors", type=int,
-                               help="with --ray: engine actors (default: one per GPU, else "
-                                    "one per CPU)")
-    encode_parser.add_argument("--pooling", choices=("cls", "mean"),
-                               help="default: the model's own (cls unless a "
-                                    "sentence-transformers model says otherwise)")
-    encode_parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    encode_parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
-                               help="default: float16 on a GPU, float32 on the CPU")
-    encode_parser.add_argument("--quantize", choices=("int8",),
-                               help="CPU: int8 weights, activations quantised per call")
-    encode_parser.add_argument("--batch-tokens", type=int, default=16384,
-                               help="padded tokens per batch")
-    encode_parser.add_argument("--chunk-size", type=int, default=4096,
-                               help="rows read, sorted and committed together")
-    encode_parser.add_argument("--truncation", choices=("warn", "error"), default="warn")
-    encode_parser.add_argument("--overwrite", action="store_true",
-                               help="replace a finished output or a partial one")
-    encode_parser.add_argument("--progress", action=argparse.BooleanOptionalAction,
-                               default=True)
-    encode_parser.set_defaults(run=_encode)
-    serve_parser = commands.add_parser(
+    _add_model_arguments(parser)
+    parser.add_argument("--input", required=True, nargs="+",
+                        help="a .txt or .jsonl file; with --ray, any number of .txt, .jsonl "
+                             "and .parquet files or folders of them")
+    parser.add_argument("--output", required=True,
+                        help=".npy, .safetensors or .parquet file; with --ray, a folder of "
+                             "Parquet shards")
+    parser.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                        help="run on a Ray cluster: 'auto', an address, or nothing for a "
+                             "local one started for the run")
+    parser.add_argument("--rows-per-shard", type=int, default=10_000,
+                        help="with --ray: rows per output shard")
+    parser.add_argument("--actors", type=int,
+                        help="with --ray: engine actors (default: one per GPU, else one per "
+                             "CPU)")
+    parser.add_argument("--pooling", choices=("cls", "mean"),
+                        help="default: the model's own (cls unless a sentence-transformers "
+                             "model says otherwise)")
+    parser.add_argument("--batch-tokens", type=int, default=16384,
+                        help="padded tokens per batch")
+    parser.add_argument("--chunk-size", type=int, default=4096,
+                        help="rows read, sorted and committed together")
+    parser.add_argument("--truncation", choices=("warn", "error"), default="warn")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a finished output or a partial one")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    parser.set_defaults(run=_encode)
+
+
+def _add_serve_command(commands) -> None:
+    parser = commands.add_parser(
         "serve", help="serve embeddings over HTTP with dynamic batching",
         description="Serve a model over HTTP: POST /embed (text-embeddings-inference), POST "
                     "/v1/embeddings (OpenAI), POST /fill-mask, POST /next-sentence, GET "
                     "/health, /info, /metrics. Concurrent requests are packed into shared "
                     "engine calls. SIGTERM finishes the requests in flight, then exits.")
-    serve_parser.add_argument("--model", required=True,
-                              help="a pybert, Hugging Face BERT or sentence-transformers "
-                                   "checkpoint directory")
-    serve_parser.add_argument("--host", default="127.0.0.1",
-                              help="address to listen on (default: loopback only)")
-    serve_parser.add_argument("--port", type=int, default=8080)
-    serve_parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    serve_parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
-                              help="default: float16 on a GPU, float32 on the CPU")
-    serve_parser.add_argument("--quantize", choices=("int8",),
-                              help="CPU: int8 weights, activations quantised per call")
-    serve_parser.add_argument("--api-key", help="require this bearer token on every route but "
-                                                "/health (default: $PYBERT_API_KEY, or none)")
-    serve_parser.add_argument("--model-id", help="the name /info and /v1/embeddings report")
-    serve_parser.add_argument("--batch-tokens", type=int, default=16384,
-                              help="tokens per packed engine call")
-    serve_parser.add_argument("--max-wait-ms", type=float, default=2.0,
-                              help="how long a batch waits for more requests")
-    serve_parser.add_argument("--max-queue", type=int, default=4096,
-                              help="sequences queued at most (beyond: 503 + Retry-After)")
-    serve_parser.add_argument("--max-inputs", type=int, default=256, help="texts per request")
-    serve_parser.add_argument("--max-text-bytes", type=int, default=65536,
-                              help="UTF-8 bytes per text")
-    serve_parser.add_argument("--log-level", default="info",
-                              choices=("critical", "error", "warning", "info", "debug"))
-    serve_parser.set_defaults(run=_serve)
-    bench_parser = commands.add_parser(
+    _add_model_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--api-key", help="require this bearer token on every route but "
+                                          "/health (default: $PYBERT_API_KEY, or none)")
+    parser.add_argument("--model-id", help="the name /info and /v1/embeddings report")
+    parser.add_argument("--batch-tokens", type=int, default=16384,
+                        help="tokens per packed engine call")
+    parser.add_argument("--max-wait-ms", type=float, default=2.0,
+                        help="how long a batch waits for more requests")
+    parser.add_argument("--max-queue", type=int, default=4096,
+                        help="sequences queued at most (beyond: 503 + Retry-After)")
+    parser.add_argument("--max-inputs", type=int, default=256, help="texts per request")
+    parser.add_argument("--max-text-bytes", type=int, default=65536,
+                        help="UTF-8 bytes per text")
+    parser.add_argument("--log-level", default="info",
+                        choices=("critical", "error", "warning", "info", "debug"))
+    parser.set_defaults(run=_serve)
+
+
+def _add_bench_command(commands) -> None:
+    parser = commands.add_parser(
         "bench", help="time the engine against its peers on the same inputs",
         description="On a GPU (--device cuda, the default where one is present): the BERT-base "
                     "fp16 benchmark against Hugging Face, torch.compile and TransformerEncoder; "
@@ -312,15 +301,23 @@ def main(argv=None) -> int:
                     "eager models, torch.compile and ONNX Runtime (where installed), on the "
                     "book config at 512 x 64 and BERT-base at 8 x 128 and 1 x 128, or on "
                     "BERT-base at --batch x --seq-len.")
-    bench_parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    bench_parser.add_argument("--batch", type=int, default=None)
-    bench_parser.add_argument("--seq-len", type=int, default=None)
-    bench_parser.add_argument("--repeats", type=int, default=10)
-    bench_parser.add_argument("--no-compile", action="store_true",
-                              help="skip the torch.compile peer")
-    bench_parser.set_defaults(run=_bench)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--seq-len", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
+    parser.set_defaults(run=_bench)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="pybert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add_command in (_add_pretrain_command, _add_encode_command, _add_serve_command,
+                        _add_bench_command):
+        add_command(commands)
     args, rest = parser.parse_known_args(argv)
-    if args.command == "bench":
+    if args.command == "bench":  # the GPU benchmark's own options pass through
         return args.run(args, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from . import _C
+
 __all__ = ["BertConfig", "config_from_model", "state_dict_problems", "expected_state_shapes"]
 
 ACTIVATIONS = ("relu", "gelu")
@@ -39,6 +41,8 @@ class BertConfig:
     num_heads: int
     num_layers: int
     max_len: int = 1000
+    type_vocab_size: int = 2      # segment ids in [0, type_vocab_size)
+    position_offset: int = 0      # the position row of a sequence's first token
     dropout: float = 0.0          # training only; inference ignores it
     layer_norm_eps: float = 1e-5
     ffn_activation: str = "relu"
@@ -48,8 +52,12 @@ class BertConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "num_hiddens", "ffn_num_hiddens", "num_heads", "num_layers",
-                     "max_len"):
+                     "max_len", "type_vocab_size"):
             check_positive_int(getattr(self, name), f"BertConfig.{name}")
+        if isinstance(self.position_offset, bool) or not isinstance(self.position_offset, int) \
+                or self.position_offset < 0:
+            raise ValueError(f"BertConfig.position_offset must be an integer >= 0, got "
+                             f"{self.position_offset!r}")
         if self.num_hiddens % self.num_heads:
             raise ValueError(f"BertConfig.num_hiddens ({self.num_hiddens}) must be a multiple of "
                              f"num_heads ({self.num_heads})")
@@ -69,18 +77,16 @@ class BertConfig:
                              f"{self.embedding_layer_norm!r}")
 
     def native(self) -> dict:
-        """The config as pybert._C takes it (Engine, weight_shapes)."""
-        return {"vocab_size": self.vocab_size, "num_hiddens": self.num_hiddens,
-                "num_heads": self.num_heads, "ffn_num_hiddens": self.ffn_num_hiddens,
-                "num_layers": self.num_layers, "max_len": self.max_len,
-                "layer_norm_eps": float(self.layer_norm_eps),
-                "ffn_activation": self.ffn_activation, "mlm_activation": self.mlm_activation}
+        """The config as pybert._C takes it (Engine, weight_shapes): the fields the C++ side
+        lists (``_C.CONFIG_FIELDS``, from ``PYBERT_CONFIG_FIELDS`` in csrc/bert/model.h)."""
+        return {name: getattr(self, name) for name in _C.CONFIG_FIELDS}
 
     @property
     def is_d2l(self) -> bool:
-        """Whether d2l's BERT has this form: ReLU activations and no embedding LayerNorm."""
-        return (self.ffn_activation, self.mlm_activation, self.embedding_layer_norm) == \
-            ("relu", "relu", False)
+        """Whether d2l's BERT has this form: ReLU activations, no embedding LayerNorm, two
+        segments, positions from 0."""
+        return (self.ffn_activation, self.mlm_activation, self.embedding_layer_norm,
+                self.type_vocab_size, self.position_offset) == ("relu", "relu", False, 2, 0)
 
     @property
     def head_dim(self) -> int:
@@ -108,9 +114,9 @@ class BertConfig:
         from .model import BERTModel
 
         if not self.is_d2l:
-            raise ValueError("the d2l eager model has ReLU activations and no embedding "
-                             "LayerNorm; this config (a Hugging Face BERT?) cannot be built "
-                             "as one")
+            raise ValueError("the d2l eager model has ReLU activations, no embedding "
+                             "LayerNorm, two segments and positions from 0; this config (a "
+                             "Hugging Face BERT?) cannot be built as one")
         h = self.num_hiddens
         net = BERTModel(self.vocab_size, h, [h], h, self.ffn_num_hiddens, self.num_heads,
                         self.num_layers, self.dropout, max_len=self.max_len, key_size=h,

@@ -26,23 +26,21 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import check_positive_int
+from .engine import default_dtype, resolve_device
+from .job import TEXT_INPUT_SUFFIXES, count_rows, parse_rows
+from .text import TextModel
+
 __all__ = ["Embedder", "ShardWriter", "Shard", "plan_shards", "run_ray_job", "INPUT_SUFFIXES"]
 
-INPUT_SUFFIXES = (".txt", ".jsonl", ".parquet")
+INPUT_SUFFIXES = TEXT_INPUT_SUFFIXES + (".parquet",)  # what pybert encode reads, and Parquet
 MANIFEST = "_pybert_job.json"
 
 
 def _load(model, device, dtype, quantize=None):
-    import torch
-
-    from .text import TextModel
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype is None:
-        dtype = "float16" if str(device).startswith("cuda") else "float32"
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    return TextModel.load(model, device=device, dtype=dtype, quantize=quantize)
+    device = resolve_device(device)
+    return TextModel.load(model, device=device, dtype=default_dtype(device, dtype),
+                          quantize=quantize)
 
 
 def _vector_column(vectors: np.ndarray, ok: list[bool], dim: int):
@@ -175,7 +173,6 @@ def _count(path: Path) -> int:
         import pyarrow.parquet as pq
 
         return pq.ParquetFile(path).metadata.num_rows
-    from .job import count_rows
 
     return count_rows(path)
 
@@ -242,7 +239,6 @@ class ShardWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from .job import parse_rows
 
         reader = _parquet_rows if shard.path.endswith(".parquet") else parse_rows
         records = list(reader(shard.path, shard.start, shard.stop))
@@ -281,6 +277,63 @@ def _job_identity(model: str, files: list[Path], options: dict) -> dict:
     return {"model": model, "inputs": inputs, "inputs_digest": digest, **options}
 
 
+def _prepare_output(output_dir: Path, identity: dict, overwrite: bool) -> None:
+    """Make ``output_dir`` this job's: its manifest must match (or ``overwrite`` clears the old
+    shards), and a crashed writer's partial shards go."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output {output_dir} must be a folder for a Ray job")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    manifest = output_dir / MANIFEST
+    if manifest.exists() and not overwrite:
+        if json.loads(manifest.read_text()) != identity:
+            raise ValueError(f"{output_dir} holds the shards of a different job (other inputs, "
+                             "model or options); pass --overwrite to start again")
+    elif overwrite:
+        for old in output_dir.glob("*.parquet"):
+            old.unlink()
+    tmp = manifest.with_name(manifest.name + ".tmp")
+    tmp.write_text(json.dumps(identity, indent=1))
+    os.replace(tmp, manifest)
+    for stale in output_dir.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def _actors(resources: dict, pending: int, actors: int | None,
+            gpus_per_actor: float | None) -> tuple[int, dict]:
+    """(how many actors, the resources of each): one per GPU where the cluster has GPUs, else
+    ``actors`` CPU actors (default: one per CPU); never more than the shards to write."""
+    gpus = int(resources.get("GPU", 0)) if gpus_per_actor is None else gpus_per_actor
+    per_actor = {"num_gpus": 1} if gpus and gpus_per_actor is None else (
+        {"num_gpus": gpus_per_actor} if gpus_per_actor else {"num_cpus": 1})
+    count = actors or (int(resources.get("GPU", 0)) if "num_gpus" in per_actor
+                       else max(1, int(resources.get("CPU", 1))))
+    return max(1, min(count, pending)), per_actor
+
+
+def _write_shards(pending: list[Shard], address: str | None, writer, actors: int | None,
+                  gpus_per_actor: float | None, writer_options: dict) -> int:
+    """Write ``pending`` shards on the cluster (started here for the run if Ray is not up);
+    the bad rows counted."""
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 ignore_reinit_error=True)
+    try:
+        count, per_actor = _actors(ray.cluster_resources(), len(pending), actors,
+                                   gpus_per_actor)
+        dataset = ray.data.from_items([asdict(s) for s in pending],
+                                      override_num_blocks=len(pending))
+        results = dataset.map_batches(writer, batch_size=1, concurrency=count, **per_actor,
+                                      fn_constructor_kwargs=writer_options,
+                                      max_restarts=-1, max_task_retries=-1)
+        return sum(int(row["bad_rows"]) for row in results.iter_rows())
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
 def run_ray_job(model: str, inputs, output_dir, address: str | None = None,
                 pooling: str | None = None, truncation: str = "warn", batch_tokens: int = 16384,
                 rows_per_shard: int = 10_000, actors: int | None = None,
@@ -295,36 +348,15 @@ def run_ray_job(model: str, inputs, output_dir, address: str | None = None,
     actors (default: the cluster's CPUs). Finished shards are skipped, so rerunning the same
     command after a crash finishes the job; ``overwrite`` starts again. ``writer`` is the actor
     class (ShardWriter; tests pass one that dies on purpose)."""
-    import ray
-
-    from .config import check_positive_int
-
     check_positive_int(rows_per_shard, "rows_per_shard")
     check_positive_int(batch_tokens, "batch_tokens")
     files = _input_files(inputs)
     output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"--output {output_dir} must be a folder for a Ray job")
-    output_dir.mkdir(parents=True, exist_ok=True)
     options = {"pooling": pooling, "truncation": truncation, "rows_per_shard": rows_per_shard,
                "dtype": str(dtype)}
     if quantize:  # absent otherwise, so that jobs started before the option still resume
         options["quantize"] = quantize
-    identity = _job_identity(str(model), files, options)
-    manifest = output_dir / MANIFEST
-    if manifest.exists() and not overwrite:
-        if json.loads(manifest.read_text()) != identity:
-            raise ValueError(f"{output_dir} holds the shards of a different job (other inputs, "
-                             "model or options); pass --overwrite to start again")
-    elif overwrite:
-        for old in output_dir.glob("*.parquet"):
-            old.unlink()
-    tmp = manifest.with_name(manifest.name + ".tmp")
-    tmp.write_text(json.dumps(identity, indent=1))
-    os.replace(tmp, manifest)
-    for stale in output_dir.glob(".*.tmp"):  # a crashed writer's partial shard
-        stale.unlink(missing_ok=True)
-
+    _prepare_output(output_dir, _job_identity(str(model), files, options), overwrite)
     shards = plan_shards(files, rows_per_shard)
     done = {p.name for p in output_dir.glob("*.parquet")}
     pending = [s for s in shards if s.name not in done]
@@ -333,32 +365,11 @@ def run_ray_job(model: str, inputs, output_dir, address: str | None = None,
                "shards_skipped": len(shards) - len(pending),
                "rows": sum(s.stop - s.start for s in pending), "bad_rows": 0}
     if pending:
-        started_here = not ray.is_initialized()
-        if started_here:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     ignore_reinit_error=True)
-        try:
-            resources = ray.cluster_resources()
-            gpus = int(resources.get("GPU", 0)) if gpus_per_actor is None else gpus_per_actor
-            per_actor = {"num_gpus": 1} if gpus and gpus_per_actor is None else (
-                {"num_gpus": gpus_per_actor} if gpus_per_actor else {"num_cpus": 1})
-            count = actors or (int(resources.get("GPU", 0)) if "num_gpus" in per_actor
-                               else max(1, int(resources.get("CPU", 1))))
-            count = max(1, min(count, len(pending)))
-            dataset = ray.data.from_items([asdict(s) for s in pending],
-                                          override_num_blocks=len(pending))
-            results = dataset.map_batches(
-                writer, batch_size=1, concurrency=count, **per_actor,
-                fn_constructor_kwargs=dict(model=str(model), output_dir=str(output_dir),
-                                           device=device, dtype=dtype, pooling=pooling,
-                                           truncation=truncation, batch_tokens=batch_tokens,
-                                           quantize=quantize),
-                max_restarts=-1, max_task_retries=-1)
-            for row in results.iter_rows():
-                summary["bad_rows"] += int(row["bad_rows"])
-        finally:
-            if started_here:
-                ray.shutdown()
+        summary["bad_rows"] = _write_shards(
+            pending, address, writer, actors, gpus_per_actor,
+            dict(model=str(model), output_dir=str(output_dir), device=device, dtype=dtype,
+                 pooling=pooling, truncation=truncation, batch_tokens=batch_tokens,
+                 quantize=quantize))
     seconds = time.perf_counter() - began
     summary["seconds"] = round(seconds, 3)
     summary["rows_per_s"] = round(summary["rows"] / seconds, 1) if seconds > 0 else None

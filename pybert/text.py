@@ -23,6 +23,9 @@ import numpy as np
 import torch
 
 from .config import check_positive_int
+from .engine import Engine
+from .loader import LoadedModel, load_checkpoint
+from .tokenization import Vocab, WordTokenizer, check_truncation
 
 __all__ = ["TextModel", "text_model_of", "plan_batches", "pack_batch", "pad_batch", "POOLINGS"]
 
@@ -131,21 +134,26 @@ class TextModel:
     @classmethod
     def load(cls, path, device="cpu", dtype: torch.dtype = torch.float32,
              **engine_options) -> "TextModel":
-        """The text model of a checkpoint directory (it must have a vocabulary)."""
-        from .checkpoint import open_checkpoint
-
-        engine, model = open_checkpoint(path, device, dtype, **engine_options)
-        if model is None:
+        """The text model of a checkpoint directory (it must have a vocabulary); its engine's
+        ``text_model`` is this model."""
+        loaded = load_checkpoint(path, device, dtype, **engine_options)
+        if loaded.tokenizer is None:
             raise ValueError(f"checkpoint {path} has no vocabulary (vocab.txt or "
                              "tokenizer.json), so it cannot tokenise text")
+        return cls.of_loaded(loaded)
+
+    @classmethod
+    def of_loaded(cls, loaded: LoadedModel) -> "TextModel":
+        """The text model of what pybert.loader built; it becomes ``loaded.engine.text_model``
+        (what ``pybert.encode(engine, texts)`` uses)."""
+        model = cls(loaded.engine, loaded.tokenizer, pooling=loaded.pooling,
+                    normalize=loaded.normalize, nsp_is_next_label=loaded.nsp_is_next_label)
+        loaded.engine.text_model = model
         return model
 
     @classmethod
     def for_vocab(cls, engine, vocab, text_format: str = "wikitext") -> "TextModel":
         """A d2l-style text model: the word tokenizer of ``vocab`` (a Vocab or its tokens)."""
-        from .tokenize import WordTokenizer
-        from .vocab import Vocab
-
         if not isinstance(vocab, Vocab):
             vocab = Vocab.from_tokens(vocab)
         if len(vocab) != engine.config.vocab_size:
@@ -157,16 +165,12 @@ class TextModel:
     def from_model(cls, net: torch.nn.Module, vocab, text_format: str = "wikitext",
                    device="cpu", dtype: torch.dtype = torch.float32,
                    **engine_options) -> "TextModel":
-        """A text model of an eager d2l ``BERTModel`` and its vocabulary."""
-        from .engine import Engine
-
+        """A text model of an eager d2l ``BERTModel`` and its vocabulary; its engine's
+        ``text_model`` is this model."""
         engine = Engine.from_model(net, device=device, dtype=dtype, **engine_options)
-        return cls.for_vocab(engine, vocab, text_format).attach()
-
-    def attach(self) -> "TextModel":
-        """Make this the engine's ``text_model`` (what ``pybert.encode(engine, texts)`` uses)."""
-        self.engine._text_model = self
-        return self
+        model = cls.for_vocab(engine, vocab, text_format)
+        engine.text_model = model
+        return model
 
     @property
     def vocab(self):
@@ -212,8 +216,6 @@ class TextModel:
                     truncation: str = "warn", prefetch: int = 4) -> Iterator[list]:
         """Yield the results of each chunk of ``texts``, in input order: a list of (H,) float32
         tensors (pooled) or of (len, H) tensors (pooling="tokens")."""
-        from .tokenize import check_truncation
-
         pooling = pooling or self.pooling
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -359,7 +361,7 @@ def text_model_of(model) -> TextModel:
     """``model`` as a TextModel: a TextModel, or an Engine loaded with one."""
     if isinstance(model, TextModel):
         return model
-    text_model = getattr(model, "text_model", None)
+    text_model = model.text_model if isinstance(model, Engine) else None
     if text_model is None:
         raise ValueError("this engine has no vocabulary, so it cannot tokenise text: load a "
                          "checkpoint with a vocab.txt (pybert.TextModel.load) or build a "

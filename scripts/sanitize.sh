@@ -10,7 +10,8 @@ out=build/sanitize
 rm -rf "$out/lib/pybert"
 PYBERT_CUDA=0 PYBERT_SANITIZE=1 PYBERT_WERROR=1 "$python" setup.py --quiet build_ext \
   --build-lib "$out/lib" --build-temp "$out/temp"
-cp pybert/*.py "$out/lib/pybert/"
+# The package's Python files (subpackages too) beside the sanitized extension.
+tar -C pybert --exclude='*.so' --exclude='__pycache__' -cf - . | tar -C "$out/lib/pybert" -xf -
 
 # Python itself is not instrumented: the sanitizer runtime must be loaded first (with the C++
 # runtime, or ASan cannot intercept C++ throws from libraries loaded later), and leaks at
@@ -23,5 +24,4 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export PYTHONPATH="$PWD/$out/lib${PYTHONPATH:+:$PYTHONPATH}"
 lib="$PWD/$out/lib"
 (cd /tmp && "$lib/../../../$python" -c "import pybert; assert pybert.__file__.startswith('$lib'), pybert.__file__")
-exec .venv/bin/pytest -p no:cacheprovider tests/test_kernels.py tests/test_inputs.py \
-  tests/test_engine.py tests/test_fuzz.py tests/test_hostile.py "$@"
+exec .venv/bin/pytest -p no:cacheprovider tests/kernels tests/engine tests/adversarial "$@"

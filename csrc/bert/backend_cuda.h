@@ -4,18 +4,23 @@
 #pragma once
 
 #include <memory>
+#include <unordered_map>
 
 #include "../kernels/cuda/kernels.cuh"
-#include "../kernels/cuda/library_attention.h"
+#include "../kernels/cuda/aten_adapter.h"
 #include "model.h"
 
 namespace pybert {
+
+// The engine's GEMM weights as prepared at load, found by the address of the plain matrix.
+using CudaPreparedWeights = std::unordered_map<const void*, cuda::GemmWeight>;
 
 template <typename T>
 struct CudaBackend {
   using Scalar = T;
 
   cuda::CublasLtGemm& gemm;
+  const CudaPreparedWeights& prepared;
   void* gemm_workspace;  // gemm.workspace_bytes() of device memory for this forward
   cudaStream_t stream;
   int device_index;
@@ -23,7 +28,11 @@ struct CudaBackend {
 
   void gemm_bias_act(const T* a, const T* w, const T* bias, T* out, int64_t m, int64_t n,
                      int64_t k, Activation act) {
-    gemm.run(a, w, bias, out, m, n, k, act, gemm_workspace, stream);
+    auto found = prepared.find(w);
+    const cuda::GemmWeight weight = found != prepared.end()
+        ? found->second
+        : cuda::prepare_weight(w, n, k, cuda::WeightStorage::kPlain);
+    gemm.run(a, weight, bias, out, m, n, k, act, gemm_workspace, stream);
   }
   void embed_packed(const int64_t* tokens, const int64_t* segments, const int32_t* cu_seqlens,
                     const T* token_table, const T* segment_table, const T* pos_table, T* out,

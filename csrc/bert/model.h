@@ -9,18 +9,31 @@
 
 namespace pybert {
 
+// The config's fields, written once: X(type, name, default). From this list come BertConfig's
+// members, the bindings' reading of a config dict (module.cpp) and pybert._C.CONFIG_FIELDS,
+// which pybert.BertConfig.native() follows: a new field is one line here and one field of the
+// Python dataclass.
+#define PYBERT_CONFIG_FIELDS(X)                                                            \
+  X(int64_t, vocab_size, 0)                                                                \
+  X(int64_t, num_hiddens, 0)                                                               \
+  X(int64_t, num_heads, 0)                                                                 \
+  X(int64_t, ffn_num_hiddens, 0)                                                           \
+  X(int64_t, num_layers, 0)                                                                \
+  X(int64_t, max_len, 0)                                                                   \
+  X(int64_t, type_vocab_size, 2)  /* segment embedding rows (RoBERTa: 1) */                \
+  X(int64_t, position_offset, 0)  /* position of token 0 (RoBERTa: padding_idx + 1) */     \
+  X(float, layer_norm_eps, 1e-5f)                                                          \
+  X(Activation, ffn_activation, Activation::kReLU) /* ReLU (d2l) or exact GELU (HF) */    \
+  X(Activation, mlm_activation, Activation::kReLU) /* the MLM transform's, likewise */
+
 struct BertConfig {
-  int64_t vocab_size = 0;
-  int64_t num_hiddens = 0;
-  int64_t num_heads = 0;
-  int64_t ffn_num_hiddens = 0;
-  int64_t num_layers = 0;
-  int64_t max_len = 0;
-  float layer_norm_eps = 1e-5f;
-  Activation ffn_activation = Activation::kReLU;  // ReLU (d2l) or exact GELU (Hugging Face)
-  Activation mlm_activation = Activation::kReLU;  // the MLM transform's, likewise
+#define PYBERT_CONFIG_MEMBER(type, name, default_value) type name = default_value;
+  PYBERT_CONFIG_FIELDS(PYBERT_CONFIG_MEMBER)
+#undef PYBERT_CONFIG_MEMBER
 
   int64_t head_dim() const { return num_hiddens / num_heads; }
+  // Rows of the position table: token s of a sequence reads row position_offset + s.
+  int64_t position_rows() const { return max_len + position_offset; }
 };
 
 // One batch, already validated by the caller: ids in range, 1 <= length <= seq_len <= max_len,

@@ -66,8 +66,10 @@ bool bert_forward(Backend& backend, const BertConfig& c,
   T* cls_rows = workspace + layout.cls_rows;
   T* pooled = workspace + layout.pooled;
 
+  // Token s of a sequence takes position row position_offset + s.
   backend.embed_packed(in.tokens, in.segments, in.cu_seqlens, w.token_embedding,
-                       w.segment_embedding, w.pos_embedding, x, in.batch, in.seq_len, t, h);
+                       w.segment_embedding, w.pos_embedding + c.position_offset * h, x, in.batch,
+                       in.seq_len, t, h);
   if (w.embedding_ln_weight != nullptr) {
     backend.add_layernorm(x, nullptr, w.embedding_ln_weight, w.embedding_ln_bias, x, t, h,
                           c.layer_norm_eps);

@@ -8,23 +8,12 @@ namespace pybert {
 
 template <typename T>
 PreparedWeights prepare_cpu_weights(const BertConfig& c, const BertWeights<T>& w,
-                                    cpu::WeightFormat format) {
+                                    cpu::WeightStorage storage) {
   PreparedWeights prepared;
-  auto prepare = [&](const T* weight, const T* bias, int64_t n, int64_t k) {
-    if (weight == nullptr) return;  // an absent head
-    auto ready = cpu::prepare_weight(weight, bias, n, k, format);
+  for_each_gemm_weight(c, w, [&](const T* weight, const T* bias, int64_t n, int64_t k) {
+    auto ready = cpu::prepare_weight(weight, bias, n, k, storage);
     if (ready) prepared.emplace(weight, std::move(ready));
-  };
-  const int64_t h = c.num_hiddens;
-  for (const auto& layer : w.layers) {
-    prepare(layer.qkv_weight, layer.qkv_bias, 3 * h, h);
-    prepare(layer.out_weight, layer.out_bias, h, h);
-    prepare(layer.ffn1_weight, layer.ffn1_bias, c.ffn_num_hiddens, h);
-    prepare(layer.ffn2_weight, layer.ffn2_bias, h, c.ffn_num_hiddens);
-  }
-  prepare(w.pooler_weight, w.pooler_bias, h, h);
-  prepare(w.mlm_dense_weight, w.mlm_dense_bias, h, h);
-  prepare(w.mlm_decoder_weight, w.mlm_decoder_bias, c.vocab_size, h);
+  });
   return prepared;
 }
 
@@ -57,7 +46,7 @@ bool bert_forward_cpu(const BertConfig& config, const BertWeights<T>& weights,
 
 #define PYBERT_INSTANTIATE(T)                                                              \
   template PreparedWeights prepare_cpu_weights<T>(const BertConfig&, const BertWeights<T>&, \
-                                                  cpu::WeightFormat);                      \
+                                                  cpu::WeightStorage);                      \
   template bool bert_forward_cpu<T>(const BertConfig&, const BertWeights<T>&,                \
                                     const PreparedWeights&, const BatchInputs&,              \
                                     const BatchOutputs<T>&, T*);

@@ -10,10 +10,10 @@
 namespace pybert {
 
 // The weight matrices of `weights` (layers, pooler, MLM transform and decoder) prepared for
-// the GEMM library in `format`; a matrix the library cannot prepare stays plain.
+// the GEMM library in `storage`; a matrix the library cannot prepare stays plain.
 template <typename T>
 PreparedWeights prepare_cpu_weights(const BertConfig& config, const BertWeights<T>& weights,
-                                    cpu::WeightFormat format);
+                                    cpu::WeightStorage storage);
 
 // Runs the whole forward on torch's CPU thread pool. `workspace` holds workspace_elements()
 // scalars. Returns false when inputs.stop_requested abandoned it between two layers, and

@@ -3,10 +3,16 @@
 #pragma once
 
 #include "../kernels/cuda/kernels.cuh"
+#include "backend_cuda.h"
 #include "model.h"
 #include "weights.h"
 
 namespace pybert {
+
+// The GEMM weight matrices of `weights` prepared in `storage`, once per engine.
+template <typename T>
+CudaPreparedWeights prepare_cuda_weights(const BertConfig& config, const BertWeights<T>& weights,
+                                         cuda::WeightStorage storage);
 
 // Enqueues the whole forward on `stream`; no host synchronisation, no allocation.
 // Every pointer in weights, inputs, outputs and both workspaces is device memory;
@@ -14,7 +20,8 @@ namespace pybert {
 // forward is only enqueued here, which takes far less time than running it.
 template <typename T>
 void bert_forward_cuda(const BertConfig& config, const BertWeights<T>& weights,
-                       const BatchInputs& inputs, const BatchOutputs<T>& outputs, T* workspace,
-                       cuda::CublasLtGemm& gemm, void* gemm_workspace, cudaStream_t stream);
+                       const CudaPreparedWeights& prepared, const BatchInputs& inputs,
+                       const BatchOutputs<T>& outputs, T* workspace, cuda::CublasLtGemm& gemm,
+                       void* gemm_workspace, cudaStream_t stream);
 
 }  // namespace pybert

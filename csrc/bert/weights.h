@@ -24,13 +24,13 @@ namespace pybert {
 enum class WeightPart { kEmbeddings, kEmbeddingNorm, kLayers, kNsp, kMlm };
 
 // The sizes a shape is written in; kOne marks a vector (a 1-d weight).
-enum class WeightDim { kOne, kTwo, kHidden, kThreeHidden, kFfn, kVocab, kMaxLen };
+enum class WeightDim { kOne, kTwo, kHidden, kThreeHidden, kFfn, kVocab, kTypes, kPositions };
 
 // name, part, rows, cols (cols kOne: a vector of `rows` entries)
 #define PYBERT_MODEL_WEIGHTS(X)                                    \
   X(token_embedding, kEmbeddings, kVocab, kHidden)                 \
-  X(segment_embedding, kEmbeddings, kTwo, kHidden)                 \
-  X(pos_embedding, kEmbeddings, kMaxLen, kHidden)                  \
+  X(segment_embedding, kEmbeddings, kTypes, kHidden)               \
+  X(pos_embedding, kEmbeddings, kPositions, kHidden)              \
   X(embedding_ln_weight, kEmbeddingNorm, kHidden, kOne)            \
   X(embedding_ln_bias, kEmbeddingNorm, kHidden, kOne)              \
   X(pooler_weight, kNsp, kHidden, kHidden) /* tanh(pooler(cls)) */ \
@@ -83,7 +83,8 @@ inline int64_t weight_dim_size(WeightDim dim, const BertConfig& c) {
     case WeightDim::kThreeHidden: return 3 * c.num_hiddens;
     case WeightDim::kFfn: return c.ffn_num_hiddens;
     case WeightDim::kVocab: return c.vocab_size;
-    case WeightDim::kMaxLen: return c.max_len;
+    case WeightDim::kTypes: return c.type_vocab_size;
+    case WeightDim::kPositions: return c.position_rows();
   }
   return 0;
 }
@@ -118,6 +119,26 @@ void for_each_weight(const BertConfig& c, BertWeights<T>& weights, Fn&& fn) {
     PYBERT_LAYER_WEIGHTS(PYBERT_VISIT)
   }
 #undef PYBERT_VISIT
+}
+
+// Calls fn(weight, bias, n, k) for every matrix a GEMM of the forward reads, (n, k) in
+// nn.Linear layout with its bias; an absent head's are skipped. What a backend prepares for
+// its GEMM library when an engine is built.
+template <typename T, typename Fn>
+void for_each_gemm_weight(const BertConfig& c, const BertWeights<T>& w, Fn&& fn) {
+  auto visit = [&fn](const T* weight, const T* bias, int64_t n, int64_t k) {
+    if (weight != nullptr) fn(weight, bias, n, k);
+  };
+  const int64_t h = c.num_hiddens;
+  for (const auto& layer : w.layers) {
+    visit(layer.qkv_weight, layer.qkv_bias, 3 * h, h);
+    visit(layer.out_weight, layer.out_bias, h, h);
+    visit(layer.ffn1_weight, layer.ffn1_bias, c.ffn_num_hiddens, h);
+    visit(layer.ffn2_weight, layer.ffn2_bias, h, c.ffn_num_hiddens);
+  }
+  visit(w.pooler_weight, w.pooler_bias, h, h);
+  visit(w.mlm_dense_weight, w.mlm_dense_bias, h, h);
+  visit(w.mlm_decoder_weight, w.mlm_decoder_bias, c.vocab_size, h);
 }
 
 inline const char* weight_part_name(WeightPart part) {

@@ -12,7 +12,7 @@
 namespace pybert {
 
 Engine::Engine(const BertConfig& config, const WeightTensors& weights,
-               const std::string& weight_format)
+               const std::string& weight_storage)
     : config_(config) {
   TORCH_CHECK(config.num_heads > 0 && config.num_hiddens % config.num_heads == 0,
               "num_hiddens (", config.num_hiddens, ") must be a multiple of num_heads (",
@@ -52,21 +52,18 @@ Engine::Engine(const BertConfig& config, const WeightTensors& weights,
   has_mlm_ = found_of_part[WeightPart::kMlm].first > 0;
   weights_ = weights;
   if (device_.is_cpu()) {
-    runner_ = make_cpu_runner(config_, weights_, dtype_, weight_format);
+    device_engine_ = make_cpu_engine(config_, weights_, dtype_, weight_storage);
   } else {
     TORCH_CHECK(device_.is_cuda(), "Engine: unsupported device ", device_);
-    TORCH_CHECK_VALUE(weight_format == "packed" || weight_format == "plain",
-                      "weight_format '", weight_format, "' is CPU-only");
-    runner_ = make_cuda_runner(config_, weights_, dtype_, device_);
+    device_engine_ = make_cuda_engine(config_, weights_, dtype_, device_, weight_storage);
   }
 }
 
-Engine::Outputs Engine::forward(const at::Tensor& tokens, const at::Tensor& segments,
-                                const at::Tensor& cu_seqlens, int64_t total_tokens,
-                                int64_t max_seqlen,
-                                const std::optional<at::Tensor>& pred_positions,
-                                bool with_encoded, bool with_nsp,
-                                std::function<bool()> stop_requested) {
+BatchInputs Engine::checked_inputs(const at::Tensor& tokens, const at::Tensor& segments,
+                                   const at::Tensor& cu_seqlens, int64_t total_tokens,
+                                   int64_t max_seqlen,
+                                   const std::optional<at::Tensor>& pred_positions,
+                                   bool with_nsp) const {
   const bool packed = tokens.dim() == 1;
   check_tensor(tokens, "tokens", at::kLong, packed ? 1 : 2, device_);
   check_tensor(segments, "segments", at::kLong, packed ? 1 : 2, device_);
@@ -112,7 +109,6 @@ Engine::Outputs Engine::forward(const at::Tensor& tokens, const at::Tensor& segm
   in.total_tokens = total_tokens;
   in.max_seqlen = max_seqlen;
   in.with_nsp = with_nsp;
-  in.stop_requested = std::move(stop_requested);
   if (pred_positions.has_value()) {
     check_tensor(*pred_positions, "pred_positions", at::kLong, 2, device_);
     TORCH_CHECK(pred_positions->size(0) == batch, "pred_positions must have ", batch,
@@ -120,35 +116,54 @@ Engine::Outputs Engine::forward(const at::Tensor& tokens, const at::Tensor& segm
     in.pred_positions = pred_positions->data_ptr<int64_t>();
     in.num_pred_positions = pred_positions->size(1);
   }
+  return in;
+}
 
-  const c10::DeviceGuard guard(device_);
+Engine::Outputs Engine::allocate_outputs(const BatchInputs& in, bool with_encoded) const {
   const auto opts = at::TensorOptions().dtype(dtype_).device(device_);
   Outputs out;
   if (with_encoded) {
-    out.encoded = packed ? at::empty({total_tokens, config_.num_hiddens}, opts)
-                         : at::empty({batch, seq_len, config_.num_hiddens}, opts);
+    out.encoded = in.seq_len == 0
+                      ? at::empty({in.total_tokens, config_.num_hiddens}, opts)
+                      : at::empty({in.batch, in.seq_len, config_.num_hiddens}, opts);
   }
-  if (pred_positions.has_value()) {
-    out.mlm_logits = at::empty({batch, in.num_pred_positions, config_.vocab_size}, opts);
+  if (in.pred_positions != nullptr) {
+    out.mlm_logits = at::empty({in.batch, in.num_pred_positions, config_.vocab_size}, opts);
   }
-  if (with_nsp) out.nsp_logits = at::empty({batch, 2}, opts);
+  if (in.with_nsp) out.nsp_logits = at::empty({in.batch, 2}, opts);
+  return out;
+}
+
+at::Tensor Engine::workspace_for(const BatchInputs& in, std::unique_lock<std::mutex>& reuse) {
   // On the CPU one workspace is kept and reused: a fresh one of this size comes from mmap,
   // and touching its new pages costs more than small layers take. A call that finds it in use
   // (another thread's forward) takes its own. CUDA's caching allocator already reuses memory.
-  const int64_t workspace_size = workspace_elements(config_, in);
-  std::unique_lock<std::mutex> reuse(workspace_mutex_, std::defer_lock);
-  at::Tensor workspace;
-  if (device_.is_cpu() && reuse.try_lock()) {
-    if (workspace_.numel() < workspace_size) {
-      workspace_ = at::Tensor();  // free the smaller one first
-      workspace_ = at::empty({workspace_size}, opts);
-    }
-    workspace = workspace_;
-  } else {
-    workspace = at::empty({workspace_size}, opts);
+  const auto opts = at::TensorOptions().dtype(dtype_).device(device_);
+  const int64_t size = workspace_elements(config_, in);
+  if (!device_.is_cpu() || !reuse.try_lock()) return at::empty({size}, opts);
+  if (workspace_.numel() < size) {
+    workspace_ = at::Tensor();  // free the smaller one first
+    workspace_ = at::empty({size}, opts);
   }
+  return workspace_;
+}
+
+Engine::Outputs Engine::forward(const at::Tensor& tokens, const at::Tensor& segments,
+                                const at::Tensor& cu_seqlens, int64_t total_tokens,
+                                int64_t max_seqlen,
+                                const std::optional<at::Tensor>& pred_positions,
+                                bool with_encoded, bool with_nsp,
+                                std::function<bool()> stop_requested) {
+  BatchInputs in = checked_inputs(tokens, segments, cu_seqlens, total_tokens, max_seqlen,
+                                  pred_positions, with_nsp);
+  in.stop_requested = std::move(stop_requested);
+  const c10::DeviceGuard guard(device_);
+  Outputs out = allocate_outputs(in, with_encoded);
+  std::unique_lock<std::mutex> reuse(workspace_mutex_, std::defer_lock);
+  const at::Tensor workspace = workspace_for(in, reuse);
+  const bool packed = in.seq_len == 0;
   auto data = [](const std::optional<at::Tensor>& t) { return t ? t->data_ptr() : nullptr; };
-  out.completed = runner_->forward(
+  out.completed = device_engine_->forward(
       in, with_encoded && !packed ? data(out.encoded) : nullptr,
       with_encoded && packed ? data(out.encoded) : nullptr, data(out.mlm_logits),
       data(out.nsp_logits), workspace.data_ptr());

@@ -1,5 +1,6 @@
 // pybert._C.Engine in C++: the packed weights of one BERT and its forward pass, on the device
-// and in the dtype of its weights. The device's runner is chosen once, when the engine is built;
+// and in the dtype of its weights. Its device engine (the weights bound and prepared for one
+// device and dtype, over csrc/bert's runner) is made once, when the engine is built;
 // module.cpp binds the class to Python.
 #pragma once
 
@@ -20,37 +21,40 @@ namespace pybert {
 // The engine's weights as tensors, by the names of bert/weights.h.
 using WeightTensors = std::unordered_map<std::string, at::Tensor>;
 
-// Runs the forward of one model on one device in one scalar type; holds the typed weights.
-class DeviceRunner {
+// Runs the forward of one model on one device in one scalar type; holds the typed weights and
+// their prepared forms.
+class DeviceEngine {
  public:
-  virtual ~DeviceRunner() = default;
+  virtual ~DeviceEngine() = default;
   // Every pointer is memory of the engine's device and dtype; outputs may be null (not asked
   // for). Returns false when in.stop_requested abandoned the forward.
   virtual bool forward(const BatchInputs& in, void* encoded, void* encoded_packed,
                        void* mlm_logits, void* nsp_logits, void* workspace) = 0;
 };
 
-// The CPU runner (float32 or bfloat16), in engine_cpu.cpp. weight_format says how its weight
-// matrices are held: "packed" (oneDNN's layout, where torch has oneDNN), "plain" or "int8"
-// (dynamic quantisation, float32 only).
-std::unique_ptr<DeviceRunner> make_cpu_runner(const BertConfig& config,
+// The CPU device engine (float32 or bfloat16), in engine_cpu.cpp. weight_storage says how its
+// weight matrices are held: "packed" (MKL's or oneDNN's layout, where torch has them), "plain"
+// or "int8" (dynamic quantisation, float32 only).
+std::unique_ptr<DeviceEngine> make_cpu_engine(const BertConfig& config,
                                               const WeightTensors& weights,
                                               at::ScalarType dtype,
-                                              const std::string& weight_format);
-// The CUDA runner (fp32, fp16, bf16), in engine_cuda.cpp; a build without CUDA links
-// no_cuda.cpp instead, whose runner factory refuses with the reason.
-std::unique_ptr<DeviceRunner> make_cuda_runner(const BertConfig& config,
+                                              const std::string& weight_storage);
+// The CUDA device engine (fp32, fp16, bf16), in engine_cuda.cpp; a build without CUDA links
+// no_cuda.cpp instead, whose factory refuses with the reason. weight_storage: "packed"
+// or "plain" (the same on the GPU: cuBLASLt reads the plain matrix).
+std::unique_ptr<DeviceEngine> make_cuda_engine(const BertConfig& config,
                                                const WeightTensors& weights,
-                                               at::ScalarType dtype, const at::Device& device);
+                                               at::ScalarType dtype, const at::Device& device,
+                                               const std::string& weight_storage);
 extern const bool kBuiltWithCuda;
 
 class Engine {
  public:
   // Checks every weight against the layout of bert/weights.h: names, shapes, one dtype and
-  // device, optional parts complete or absent. weight_format: see make_cpu_runner (CPU only;
-  // the CUDA runner takes "packed", its cuBLASLt layout being the plain one).
+  // device, optional parts complete or absent. weight_storage: see make_cpu_engine and
+  // make_cuda_engine.
   Engine(const BertConfig& config, const WeightTensors& weights,
-         const std::string& weight_format = "packed");
+         const std::string& weight_storage = "packed");
 
   bool has_nsp() const { return has_nsp_; }
   bool has_mlm() const { return has_mlm_; }
@@ -71,12 +75,22 @@ class Engine {
                   bool with_nsp, std::function<bool()> stop_requested);
 
  private:
+  // The steps of forward: the batch checked into the runner's inputs (no stop_requested yet),
+  // the output tensors it asks for, and the workspace (CPU: the kept one when it is free,
+  // locked through `reuse` for the forward).
+  BatchInputs checked_inputs(const at::Tensor& tokens, const at::Tensor& segments,
+                             const at::Tensor& cu_seqlens, int64_t total_tokens,
+                             int64_t max_seqlen, const std::optional<at::Tensor>& pred_positions,
+                             bool with_nsp) const;
+  Outputs allocate_outputs(const BatchInputs& in, bool with_encoded) const;
+  at::Tensor workspace_for(const BatchInputs& in, std::unique_lock<std::mutex>& reuse);
+
   BertConfig config_;
   at::Device device_{at::kCPU};
   at::ScalarType dtype_ = at::kFloat;
   bool has_nsp_ = false, has_mlm_ = false, has_embedding_norm_ = false;
-  WeightTensors weights_;  // keeps the storage behind the runner's pointers alive
-  std::unique_ptr<DeviceRunner> runner_;
+  WeightTensors weights_;  // keeps the storage behind the device engine's pointers alive
+  std::unique_ptr<DeviceEngine> device_engine_;
   std::mutex workspace_mutex_;  // held by the forward using workspace_
   at::Tensor workspace_;        // CPU: the largest workspace asked for so far
 };

@@ -1,5 +1,5 @@
-// The Engine's CPU runner: float32 or bfloat16 weights bound once and their matrices prepared
-// once for the GEMM library; the forward of bert/runner_cpu.
+// The Engine's CPU device engine: float32 or bfloat16 weights bound once and their matrices
+// prepared once for the GEMM library; the forward of bert/runner_cpu.
 #include "bert/runner_cpu.h"
 #include "engine.h"
 
@@ -7,12 +7,12 @@ namespace pybert {
 namespace {
 
 template <typename T>
-class CpuRunner : public DeviceRunner {
+class CpuEngine : public DeviceEngine {
  public:
-  CpuRunner(const BertConfig& config, const WeightTensors& weights, cpu::WeightFormat format)
+  CpuEngine(const BertConfig& config, const WeightTensors& weights, cpu::WeightStorage storage)
       : config_(config),
         weights_(bind_weights<T>(config, weights)),
-        prepared_(prepare_cpu_weights(config_, weights_, format)) {}
+        prepared_(prepare_cpu_weights(config_, weights_, storage)) {}
 
   bool forward(const BatchInputs& in, void* encoded, void* encoded_packed, void* mlm_logits,
                void* nsp_logits, void* workspace) override {
@@ -27,36 +27,36 @@ class CpuRunner : public DeviceRunner {
   PreparedWeights prepared_;
 };
 
-cpu::WeightFormat parse_weight_format(const std::string& name, at::ScalarType dtype) {
+cpu::WeightStorage parse_weight_storage(const std::string& name, at::ScalarType dtype) {
   if (name == "int8") {
     TORCH_CHECK_VALUE(dtype == at::kFloat,
                       "int8 quantisation takes float32 weights (activations are quantised from "
                       "float32), got ", c10::toString(dtype));
-    TORCH_CHECK_VALUE(cpu::weight_format_supported<float>(cpu::WeightFormat::kInt8),
+    TORCH_CHECK_VALUE(cpu::weight_storage_supported<float>(cpu::WeightStorage::kInt8),
                       "int8 needs oneDNN's int8 GEMM (onednn::qlinear_pointwise), which this "
                       "build of torch lacks");
-    return cpu::WeightFormat::kInt8;
+    return cpu::WeightStorage::kInt8;
   }
-  if (name == "packed") return cpu::WeightFormat::kPacked;
-  TORCH_CHECK_VALUE(name == "plain", "weight_format must be 'packed', 'plain' or 'int8', got '",
+  if (name == "packed") return cpu::WeightStorage::kPacked;
+  TORCH_CHECK_VALUE(name == "plain", "weight_storage must be 'packed', 'plain' or 'int8', got '",
                     name, "'");
-  return cpu::WeightFormat::kPlain;
+  return cpu::WeightStorage::kPlain;
 }
 
 }  // namespace
 
-std::unique_ptr<DeviceRunner> make_cpu_runner(const BertConfig& config,
+std::unique_ptr<DeviceEngine> make_cpu_engine(const BertConfig& config,
                                               const WeightTensors& weights,
                                               at::ScalarType dtype,
-                                              const std::string& weight_format) {
-  const cpu::WeightFormat format = parse_weight_format(weight_format, dtype);
+                                              const std::string& weight_storage) {
+  const cpu::WeightStorage storage = parse_weight_storage(weight_storage, dtype);
   if (dtype == at::kBFloat16) {
-    return std::make_unique<CpuRunner<cpu::bfloat16>>(config, weights, format);
+    return std::make_unique<CpuEngine<cpu::bfloat16>>(config, weights, storage);
   }
   TORCH_CHECK_VALUE(dtype == at::kFloat,
                     "Engine: the CPU kernels compute in float32 or bfloat16, got ",
                     c10::toString(dtype));
-  return std::make_unique<CpuRunner<float>>(config, weights, format);
+  return std::make_unique<CpuEngine<float>>(config, weights, storage);
 }
 
 }  // namespace pybert

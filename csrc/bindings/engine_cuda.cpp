@@ -1,4 +1,4 @@
-// The Engine's CUDA runner: weights of one scalar type bound once, a cuBLASLt handle of its
+// The Engine's CUDA device engine: weights of one scalar type bound once, a cuBLASLt handle of its
 // own, the forward of bert/runner_cuda enqueued on torch's current stream.
 #include <c10/core/DeviceGuard.h>
 
@@ -12,14 +12,17 @@ const bool kBuiltWithCuda = true;
 
 namespace {
 
-// cuBLASLt workspace size: enough for the split-K kernels of large GEMMs.
-constexpr size_t kGemmWorkspaceBytes = 32 << 20;
+using cuda::kGemmWorkspaceBytes;
 
 template <typename T>
-class CudaRunner : public DeviceRunner {
+class CudaEngine : public DeviceEngine {
  public:
-  CudaRunner(const BertConfig& config, const WeightTensors& weights, const at::Device& device)
-      : config_(config), device_(device), weights_(bind_weights<T>(config, weights)) {
+  CudaEngine(const BertConfig& config, const WeightTensors& weights, const at::Device& device,
+             cuda::WeightStorage storage)
+      : config_(config),
+        device_(device),
+        weights_(bind_weights<T>(config, weights)),
+        prepared_(prepare_cuda_weights(config_, weights_, storage)) {
     const c10::DeviceGuard guard(device_);
     gemm_ = std::make_unique<cuda::CublasLtGemm>(kGemmWorkspaceBytes);
   }
@@ -33,8 +36,8 @@ class CudaRunner : public DeviceRunner {
         {int64_t(kGemmWorkspaceBytes)}, at::TensorOptions().dtype(at::kByte).device(device_));
     const BatchOutputs<T> out{static_cast<T*>(encoded), static_cast<T*>(encoded_packed),
                               static_cast<T*>(mlm_logits), static_cast<T*>(nsp_logits)};
-    bert_forward_cuda<T>(config_, weights_, in, out, static_cast<T*>(workspace), *gemm_,
-                         gemm_scratch.data_ptr(), current_cuda_stream(device_));
+    bert_forward_cuda<T>(config_, weights_, prepared_, in, out, static_cast<T*>(workspace),
+                         *gemm_, gemm_scratch.data_ptr(), current_cuda_stream(device_));
     return true;
   }
 
@@ -42,19 +45,28 @@ class CudaRunner : public DeviceRunner {
   BertConfig config_;
   at::Device device_;
   BertWeights<T> weights_;
+  CudaPreparedWeights prepared_;
   std::unique_ptr<cuda::CublasLtGemm> gemm_;
 };
 
+cuda::WeightStorage parse_weight_storage(const std::string& name) {
+  TORCH_CHECK_VALUE(name == "packed" || name == "plain", "weight_storage '", name,
+                    "' is not served on the GPU ('packed' or 'plain'; int8 is CPU-only)");
+  return cuda::WeightStorage::kPlain;
+}
+
 }  // namespace
 
-std::unique_ptr<DeviceRunner> make_cuda_runner(const BertConfig& config,
+std::unique_ptr<DeviceEngine> make_cuda_engine(const BertConfig& config,
                                                const WeightTensors& weights,
-                                               at::ScalarType dtype, const at::Device& device) {
-  std::unique_ptr<DeviceRunner> runner;
+                                               at::ScalarType dtype, const at::Device& device,
+                                               const std::string& weight_storage) {
+  const cuda::WeightStorage storage = parse_weight_storage(weight_storage);
+  std::unique_ptr<DeviceEngine> engine;
   dispatch_cuda_scalar(dtype, "Engine", [&](auto tag) {
-    runner = std::make_unique<CudaRunner<decltype(tag)>>(config, weights, device);
+    engine = std::make_unique<CudaEngine<decltype(tag)>>(config, weights, device, storage);
   });
-  return runner;
+  return engine;
 }
 
 }  // namespace pybert

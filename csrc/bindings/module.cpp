@@ -8,27 +8,36 @@
 namespace pybert {
 namespace {
 
-// A config dict as pybert.BertConfig.native() writes it.
+// One config field from a dict's value, by the field's C++ type.
+void read_field(const py::handle& value, int64_t& field) { field = value.cast<int64_t>(); }
+void read_field(const py::handle& value, float& field) { field = value.cast<float>(); }
+void read_field(const py::handle& value, Activation& field) {
+  field = parse_activation(value.cast<std::string>());
+}
+
+// A config dict as pybert.BertConfig.native() writes it: every field of PYBERT_CONFIG_FIELDS.
 BertConfig config_from_dict(const py::dict& d) {
-  auto get = [&d](const char* key) {
-    TORCH_CHECK(d.contains(key), "config has no '", key, "'");
-    return d[key];
-  };
   BertConfig c;
-  c.vocab_size = get("vocab_size").cast<int64_t>();
-  c.num_hiddens = get("num_hiddens").cast<int64_t>();
-  c.num_heads = get("num_heads").cast<int64_t>();
-  c.ffn_num_hiddens = get("ffn_num_hiddens").cast<int64_t>();
-  c.num_layers = get("num_layers").cast<int64_t>();
-  c.max_len = get("max_len").cast<int64_t>();
-  c.layer_norm_eps = get("layer_norm_eps").cast<float>();
-  c.ffn_activation = parse_activation(get("ffn_activation").cast<std::string>());
-  c.mlm_activation = parse_activation(get("mlm_activation").cast<std::string>());
+#define PYBERT_READ_FIELD(type, name, default_value)          \
+  TORCH_CHECK(d.contains(#name), "config has no '" #name "'"); \
+  read_field(d[#name], c.name);
+  PYBERT_CONFIG_FIELDS(PYBERT_READ_FIELD)
+#undef PYBERT_READ_FIELD
   for (int64_t size : {c.vocab_size, c.num_hiddens, c.num_heads, c.ffn_num_hiddens,
-                       c.num_layers, c.max_len}) {
+                       c.num_layers, c.max_len, c.type_vocab_size}) {
     TORCH_CHECK(size >= 1, "config sizes must be >= 1, got ", size);
   }
+  TORCH_CHECK(c.position_offset >= 0, "position_offset must be >= 0, got ", c.position_offset);
   return c;
+}
+
+// The names of PYBERT_CONFIG_FIELDS, in order.
+py::list config_fields() {
+  py::list names;
+#define PYBERT_FIELD_NAME(type, name, default_value) names.append(#name);
+  PYBERT_CONFIG_FIELDS(PYBERT_FIELD_NAME)
+#undef PYBERT_FIELD_NAME
+  return names;
 }
 
 // {name: (shape, part)} for every weight of `config`, in the order of bert/weights.h.
@@ -56,15 +65,16 @@ PYBIND11_MODULE(_C, m) {
     activations[pybert::activation_name(act)] = static_cast<int>(act);
   }
   m.attr("ACTIVATIONS") = activations;
+  m.attr("CONFIG_FIELDS") = pybert::config_fields();
   m.def("weight_shapes", &pybert::weight_shapes, py::arg("config"),
         "{name: (shape, part)} of the engine's packed weights for a config dict");
   py::class_<Engine>(m, "Engine")
       .def(py::init([](const py::dict& config, const pybert::WeightTensors& weights,
-                       const std::string& weight_format) {
+                       const std::string& weight_storage) {
              return std::make_unique<Engine>(pybert::config_from_dict(config), weights,
-                                             weight_format);
+                                             weight_storage);
            }),
-           py::arg("config"), py::arg("weights"), py::arg("weight_format") = "packed")
+           py::arg("config"), py::arg("weights"), py::arg("weight_storage") = "packed")
       .def_property_readonly("has_nsp", &Engine::has_nsp)
       .def_property_readonly("has_mlm", &Engine::has_mlm)
       .def_property_readonly("has_embedding_norm", &Engine::has_embedding_norm)

@@ -10,15 +10,15 @@
 
 #include "cuda_dispatch.h"
 #include "kernels/cuda/kernels.cuh"
-#include "kernels/cuda/library_attention.h"
+#include "kernels/cuda/aten_adapter.h"
 #include "op_checks.h"
 
 namespace pybert::ops_cuda {
 namespace {
 
-constexpr size_t kGemmWorkspaceBytes = 32 << 20;
+using cuda::kGemmWorkspaceBytes;
 
-// The GEMM runner of the gemm_bias_act op on each device (an Engine has its own), created on
+// The cuBLASLt GEMM of the gemm_bias_act op on each device (an Engine has its own), created on
 // first use and kept for the process.
 cuda::CublasLtGemm& op_gemm(const at::Device& device) {
   static std::mutex mutex;
@@ -39,8 +39,10 @@ at::Tensor gemm_bias_act(const at::Tensor& a, const at::Tensor& weight,
                                        a.options().dtype(at::kByte));
   dispatch_cuda_scalar(a.scalar_type(), "gemm_bias_act", [&](auto tag) {
     using T = decltype(tag);
-    op_gemm(a.device()).run(ptr<T>(a), ptr<T>(weight), ptr_or_null<T>(bias), ptr<T>(out),
-                            args.m, args.n, args.k, args.act, scratch.data_ptr(),
+    const cuda::GemmWeight plain =
+        cuda::prepare_weight(ptr<T>(weight), args.n, args.k, cuda::WeightStorage::kPlain);
+    op_gemm(a.device()).run(ptr<T>(a), plain, ptr_or_null<T>(bias), ptr<T>(out), args.m,
+                            args.n, args.k, args.act, scratch.data_ptr(),
                             current_cuda_stream(a.device()));
   });
   return out;

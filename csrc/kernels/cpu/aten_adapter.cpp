@@ -117,7 +117,7 @@ constexpr int64_t kPackedRowsLimit = 256;
 
 class PreparedWeight {
  public:
-  WeightFormat format;
+  WeightStorage format;
   at::Tensor packed;       // the weight in MKL's (float), or oneDNN's layout (bf16, int8)
   at::Tensor bias;         // T (kPacked) or float32 (kInt8); or undefined
   at::Tensor scales;       // kInt8: float32 per output channel
@@ -127,13 +127,13 @@ class PreparedWeight {
 void PreparedWeightDeleter::operator()(PreparedWeight* weight) const { delete weight; }
 
 template <typename T>
-bool weight_format_supported(WeightFormat format) {
+bool weight_storage_supported(WeightStorage format) {
   switch (format) {
-    case WeightFormat::kPlain: return true;
-    case WeightFormat::kPacked:
+    case WeightStorage::kPlain: return true;
+    case WeightStorage::kPacked:
       if constexpr (std::is_same_v<T, float>) return packed_sgemm_available();
       return at::hasMKLDNN() && onednn_ops().reorder_weight && onednn_ops().linear;
-    case WeightFormat::kInt8:
+    case WeightStorage::kInt8:
       return std::is_same_v<T, float> && at::hasMKLDNN() && onednn_ops().int8_prepack &&
              onednn_ops().int8_linear;
   }
@@ -142,20 +142,27 @@ bool weight_format_supported(WeightFormat format) {
 
 template <typename T>
 PreparedWeightPtr prepare_weight(const T* weight, const T* bias, int64_t n, int64_t k,
-                                 WeightFormat format) {
-  if (format == WeightFormat::kPlain || !weight_format_supported<T>(format)) return nullptr;
+                                 WeightStorage format) {
+  if (format == WeightStorage::kPlain || !weight_storage_supported<T>(format)) return nullptr;
   PreparedWeightPtr prepared(new PreparedWeight{format, {}, {}, {}, {}});
   const at::Tensor w = wrap(weight, {n, k});
   if (bias != nullptr) prepared->bias = wrap(bias, {n}).clone();
-  if (format == WeightFormat::kPacked) {
+  if (format == WeightStorage::kPacked) {
     if constexpr (std::is_same_v<T, float>) {
       const size_t bytes = packed_sgemm_bytes(n, k);
       if (bytes == 0) return nullptr;
       prepared->packed = at::empty({int64_t(bytes)}, at::kByte);
       pack_sgemm_weight(weight, n, k, prepared->packed.data_ptr());
     } else {
-      prepared->packed =
-          call_for_tensor(*onednn_ops().reorder_weight, {w.clone(), c10::IValue()});
+      // oneDNN's bfloat16 GEMM needs AVX512-BF16, AMX or AVX-NE-CONVERT (or AVX-512BW to
+      // emulate them) and says so only by refusing to pack: then the weight stays plain and
+      // ATen's bfloat16 GEMM, which runs everywhere, takes it.
+      try {
+        prepared->packed =
+            call_for_tensor(*onednn_ops().reorder_weight, {w.clone(), c10::IValue()});
+      } catch (const c10::Error&) {
+        return nullptr;
+      }
     }
     return prepared;
   }
@@ -175,7 +182,7 @@ void gemm_bias_act(const T* a, const T* weight, const T* bias, const PreparedWei
                    T* out, int64_t m, int64_t n, int64_t k, Activation act) {
   at::Tensor out_t = wrap(out, {m, n});
   const at::Tensor a_t = wrap(a, {m, k});
-  const bool int8 = prepared != nullptr && prepared->format == WeightFormat::kInt8;
+  const bool int8 = prepared != nullptr && prepared->format == WeightStorage::kInt8;
   if (!int8 && (prepared == nullptr || m > kPackedRowsLimit)) {
     const at::Tensor w_t = wrap(weight, {n, k});
     if (bias != nullptr) {
@@ -340,9 +347,9 @@ void parallel_for(int64_t n, int64_t grain_size,
 }
 
 #define PYBERT_INSTANTIATE(T)                                                                 \
-  template bool weight_format_supported<T>(WeightFormat);                                    \
+  template bool weight_storage_supported<T>(WeightStorage);                                    \
   template PreparedWeightPtr prepare_weight<T>(const T*, const T*, int64_t, int64_t,         \
-                                               WeightFormat);                                \
+                                               WeightStorage);                                \
   template void gemm_bias_act<T>(const T*, const T*, const T*, const PreparedWeight*, T*,    \
                                  int64_t, int64_t, int64_t, Activation);                     \
   template void attention_varlen<T>(const T*, const int32_t*, T*, int64_t, int64_t, int64_t, \

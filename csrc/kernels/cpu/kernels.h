@@ -19,7 +19,7 @@
 namespace pybert::cpu {
 
 // How a weight matrix is held for the GEMM library.
-enum class WeightFormat {
+enum class WeightStorage {
   kPlain,   // the row-major matrix as given
   kPacked,  // prepacked once in the library's layout (MKL for float, oneDNN for bfloat16)
   kInt8,    // int8 per output channel, activations quantised per row on each call (dynamic
@@ -40,10 +40,10 @@ using PreparedWeightPtr = std::unique_ptr<PreparedWeight, PreparedWeightDeleter>
 // uses the plain matrix.
 template <typename T>
 PreparedWeightPtr prepare_weight(const T* weight, const T* bias, int64_t n, int64_t k,
-                                 WeightFormat format);
+                                 WeightStorage format);
 // Whether this machine's torch can prepare weights in `format` for T.
 template <typename T>
-bool weight_format_supported(WeightFormat format);
+bool weight_storage_supported(WeightStorage format);
 
 // out[m, n] = act(sum_k a[m, k] * weight[n, k] + bias[n])
 // a: (m, k); weight: (n, k), the nn.Linear layout; bias: (n) or null; out: (m, n).

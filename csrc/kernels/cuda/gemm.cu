@@ -37,8 +37,9 @@ struct MatmulDescriptors {
   cublasLtMatmulDesc_t desc = &desc_storage;
   cublasLtMatrixLayout_t weight = &weight_storage, input = &input_storage, out = &out_storage;
 
-  MatmulDescriptors(cudaDataType_t type, int64_t m, int64_t n, int64_t k, int epilogue,
-                    const void* bias) {
+  // type: the activations' and the output's; weight_type: the weight's.
+  MatmulDescriptors(cudaDataType_t type, cudaDataType_t weight_type, int64_t m, int64_t n,
+                    int64_t k, int epilogue, const void* bias) {
     // fp32 accumulation for every type; CUBLAS_COMPUTE_32F never uses TF32.
     check_cublas(cublasLtMatmulDescInit(desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "desc");
     const cublasOperation_t transpose = CUBLAS_OP_T, keep = CUBLAS_OP_N;
@@ -47,7 +48,7 @@ struct MatmulDescriptors {
     const auto lt_epilogue = static_cast<cublasLtEpilogue_t>(epilogue);
     set(CUBLASLT_MATMUL_DESC_EPILOGUE, &lt_epilogue, sizeof(lt_epilogue));
     if (bias != nullptr) set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias));
-    check_cublas(cublasLtMatrixLayoutInit(weight, type, k, n, k), "layout W");
+    check_cublas(cublasLtMatrixLayoutInit(weight, weight_type, k, n, k), "layout W");
     check_cublas(cublasLtMatrixLayoutInit(input, type, k, m, k), "layout A");
     check_cublas(cublasLtMatrixLayoutInit(out, type, n, m, n), "layout D");
   }
@@ -116,10 +117,11 @@ size_t CublasLtGemm::cached_plans() {
   return plans_.size();
 }
 
-std::vector<cublasLtMatmulAlgo_t> CublasLtGemm::ask_heuristic(cudaDataType_t type, int64_t m,
-                                                              int64_t n, int64_t k,
+std::vector<cublasLtMatmulAlgo_t> CublasLtGemm::ask_heuristic(cudaDataType_t type,
+                                                              cudaDataType_t weight_type,
+                                                              int64_t m, int64_t n, int64_t k,
                                                               int epilogue, int count) {
-  const MatmulDescriptors d(type, m, n, k, epilogue, nullptr);
+  const MatmulDescriptors d(type, weight_type, m, n, k, epilogue, nullptr);
   cublasLtMatmulPreferenceOpaque_t preference_storage;
   cublasLtMatmulPreference_t preference = &preference_storage;
   check_cublas(cublasLtMatmulPreferenceInit(preference), "preference");
@@ -163,9 +165,10 @@ cublasLtMatmulAlgo_t CublasLtGemm::algo_for(const PlanKey& key, const Enqueue& e
     lru_.splice(lru_.begin(), lru_, found->second.lru_position);
     return found->second.algo;
   }
-  const auto [type, m_bucket, n, k, epilogue] = key;
-  const std::vector<cublasLtMatmulAlgo_t> candidates = ask_heuristic(
-      static_cast<cudaDataType_t>(type), m_bucket, n, k, epilogue, kCandidates);
+  const auto [type, weight_type, m_bucket, n, k, epilogue] = key;
+  const std::vector<cublasLtMatmulAlgo_t> candidates =
+      ask_heuristic(static_cast<cudaDataType_t>(type), static_cast<cudaDataType_t>(weight_type),
+                    m_bucket, n, k, epilogue, kCandidates);
   // Inside a CUDA graph's capture nothing can be timed: take the heuristic's first choice
   // for this call and leave the bucket to be timed by the next call outside a capture.
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
@@ -191,36 +194,47 @@ template <>
 constexpr cudaDataType_t data_type<__nv_bfloat16>() { return CUDA_R_16BF; }
 
 template <typename T>
-void CublasLtGemm::run(const T* a, const T* weight, const T* bias, T* out, int64_t m, int64_t n,
-                       int64_t k, Activation act, void* workspace, cudaStream_t stream) {
+GemmWeight prepare_weight(const T* weight, int64_t n, int64_t k, WeightStorage storage) {
+  (void)n;  // the sizes matter to a storage that converts the matrix (FP8), not to kPlain
+  (void)k;
+  switch (storage) {
+    case WeightStorage::kPlain: return GemmWeight{weight, data_type<T>(), storage};
+  }
+  throw std::invalid_argument("prepare_weight: unknown weight storage");
+}
+
+template <typename T>
+void CublasLtGemm::run(const T* a, const GemmWeight& weight, const T* bias, T* out, int64_t m,
+                       int64_t n, int64_t k, Activation act, void* workspace,
+                       cudaStream_t stream) {
   if (m == 0 || n == 0) return;
   const bool relu = act == Activation::kReLU;
   const int epilogue = epilogue_of(bias != nullptr, relu);
   const cudaDataType_t type = data_type<T>();
-  const MatmulDescriptors d(type, m, n, k, epilogue, bias);
+  const MatmulDescriptors d(type, weight.type, m, n, k, epilogue, bias);
   const float alpha = 1.0f, beta = 0.0f;
   const auto enqueue = [&](const cublasLtMatmulAlgo_t& algo) {
-    return cublasLtMatmul(handle_, d.desc, &alpha, weight, d.weight, a, d.input, &beta, out,
-                          d.out, out, d.out, &algo, workspace, workspace_bytes_, stream);
+    return cublasLtMatmul(handle_, d.desc, &alpha, weight.data, d.weight, a, d.input, &beta,
+                          out, d.out, out, d.out, &algo, workspace, workspace_bytes_, stream);
   };
   const cublasLtMatmulAlgo_t algo =
-      algo_for({int(type), bucket_of(m), n, k, epilogue}, enqueue, stream);
+      algo_for({int(type), int(weight.type), bucket_of(m), n, k, epilogue}, enqueue, stream);
   cublasStatus_t status = enqueue(algo);
   if (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE) {
     // The bucket's algorithm does not take this exact m: ask for one that does.
-    status = enqueue(ask_heuristic(type, m, n, k, epilogue, 1).front());
+    status = enqueue(ask_heuristic(type, weight.type, m, n, k, epilogue, 1).front());
   }
   check_cublas(status, "cublasLtMatmul");
   if (!relu) apply_activation(out, m * n, act, stream);  // tanh and exact GELU
 }
 
-template void CublasLtGemm::run<float>(const float*, const float*, const float*, float*,
-                                       int64_t, int64_t, int64_t, Activation, void*, cudaStream_t);
-template void CublasLtGemm::run<__half>(const __half*, const __half*, const __half*, __half*,
-                                        int64_t, int64_t, int64_t, Activation, void*, cudaStream_t);
-template void CublasLtGemm::run<__nv_bfloat16>(const __nv_bfloat16*, const __nv_bfloat16*,
-                                               const __nv_bfloat16*, __nv_bfloat16*, int64_t,
-                                               int64_t, int64_t, Activation, void*,
-                                               cudaStream_t);
+#define PYBERT_INSTANTIATE(T)                                                                 \
+  template GemmWeight prepare_weight<T>(const T*, int64_t, int64_t, WeightStorage);           \
+  template void CublasLtGemm::run<T>(const T*, const GemmWeight&, const T*, T*, int64_t,      \
+                                     int64_t, int64_t, Activation, void*, cudaStream_t);
+PYBERT_INSTANTIATE(float)
+PYBERT_INSTANTIATE(__half)
+PYBERT_INSTANTIATE(__nv_bfloat16)
+#undef PYBERT_INSTANTIATE
 
 }  // namespace pybert::cuda

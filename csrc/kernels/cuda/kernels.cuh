@@ -57,6 +57,27 @@ void unpack_padded(const T* packed, const int32_t* cu_seqlens, T* out, int64_t b
 template <typename T>
 void apply_activation(T* x, int64_t n, Activation act, cudaStream_t stream);
 
+// How a GEMM's weight matrix is stored, chosen when an engine is built (the CUDA twin of
+// cpu::WeightStorage). kPlain: the (n, k) matrix in the activations' type, where it is. A
+// scaled storage (FP8 E4M3 with its scales) is one more value here, a case in prepare_weight
+// and the scale attributes in gemm.cu's descriptors: the runner and the bindings stay as
+// they are.
+enum class WeightStorage { kPlain };
+
+// A weight matrix as CublasLtGemm::run takes it: its device data, element type and storage.
+struct GemmWeight {
+  const void* data = nullptr;
+  cudaDataType_t type = CUDA_R_32F;
+  WeightStorage storage = WeightStorage::kPlain;
+};
+
+// The weight (n, k) of scalar T prepared in `storage`, once, when an engine is built.
+template <typename T>
+GemmWeight prepare_weight(const T* weight, int64_t n, int64_t k, WeightStorage storage);
+
+// cuBLASLt workspace of one GEMM call: enough for the split-K kernels of large GEMMs.
+constexpr size_t kGemmWorkspaceBytes = 32 << 20;
+
 // out[m, n] = act(sum_k a[m, k] * weight[n, k] + bias[n]) through cuBLASLt, with bias and
 // ReLU fused into its epilogue. fp32 accumulation; fp32 inputs use strict fp32 (no TF32), so
 // the fp32 engine holds 1e-5 relative error. Holds the cuBLASLt handle and a bounded cache of
@@ -74,17 +95,18 @@ class CublasLtGemm {
   CublasLtGemm(const CublasLtGemm&) = delete;
   CublasLtGemm& operator=(const CublasLtGemm&) = delete;
 
+  // a, bias and out are of scalar T; weight is prepare_weight's (n, k) matrix.
   template <typename T>
-  void run(const T* a, const T* weight, const T* bias, T* out, int64_t m, int64_t n, int64_t k,
-           Activation act, void* workspace, cudaStream_t stream);
+  void run(const T* a, const GemmWeight& weight, const T* bias, T* out, int64_t m, int64_t n,
+           int64_t k, Activation act, void* workspace, cudaStream_t stream);
 
   size_t workspace_bytes() const { return workspace_bytes_; }
   size_t cached_plans();
 
  private:
   static constexpr int kCandidates = 8;
-  // (data type, m bucket, n, k, epilogue)
-  using PlanKey = std::tuple<int, int64_t, int64_t, int64_t, int>;
+  // (activation type, weight type, m bucket, n, k, epilogue)
+  using PlanKey = std::tuple<int, int, int64_t, int64_t, int64_t, int>;
   struct Plan {
     cublasLtMatmulAlgo_t algo;
     std::list<PlanKey>::iterator lru_position;
@@ -93,8 +115,9 @@ class CublasLtGemm {
   template <typename Enqueue>
   cublasLtMatmulAlgo_t algo_for(const PlanKey& key, const Enqueue& enqueue,
                                 cudaStream_t stream);
-  std::vector<cublasLtMatmulAlgo_t> ask_heuristic(cudaDataType_t type, int64_t m, int64_t n,
-                                                  int64_t k, int epilogue, int count);
+  std::vector<cublasLtMatmulAlgo_t> ask_heuristic(cudaDataType_t type, cudaDataType_t weight_type,
+                                                  int64_t m, int64_t n, int64_t k, int epilogue,
+                                                  int count);
 
   cublasLtHandle_t handle_ = nullptr;
   size_t workspace_bytes_;

@@ -1,0 +1,85 @@
+"""The top-level functions: ``pybert.load`` (a checkpoint to an engine with its text model)
+and ``pybert.encode`` (token ids or texts to vectors, from an engine, a text model or a path)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+from .engine import Engine
+from .loader import load_checkpoint
+from .text import TextModel, text_model_of
+
+__all__ = ["load", "encode"]
+
+
+def load(path, device="cpu", dtype: torch.dtype = torch.float32, **engine_options) -> Engine:
+    """An :class:`~pybert.Engine` serving the checkpoint at ``path``: a pybert checkpoint, a
+    Hugging Face BERT directory or a sentence-transformers model directory. When the
+    checkpoint has a vocabulary, ``engine.text_model`` (see :class:`pybert.TextModel`) turns
+    texts into vectors. ``engine_options``: cuda_graphs, max_graphs, quantize."""
+    loaded = load_checkpoint(path, device, dtype, **engine_options)
+    if loaded.tokenizer is not None:
+        TextModel.of_loaded(loaded)
+    return loaded.engine
+
+
+def encode(model, inputs, segments=None, valid_lens=None, *, device="cpu",
+           dtype=torch.float32, pooling=None, return_type="numpy", batch_tokens=16384,
+           truncation="warn"):
+    """Encode token ids or texts.
+
+    ``model`` is a :class:`TextModel`, an :class:`Engine` or the path of a checkpoint
+    directory (loaded with ``device`` and ``dtype``, once: later calls reuse it). ``inputs``
+    is either
+
+    - token ids (B, S) with optional ``segments`` and ``valid_lens``: returns the encodings
+      (B, S, H) as a tensor, zeros at padded positions; or
+    - a text, or a list of texts and (text_a, text_b) pairs: tokenised with the checkpoint's
+      vocabulary, sorted into length buckets of at most ``batch_tokens`` padded tokens, and
+      returned in the caller's order, pooled by ``pooling`` ("cls": the <cls> vector, "mean":
+      the mean over real tokens, (N, H); "tokens": a list of (len_i, H) per-token encodings;
+      default: the model's own, "cls" unless a sentence-transformers model says otherwise,
+      which also L2-normalises when it has a Normalize module) as ``return_type`` ("numpy"
+      or "torch"). Texts longer than max_len are cut with a warning, or raise with
+      ``truncation="error"``. An empty list gives an empty (0, H) result.
+    """
+    if isinstance(model, (Engine, TextModel)):
+        engine = model.engine if isinstance(model, TextModel) else model
+    else:
+        engine = _cached_load(model, device, dtype)
+    if getattr(getattr(inputs, "dtype", None), "kind", None) in ("U", "S"):
+        inputs = inputs.tolist()  # a numpy array of strings
+    if _is_text(inputs) or (isinstance(inputs, (list, tuple)) and len(inputs) == 0):
+        if segments is not None or valid_lens is not None:
+            raise ValueError("segments and valid_lens go with token ids, not with texts")
+        text_model = model if isinstance(model, TextModel) else text_model_of(engine)
+        return text_model.encode(inputs, pooling=pooling, return_type=return_type,
+                                 batch_tokens=batch_tokens, truncation=truncation)
+    return engine.encode(inputs, segments, valid_lens)
+
+
+def _cached_load(path, device, dtype) -> Engine:
+    """pybert.encode(path, ...) in a loop loads the checkpoint once: engines are cached by
+    path, device and dtype, and reloaded when the checkpoint's files change."""
+    root = Path(path).resolve()
+    stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size)
+                  for p in sorted(root.glob("*")) if p.is_file()) if root.is_dir() else ()
+    return _load_cached(str(root), stamp, str(device), dtype)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(root: str, stamp: tuple, device: str, dtype) -> Engine:
+    return load(root, device=device, dtype=dtype)
+
+
+def _is_text(inputs) -> bool:
+    if isinstance(inputs, str):
+        return True
+    if isinstance(inputs, (list, tuple)) and inputs:
+        first = inputs[0]
+        return isinstance(first, str) or (isinstance(first, (tuple, list)) and len(first) > 0
+                                          and isinstance(first[0], str))
+    return False

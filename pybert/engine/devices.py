@@ -1,0 +1,46 @@
+"""Where and in what precision to run when the caller says "auto" or nothing: decided here
+once for the CLI, the Ray workers, the server and the trainer."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _C
+
+__all__ = ["resolve_device", "default_dtype", "DTYPE_NAMES"]
+
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
+
+
+def resolve_device(name="auto", *, needs_engine: bool = True, local_rank: int = 0) -> torch.device:
+    """``name`` ("auto", "cpu", "cuda", "cuda:N" or a torch.device) as a torch.device.
+
+    "auto" is the GPU where one is usable, else the CPU; for the engine (``needs_engine``) a
+    GPU is usable only when this build of pybert has CUDA kernels too (training needs only a
+    CUDA torch). A bare "cuda" becomes ``cuda:local_rank`` (a process's own GPU under
+    torchrun)."""
+    if isinstance(name, str) and name == "auto":
+        usable = torch.cuda.is_available() and (_C.cuda_available or not needs_engine)
+        name = "cuda" if usable else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device} requested but no CUDA GPU is available")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def default_dtype(device, dtype=None) -> torch.dtype:
+    """``dtype`` (a torch.dtype, a name from DTYPE_NAMES, or None) as a torch.dtype; None is
+    float16 on a GPU and float32 on the CPU."""
+    if dtype is None:
+        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"dtype must be one of {DTYPE_NAMES}, got {dtype!r}")
+    return getattr(torch, dtype)

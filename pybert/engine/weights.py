@@ -1,0 +1,176 @@
+"""The engine's packed weights, and how each checkpoint format's tensors map onto them.
+
+The layout itself (names, parts, shapes) is defined once, in C++ (``csrc/bert/weights.h``), and
+read here through ``pybert._C.weight_shapes``. A checkpoint format is only a table saying which
+of its tensors make each packed weight: one tensor, several concatenated along the first
+dimension (Q, K and V into ``qkv_weight``), or the first present of alternatives (a tied
+decoder). Shapes are checked exactly; only leading dimensions of size 1 may be dropped (d2l's
+``pos_embedding`` is (1, max_len, H)).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Union
+
+import torch
+
+from .. import _C
+from ..config import BertConfig
+
+__all__ = ["weight_shapes", "WeightMap", "pack_weights", "D2L_WEIGHT_MAP", "LAYER"]
+
+# A source: a key, a tuple of keys concatenated along dim 0, or a list of alternative keys.
+Source = Union[str, tuple, list]
+LAYER = "{i}"  # stands for the layer index in the keys of per-layer sources
+
+
+def weight_shapes(config: BertConfig) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{name: (shape, part)} of the engine's packed weights for ``config``."""
+    return _C.weight_shapes(config.native())
+
+
+@dataclass(frozen=True)
+class WeightMap:
+    """How one checkpoint format's tensors make the packed weights.
+
+    ``sources`` maps each packed name (per-layer ones as ``layers.{i}.<name>``) to its source;
+    ``layer_key`` matches the format's per-layer keys, group 1 being the layer index;
+    ``part_marker`` names, for an optional part, the key whose presence means the part is there
+    (by default, any of the part's keys). A part with no sources is not in the format."""
+
+    name: str
+    sources: dict[str, Source]
+    layer_key: re.Pattern
+    part_marker: dict[str, str] = field(default_factory=dict)
+    rename: Callable[[str], str] = str  # the format's key spelling -> the one in sources
+
+
+class WeightsError(ValueError):
+    """A state dict that does not make the engine's weights for a config."""
+
+
+def _keys_of(source: Source) -> list[str]:
+    return [source] if isinstance(source, str) else list(source)
+
+
+def _layer_count(state: dict, fmt: WeightMap) -> int:
+    indices = {int(m.group(1)) for m in map(fmt.layer_key.fullmatch, state) if m is not None}
+    return max(indices) + 1 if indices else 0
+
+
+def _resolve(source: Source, state: dict, layer: int | None) -> tuple[list[torch.Tensor], list]:
+    """(tensors, keys) a source takes from ``state``; keys that are missing raise KeyError."""
+    def key_of(template: str) -> str:
+        return template.replace(LAYER, str(layer)) if layer is not None else template
+
+    if isinstance(source, list):  # alternatives
+        for template in source:
+            if key_of(template) in state:
+                return [state[key_of(template)]], [key_of(template)]
+        raise KeyError(" or ".join(key_of(t) for t in source))
+    keys = [key_of(t) for t in _keys_of(source)]
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise KeyError(missing[0])
+    return [state[k] for k in keys], keys
+
+
+def _shaped(tensors: list[torch.Tensor], keys: list[str], shape: tuple[int, ...],
+            where: str) -> torch.Tensor:
+    rows = shape[0] // len(tensors)
+    part_shape = (rows, *shape[1:])
+    for key, t in zip(keys, tensors):
+        actual = tuple(t.shape)
+        while len(actual) > len(part_shape) and actual[0] == 1:
+            actual = actual[1:]
+        if actual != part_shape or rows * len(tensors) != shape[0]:
+            raise WeightsError(f"{where}: {key} has shape {tuple(t.shape)}, expected "
+                               f"{part_shape}")
+    tensors = [t.reshape(part_shape) for t in tensors]
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
+def pack_weights(state: dict, fmt: WeightMap, config: BertConfig,
+                 where: str = "state_dict", used: set | None = None) -> dict[str, torch.Tensor]:
+    """The engine's packed weights made from ``state`` (a format's tensors by key), checked
+    against the layout; the parts ``state`` lacks (optional ones) are left out. The keys read
+    (as ``fmt.rename`` spells them) are added to ``used``."""
+    state = {fmt.rename(k): v for k, v in state.items()}
+    layers = _layer_count(state, fmt)
+    # Compared before the layout is built: a config claiming a billion layers costs nothing.
+    if layers != config.num_layers:
+        raise WeightsError(f"{where}: the config has {config.num_layers} layers but the "
+                           f"{fmt.name} weights have {layers}")
+    shapes = weight_shapes(config)
+    by_part: dict[str, list[str]] = {}
+    for name, (_, part) in shapes.items():
+        by_part.setdefault(part, []).append(name)
+    packed = {}
+    for part, names in by_part.items():
+        if any(_template(n) not in fmt.sources for n in names):
+            if part in ("embeddings", "layers"):
+                raise WeightsError(f"the {fmt.name} format has no source for {part}")
+            continue
+        if part not in ("embeddings", "layers"):
+            marker = fmt.part_marker.get(part)
+            keys = [marker] if marker else [
+                k for n in names for k in _keys_of(fmt.sources[_template(n)])]
+            if not any(_key(k, 0) in state for k in keys):
+                continue
+        for name in names:
+            layer = int(name.split(".")[1]) if name.startswith("layers.") else None
+            try:
+                tensors, keys = _resolve(fmt.sources[_template(name)], state, layer)
+            except KeyError as missing:
+                raise WeightsError(f"{where}: the {fmt.name} weights lack {missing.args[0]}"
+                                   + ("" if part in ("embeddings", "layers") else
+                                      f" (needed for the {part} part)")) from None
+            packed[name] = _shaped(tensors, keys, shapes[name][0], where)
+            if used is not None:
+                used.update(keys)
+    return packed
+
+
+def _template(name: str) -> str:
+    return re.sub(r"^layers\.\d+\.", f"layers.{LAYER}.", name)
+
+
+def _key(template: str, layer: int) -> str:
+    return template.replace(LAYER, str(layer))
+
+
+# d2l's BERTModel: the book's state_dict keys.
+_D2L_BLOCK = "encoder.blks.{i}."
+D2L_WEIGHT_MAP = WeightMap(
+    name="d2l",
+    layer_key=re.compile(r"encoder\.blks\.(\d+)\..+"),
+    sources={
+        "token_embedding": "encoder.token_embedding.weight",
+        "segment_embedding": "encoder.segment_embedding.weight",
+        "pos_embedding": "encoder.pos_embedding",
+        "pooler_weight": "hidden.0.weight",
+        "pooler_bias": "hidden.0.bias",
+        "nsp_weight": "nsp.output.weight",
+        "nsp_bias": "nsp.output.bias",
+        "mlm_dense_weight": "mlm.mlp.0.weight",
+        "mlm_dense_bias": "mlm.mlp.0.bias",
+        "mlm_ln_weight": "mlm.mlp.2.weight",
+        "mlm_ln_bias": "mlm.mlp.2.bias",
+        "mlm_decoder_weight": "mlm.mlp.3.weight",
+        "mlm_decoder_bias": "mlm.mlp.3.bias",
+        "layers.{i}.qkv_weight": tuple(_D2L_BLOCK + f"attention.W_{n}.weight" for n in "qkv"),
+        "layers.{i}.qkv_bias": tuple(_D2L_BLOCK + f"attention.W_{n}.bias" for n in "qkv"),
+        "layers.{i}.out_weight": _D2L_BLOCK + "attention.W_o.weight",
+        "layers.{i}.out_bias": _D2L_BLOCK + "attention.W_o.bias",
+        "layers.{i}.ln1_weight": _D2L_BLOCK + "addnorm1.ln.weight",
+        "layers.{i}.ln1_bias": _D2L_BLOCK + "addnorm1.ln.bias",
+        "layers.{i}.ffn1_weight": _D2L_BLOCK + "ffn.dense1.weight",
+        "layers.{i}.ffn1_bias": _D2L_BLOCK + "ffn.dense1.bias",
+        "layers.{i}.ffn2_weight": _D2L_BLOCK + "ffn.dense2.weight",
+        "layers.{i}.ffn2_bias": _D2L_BLOCK + "ffn.dense2.bias",
+        "layers.{i}.ln2_weight": _D2L_BLOCK + "addnorm2.ln.weight",
+        "layers.{i}.ln2_bias": _D2L_BLOCK + "addnorm2.ln.bias",
+    },
+)

@@ -1,0 +1,247 @@
+"""The batch job behind ``pybert encode``: a text file in, an embedding file out, resumable.
+
+Rows are read a chunk at a time, embedded by a :class:`~pybert.text.TextModel` and written in
+input order; after each chunk is durably written the job records how many rows are done, so a
+run that is interrupted (Ctrl-C, a kill, a crash, a full disk) continues from there when run
+again with the same arguments. Only a finished job has the output's final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from ..config import check_positive_int
+from ..text import POOLINGS, text_model_of
+from ..tokenization import check_truncation
+from .output import FORMATS, open_writer, partial_path
+
+__all__ = ["read_texts", "parse_rows", "count_rows", "run_encode_job", "MAX_ROW_BYTES",
+           "TEXT_INPUT_SUFFIXES"]
+
+TEXT_INPUT_SUFFIXES = (".txt", ".jsonl")
+MAX_ROW_BYTES = 16 << 20  # a row longer than this is refused (BERT reads 512 tokens at most)
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of each line of ``path``. Lines end at ``\\n`` (``\\r\\n`` too)
+    and nowhere else: a lone ``\\r`` inside a line is part of its text, not a row break."""
+    with open(path, "rb") as f:
+        for number in range(1, 1 << 62):
+            line = f.readline(MAX_ROW_BYTES + 2)
+            if not line:
+                return
+            if len(line) > MAX_ROW_BYTES + 1 and not line.endswith(b"\n"):
+                raise ValueError(f"{path}:{number}: the row is longer than {MAX_ROW_BYTES} "
+                                 "bytes")
+            if line.endswith(b"\n"):
+                line = line[:-1]
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+            yield number, line
+
+
+def _is_row(line: bytes, jsonl: bool) -> bool:
+    return not jsonl or bool(line.strip())
+
+
+def parse_rows(path, start: int = 0, stop: int | None = None) -> Iterator[tuple]:
+    """(row, text or None, error or None, id or None) for rows ``start`` to ``stop`` of a .txt
+    or .jsonl file (see read_texts): a row that cannot be read gives its error, which names the
+    file and line, instead of a text; a .jsonl object's "id" field comes with its text."""
+    path = Path(path)
+    jsonl = path.suffix == ".jsonl"
+    row = -1
+    for number, raw in _lines(path):
+        if not _is_row(raw, jsonl):
+            continue
+        row += 1
+        if row < start:
+            continue
+        if stop is not None and row >= stop:
+            return
+        try:
+            yield (row, *_parse_row(raw, jsonl, f"{path}:{number}"))
+        except ValueError as err:
+            yield row, None, err, None
+
+
+def _parse_row(raw: bytes, jsonl: bool, where: str) -> tuple:
+    """(text, None, id) of one row, or ValueError naming ``where``."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{where}: not valid UTF-8 (byte {err.start})") from None
+    if not jsonl:
+        return (tuple(line.split("\t", 1)) if "\t" in line else line), None, None
+    try:
+        value = json.loads(line)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{where}: not valid JSON: {err}") from None
+    row_id = value.get("id") if isinstance(value, dict) else None
+    return _jsonl_text(value, where), None, row_id
+
+
+def read_texts(path, skip: int = 0) -> Iterator:
+    """The rows of a .txt (one text per line; a tab separates a pair) or .jsonl file (each line
+    a string, a [text_a, text_b] pair, or an object with "text" and optionally "text_pair",
+    or "text_a" and "text_b"), from row ``skip`` on. Blank .jsonl lines are not rows. A bad
+    row (invalid UTF-8, invalid JSON, a wrong shape) raises ValueError naming file and line."""
+    for _, text, error, _ in parse_rows(path, start=skip):
+        if error is not None:
+            raise error
+        yield text
+
+
+def _jsonl_text(value, where: str):
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    if isinstance(value, dict):
+        if isinstance(value.get("text"), str):
+            pair = value.get("text_pair")
+            return value["text"] if pair is None else (value["text"], _str(pair, where))
+        if isinstance(value.get("text_a"), str):
+            return (value["text_a"], _str(value.get("text_b"), where))
+    raise ValueError(f"{where}: expected a string, a [text_a, text_b] pair or an object with "
+                     "\"text\" (and \"text_pair\") or \"text_a\" and \"text_b\"")
+
+
+def _str(value, where: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: the second text of a pair must be a string")
+    return value
+
+
+def count_rows(path) -> int:
+    """The rows of ``path`` as read_texts counts them, without parsing them."""
+    jsonl = Path(path).suffix == ".jsonl"
+    return sum(1 for _, line in _lines(Path(path)) if _is_row(line, jsonl))
+
+
+def _check_paths(input_path: Path, output_path: Path, overwrite: bool) -> None:
+    """Everything about the two paths that can be known before any work."""
+    if not input_path.exists():
+        raise FileNotFoundError(f"--input {input_path} does not exist")
+    if not input_path.is_file():
+        raise ValueError(f"--input {input_path} must be a regular file")
+    if input_path.suffix not in TEXT_INPUT_SUFFIXES:
+        raise ValueError(f"--input must be a .txt or .jsonl file, got {input_path.name}")
+    if output_path.suffix not in FORMATS:
+        raise ValueError(f"--output must end in one of {FORMATS}, got {output_path.name}")
+    if output_path.is_dir():
+        raise ValueError(f"--output {output_path} is a directory; name a file in it")
+    if not output_path.parent.is_dir():
+        raise FileNotFoundError(f"--output's folder {output_path.parent} does not exist")
+    if not os.access(output_path.parent, os.W_OK):
+        raise PermissionError(f"--output's folder {output_path.parent} is not writable")
+    if output_path.exists() and not overwrite:
+        raise FileExistsError(f"{output_path} exists (a finished job); pass --overwrite to "
+                              "replace it")
+
+
+@contextlib.contextmanager
+def _writing(output_path: Path, rows_done: int):
+    """Turns a failure to write (a full disk, a read-only folder) into an OSError that says
+    what happened and that the job can be resumed."""
+    try:
+        yield
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write {output_path}: {err.strerror or err}. The "
+                      f"{rows_done} rows done so far are kept: free space or fix the folder, "
+                      "then run the same command again to continue") from err
+
+
+def _job_identity(model, input_path: Path, model_id: str, pooling: str,
+                  truncation: str) -> dict:
+    """What makes a job the same job: a rerun continues a partial output only where these all
+    agree (the input file as it was, the model and every option that changes a vector)."""
+    stat = input_path.stat()
+    job = {"input": str(input_path.resolve()), "input_bytes": stat.st_size,
+           "input_mtime_ns": stat.st_mtime_ns, "model": model_id, "pooling": pooling,
+           "normalize": model.normalize, "truncation": truncation, "dim": model.dim,
+           "engine_dtype": str(model.engine.dtype).replace("torch.", "")}
+    if model.engine.quantize:  # absent otherwise: older jobs still resume
+        job["engine_quantize"] = model.engine.quantize
+    return job
+
+
+def _resume_point(job: dict, input_path: Path, output_path: Path, progress_path: Path,
+                  overwrite: bool) -> tuple[int, int, bool]:
+    """(rows in the input, rows already done, whether a partial output is resumed)."""
+    if not (progress_path.exists() and partial_path(output_path).exists()) or overwrite:
+        return count_rows(input_path), 0, False
+    try:
+        saved = json.loads(progress_path.read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not an object")
+    except (ValueError, OSError) as err:
+        raise ValueError(f"{progress_path} is unreadable ({err}); pass --overwrite to start "
+                         "again") from None
+    if {k: saved.get(k) for k in job} != job:
+        raise ValueError(f"{partial_path(output_path)} belongs to a different job (other "
+                         "input, model or options); pass --overwrite to start again")
+    return saved["rows"], saved["done"], True
+
+
+def run_encode_job(model, input_path, output_path, model_id: str, pooling: str | None = None,
+                   batch_tokens: int = 16384, chunk_size: int = 4096, truncation: str = "warn",
+                   overwrite: bool = False, progress: bool = True) -> dict:
+    """Embed every row of ``input_path`` into ``output_path`` (.npy, .safetensors, .parquet),
+    in input order, streaming a chunk at a time, with ``model`` (a TextModel, or an Engine
+    loaded with one).
+
+    The output is built as ``<output>.partial`` with ``<output>.progress.json`` recording the
+    rows done after each chunk is durably written; run the same job again after an
+    interruption and it continues from there. Only a finished job has ``output_path``. A
+    failure to write (a full disk, a read-only folder) raises OSError saying so; the rows done
+    are kept."""
+    from tqdm import tqdm
+
+    model = text_model_of(model)
+    pooling = pooling or model.pooling
+    if pooling not in POOLINGS[:2]:
+        raise ValueError(f"a batch job pools each text to one vector: pooling must be cls or "
+                         f"mean, got {pooling!r}")
+    check_positive_int(batch_tokens, "batch_tokens")
+    check_positive_int(chunk_size, "chunk_size")
+    check_truncation(truncation)
+    input_path, output_path = Path(input_path), Path(output_path)
+    _check_paths(input_path, output_path, overwrite)
+    progress_path = output_path.with_name(output_path.name + ".progress.json")
+    job = _job_identity(model, input_path, model_id, pooling, truncation)
+    rows, done, resume = _resume_point(job, input_path, output_path, progress_path, overwrite)
+
+    def commit(count: int) -> None:
+        tmp = progress_path.with_name(progress_path.name + ".tmp")
+        tmp.write_text(json.dumps({**job, "rows": rows, "done": count}))
+        os.replace(tmp, progress_path)
+
+    position = done
+    bar = tqdm(total=rows, initial=done, unit="sent", disable=not progress, dynamic_ncols=True,
+               smoothing=0.1)
+    with contextlib.closing(bar):
+        with _writing(output_path, done):
+            writer = open_writer(output_path, rows, model.dim, resume, {**job, "rows": rows})
+            commit(done)
+        for chunk in model.iter_encode(read_texts(input_path, skip=done), pooling,
+                                       batch_tokens, chunk_size, truncation):
+            with _writing(output_path, position):
+                writer.write(position, torch.stack(chunk).numpy())
+                writer.flush()
+                commit(position + len(chunk))
+            position += len(chunk)
+            bar.update(len(chunk))
+        if position != rows:
+            raise ValueError(f"{input_path} changed while it was read ({position} rows, "
+                             f"expected {rows})")
+        with _writing(output_path, position):
+            writer.finish(output_path)
+            progress_path.unlink()
+    return {"output": str(output_path), "rows": rows, "dim": model.dim, "resumed_at": done}

@@ -1,0 +1,124 @@
+"""The batching queue in front of the engine: no HTTP in it (the shape of
+text-embeddings-inference's ``core/src/queue.rs``). Requests already tokenised come in from
+any event loop; one thread packs the sequences of as many as fit a token budget into one
+engine call and settles each request's future with its rows."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from dataclasses import dataclass
+
+from .config import ServeConfig
+
+__all__ = ["Batcher", "QueueFull"]
+
+
+class QueueFull(Exception):
+    """The batcher holds as many sequences as it may."""
+
+
+@dataclass
+class _Job:
+    encoded: list            # (ids, segments) per text
+    tokens: int
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+
+
+def _settle(future: asyncio.Future, value=None, error: BaseException | None = None) -> None:
+    if future.done():  # cancelled: the client went away
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+class Batcher:
+    """The one thread that runs the engine for the server's embedding requests.
+
+    It takes queued requests in arrival order and packs the sequences of as many as fit
+    ``batch_tokens`` into one engine call (``TextModel.encode_tokenized``), waiting at most
+    ``max_wait_ms`` for more work once it has some; each request's future gets its rows,
+    pooled by the model's pooling and not normalised (each request chooses)."""
+
+    def __init__(self, model, config: ServeConfig, observe_batch=None):
+        self.model, self.config = model, config
+        self.observe_batch = observe_batch or (lambda sequences, tokens: None)
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self.queued_sequences = 0
+        self._thread = threading.Thread(target=self._run, name="pybert-batcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish what is queued, then end the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    def submit(self, encoded: list, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+        """A future of the (len(encoded), H) vectors; QueueFull if there is no room."""
+        future = loop.create_future()
+        job = _Job(encoded, sum(len(ids) for ids, _ in encoded), future, loop)
+        with self._cond:
+            if self._stopping:
+                raise QueueFull("the server is shutting down")
+            if self.queued_sequences + len(encoded) > self.config.max_queue:
+                raise QueueFull(f"the queue holds {self.queued_sequences} sequences already")
+            self._queue.append(job)
+            self.queued_sequences += len(encoded)
+            self._cond.notify()
+        return future
+
+    def _next_batch(self) -> list[_Job] | None:
+        with self._cond:
+            while not self._queue and not self._stopping:
+                self._cond.wait()
+            if not self._queue:
+                return None
+            jobs = [self._queue.popleft()]
+            total = jobs[0].tokens
+            deadline = time.monotonic() + self.config.max_wait_ms / 1000
+            while total < self.config.batch_tokens:
+                if self._queue:
+                    if total + self._queue[0].tokens > self.config.batch_tokens:
+                        break
+                    jobs.append(self._queue.popleft())
+                    total += jobs[-1].tokens
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stopping:
+                    break
+                self._cond.wait(remaining)
+            self.queued_sequences -= sum(len(job.encoded) for job in jobs)
+            return jobs
+
+    def _run(self) -> None:
+        while True:
+            jobs = self._next_batch()
+            if jobs is None:
+                return
+            jobs = [job for job in jobs if not job.future.cancelled()]  # clients that left
+            if not jobs:
+                continue
+            sequences = [item for job in jobs for item in job.encoded]
+            self.observe_batch(len(sequences), sum(job.tokens for job in jobs))
+            try:
+                vectors = self.model.encode_tokenized(sequences, normalize=False)
+            except Exception as err:  # noqa: BLE001 (handed to each request)
+                for job in jobs:
+                    job.loop.call_soon_threadsafe(_settle, job.future, None, err)
+                continue
+            start = 0
+            for job in jobs:
+                rows = vectors[start:start + len(job.encoded)]
+                start += len(job.encoded)
+                job.loop.call_soon_threadsafe(_settle, job.future, rows)

@@ -1,0 +1,13 @@
+"""Texts to token ids: d2l's word-level tokenizer and vocabulary, and Hugging Face's WordPiece
+(through the ``tokenizers`` package), behind one interface (``encode_all``, ``id_to_token``,
+``pad_id``, ``mask_id``, ``max_len``)."""
+
+from .common import TRUNCATIONS, check_truncation, text_item, warn_cut
+from .vocab import BERT_RESERVED_TOKENS, Vocab
+from .wordpiece import WordPieceTokenizer
+from .words import (TEXT_FORMATS, WordTokenizer, normalize_text, split_sentences,
+                    split_words)
+
+__all__ = ["BERT_RESERVED_TOKENS", "TEXT_FORMATS", "TRUNCATIONS", "Vocab", "WordPieceTokenizer",
+           "WordTokenizer", "check_truncation", "normalize_text", "split_sentences",
+           "split_words", "text_item", "warn_cut"]

@@ -1,0 +1,185 @@
+"""pybert on a local Ray cluster (CPU, two workers): the Ray Data callable, and `pybert encode
+--ray` against the single-process job, with a killed driver and a killed actor."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+pq = pytest.importorskip("pyarrow.parquet")
+import pyarrow as pa  # noqa: E402
+
+import pybert  # noqa: E402
+from pybert.job import run_encode_job  # noqa: E402
+
+from helpers import random_texts, rel_l2, write_txt  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A local two-CPU cluster. Ray's workers start in the driver's folder and import from it:
+    started from the checkout they would find the source tree (no compiled extension there),
+    so the driver moves to a temporary folder for the module."""
+    here = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("ray-cwd"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+    os.chdir(here)
+
+
+def rel(actual, expected) -> float:
+    return rel_l2(torch.as_tensor(np.asarray(actual, dtype=np.float64)),
+                  torch.as_tensor(np.asarray(expected, dtype=np.float64)))
+
+
+def single_process(text_checkpoint, source, out):
+    run_encode_job(pybert.TextModel.load(text_checkpoint), source, out, "m", progress=False)
+    return np.load(out)
+
+
+def shard_vectors(folder):
+    """{(file, row): vector} over the shards, each row exactly once."""
+    found = {}
+    for part in sorted(folder.glob("*.parquet")):
+        table = pq.read_table(part)
+        for file, row, vector in zip(table.column("file").to_pylist(),
+                                     table.column("row").to_pylist(),
+                                     table.column("embedding").to_pylist()):
+            assert (file, row) not in found, "a row was written twice"
+            found[(file, row)] = vector
+    return found
+
+
+def test_the_map_batches_callable(cluster, text_checkpoint):
+    from pybert.ray import Embedder
+
+    texts = [t if isinstance(t, str) else t[0] for t in random_texts(30, seed=8)]
+    ds = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(texts)])
+    out = ds.map_batches(Embedder, fn_constructor_kwargs={"model": str(text_checkpoint),
+                                                          "device": "cpu"},
+                         batch_format="pyarrow", batch_size=7, concurrency=2,
+                         num_cpus=1).take_all()
+    out.sort(key=lambda r: r["id"])
+    assert [r["text"] for r in out] == texts  # the ids and other columns pass through
+    got = np.array([r["embedding"] for r in out])
+    expected = pybert.TextModel.load(text_checkpoint).encode(texts)
+    assert rel(got, expected) <= 1e-6
+    # token ids in, bad rows as nulls with their reason
+    model = pybert.TextModel.load(text_checkpoint)
+    ids = [ids for ids, _ in model.tokenizer.encode_all(texts[:4])] + [[10 ** 6]]
+    ds = ray.data.from_items([{"tokens": t} for t in ids])
+    out = ds.map_batches(Embedder, fn_constructor_kwargs={
+        "model": str(text_checkpoint), "device": "cpu", "tokens_column": "tokens",
+        "on_error": "null"}, batch_format="pyarrow", concurrency=1, num_cpus=1).take_all()
+    assert out[4]["embedding"] is None and "token ids" in out[4]["error"]
+    np.testing.assert_allclose(np.array([r["embedding"] for r in out[:4]]), expected[:4],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_the_ray_job_equals_the_single_process_job(cluster, text_checkpoint, tmp_path):
+    from pybert.ray import run_ray_job
+
+    texts = [t if isinstance(t, str) else "\t".join(t) for t in random_texts(120, seed=9)]
+    write_txt(tmp_path / "a.txt", texts[:70])
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": t, "id": f"b{i}"}) + "\n"
+                                              for i, t in enumerate(texts[70:])))
+    singles = [t for t in texts if "\t" not in t][:20]
+    pq.write_table(pa.table({"id": [f"c{i}" for i in range(20)], "text": singles}),
+                   tmp_path / "c.parquet")
+    summary = run_ray_job(str(text_checkpoint), [tmp_path / "a.txt", tmp_path / "b.jsonl",
+                                            tmp_path / "c.parquet"], tmp_path / "out",
+                          rows_per_shard=16, device="cpu")
+    assert summary["rows"] == 140 and summary["shards_skipped"] == 0
+    assert summary["bad_rows"] == 0 and summary["shards"] == 5 + 4 + 2
+    found = shard_vectors(tmp_path / "out")
+    expected_a = single_process(text_checkpoint, tmp_path / "a.txt", tmp_path / "a.npy")
+    expected_b = single_process(text_checkpoint, tmp_path / "b.jsonl", tmp_path / "b.npy")
+    a = np.array([found[(str(tmp_path / "a.txt"), r)] for r in range(70)])
+    b = np.array([found[(str(tmp_path / "b.jsonl"), r)] for r in range(50)])
+    c = np.array([found[(str(tmp_path / "c.parquet"), r)] for r in range(20)])
+    assert rel(a, expected_a) <= 1e-6
+    assert rel(b, expected_b) <= 1e-6
+    assert rel(c, pybert.TextModel.load(text_checkpoint).encode(singles)) <= 1e-6
+    ids = pq.read_table(sorted((tmp_path / "out").glob("00001-*"))[0]).column("id").to_pylist()
+    assert ids[:2] == ["b0", "b1"]
+    again = run_ray_job(str(text_checkpoint), [tmp_path / "a.txt", tmp_path / "b.jsonl",
+                                          tmp_path / "c.parquet"], tmp_path / "out",
+                        rows_per_shard=16, device="cpu")
+    assert again["shards_skipped"] == 11 and again["rows"] == 0
+
+
+def test_bad_rows_are_counted_not_fatal(cluster, text_checkpoint, tmp_path):
+    from pybert.ray import run_ray_job
+
+    (tmp_path / "in.jsonl").write_bytes(b'"the cat"\n{"text": 3}\n"a \xff dog"\n["it", "is"]\n')
+    summary = run_ray_job(str(text_checkpoint), [tmp_path / "in.jsonl"], tmp_path / "out",
+                          device="cpu")
+    assert summary["rows"] == 4 and summary["bad_rows"] == 2
+    table = pq.read_table(next((tmp_path / "out").glob("*.parquet")))
+    errors = table.column("error").to_pylist()
+    assert errors[0] is None and "in.jsonl:2" in errors[1] and "UTF-8" in errors[2]
+    assert table.column("embedding").to_pylist()[1] is None
+
+
+def test_a_killed_actor_loses_and_repeats_nothing(cluster, text_checkpoint, tmp_path):
+    """The first actor to write shard 3 dies (its process exits) midway: Ray restarts it and
+    retries the shard; every row is written exactly once."""
+    from pybert.ray import ShardWriter, run_ray_job
+
+    marker = tmp_path / "died"
+
+    class DiesOnce(ShardWriter):  # defined here, so Ray ships it by value
+        def write(self, shard):
+            if shard.start == 48 and not marker.exists():
+                marker.write_text(str(os.getpid()))
+                os._exit(1)
+            return super().write(shard)
+
+    texts = [t if isinstance(t, str) else t[0] for t in random_texts(100, seed=10)]
+    write_txt(tmp_path / "in.txt", texts)
+    summary = run_ray_job(str(text_checkpoint), [tmp_path / "in.txt"], tmp_path / "out",
+                          rows_per_shard=16, device="cpu", writer=DiesOnce)
+    assert marker.exists() and summary["rows"] == 100
+    found = shard_vectors(tmp_path / "out")
+    expected = single_process(text_checkpoint, tmp_path / "in.txt", tmp_path / "in.npy")
+    got = np.array([found[(str(tmp_path / "in.txt"), r)] for r in range(100)])
+    assert rel(got, expected) <= 1e-6
+
+
+def test_a_killed_driver_is_resumed_by_a_rerun(text_checkpoint, tmp_path):
+    """`pybert encode --ray` killed midway (SIGKILL to the driver and its local cluster); the
+    same command again skips the finished shards and completes, no row lost or repeated."""
+    texts = [t if isinstance(t, str) else t[0] for t in random_texts(400, seed=11)]
+    write_txt(tmp_path / "in.txt", texts)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "pybert", "encode", "--ray", "--model", str(text_checkpoint),
+               "--input", str(tmp_path / "in.txt"), "--output", str(out), "--rows-per-shard",
+               "10", "--device", "cpu", "--no-progress"]
+    first = subprocess.Popen(command, cwd=tmp_path, start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and first.poll() is None:
+        if len(list(out.glob("*.parquet"))) >= 3:
+            break
+        time.sleep(0.05)
+    assert first.poll() is None, first.communicate()[0]
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    written = len(list(out.glob("*.parquet")))
+    assert 3 <= written < 40
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    summary = json.loads(again.stdout.strip().splitlines()[-1])
+    assert summary["shards_skipped"] >= written and summary["shards"] == 40
+    found = shard_vectors(out)
+    expected = single_process(text_checkpoint, tmp_path / "in.txt", tmp_path / "in.npy")
+    got = np.array([found[(str(tmp_path / "in.txt"), r)] for r in range(400)])
+    assert len(found) == 400 and rel(got, expected) <= 1e-6

@@ -1,0 +1,365 @@
+"""Each kernel (torch.ops.pybert.*) against a float64 torch reference, on fresh random inputs:
+the CPU kernels in fp32 and bf16, and (marked cuda, skipped without a GPU) the CUDA kernels
+in fp32, fp16 and bf16."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pybert  # noqa: F401  (registers the ops)
+
+from pybert.engine.ops import ACTIVATIONS
+
+from helpers import BOUNDS, rel_l2
+
+ops = torch.ops.pybert
+REFERENCE_ACTIVATIONS = {"none": lambda x: x, "relu": torch.relu, "tanh": torch.tanh,
+                         "gelu": F.gelu}
+
+TARGETS = [
+    pytest.param(("cpu", torch.float32), id="cpu-fp32"),
+    pytest.param(("cpu", torch.bfloat16), id="cpu-bf16"),
+    pytest.param(("cuda", torch.float32), id="cuda-fp32", marks=pytest.mark.cuda),
+    pytest.param(("cuda", torch.float16), id="cuda-fp16", marks=pytest.mark.cuda),
+    pytest.param(("cuda", torch.bfloat16), id="cuda-bf16", marks=pytest.mark.cuda),
+]
+
+
+@pytest.fixture(params=TARGETS)
+def target(request):
+    return request.param
+
+
+def rand(*shape, target, scale=1.0, shift=0.0):
+    device, dtype = target
+    return (torch.randn(*shape, dtype=torch.float64) * scale + shift).to(device, dtype)
+
+
+def cu_seqlens_of(lengths, device="cpu"):
+    """The prefix sums of `lengths`, int32 (cu_seqlens[b]: sequence b's first packed row)."""
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(lengths, 0)
+    return cu.to(device)
+
+
+def random_cu_seqlens(batch, max_len, seed, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, max_len + 1, (batch,), generator=g)
+    lengths[0] = max_len
+    return cu_seqlens_of(lengths, device), lengths
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (7, 13, 96), (64, 384, 128), (3, 10000, 32)])
+@pytest.mark.parametrize("activation", ["none", "relu", "tanh", "gelu"])
+def test_gemm_bias_act(target, m, n, k, activation):
+    a, w, b = rand(m, k, target=target), rand(n, k, target=target), rand(n, target=target)
+    out = ops.gemm_bias_act(a, w, b, ACTIVATIONS[activation])
+    assert out.dtype == a.dtype and out.device == a.device
+    ref = REFERENCE_ACTIVATIONS[activation](a.double() @ w.double().T + b.double())
+    assert rel_l2(out, ref) <= BOUNDS[target[1]]
+    no_bias = ops.gemm_bias_act(a, w, None, ACTIVATIONS[activation])
+    ref = REFERENCE_ACTIVATIONS[activation](a.double() @ w.double().T)
+    assert rel_l2(no_bias, ref) <= BOUNDS[target[1]]
+
+
+# On the GPU, rows of whole 16-byte packs up to 4 KB take the warp-per-row kernel (8, 96, 768,
+# 2048 in fp16/bf16; 20 in fp32), the others the block-per-row one (20 in fp16, 4096).
+@pytest.mark.parametrize("hidden", [8, 20, 96, 768, 2048, 4096])
+@pytest.mark.parametrize("with_residual", [True, False])
+def test_add_layernorm(target, hidden, with_residual):
+    # a large mean tests the variance's cancellation
+    x = rand(37, hidden, target=target, scale=3.0, shift=5.0)
+    residual = rand(37, hidden, target=target) if with_residual else None
+    weight = rand(hidden, target=target, scale=0.1, shift=1.0)
+    bias = rand(hidden, target=target)
+    out = ops.add_layernorm(x, residual, weight, bias, 1e-5)
+    total = x.double() + (residual.double() if with_residual else 0)
+    ref = F.layer_norm(total, (hidden,), weight.double(), bias.double(), 1e-5)
+    assert rel_l2(out, ref) <= BOUNDS[target[1]]
+
+
+def test_add_layernorm_of_unaligned_rows(target):
+    """Rows that do not start on a 16-byte boundary (a view one element into its storage) take
+    the kernel that needs no alignment, with the same result."""
+    hidden = 96
+    storage = rand(37 * hidden + 1, target=target, scale=2.0, shift=1.0)
+    x = storage[1:].view(37, hidden)
+    weight = rand(hidden, target=target, scale=0.1, shift=1.0)
+    bias = rand(hidden, target=target)
+    out = ops.add_layernorm(x, None, weight, bias, 1e-5)
+    ref = F.layer_norm(x.double(), (hidden,), weight.double(), bias.double(), 1e-5)
+    assert rel_l2(out, ref) <= BOUNDS[target[1]]
+
+
+@pytest.mark.parametrize("target", [t for t in TARGETS if t.values[0][0] == "cpu"])
+def test_add_layernorm_of_rows_whose_squares_overflow_float(target):
+    """Finite values of 1e34 square beyond float's range: such a row must still normalise
+    right (found by the checkpoint fuzzer: one damaged weight of 1.7e34), not come out as
+    beta."""
+    x = rand(5, 96, target=target)
+    x[1, 7] = 1e34
+    x[3, :10] = -3e37
+    weight = rand(96, target=target, scale=0.1, shift=1.0)
+    bias = rand(96, target=target)
+    out = ops.add_layernorm(x, None, weight, bias, 1e-5)
+    ref = F.layer_norm(x.double(), (96,), weight.double(), bias.double(), 1e-5)
+    assert bool(torch.isfinite(out).all())
+    assert rel_l2(out, ref) <= BOUNDS[target[1]]
+
+
+def reference_attention(qkv, lengths, num_heads):
+    hidden = qkv.shape[1] // 3
+    d = hidden // num_heads
+    outs, start = [], 0
+    for n in lengths.tolist():
+        q, k, v = qkv[start:start + n].double().cpu().split(hidden, dim=1)
+        q, k, v = (t.reshape(n, num_heads, d).transpose(0, 1) for t in (q, k, v))
+        p = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(d), dim=-1)
+        outs.append((p @ v).transpose(0, 1).reshape(n, hidden))
+        start += n
+    return torch.cat(outs)
+
+
+# head dims: 8, 32, 64 and 192 (the book's example); 40 (a multiple of 8, not of 16) and 256 at
+# the edges of FlashAttention-2's and our tensor-core kernel's range; 20 on our CUDA-core
+# kernel in fp16/bf16 (the memory-efficient kernel's in fp32). own_kernel runs our CUDA kernels
+# where the engine would call torch's; on the CPU it runs the batched-GEMM attention (fp32: the
+# engine's choice), and without it torch's flash attention runs (bf16: the engine's choice).
+@pytest.mark.parametrize("num_heads,head_dim", [(4, 8), (3, 32), (2, 64), (4, 192), (2, 40),
+                                                (1, 256), (1, 20)])
+@pytest.mark.parametrize("max_len", [1, 17, 130])
+@pytest.mark.parametrize("own_kernel", [False, True], ids=["engine-choice", "own-kernel"])
+def test_attention_varlen(target, num_heads, head_dim, max_len, own_kernel):
+    cu, lengths = random_cu_seqlens(5, max_len, seed=max_len + head_dim, device=target[0])
+    qkv = rand(int(cu[-1]), 3 * num_heads * head_dim, target=target)
+    out = ops.attention_varlen(qkv, cu, max_len, num_heads, own_kernel=own_kernel)
+    ref = reference_attention(qkv, lengths, num_heads)
+    assert rel_l2(out, ref) <= BOUNDS[target[1]]
+
+
+def test_attention_varlen_groups_sequences_of_one_length(target):
+    """Many sequences (the CPU's batched path): those of one length are attended together,
+    in place where they are neighbours, gathered and scattered back where they are not."""
+    batch = 2 * torch.get_num_threads() + 10
+    g = torch.Generator().manual_seed(7)
+    lengths = torch.tensor([3, 5, 9, 9, 9, 1])[torch.randint(0, 6, (batch,), generator=g)]
+    lengths[4:7] = 9  # a run of neighbours too
+    cu = cu_seqlens_of(lengths)
+    qkv = rand(int(cu[-1]), 3 * 2 * 16, target=target)
+    out = ops.attention_varlen(qkv, cu.to(target[0]), 9, 2)
+    assert rel_l2(out, reference_attention(qkv, lengths, 2)) <= BOUNDS[target[1]]
+
+
+@pytest.mark.parametrize("own_kernel", [False, True], ids=["engine-choice", "own-kernel"])
+def test_attention_varlen_of_many_short_sequences(target, own_kernel):
+    """The CPU's batched-GEMM attention: enough sequences that each thread's share takes
+    several rounds of its score buffer, three heads so that a thread's share can begin or end
+    inside a sequence, lengths from 1 to 120 (score rows of 1 to 8 lanes of 16, whole and
+    partial), and scores spread wide enough (scale 4) that most softmax weights underflow."""
+    g = torch.Generator().manual_seed(11)
+    lengths = torch.randint(1, 121, (301,), generator=g)
+    lengths[:3] = torch.tensor([96, 97, 1])
+    cu = cu_seqlens_of(lengths)
+    qkv = rand(int(cu[-1]), 3 * 3 * 24, target=target, scale=4.0)
+    out = ops.attention_varlen(qkv, cu.to(target[0]), 120, 3, own_kernel=own_kernel)
+    assert rel_l2(out, reference_attention(qkv, lengths, 3)) <= BOUNDS[target[1]]
+
+
+def test_attention_varlen_beyond_the_batched_limit(target):
+    """Sequences longer than 512 tokens (a model with a longer position table) go to flash
+    attention beside shorter ones in the batched-GEMM attention, in one call."""
+    lengths = torch.tensor([600, 3, 513, 512, 40])
+    cu = cu_seqlens_of(lengths)
+    qkv = rand(int(cu[-1]), 3 * 2 * 16, target=target)
+    out = ops.attention_varlen(qkv, cu.to(target[0]), 600, 2, own_kernel=True)
+    assert rel_l2(out, reference_attention(qkv, lengths, 2)) <= BOUNDS[target[1]]
+
+
+@pytest.mark.parametrize("own_kernel", [False, True], ids=["engine-choice", "own-kernel"])
+def test_attention_varlen_passes_nan_on(target, own_kernel):
+    """A NaN in one sequence's keys makes that sequence's context NaN (for the forward's
+    finiteness check to report), not a finite guess, and leaves the others alone."""
+    lengths = torch.tensor([5, 7, 6] * 6)
+    cu = cu_seqlens_of(lengths)
+    qkv = rand(int(cu[-1]), 3 * 2 * 8, target=target)
+    qkv[int(cu[1]) + 3, 16 + 2] = float("nan")  # sequence 1, a key of head 0
+    out = ops.attention_varlen(qkv, cu.to(target[0]), 7, 2, own_kernel=own_kernel).cpu()
+    rows_of_1 = slice(int(cu[1]), int(cu[2]))
+    assert bool(torch.isnan(out[rows_of_1, :8]).all())
+    others = torch.cat([out[: int(cu[1])], out[int(cu[2]):]])
+    assert bool(torch.isfinite(others).all())
+
+
+def test_embed_packed(target):
+    device, _ = target
+    batch, seq_len, hidden, vocab = 4, 9, 24, 31
+    cu, lengths = random_cu_seqlens(batch, seq_len, seed=1, device=device)
+    tokens = torch.randint(0, vocab, (batch, seq_len), device=device)
+    segments = torch.randint(0, 2, (batch, seq_len), device=device)
+    tok, seg = rand(vocab, hidden, target=target), rand(2, hidden, target=target)
+    pos = rand(20, hidden, target=target)
+    out = ops.embed_packed(tokens, segments, cu, int(cu[-1]), tok, seg, pos)
+    full = tok.double()[tokens] + seg.double()[segments] + pos.double()[:seq_len]
+    mask = (torch.arange(seq_len)[None, :] < lengths[:, None]).to(device)
+    assert rel_l2(out, full[mask]) <= BOUNDS[target[1]]
+
+
+def test_gather_and_unpack(target):
+    device, _ = target
+    batch, seq_len, hidden = 5, 11, 16
+    cu, lengths = random_cu_seqlens(batch, seq_len, seed=2, device=device)
+    packed = rand(int(cu[-1]), hidden, target=target)
+    padded = ops.unpack_padded(packed, cu, seq_len)
+    mask = (torch.arange(seq_len)[None, :] < lengths[:, None]).to(device)
+    assert torch.equal(padded[mask], packed)
+    assert torch.count_nonzero(padded[~mask]) == 0
+    positions = (torch.rand(batch, 3) * lengths[:, None]).long().to(device)
+    gathered = ops.gather_rows(packed, cu, positions)
+    rows = torch.arange(batch, device=device).repeat_interleave(3)
+    assert torch.equal(gathered, padded[rows, positions.reshape(-1)])
+    assert torch.equal(ops.gather_rows(packed, cu, None), padded[:, 0])
+
+
+def test_kernels_reject_bad_arguments():
+    cu = torch.tensor([0, 3, 5], dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="inner dimension"):
+        ops.gemm_bias_act(torch.randn(2, 3), torch.randn(4, 5), None, 0)
+    with pytest.raises(RuntimeError, match="weight must be Double, got Float"):
+        ops.gemm_bias_act(torch.randn(2, 3).double(), torch.randn(4, 3), None, 0)
+    with pytest.raises(RuntimeError, match="compute in float32"):
+        ops.add_layernorm(torch.randn(2, 3).double(), None, torch.ones(3).double(),
+                          torch.zeros(3).double(), 1e-5)
+    with pytest.raises(RuntimeError, match="cu_seqlens"):
+        ops.attention_varlen(torch.randn(5, 12), cu.long(), 3, 2)
+    with pytest.raises(RuntimeError, match="outside sequence"):
+        ops.gather_rows(torch.randn(5, 4), cu, torch.tensor([[0], [2]]))
+    with pytest.raises(RuntimeError, match="tokens out of range"):
+        ops.embed_packed(torch.tensor([[0, 9]]), torch.zeros(1, 2, dtype=torch.long),
+                         torch.tensor([0, 2], dtype=torch.int32), 2, torch.randn(5, 4),
+                         torch.randn(2, 4), torch.randn(4, 4))
+
+
+def opcheck_cases(target):
+    """Arguments for every op, on fresh random inputs."""
+    device, _ = target
+    cu, lengths = random_cu_seqlens(3, 6, seed=3, device=device)
+    t = int(cu[-1])
+    tokens = torch.randint(0, 11, (3, 6), device=device)
+    segments = torch.randint(0, 2, (3, 6), device=device)
+    positions = (torch.rand(3, 2) * lengths[:, None]).long().to(device)
+    return [
+        (ops.gemm_bias_act, (rand(4, 8, target=target), rand(5, 8, target=target),
+                             rand(5, target=target), ACTIVATIONS["relu"])),
+        (ops.gemm_bias_act, (rand(4, 8, target=target), rand(5, 8, target=target), None,
+                             ACTIVATIONS["gelu"])),
+        (ops.embed_packed, (tokens, segments, cu, t, rand(11, 8, target=target),
+                            rand(2, 8, target=target), rand(6, 8, target=target))),
+        (ops.add_layernorm, (rand(4, 8, target=target), rand(4, 8, target=target),
+                             rand(8, target=target), rand(8, target=target), 1e-5)),
+        (ops.add_layernorm, (rand(4, 8, target=target), None, rand(8, target=target),
+                             rand(8, target=target), 1e-5)),
+        (ops.attention_varlen, (rand(t, 48, target=target), cu, 6, 2)),
+        (ops.attention_varlen, (rand(t, 48, target=target), cu, 6, 2, True)),
+        (ops.unpack_padded, (rand(t, 8, target=target), cu, 6)),
+        (ops.gather_rows, (rand(t, 8, target=target), cu, None)),
+        (ops.gather_rows, (rand(t, 8, target=target), cu, positions)),
+    ]
+
+
+def test_opcheck(target):
+    """Every op passes all of torch.library.opcheck's checks: schema, autograd registration,
+    fake tensor and AOT dispatch (what torch.compile relies on)."""
+    for op, args in opcheck_cases(target):
+        torch.library.opcheck(op, args)
+
+
+def test_torch_compile_traces_the_ops():
+    """A function calling the ops compiles into one graph (fullgraph: no break at any op) and
+    gives the eager result."""
+    torch._dynamo.reset()
+    cu, _ = random_cu_seqlens(3, 6, seed=5)
+    t = int(cu[-1])
+    qkv, w, b = torch.randn(t, 48), torch.randn(16, 16), torch.randn(16)
+    gamma, beta = torch.randn(16), torch.randn(16)
+
+    def layer(qkv, cu):
+        context = ops.attention_varlen(qkv, cu, 6, 2)
+        projected = ops.gemm_bias_act(context, w, b, ACTIVATIONS["none"])
+        return ops.add_layernorm(projected, context, gamma, beta, 1e-5)
+
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(qkv, cu), layer(qkv, cu), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("call,match", [
+    # empty or malformed cu_seqlens: refused, never a crash
+    (lambda: ops.attention_varlen(torch.randn(0, 12), torch.zeros(0, dtype=torch.int32), 1, 2),
+     "cu_seqlens must have batch"),
+    (lambda: ops.gather_rows(torch.randn(5, 4), torch.zeros(0, dtype=torch.int32), None),
+     "cu_seqlens must have batch"),
+    (lambda: ops.gather_rows(torch.randn(5, 4), torch.tensor([0, 5, 5], dtype=torch.int32),
+                             None), "empty one"),
+    (lambda: ops.unpack_padded(torch.randn(5, 4), torch.tensor([0], dtype=torch.int32), 3),
+     "cu_seqlens must have batch"),
+    (lambda: ops.attention_varlen(torch.randn(5, 12), torch.tensor([0, 4, 2, 5], dtype=torch.int32),
+                                  4, 2), "must not decrease"),
+    (lambda: ops.attention_varlen(torch.randn(5, 12), torch.tensor([0, 5], dtype=torch.int32),
+                                  10**9, 2), "max_seqlen"),
+    (lambda: ops.unpack_padded(torch.randn(5, 4), torch.tensor([0, 5], dtype=torch.int32), 3),
+     "longest"),
+    # tables narrower or shorter than the token table / the sequence
+    (lambda: ops.embed_packed(torch.zeros(1, 2, dtype=torch.long),
+                              torch.zeros(1, 2, dtype=torch.long),
+                              torch.tensor([0, 2], dtype=torch.int32), 2, torch.randn(5, 8),
+                              torch.randn(2, 4), torch.randn(4, 8)), "width of token_table"),
+    (lambda: ops.embed_packed(torch.zeros(1, 2, dtype=torch.long),
+                              torch.ones(1, 2, dtype=torch.long),
+                              torch.tensor([0, 2], dtype=torch.int32), 2, torch.randn(5, 8),
+                              torch.randn(1, 8), torch.randn(4, 8)), "segments out of range"),
+    (lambda: ops.embed_packed(torch.zeros(1, 2, dtype=torch.long),
+                              torch.zeros(1, 2, dtype=torch.long),
+                              torch.tensor([0, 2], dtype=torch.int32), 3, torch.randn(5, 8),
+                              torch.randn(2, 8), torch.randn(4, 8)), "packed rows"),
+    (lambda: ops.gemm_bias_act(torch.randn(2, 3), torch.randn(4, 3), None, 7), "activation"),
+    (lambda: ops.add_layernorm(torch.randn(2, 3), None, torch.ones(3), torch.zeros(3),
+                               float("nan")), "eps"),
+])
+def test_ops_check_every_argument(call, match):
+    with pytest.raises(RuntimeError, match=match):
+        call()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_gemm_plans_serve_every_row_count(dtype):
+    """cuBLASLt plans are cached per power-of-two bucket of the row count: every m of a bucket
+    must get a correct product from the bucket's algorithm (or its fallback)."""
+    target = ("cuda", dtype)
+    w, b = rand(384, 128, target=target), rand(384, target=target)
+    for m in list(range(1, 70)) + [127, 128, 129, 1000, 1023, 1025, 4097]:
+        a = rand(m, 128, target=target)
+        out = ops.gemm_bias_act(a, w, b, ACTIVATIONS["relu"])
+        ref = torch.relu(a.double() @ w.double().T + b.double())
+        assert rel_l2(out, ref) <= BOUNDS[dtype], m
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_gemm_first_used_inside_a_graph_capture(dtype):
+    """A GEMM shape first met inside a CUDA graph's capture cannot be timed there: it runs the
+    heuristic's first choice (a correct product on replay), and the next call outside the
+    capture times the candidates and caches the fastest (also correct)."""
+    target = ("cuda", dtype)
+    ops.gemm_bias_act(rand(4, 8, target=target), rand(5, 8, target=target), None, 0)  # handle
+    n, k = 200 + (dtype == torch.float32), 96  # a shape no other test uses
+    a, w, b = rand(37, k, target=target), rand(n, k, target=target), rand(n, target=target)
+    ref = a.double() @ w.double().T + b.double()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):  # captures on a side stream of its own
+        captured = ops.gemm_bias_act(a, w, b, ACTIVATIONS["none"])
+    captured.fill_(float("nan"))
+    graph.replay()
+    assert rel_l2(captured, ref) <= BOUNDS[dtype]
+    assert rel_l2(ops.gemm_bias_act(a, w, b, ACTIVATIONS["none"]), ref) <= BOUNDS[dtype]

@@ -1,0 +1,143 @@
+"""The package's shape, checked on its source: imports run one way (no circle, counting the
+imports inside functions too), and functions stay short enough to read."""
+
+import ast
+from pathlib import Path
+
+import pybert
+
+PACKAGE = Path(pybert.__file__).parent
+# A longer function must say why in a comment starting with this, on the line above its def.
+LONG_FUNCTION_NOTE = "# Long:"
+MAX_FUNCTION_LINES = 80
+
+
+def modules() -> dict[str, Path]:
+    """{dotted name: file} of every module of the installed package."""
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(parts)] = path
+    return found
+
+
+def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
+    """The package's modules that ``name`` imports anywhere in its file (module level, inside
+    functions, under TYPE_CHECKING alike). ``from X import y`` counts as importing X.y when that
+    is a module, else X."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[:len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base
+                       for alias in node.names]
+        else:
+            continue
+        found.update(t for t in targets if t in known and t != name)
+    return found
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A list of modules that import each other in a circle, or None."""
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                cycle = visit(nxt)
+                if cycle:
+                    return cycle
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = visit(node)
+            if cycle:
+                return cycle
+    return None
+
+
+def import_graph() -> dict[str, set[str]]:
+    """{module: the package's modules it imports}; compiled extensions (pybert._C) are
+    leaves."""
+    found = modules()
+    extensions = {f"{PACKAGE.name}.{path.name.split('.')[0]}" for path in PACKAGE.glob("*.so")}
+    known = set(found) | extensions
+    graph = {name: imports_of(name, path, known) for name, path in found.items()}
+    return {**graph, **{name: set() for name in extensions}}
+
+
+def test_the_package_has_no_import_circle():
+    graph = import_graph()
+    assert len(graph) > 30 and "pybert.engine.engine" in graph
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_cycle_finder_finds_circles():
+    """The checker itself, on graphs with and without a circle (one through a subpackage)."""
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"p": {"p.x"}, "p.x": {"q"}, "q": {"p"}}) is not None
+
+
+def test_imports_inside_functions_count(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from .engine import Engine\n    from . import loader\n")
+    known = {"pybert.engine", "pybert.loader", "pybert.m"}
+    assert imports_of("pybert.m", module, known) == {"pybert.engine", "pybert.loader"}
+
+
+def test_the_layers_import_downward_only():
+    """The engine knows neither text nor checkpoints; checkpoint readers build no runtime
+    objects; nothing below the CLI imports it."""
+    graph = import_graph()
+
+    def reaches(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph[todo.pop()]:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    for module in graph:
+        if module.startswith("pybert.engine"):
+            assert not {m for m in reaches(module) if m.startswith(
+                ("pybert.text", "pybert.checkpoint", "pybert.loader", "pybert.tokenization"))}
+        if module.startswith("pybert.checkpoint"):
+            assert not {m for m in reaches(module) if m in ("pybert.engine.engine",
+                                                             "pybert.loader", "pybert.text")}
+        if module != "pybert.cli" and module != "pybert.__main__":
+            assert "pybert.cli" not in graph[module]
+
+
+def test_functions_are_short_or_say_why():
+    long = []
+    for name, path in modules().items():
+        source = path.read_text(encoding="utf-8")
+        lines = source.splitlines()
+        for node in ast.walk(ast.parse(source)):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            length = node.end_lineno - node.lineno + 1
+            said = first >= 2 and lines[first - 2].strip().startswith(LONG_FUNCTION_NOTE)
+            if length > MAX_FUNCTION_LINES and not said:
+                long.append(f"{name}.{node.name}: {length} lines")
+    assert not long, long
