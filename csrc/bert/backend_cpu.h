@@ -26,11 +26,8 @@ struct CpuBackend {
     }
     cpu::gemm_bias_act(a, w, bias, ready, out, m, n, k, act);
   }
-  void embed_packed(const int64_t* tokens, const int64_t* segments, const int32_t* cu_seqlens,
-                    const T* token_table, const T* segment_table, const T* pos_table, T* out,
-                    int64_t batch, int64_t seq_len, int64_t total_tokens, int64_t hidden) {
-    cpu::embed_packed(tokens, segments, cu_seqlens, token_table, segment_table, pos_table, out,
-                      batch, seq_len, total_tokens, hidden);
+  void embed_packed(const PackedIds& ids, const EmbeddingTables<T>& tables, T* out) {
+    cpu::embed_packed(ids, tables, out);
   }
   void add_layernorm(const T* x, const T* residual, const T* gamma, const T* beta, T* out,
                      int64_t rows, int64_t hidden, float eps) {

@@ -34,11 +34,8 @@ struct CudaBackend {
         : cuda::prepare_weight(w, n, k, cuda::WeightStorage::kPlain);
     gemm.run(a, weight, bias, out, m, n, k, act, gemm_workspace, stream);
   }
-  void embed_packed(const int64_t* tokens, const int64_t* segments, const int32_t* cu_seqlens,
-                    const T* token_table, const T* segment_table, const T* pos_table, T* out,
-                    int64_t batch, int64_t seq_len, int64_t total_tokens, int64_t hidden) {
-    cuda::embed_packed(tokens, segments, cu_seqlens, token_table, segment_table, pos_table, out,
-                       batch, seq_len, total_tokens, hidden, stream);
+  void embed_packed(const PackedIds& ids, const EmbeddingTables<T>& tables, T* out) {
+    cuda::embed_packed(ids, tables, out, stream);
   }
   void add_layernorm(const T* x, const T* residual, const T* gamma, const T* beta, T* out,
                      int64_t rows, int64_t hidden, float eps) {

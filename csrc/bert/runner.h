@@ -5,6 +5,7 @@
 // workspace_elements() scalars; nothing is allocated inside the forward.
 #pragma once
 
+#include "../kernels/args.h"
 #include "model.h"
 #include "weights.h"
 
@@ -67,9 +68,10 @@ bool bert_forward(Backend& backend, const BertConfig& c,
   T* pooled = workspace + layout.pooled;
 
   // Token s of a sequence takes position row position_offset + s.
-  backend.embed_packed(in.tokens, in.segments, in.cu_seqlens, w.token_embedding,
-                       w.segment_embedding, w.pos_embedding + c.position_offset * h, x, in.batch,
-                       in.seq_len, t, h);
+  backend.embed_packed(PackedIds{in.tokens, in.segments, in.cu_seqlens, in.batch, in.seq_len, t},
+                       EmbeddingTables<T>{w.token_embedding, w.segment_embedding,
+                                          w.pos_embedding + c.position_offset * h, h},
+                       x);
   if (w.embedding_ln_weight != nullptr) {
     backend.add_layernorm(x, nullptr, w.embedding_ln_weight, w.embedding_ln_bias, x, t, h,
                           c.layer_norm_eps);

@@ -119,7 +119,8 @@ BatchInputs Engine::checked_inputs(const at::Tensor& tokens, const at::Tensor& s
   return in;
 }
 
-Engine::Outputs Engine::allocate_outputs(const BatchInputs& in, bool with_encoded) const {
+Engine::Outputs Engine::allocate_outputs(const BatchInputs& in, bool with_encoded,
+                                         bool with_mlm) const {
   const auto opts = at::TensorOptions().dtype(dtype_).device(device_);
   Outputs out;
   if (with_encoded) {
@@ -127,7 +128,7 @@ Engine::Outputs Engine::allocate_outputs(const BatchInputs& in, bool with_encode
                       ? at::empty({in.total_tokens, config_.num_hiddens}, opts)
                       : at::empty({in.batch, in.seq_len, config_.num_hiddens}, opts);
   }
-  if (in.pred_positions != nullptr) {
+  if (with_mlm) {  // pred_positions given, possibly with no positions (P = 0)
     out.mlm_logits = at::empty({in.batch, in.num_pred_positions, config_.vocab_size}, opts);
   }
   if (in.with_nsp) out.nsp_logits = at::empty({in.batch, 2}, opts);
@@ -158,7 +159,7 @@ Engine::Outputs Engine::forward(const at::Tensor& tokens, const at::Tensor& segm
                                   pred_positions, with_nsp);
   in.stop_requested = std::move(stop_requested);
   const c10::DeviceGuard guard(device_);
-  Outputs out = allocate_outputs(in, with_encoded);
+  Outputs out = allocate_outputs(in, with_encoded, pred_positions.has_value());
   std::unique_lock<std::mutex> reuse(workspace_mutex_, std::defer_lock);
   const at::Tensor workspace = workspace_for(in, reuse);
   const bool packed = in.seq_len == 0;

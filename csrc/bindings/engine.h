@@ -82,7 +82,7 @@ class Engine {
                              const at::Tensor& cu_seqlens, int64_t total_tokens,
                              int64_t max_seqlen, const std::optional<at::Tensor>& pred_positions,
                              bool with_nsp) const;
-  Outputs allocate_outputs(const BatchInputs& in, bool with_encoded) const;
+  Outputs allocate_outputs(const BatchInputs& in, bool with_encoded, bool with_mlm) const;
   at::Tensor workspace_for(const BatchInputs& in, std::unique_lock<std::mutex>& reuse);
 
   BertConfig config_;

@@ -41,10 +41,13 @@ at::Tensor embed_packed(const at::Tensor& tokens, const at::Tensor& segments,
   at::Tensor out = at::empty({args.total_tokens, args.hidden}, token_table.options());
   dispatch_cpu_scalar(token_table.scalar_type(), "embed_packed", [&](auto tag) {
     using T = decltype(tag);
-    cpu::embed_packed(args.tokens.data_ptr<int64_t>(), args.segments.data_ptr<int64_t>(),
-                      args.seqlens.cu_seqlens.data_ptr<int32_t>(), ptr<T>(token_table),
-                      ptr<T>(segment_table), ptr<T>(pos_table), ptr<T>(out), args.batch,
-                      args.seq_len, args.total_tokens, args.hidden);
+    cpu::embed_packed(
+        PackedIds{args.tokens.data_ptr<int64_t>(), args.segments.data_ptr<int64_t>(),
+                  args.seqlens.cu_seqlens.data_ptr<int32_t>(), args.batch, args.seq_len,
+                  args.total_tokens},
+        EmbeddingTables<T>{ptr<T>(token_table), ptr<T>(segment_table), ptr<T>(pos_table),
+                           args.hidden},
+        ptr<T>(out));
   });
   return out;
 }

@@ -58,11 +58,12 @@ at::Tensor embed_packed(const at::Tensor& tokens, const at::Tensor& segments,
   at::Tensor out = at::empty({args.total_tokens, args.hidden}, token_table.options());
   dispatch_cuda_scalar(token_table.scalar_type(), "embed_packed", [&](auto tag) {
     using T = decltype(tag);
-    cuda::embed_packed(tokens.data_ptr<int64_t>(), segments.data_ptr<int64_t>(),
-                       cu_seqlens.data_ptr<int32_t>(), ptr<T>(token_table),
-                       ptr<T>(segment_table), ptr<T>(pos_table), ptr<T>(out), args.batch,
-                       args.seq_len, args.total_tokens, args.hidden,
-                       current_cuda_stream(token_table.device()));
+    cuda::embed_packed(
+        PackedIds{tokens.data_ptr<int64_t>(), segments.data_ptr<int64_t>(),
+                  cu_seqlens.data_ptr<int32_t>(), args.batch, args.seq_len, args.total_tokens},
+        EmbeddingTables<T>{ptr<T>(token_table), ptr<T>(segment_table), ptr<T>(pos_table),
+                           args.hidden},
+        ptr<T>(out), current_cuda_stream(token_table.device()));
   });
   return out;
 }

@@ -1,13 +1,11 @@
 """int8 dynamic quantisation on a real sentence-embedding model, and the CPU benchmark's own
 code path (a tiny workload, so that the benchmark cannot rot unnoticed)."""
 
-from pathlib import Path
-
 import pytest
 
 from pybert.bench.cpu import CpuWorkload, int8_accuracy, run_cpu_benchmark, wikitext_sentences
 
-WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2"
+from helpers import WIKITEXT
 
 
 def test_int8_minilm_embeddings_stay_close_to_fp32():

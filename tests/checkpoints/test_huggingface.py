@@ -2,7 +2,6 @@
 with transformers itself (small random models built here: no downloads)."""
 
 import json
-import random
 
 import numpy as np
 import pytest
@@ -15,77 +14,7 @@ from helpers import BOUNDS, rel_l2
 
 transformers = pytest.importorskip("transformers")
 
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-def sentences(count=300, seed=0):
-    """Real English sentences: Python's documentation topics."""
-    from pybert.train.data import builtin_corpus
-
-    rng = random.Random(seed)
-    words = [" ".join(s) for p in builtin_corpus() for s in p if 3 <= len(s) <= 40]
-    rng.shuffle(words)
-    return words[:count]
-
-
-def build_vocab_file(path):
-    from collections import Counter
-
-    counts = Counter(w for s in sentences(2000, seed=1) for w in s.split())
-    chars = sorted({c for w in counts for c in w})
-    words = [w for w, n in counts.most_common(400) if len(w) > 1]
-    tokens = SPECIAL + chars + ["##" + c for c in chars] + words
-    path.write_text("\n".join(dict.fromkeys(tokens)) + "\n")
-    return len(dict.fromkeys(tokens))
-
-
-def make_hf_dir(path, kind="pretraining", hidden_act="gelu", heads=3, hidden=48,
-                type_vocab_size=2):
-    """A random Hugging Face BERT saved as safetensors, with its WordPiece tokenizer."""
-    path.mkdir(parents=True, exist_ok=True)
-    vocab_size = build_vocab_file(path / "vocab.txt")
-    config = transformers.BertConfig(vocab_size=vocab_size, hidden_size=hidden,
-                                     num_hidden_layers=2, num_attention_heads=heads,
-                                     intermediate_size=80, max_position_embeddings=64,
-                                     hidden_act=hidden_act, type_vocab_size=type_vocab_size,
-                                     attn_implementation="eager")
-    torch.manual_seed(0)
-    cls = {"pretraining": transformers.BertForPreTraining, "mlm": transformers.BertForMaskedLM,
-           "base": transformers.BertModel}[kind]
-    model = cls(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "LayerNorm" in name:
-                p.add_(0.2 * torch.randn_like(p))
-    model.save_pretrained(path, safe_serialization=True)
-    transformers.BertTokenizerFast(str(path / "vocab.txt")).save_pretrained(path)
-    return model
-
-
-def hf_reference(model, tokens, segments, valid_lens):
-    """last hidden state, MLM logits at every position (or None), NSP logits (or None), in
-    float64."""
-    ref = model.double()
-    mask = (torch.arange(tokens.shape[1])[None, :] < valid_lens[:, None]).long()
-    with torch.no_grad():
-        out = ref(input_ids=tokens, attention_mask=mask, token_type_ids=segments,
-                  output_hidden_states=True)
-    hidden = out.hidden_states[-1] if hasattr(out, "hidden_states") and out.hidden_states \
-        else out.last_hidden_state
-    mlm = getattr(out, "prediction_logits", getattr(out, "logits", None))
-    nsp = getattr(out, "seq_relationship_logits", None)
-    return hidden, mlm, nsp
-
-
-def random_inputs(vocab_size, batch=5, seq_len=30, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(5, vocab_size, (batch, seq_len), generator=g)
-    valid_lens = torch.randint(1, seq_len + 1, (batch,), generator=g)
-    valid_lens[0] = seq_len
-    segments = (torch.arange(seq_len)[None, :] >= valid_lens[:, None] // 2).long()
-    positions = (torch.rand(batch, 3, generator=g) * valid_lens[:, None]).long()
-    return tokens, segments, valid_lens, positions
-
+from hf_models import hf_reference, make_hf_dir, random_inputs, sentences  # noqa: E402
 
 @pytest.mark.parametrize("kind,hidden_act", [("pretraining", "gelu"), ("pretraining", "relu"),
                                              ("mlm", "gelu"), ("base", "gelu")])

@@ -1,15 +1,13 @@
 """The book's pretraining data rules: paragraphs, vocabulary, NSP pairs, MLM masking, padding."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from pybert.train.data import (build_vocab, builtin_corpus, load_corpus, make_pretraining_data,
-                         read_plain_text, read_wikitext)
 from pybert.tokenization import Vocab
+from pybert.train.data import (build_vocab, builtin_corpus, load_corpus, make_pretraining_data,
+                               read_plain_text, read_wikitext)
 
-WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2"
+from helpers import WIKITEXT
 
 
 def test_vocab_order_and_min_freq():

@@ -14,6 +14,7 @@
 #include <memory>
 
 #include "../activation.h"
+#include "../args.h"
 #include "bfloat16.h"
 
 namespace pybert::cpu {
@@ -53,17 +54,12 @@ template <typename T>
 void gemm_bias_act(const T* a, const T* weight, const T* bias, const PreparedWeight* prepared,
                    T* out, int64_t m, int64_t n, int64_t k, Activation act);
 
-// Token + segment + position embeddings of the real tokens, packed.
-// tokens, segments: (batch, seq_len) padded, or already packed (total_tokens) when
-// seq_len == 0; cu_seqlens: (batch + 1);
-// token_table: (vocab_size, hidden); segment_table: (2, hidden); pos_table: (>= seq_len, hidden);
-// out: (total_tokens, hidden); row cu_seqlens[b] + s holds position s of sequence b, and rows
-// from cu_seqlens[batch] to total_tokens (spare capacity, as in a captured CUDA graph) are
-// zeros.
+// Token + segment + position embeddings of the real tokens, packed:
+// out[cu_seqlens[b] + s] = token[tokens[b, s]] + segment[segments[b, s]] + position[s].
+// out: (total_tokens, hidden); rows from cu_seqlens[batch] to total_tokens (spare capacity,
+// as in a captured CUDA graph) are zeros.
 template <typename T>
-void embed_packed(const int64_t* tokens, const int64_t* segments, const int32_t* cu_seqlens,
-                  const T* token_table, const T* segment_table, const T* pos_table, T* out,
-                  int64_t batch, int64_t seq_len, int64_t total_tokens, int64_t hidden);
+void embed_packed(const PackedIds& ids, const EmbeddingTables<T>& tables, T* out);
 
 // out[r] = LayerNorm(x[r] + residual[r]) * gamma + beta over rows of width `hidden`.
 // residual may be null (plain LayerNorm). out may alias x or residual.

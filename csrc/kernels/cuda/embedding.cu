@@ -3,12 +3,13 @@
 namespace pybert::cuda {
 namespace {
 
-// One block per packed row: out[row] = token_table[tok] + segment_table[seg] + pos_table[s].
+// One block per packed row: out[row] = token[tok] + segment[seg] + position[s]. The structs
+// are passed by value (kernel parameters).
 template <typename T>
-__global__ void embed_packed_kernel(const int64_t* tokens, const int64_t* segments,
-                                    const int32_t* cu_seqlens, const T* token_table,
-                                    const T* segment_table, const T* pos_table, T* out,
-                                    int batch, int64_t seq_len, int64_t hidden) {
+__global__ void embed_packed_kernel(PackedIds ids, EmbeddingTables<T> tables, T* out) {
+  const int32_t* cu_seqlens = ids.cu_seqlens;
+  const int batch = int(ids.batch);
+  const int64_t hidden = tables.hidden;
   const int row = blockIdx.x;
   T* dst = out + int64_t(row) * hidden;
   if (row >= cu_seqlens[batch]) {  // spare capacity (a captured graph's bucket): zeros
@@ -17,10 +18,10 @@ __global__ void embed_packed_kernel(const int64_t* tokens, const int64_t* segmen
   }
   const int b = sequence_of_row(cu_seqlens, batch, row);
   const int64_t s = row - cu_seqlens[b];
-  const int64_t input = seq_len > 0 ? b * seq_len + s : row;  // padded or packed ids
-  const T* tok = token_table + tokens[input] * hidden;
-  const T* seg = segment_table + segments[input] * hidden;
-  const T* pos = pos_table + s * hidden;
+  const int64_t input = ids.seq_len > 0 ? b * ids.seq_len + s : row;  // padded or packed ids
+  const T* tok = tables.token + ids.tokens[input] * hidden;
+  const T* seg = tables.segment + ids.segments[input] * hidden;
+  const T* pos = tables.position + s * hidden;
   for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) {
     dst[i] = from_float<T>(to_float(tok[i]) + to_float(seg[i]) + to_float(pos[i]));
   }
@@ -29,21 +30,16 @@ __global__ void embed_packed_kernel(const int64_t* tokens, const int64_t* segmen
 }  // namespace
 
 template <typename T>
-void embed_packed(const int64_t* tokens, const int64_t* segments, const int32_t* cu_seqlens,
-                  const T* token_table, const T* segment_table, const T* pos_table, T* out,
-                  int64_t batch, int64_t seq_len, int64_t total_tokens, int64_t hidden,
+void embed_packed(const PackedIds& ids, const EmbeddingTables<T>& tables, T* out,
                   cudaStream_t stream) {
-  if (total_tokens == 0) return;
-  const int threads = hidden >= 256 ? 256 : 128;
-  embed_packed_kernel<T><<<total_tokens, threads, 0, stream>>>(
-      tokens, segments, cu_seqlens, token_table, segment_table, pos_table, out, int(batch),
-      seq_len, hidden);
+  if (ids.total_tokens == 0) return;
+  const int threads = tables.hidden >= 256 ? 256 : 128;
+  embed_packed_kernel<T><<<ids.total_tokens, threads, 0, stream>>>(ids, tables, out);
   check_launch("embed_packed");
 }
 
-#define PYBERT_INSTANTIATE(T)                                                                 \
-  template void embed_packed<T>(const int64_t*, const int64_t*, const int32_t*, const T*,    \
-                                const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t,  \
+#define PYBERT_INSTANTIATE(T)                                                            \
+  template void embed_packed<T>(const PackedIds&, const EmbeddingTables<T>&, T*,        \
                                 cudaStream_t);
 PYBERT_INSTANTIATE(float)
 PYBERT_INSTANTIATE(__half)

@@ -19,14 +19,13 @@
 #include <vector>
 
 #include "../activation.h"
+#include "../args.h"
 
 namespace pybert::cuda {
 
 // See cpu::embed_packed. All index arrays live on the device.
 template <typename T>
-void embed_packed(const int64_t* tokens, const int64_t* segments, const int32_t* cu_seqlens,
-                  const T* token_table, const T* segment_table, const T* pos_table, T* out,
-                  int64_t batch, int64_t seq_len, int64_t total_tokens, int64_t hidden,
+void embed_packed(const PackedIds& ids, const EmbeddingTables<T>& tables, T* out,
                   cudaStream_t stream);
 
 // See cpu::add_layernorm (residual may be null; out may alias x or residual).

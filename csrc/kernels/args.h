@@ -1,0 +1,29 @@
+// Argument structs the CPU and CUDA kernels share with every layer above them (the backends,
+// the runner, the op bindings), where one kernel's long argument list would otherwise be
+// written out again in each. Raw pointers and sizes, like every kernel argument.
+#pragma once
+
+#include <cstdint>
+
+namespace pybert {
+
+// One batch's token ids and where its sequences lie in the packed rows.
+struct PackedIds {
+  const int64_t* tokens;      // (batch, seq_len) padded, or (total_tokens) packed if seq_len == 0
+  const int64_t* segments;    // the layout of tokens
+  const int32_t* cu_seqlens;  // (batch + 1): sequence b is packed rows [cu_seqlens[b], [b + 1])
+  int64_t batch;
+  int64_t seq_len;       // 0: tokens and segments are packed
+  int64_t total_tokens;  // rows: cu_seqlens[batch], or more (spare capacity, as in a CUDA graph)
+};
+
+// The tables an embedded row sums, each row-major and `hidden` wide.
+template <typename T>
+struct EmbeddingTables {
+  const T* token;     // (vocab_size, hidden)
+  const T* segment;   // (type_vocab_size, hidden)
+  const T* position;  // (>= the longest sequence, hidden): row s is position s
+  int64_t hidden;
+};
+
+}  // namespace pybert
