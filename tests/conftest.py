@@ -1,3 +1,6 @@
+import os
+import tempfile
+
 import pytest
 import torch
 
@@ -9,6 +12,12 @@ from helpers import TEXT_CONFIG, VOCAB, random_model
 def pytest_addoption(parser):
     parser.addoption("--fuzz-examples", type=int, default=0,
                      help="examples per fuzz property (default: a few seconds' worth)")
+
+
+def pytest_configure(config):
+    # A CPU engine measures its GEMM paths once per weight shape and keeps the plan on disk:
+    # the tests (and the commands they start) keep theirs in a folder of their own.
+    os.environ.setdefault("PYBERT_CACHE_DIR", tempfile.mkdtemp(prefix="pybert-test-cache-"))
 
 
 def pytest_collection_modifyitems(config, items):

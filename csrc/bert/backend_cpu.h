@@ -3,7 +3,9 @@
 // (prepacked or int8) weight matrices, found by the address of the plain matrix.
 #pragma once
 
+#include <map>
 #include <unordered_map>
+#include <utility>
 
 #include "../kernels/cpu/kernels.h"
 #include "model.h"
@@ -12,10 +14,19 @@ namespace pybert {
 
 using PreparedWeights = std::unordered_map<const void*, cpu::PreparedWeightPtr>;
 
+// What pybert.engine.cpu_plan measured on this machine: each GEMM weight shape's paths by row
+// count (keyed by (n, k); a shape not listed gets the default) and the longest float sequence
+// the batched attention takes.
+struct CpuPlan {
+  std::map<std::pair<int64_t, int64_t>, cpu::GemmChoice> gemm;
+  int64_t attention_batched_max_length = cpu::kBatchedAttentionMaxLength;
+};
+
 template <typename T>
 struct CpuBackend {
   using Scalar = T;
   const PreparedWeights* prepared = nullptr;
+  int64_t attention_batched_max_length = cpu::kBatchedAttentionMaxLength;
 
   void gemm_bias_act(const T* a, const T* w, const T* bias, T* out, int64_t m, int64_t n,
                      int64_t k, Activation act) {
@@ -36,7 +47,8 @@ struct CpuBackend {
   const T* attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
                             int64_t total_tokens, int64_t max_seqlen, int64_t num_heads,
                             int64_t head_dim) {
-    cpu::attention_varlen(qkv, cu_seqlens, out, batch, max_seqlen, num_heads, head_dim);
+    cpu::attention_varlen(qkv, cu_seqlens, out, batch, max_seqlen, num_heads, head_dim,
+                          attention_batched_max_length);
     return out;
   }
   void gather_rows(const T* packed, const int32_t* cu_seqlens, const int64_t* positions,

@@ -8,10 +8,13 @@ namespace pybert {
 
 template <typename T>
 PreparedWeights prepare_cpu_weights(const BertConfig& c, const BertWeights<T>& w,
-                                    cpu::WeightStorage storage) {
+                                    cpu::WeightStorage storage, const CpuPlan& plan) {
   PreparedWeights prepared;
   for_each_gemm_weight(c, w, [&](const T* weight, const T* bias, int64_t n, int64_t k) {
-    auto ready = cpu::prepare_weight(weight, bias, n, k, storage);
+    auto chosen = plan.gemm.find({n, k});
+    auto ready = cpu::prepare_weight(weight, bias, n, k, storage,
+                                     chosen != plan.gemm.end() ? chosen->second
+                                                               : cpu::GemmChoice{});
     if (ready) prepared.emplace(weight, std::move(ready));
   });
   return prepared;
@@ -19,9 +22,9 @@ PreparedWeights prepare_cpu_weights(const BertConfig& c, const BertWeights<T>& w
 
 template <typename T>
 bool bert_forward_cpu(const BertConfig& config, const BertWeights<T>& weights,
-                      const PreparedWeights& prepared, const BatchInputs& inputs,
-                      const BatchOutputs<T>& outputs, T* workspace) {
-  CpuBackend<T> backend{&prepared};
+                      const PreparedWeights& prepared, const CpuPlan& plan,
+                      const BatchInputs& inputs, const BatchOutputs<T>& outputs, T* workspace) {
+  CpuBackend<T> backend{&prepared, plan.attention_batched_max_length};
   // The attention writes the context rows of real tokens only: spare rows (capacity beyond
   // cu_seqlens[batch]) get zeros, so that they stay finite in a reused workspace.
   const WorkspaceLayout layout(config, inputs);
@@ -46,10 +49,10 @@ bool bert_forward_cpu(const BertConfig& config, const BertWeights<T>& weights,
 
 #define PYBERT_INSTANTIATE(T)                                                              \
   template PreparedWeights prepare_cpu_weights<T>(const BertConfig&, const BertWeights<T>&, \
-                                                  cpu::WeightStorage);                      \
+                                                  cpu::WeightStorage, const CpuPlan&);       \
   template bool bert_forward_cpu<T>(const BertConfig&, const BertWeights<T>&,                \
-                                    const PreparedWeights&, const BatchInputs&,              \
-                                    const BatchOutputs<T>&, T*);
+                                    const PreparedWeights&, const CpuPlan&,                  \
+                                    const BatchInputs&, const BatchOutputs<T>&, T*);
 PYBERT_INSTANTIATE(float)
 PYBERT_INSTANTIATE(cpu::bfloat16)
 #undef PYBERT_INSTANTIATE

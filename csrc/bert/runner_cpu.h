@@ -10,10 +10,11 @@
 namespace pybert {
 
 // The weight matrices of `weights` (layers, pooler, MLM transform and decoder) prepared for
-// the GEMM library in `storage`; a matrix the library cannot prepare stays plain.
+// the GEMM library in `storage`, for the paths `plan` chose for their shapes; a matrix the
+// library cannot prepare stays plain.
 template <typename T>
 PreparedWeights prepare_cpu_weights(const BertConfig& config, const BertWeights<T>& weights,
-                                    cpu::WeightStorage storage);
+                                    cpu::WeightStorage storage, const CpuPlan& plan);
 
 // Runs the whole forward on torch's CPU thread pool. `workspace` holds workspace_elements()
 // scalars. Returns false when inputs.stop_requested abandoned it between two layers, and
@@ -21,7 +22,7 @@ PreparedWeights prepare_cpu_weights(const BertConfig& config, const BertWeights<
 // (finite weights can still overflow: an attention score of 1e50).
 template <typename T>
 bool bert_forward_cpu(const BertConfig& config, const BertWeights<T>& weights,
-                      const PreparedWeights& prepared, const BatchInputs& inputs,
-                      const BatchOutputs<T>& outputs, T* workspace);
+                      const PreparedWeights& prepared, const CpuPlan& plan,
+                      const BatchInputs& inputs, const BatchOutputs<T>& outputs, T* workspace);
 
 }  // namespace pybert

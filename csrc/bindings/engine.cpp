@@ -12,7 +12,7 @@
 namespace pybert {
 
 Engine::Engine(const BertConfig& config, const WeightTensors& weights,
-               const std::string& weight_storage)
+               const std::string& weight_storage, const CpuPlan& cpu_plan)
     : config_(config) {
   TORCH_CHECK(config.num_heads > 0 && config.num_hiddens % config.num_heads == 0,
               "num_hiddens (", config.num_hiddens, ") must be a multiple of num_heads (",
@@ -52,7 +52,7 @@ Engine::Engine(const BertConfig& config, const WeightTensors& weights,
   has_mlm_ = found_of_part[WeightPart::kMlm].first > 0;
   weights_ = weights;
   if (device_.is_cpu()) {
-    device_engine_ = make_cpu_engine(config_, weights_, dtype_, weight_storage);
+    device_engine_ = make_cpu_engine(config_, weights_, dtype_, weight_storage, cpu_plan);
   } else {
     TORCH_CHECK(device_.is_cuda(), "Engine: unsupported device ", device_);
     device_engine_ = make_cuda_engine(config_, weights_, dtype_, device_, weight_storage);

@@ -13,6 +13,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "bert/backend_cpu.h"
 #include "bert/model.h"
 #include "bert/weights.h"
 
@@ -34,11 +35,13 @@ class DeviceEngine {
 
 // The CPU device engine (float32 or bfloat16), in engine_cpu.cpp. weight_storage says how its
 // weight matrices are held: "packed" (MKL's or oneDNN's layout, where torch has them), "plain"
-// or "int8" (dynamic quantisation, float32 only).
+// or "int8" (dynamic quantisation, float32 only); plan: the GEMM paths and attention limit
+// measured for this machine (pybert.engine.cpu_plan).
 std::unique_ptr<DeviceEngine> make_cpu_engine(const BertConfig& config,
                                               const WeightTensors& weights,
                                               at::ScalarType dtype,
-                                              const std::string& weight_storage);
+                                              const std::string& weight_storage,
+                                              const CpuPlan& plan);
 // The CUDA device engine (fp32, fp16, bf16), in engine_cuda.cpp; a build without CUDA links
 // no_cuda.cpp instead, whose factory refuses with the reason. weight_storage: "packed"
 // or "plain" (the same on the GPU: cuBLASLt reads the plain matrix).
@@ -54,7 +57,7 @@ class Engine {
   // device, optional parts complete or absent. weight_storage: see make_cpu_engine and
   // make_cuda_engine.
   Engine(const BertConfig& config, const WeightTensors& weights,
-         const std::string& weight_storage = "packed");
+         const std::string& weight_storage = "packed", const CpuPlan& cpu_plan = {});
 
   bool has_nsp() const { return has_nsp_; }
   bool has_mlm() const { return has_mlm_; }

@@ -9,20 +9,24 @@ namespace {
 template <typename T>
 class CpuEngine : public DeviceEngine {
  public:
-  CpuEngine(const BertConfig& config, const WeightTensors& weights, cpu::WeightStorage storage)
+  CpuEngine(const BertConfig& config, const WeightTensors& weights, cpu::WeightStorage storage,
+            const CpuPlan& plan)
       : config_(config),
+        plan_(plan),
         weights_(bind_weights<T>(config, weights)),
-        prepared_(prepare_cpu_weights(config_, weights_, storage)) {}
+        prepared_(prepare_cpu_weights(config_, weights_, storage, plan_)) {}
 
   bool forward(const BatchInputs& in, void* encoded, void* encoded_packed, void* mlm_logits,
                void* nsp_logits, void* workspace) override {
     const BatchOutputs<T> out{static_cast<T*>(encoded), static_cast<T*>(encoded_packed),
                               static_cast<T*>(mlm_logits), static_cast<T*>(nsp_logits)};
-    return bert_forward_cpu(config_, weights_, prepared_, in, out, static_cast<T*>(workspace));
+    return bert_forward_cpu(config_, weights_, prepared_, plan_, in, out,
+                            static_cast<T*>(workspace));
   }
 
  private:
   BertConfig config_;
+  CpuPlan plan_;
   BertWeights<T> weights_;
   PreparedWeights prepared_;
 };
@@ -48,15 +52,16 @@ cpu::WeightStorage parse_weight_storage(const std::string& name, at::ScalarType 
 std::unique_ptr<DeviceEngine> make_cpu_engine(const BertConfig& config,
                                               const WeightTensors& weights,
                                               at::ScalarType dtype,
-                                              const std::string& weight_storage) {
+                                              const std::string& weight_storage,
+                                              const CpuPlan& plan) {
   const cpu::WeightStorage storage = parse_weight_storage(weight_storage, dtype);
   if (dtype == at::kBFloat16) {
-    return std::make_unique<CpuEngine<cpu::bfloat16>>(config, weights, storage);
+    return std::make_unique<CpuEngine<cpu::bfloat16>>(config, weights, storage, plan);
   }
   TORCH_CHECK_VALUE(dtype == at::kFloat,
                     "Engine: the CPU kernels compute in float32 or bfloat16, got ",
                     c10::toString(dtype));
-  return std::make_unique<CpuEngine<float>>(config, weights, storage);
+  return std::make_unique<CpuEngine<float>>(config, weights, storage, plan);
 }
 
 }  // namespace pybert

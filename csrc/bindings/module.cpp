@@ -2,6 +2,10 @@
 // (torch.ops.pybert.* are registered by ops_schema.cpp and the ops_<device>.cpp files.)
 #include <torch/extension.h>
 
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "engine.h"
 #include "tensor_checks.h"
 
@@ -29,6 +33,56 @@ BertConfig config_from_dict(const py::dict& d) {
   }
   TORCH_CHECK(c.position_offset >= 0, "position_offset must be >= 0, got ", c.position_offset);
   return c;
+}
+
+// A CPU plan as pybert.engine.cpu_plan writes it: {"gemm": {(n, k): [(max_rows, path), ...]},
+// "attention_batched_max_length": int}, paths as GemmPath's values; None: the defaults.
+CpuPlan cpu_plan_from(const py::object& plan) {
+  CpuPlan parsed;
+  if (plan.is_none()) return parsed;
+  const py::dict d = plan.cast<py::dict>();
+  if (d.contains("attention_batched_max_length")) {
+    parsed.attention_batched_max_length = d["attention_batched_max_length"].cast<int64_t>();
+  }
+  if (!d.contains("gemm")) return parsed;
+  for (const auto& [shape, choice] : d["gemm"].cast<py::dict>()) {
+    const auto [n, k] = shape.cast<std::pair<int64_t, int64_t>>();
+    cpu::GemmChoice& entries = parsed.gemm[{n, k}];
+    for (const auto& [max_rows, path] :
+         choice.cast<std::vector<std::pair<int64_t, int>>>()) {
+      TORCH_CHECK_VALUE(path >= 0 && path < cpu::kGemmPaths, "unknown GEMM path ", path);
+      entries.emplace_back(max_rows, static_cast<cpu::GemmPath>(path));
+    }
+  }
+  return parsed;
+}
+
+// Seconds of one CPU GEMM (m, k) x (n, k)^T in `dtype` by each of `paths` (GemmPath's values)
+// for each m of `rows` (negative: not available).
+std::vector<std::vector<double>> time_cpu_gemm(const std::vector<int>& paths,
+                                               const std::vector<int64_t>& rows, int64_t n,
+                                               int64_t k, const std::string& dtype,
+                                               int repeats) {
+  std::vector<cpu::GemmPath> chosen;
+  for (int path : paths) {
+    TORCH_CHECK_VALUE(path >= 0 && path < cpu::kGemmPaths, "unknown GEMM path ", path);
+    chosen.push_back(static_cast<cpu::GemmPath>(path));
+  }
+  TORCH_CHECK_VALUE(n >= 1 && k >= 1, "GEMM sizes must be >= 1");
+  for (int64_t m : rows) TORCH_CHECK_VALUE(m >= 1, "GEMM rows must be >= 1, got ", m);
+  TORCH_CHECK_VALUE(dtype == "float32" || dtype == "bfloat16",
+                    "dtype must be float32 or bfloat16, got ", dtype);
+  py::gil_scoped_release release;
+  if (dtype == "bfloat16") return cpu::time_gemm<cpu::bfloat16>(chosen, rows, n, k, repeats);
+  return cpu::time_gemm<float>(chosen, rows, n, k, repeats);
+}
+
+// Whether this machine can run a GEMM path (GemmPath's value) in `dtype`.
+bool cpu_gemm_path_available(int path, const std::string& dtype) {
+  TORCH_CHECK_VALUE(path >= 0 && path < cpu::kGemmPaths, "unknown GEMM path ", path);
+  const auto chosen = static_cast<cpu::GemmPath>(path);
+  return dtype == "bfloat16" ? cpu::gemm_path_available<cpu::bfloat16>(chosen)
+                             : cpu::gemm_path_available<float>(chosen);
 }
 
 // The names of PYBERT_CONFIG_FIELDS, in order.
@@ -66,15 +120,39 @@ PYBIND11_MODULE(_C, m) {
   }
   m.attr("ACTIVATIONS") = activations;
   m.attr("CONFIG_FIELDS") = pybert::config_fields();
+  py::dict gemm_paths;
+  gemm_paths["aten"] = static_cast<int>(pybert::cpu::GemmPath::kAten);
+  gemm_paths["mkl"] = static_cast<int>(pybert::cpu::GemmPath::kMklPacked);
+  gemm_paths["onednn"] = static_cast<int>(pybert::cpu::GemmPath::kOneDnnPacked);
+  m.attr("CPU_GEMM_PATHS") = gemm_paths;
+  m.def("time_cpu_gemm", &pybert::time_cpu_gemm, py::arg("paths"), py::arg("rows"),
+        py::arg("n"), py::arg("k"), py::arg("dtype"), py::arg("repeats") = 3,
+        "seconds of one CPU GEMM by each path for each row count (negative: not available)");
+  m.def("cpu_gemm_path_available", &pybert::cpu_gemm_path_available, py::arg("path"),
+        py::arg("dtype"), "whether this machine can run a CPU GEMM path in a dtype");
+  m.def(
+      "time_cpu_attention",
+      [](bool batched, int64_t batch, int64_t length, int64_t num_heads, int64_t head_dim,
+         int repeats) {
+        TORCH_CHECK_VALUE(batch >= 1 && length >= 1 && num_heads >= 1 && head_dim >= 1,
+                          "attention sizes must be >= 1");
+        py::gil_scoped_release release;
+        return pybert::cpu::time_attention(batched, batch, length, num_heads, head_dim,
+                                           repeats);
+      },
+      py::arg("batched"), py::arg("batch"), py::arg("length"), py::arg("num_heads"),
+      py::arg("head_dim"), py::arg("repeats") = 3,
+      "seconds of the float CPU attention, batched or by flash (negative: not available)");
   m.def("weight_shapes", &pybert::weight_shapes, py::arg("config"),
         "{name: (shape, part)} of the engine's packed weights for a config dict");
   py::class_<Engine>(m, "Engine")
       .def(py::init([](const py::dict& config, const pybert::WeightTensors& weights,
-                       const std::string& weight_storage) {
+                       const std::string& weight_storage, const py::object& cpu_plan) {
              return std::make_unique<Engine>(pybert::config_from_dict(config), weights,
-                                             weight_storage);
+                                             weight_storage, pybert::cpu_plan_from(cpu_plan));
            }),
-           py::arg("config"), py::arg("weights"), py::arg("weight_storage") = "packed")
+           py::arg("config"), py::arg("weights"), py::arg("weight_storage") = "packed",
+           py::arg("cpu_plan") = py::none())
       .def_property_readonly("has_nsp", &Engine::has_nsp)
       .def_property_readonly("has_mlm", &Engine::has_mlm)
       .def_property_readonly("has_embedding_norm", &Engine::has_embedding_norm)

@@ -75,7 +75,7 @@ at::Tensor attention_varlen(const at::Tensor& qkv, const at::Tensor& cu_seqlens,
     using T = decltype(tag);
     cpu::attention_varlen(ptr<T>(qkv), args.seqlens.cu_seqlens.data_ptr<int32_t>(),
                           ptr<T>(out), args.batch, max_seqlen, num_heads, args.head_dim,
-                          /*use_batched=*/own_kernel);
+                          own_kernel ? cpu::kBatchedAttentionMaxLength : 0);
   });
   return out;
 }

@@ -240,12 +240,28 @@ def _contenders(workload: CpuWorkload, folder: Path, example, threads: int,
         if label == "pybert bf16" and not _cpu_has_bf16():
             skipped.append("pybert bf16 (this CPU has no bf16 instructions)")
             continue
+        start = time.perf_counter()
         engine = load(folder, **options)
+        print(f"{label}: loaded in {time.perf_counter() - start:.2f} s; "
+              f"{describe_plan(engine.cpu_plan)}")
         bound = {"pybert fp32": 1e-4, "pybert bf16": 3e-2}.get(label, 5e-2)
         _check_close(label, engine.encode(tokens, segments, lengths).float(), expected, mask,
                      bound)
         runs[label] = lambda engine=engine: engine.encode(tokens, segments, lengths)
     return runs
+
+
+def describe_plan(plan) -> str:
+    """A CPU plan in one line: each GEMM shape's paths by row count, the attention's limit."""
+    if plan is None:
+        return "no CPU plan"
+    shapes = "; ".join(
+        f"{n}x{k}: " + " ".join(path if limit >= 2**62 else f"{path}<={limit}"
+                                for limit, path in choice)
+        for (n, k), choice in plan.gemm.items())
+    return (f"plan {plan.source} ({plan.cpu['model']}, {' '.join(plan.cpu['isa'])}): "
+            f"{shapes or 'default GEMMs'}; float attention batched up to "
+            f"{plan.attention_batched_max_length} tokens")
 
 
 def run_cpu_benchmark(workloads=CPU_WORKLOADS, repeats: int = 10, compile_peer: bool = True,

@@ -12,12 +12,14 @@ around an engine; checkpoints come in through pybert.loader.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 
 import torch
 
 from .. import _C
 from ..config import BertConfig, config_from_model, state_dict_problems
+from .cpu_plan import CpuPlan, default_plan, plan_cpu
 from .inputs import PackedBatch, device_packed_batch, packed_batch, padded_batch
 from .weights import D2L_WEIGHT_MAP, pack_weights
 
@@ -63,12 +65,16 @@ class Engine:
     and quantises activations per call (dynamic quantisation, fbgemm's VNNI GEMMs): faster,
     at a small cost in accuracy (measured in benchmarks/RESULTS.md). A CPU engine keeps the
     workspace of its largest batch so far for the next call (fresh memory costs page faults
-    every call); it is freed with the engine.
+    every call); it is freed with the engine. Which library each CPU GEMM goes to, and up to
+    which length the float attention is batched, is measured on this machine when the first
+    engine of a shape is built (``cpu_plan``; ``engine.cpu_plan.summary()`` says what was
+    chosen; see pybert.engine.cpu_plan).
     """
 
     def __init__(self, config: BertConfig, weights: dict, device="cpu",
                  dtype: torch.dtype = torch.float32, *, cuda_graphs: bool | None = None,
-                 max_graphs: int = 16, quantize: str | None = None):
+                 max_graphs: int = 16, quantize: str | None = None,
+                 cpu_plan: str | CpuPlan = "auto"):
         self.config = config
         self.device = torch.device(device)
         self.dtype = dtype
@@ -95,8 +101,11 @@ class Engine:
                 raise ValueError("quantize='int8' runs on the CPU from float32: use "
                                  "device='cpu', dtype=torch.float32")
         self.quantize = quantize
-        self._native = _C.Engine(config.native(), self._cast_weights(weights),
-                                 weight_storage=quantize or "packed")
+        weights = self._cast_weights(weights)
+        self.cpu_plan = self._cpu_plan(cpu_plan) if self.device.type == "cpu" else None
+        self._native = _C.Engine(config.native(), weights, weight_storage=quantize or "packed",
+                                 cpu_plan=None if self.cpu_plan is None
+                                 else self.cpu_plan.native())
         self.has_nsp = self._native.has_nsp
         self.has_mlm = self._native.has_mlm
         if self._native.has_embedding_norm != config.embedding_layer_norm:
@@ -113,6 +122,20 @@ class Engine:
         # The TextModel that pybert.load paired with this engine (a checkpoint with a
         # tokenizer), so that pybert.encode(engine, texts) works; the engine never reads it.
         self.text_model = None
+
+    def _cpu_plan(self, choice) -> CpuPlan:
+        """The GEMM paths and attention limit of this CPU engine: measured on this machine
+        ("auto", cached per process and on disk; see pybert.engine.cpu_plan), the built-in
+        defaults ("default", or "auto" under PYBERT_CPU_PLAN=default: for before/after
+        comparisons), or a given CpuPlan."""
+        if isinstance(choice, CpuPlan):
+            return choice
+        dtype = str(self.dtype).replace("torch.", "")
+        if choice not in ("auto", "default"):
+            raise ValueError(f"cpu_plan must be 'auto', 'default' or a CpuPlan, got {choice!r}")
+        if choice == "default" or os.environ.get("PYBERT_CPU_PLAN") == "default":
+            return default_plan(dtype)
+        return plan_cpu(self.config, self.dtype, int8=self.quantize == "int8")
 
     def _cast_weights(self, weights: dict) -> dict[str, torch.Tensor]:
         """The weights in the engine's dtype on its device, each checked finite after the cast

@@ -162,6 +162,7 @@ class Routes:
             "has_mlm": engine.has_mlm, "has_nsp": engine.has_nsp,
             "device": str(engine.device), "dtype": str(engine.dtype).replace("torch.", ""),
             "quantize": engine.quantize,
+            "cpu_plan": engine.cpu_plan.summary() if engine.cpu_plan is not None else None,
             "max_batch_tokens": config.batch_tokens, "max_client_batch_size": config.max_inputs,
             "max_text_bytes": config.max_text_bytes})
 

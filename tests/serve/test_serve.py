@@ -157,6 +157,7 @@ def test_info_and_health(server):
     status, info, _ = request(server, "GET", "/info")
     assert status == 200 and info["dim"] == TEXT_CONFIG.num_hiddens and info["pooling"] == "cls"
     assert info["max_input_length"] == TEXT_CONFIG.max_len and info["max_client_batch_size"] == 64
+    assert info["cpu_plan"]["cpu"]["threads"] >= 1 and info["cpu_plan"]["gemm"]  # what it chose
     assert request(server, "GET", "/health")[:2] == (200, {"status": "ok"})
 
 

@@ -14,8 +14,11 @@
 #include <ATen/core/stack.h>
 #include <c10/util/BFloat16.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <stdexcept>
 #include <type_traits>
@@ -106,33 +109,95 @@ c10::IValue post_op_algorithm(Activation act) {
   return act == Activation::kGELU ? c10::IValue(std::string("none")) : c10::IValue();
 }
 
-// Prepacked weights pay while the weight's per-call packing (what addmm does, n * k) outweighs
-// the rest of the product (m * n * k): measured on AVX-512/AMX (benchmarks/RESULTS.md,
-// 2026-11-26), MKL's packed float GEMM took 0.83-0.98 of addmm's time up to 256 rows and up to
-// 1.25 of it beyond; oneDNN's bfloat16 one, whose result is copied out of a tensor of its own,
-// wins up to 256 rows too.
-constexpr int64_t kPackedRowsLimit = 256;
 
 }  // namespace
 
 class PreparedWeight {
  public:
   WeightStorage format;
-  at::Tensor packed;       // the weight in MKL's (float), or oneDNN's layout (bf16, int8)
-  at::Tensor bias;         // T (kPacked) or float32 (kInt8); or undefined
-  at::Tensor scales;       // kInt8: float32 per output channel
-  at::Tensor zero_points;  // kInt8: zeros (symmetric weights), as oneDNN's op takes them
+  at::Tensor mkl_packed;     // kMklPacked: the weight in MKL's packed layout (float)
+  at::Tensor onednn_packed;  // kOneDnnPacked, kInt8: the weight in oneDNN's layout
+  at::Tensor bias;           // T (kPacked) or float32 (kInt8); or undefined
+  at::Tensor scales;         // kInt8: float32 per output channel
+  at::Tensor zero_points;    // kInt8: zeros (symmetric weights), as oneDNN's op takes them
+  GemmChoice choice;         // kPacked: the path by row count
+
+  GemmPath path_for(int64_t m) const {
+    for (const auto& [max_rows, path] : choice) {
+      if (m <= max_rows) return path;
+    }
+    return choice.empty() ? GemmPath::kAten : choice.back().second;
+  }
 };
 
 void PreparedWeightDeleter::operator()(PreparedWeight* weight) const { delete weight; }
+
+namespace {
+
+// Whether oneDNN can reorder a T weight on this CPU: its bfloat16 GEMM needs AVX512-BF16, AMX
+// or AVX-NE-CONVERT (or AVX-512BW to emulate them) and says so only by refusing to pack. Asked
+// once, on a tiny matrix.
+template <typename T>
+bool onednn_packs() {
+  static const bool packs = [] {
+    if (!at::hasMKLDNN() || !onednn_ops().reorder_weight || !onednn_ops().linear) return false;
+    try {
+      call_for_tensor(*onednn_ops().reorder_weight,
+                      {at::zeros({16, 16}, options_of<T>()), c10::IValue()});
+      return true;
+    } catch (const c10::Error&) {
+      return false;
+    }
+  }();
+  return packs;
+}
+
+// The weight (n, k) prepared for `path` into `prepared`; false where this machine cannot.
+template <typename T>
+bool prepare_path(PreparedWeight& prepared, const T* weight, int64_t n, int64_t k,
+                  GemmPath path) {
+  switch (path) {
+    case GemmPath::kAten: return true;
+    case GemmPath::kMklPacked: {
+      if constexpr (std::is_same_v<T, float>) {
+        if (prepared.mkl_packed.defined()) return true;
+        const size_t bytes = packed_sgemm_available() ? packed_sgemm_bytes(n, k) : 0;
+        if (bytes == 0) return false;
+        prepared.mkl_packed = at::empty({int64_t(bytes)}, at::kByte);
+        pack_sgemm_weight(weight, n, k, prepared.mkl_packed.data_ptr());
+        return true;
+      }
+      return false;
+    }
+    case GemmPath::kOneDnnPacked:
+      if (!onednn_packs<T>()) return false;
+      if (!prepared.onednn_packed.defined()) {
+        prepared.onednn_packed = call_for_tensor(*onednn_ops().reorder_weight,
+                                                 {wrap(weight, {n, k}).clone(), c10::IValue()});
+      }
+      return true;
+  }
+  return false;
+}
+
+// The choice an engine gets without a measured one: the prepacked form of the library this
+// torch has for T up to kPackedRowsLimit rows, ATen beyond.
+template <typename T>
+GemmChoice default_choice() {
+  const GemmPath packed =
+      std::is_same_v<T, float> ? GemmPath::kMklPacked : GemmPath::kOneDnnPacked;
+  return {{kPackedRowsLimit, packed}, {std::numeric_limits<int64_t>::max(), GemmPath::kAten}};
+}
+
+}  // namespace
 
 template <typename T>
 bool weight_storage_supported(WeightStorage format) {
   switch (format) {
     case WeightStorage::kPlain: return true;
     case WeightStorage::kPacked:
-      if constexpr (std::is_same_v<T, float>) return packed_sgemm_available();
-      return at::hasMKLDNN() && onednn_ops().reorder_weight && onednn_ops().linear;
+      return gemm_path_available<T>(GemmPath::kMklPacked) ||
+             gemm_path_available<T>(GemmPath::kOneDnnPacked);
     case WeightStorage::kInt8:
       return std::is_same_v<T, float> && at::hasMKLDNN() && onednn_ops().int8_prepack &&
              onednn_ops().int8_linear;
@@ -141,96 +206,164 @@ bool weight_storage_supported(WeightStorage format) {
 }
 
 template <typename T>
+bool gemm_path_available(GemmPath path) {
+  switch (path) {
+    case GemmPath::kAten: return true;
+    case GemmPath::kMklPacked: return std::is_same_v<T, float> && packed_sgemm_available();
+    case GemmPath::kOneDnnPacked: return onednn_packs<T>();
+  }
+  return false;
+}
+
+template <typename T>
 PreparedWeightPtr prepare_weight(const T* weight, const T* bias, int64_t n, int64_t k,
-                                 WeightStorage format) {
+                                 WeightStorage format, const GemmChoice& choice) {
   if (format == WeightStorage::kPlain || !weight_storage_supported<T>(format)) return nullptr;
-  PreparedWeightPtr prepared(new PreparedWeight{format, {}, {}, {}, {}});
-  const at::Tensor w = wrap(weight, {n, k});
+  PreparedWeightPtr prepared(new PreparedWeight{format, {}, {}, {}, {}, {}, {}});
   if (bias != nullptr) prepared->bias = wrap(bias, {n}).clone();
   if (format == WeightStorage::kPacked) {
-    if constexpr (std::is_same_v<T, float>) {
-      const size_t bytes = packed_sgemm_bytes(n, k);
-      if (bytes == 0) return nullptr;
-      prepared->packed = at::empty({int64_t(bytes)}, at::kByte);
-      pack_sgemm_weight(weight, n, k, prepared->packed.data_ptr());
-    } else {
-      // oneDNN's bfloat16 GEMM needs AVX512-BF16, AMX or AVX-NE-CONVERT (or AVX-512BW to
-      // emulate them) and says so only by refusing to pack: then the weight stays plain and
-      // ATen's bfloat16 GEMM, which runs everywhere, takes it.
-      try {
-        prepared->packed =
-            call_for_tensor(*onednn_ops().reorder_weight, {w.clone(), c10::IValue()});
-      } catch (const c10::Error&) {
-        return nullptr;
-      }
+    prepared->choice = choice.empty() ? default_choice<T>() : choice;
+    bool any_packed = false;
+    for (auto& [max_rows, path] : prepared->choice) {
+      if (!prepare_path(*prepared, weight, n, k, path)) path = GemmPath::kAten;
+      any_packed = any_packed || path != GemmPath::kAten;
     }
+    if (!any_packed) return nullptr;
     return prepared;
   }
   // Symmetric per-output-channel scales: row r maps [-max|w_r|, max|w_r|] onto
   // [-limit, limit].
+  const at::Tensor w = wrap(weight, {n, k});
   const float limit = int8_weight_limit();
   prepared->scales = (w.abs().amax(1).clamp_min(1e-30f) / limit).to(at::kFloat);
   const at::Tensor quantized =
       at::round(w / prepared->scales.unsqueeze(1)).clamp(-limit, limit).to(at::kChar);
-  prepared->packed = call_for_tensor(*onednn_ops().int8_prepack, {quantized, c10::IValue()});
+  prepared->onednn_packed =
+      call_for_tensor(*onednn_ops().int8_prepack, {quantized, c10::IValue()});
   prepared->zero_points = at::zeros({n}, at::kLong);
   return prepared;
 }
 
-template <typename T>
-void gemm_bias_act(const T* a, const T* weight, const T* bias, const PreparedWeight* prepared,
-                   T* out, int64_t m, int64_t n, int64_t k, Activation act) {
-  at::Tensor out_t = wrap(out, {m, n});
-  const at::Tensor a_t = wrap(a, {m, k});
-  const bool int8 = prepared != nullptr && prepared->format == WeightStorage::kInt8;
-  if (!int8 && (prepared == nullptr || m > kPackedRowsLimit)) {
-    const at::Tensor w_t = wrap(weight, {n, k});
-    if (bias != nullptr) {
-      at::addmm_out(out_t, wrap(bias, {n}), a_t, w_t.t());
-    } else {
-      at::mm_out(out_t, a_t, w_t.t());
-    }
-    apply_activation(out_t, act);
-    return;
-  }
-  if constexpr (std::is_same_v<T, float>) {
-    if (!int8) {  // MKL accumulates onto the bias, written into the output first
-      if (bias != nullptr) out_t.copy_(wrap(bias, {1, n}).expand({m, n}));
-      packed_sgemm(a, prepared->packed.data_ptr(), out, m, n, k, bias != nullptr ? 1.0f : 0.0f);
-      apply_activation(out_t, act);
-      return;
-    }
-  }
-  const c10::List<std::optional<at::Scalar>> no_scalars;
-  if (!int8) {  // oneDNN applies the bias and the activation in its accumulators
-    const c10::IValue bias_value =
-        prepared->bias.defined() ? c10::IValue(prepared->bias) : c10::IValue();
-    out_t.copy_(call_for_tensor(*onednn_ops().linear,
-                                {a_t, prepared->packed, bias_value,
-                                 std::string(post_op_name(act)), no_scalars,
-                                 post_op_algorithm(act)}));
-    return;
-  }
-  // Dynamic quantisation: this call's activations to 8 bits, one scale per row; the GEMM
-  // applies the weights' scales, the rows' scales and the bias are applied after it.
+namespace {
+
+// out = act(a weight^T + bias) by oneDNN's int8 GEMM: this call's activations quantised to 8
+// bits with one scale per row; the GEMM applies the weights' scales, the rows' scales and the
+// bias are applied after it.
+void int8_gemm(const float* a, const PreparedWeight& prepared, float* out, int64_t m,
+               int64_t n, int64_t k, Activation act) {
   thread_local std::vector<uint8_t> quantized;
   thread_local std::vector<float> row_scales;
   quantized.resize(static_cast<size_t>(m * k));
   row_scales.resize(static_cast<size_t>(m));
-  if (!quantize_rows_u8(reinterpret_cast<const float*>(a), m, k, quantized.data(),
-                        row_scales.data())) {
+  if (!quantize_rows_u8(a, m, k, quantized.data(), row_scales.data())) {
     fail_non_finite_forward();  // quantised, an infinity would become a finite wrong answer
   }
   const at::Tensor qa = at::from_blob(quantized.data(), {m, k}, at::kByte);
+  const c10::List<std::optional<at::Scalar>> no_scalars;
   const at::Tensor product = call_for_tensor(
       *onednn_ops().int8_linear,
-      {qa, 1.0, int64_t(128), prepared->packed, prepared->scales, prepared->zero_points,
+      {qa, 1.0, int64_t(128), prepared.onednn_packed, prepared.scales, prepared.zero_points,
        c10::IValue(), 1.0, int64_t(0), at::kFloat, std::string("none"), no_scalars,
        std::string("")});
   scale_rows_add_bias(product.data_ptr<float>(), row_scales.data(),
-                      prepared->bias.defined() ? prepared->bias.data_ptr<float>() : nullptr,
-                      reinterpret_cast<float*>(out), m, n);
+                      prepared.bias.defined() ? prepared.bias.data_ptr<float>() : nullptr, out,
+                      m, n);
+  at::Tensor out_t = wrap(out, {m, n});
   apply_activation(out_t, act);
+}
+
+}  // namespace
+
+template <typename T>
+void gemm_bias_act(const T* a, const T* weight, const T* bias, const PreparedWeight* prepared,
+                   T* out, int64_t m, int64_t n, int64_t k, Activation act) {
+  if (prepared != nullptr && prepared->format == WeightStorage::kInt8) {
+    if constexpr (std::is_same_v<T, float>) return int8_gemm(a, *prepared, out, m, n, k, act);
+  }
+  at::Tensor out_t = wrap(out, {m, n});
+  const at::Tensor a_t = wrap(a, {m, k});
+  switch (prepared != nullptr ? prepared->path_for(m) : GemmPath::kAten) {
+    case GemmPath::kMklPacked:
+      if constexpr (std::is_same_v<T, float>) {
+        // MKL accumulates onto the bias, written into the output first.
+        if (bias != nullptr) out_t.copy_(wrap(bias, {1, n}).expand({m, n}));
+        packed_sgemm(a, prepared->mkl_packed.data_ptr(), out, m, n, k,
+                     bias != nullptr ? 1.0f : 0.0f);
+        apply_activation(out_t, act);
+        return;
+      }
+      break;
+    case GemmPath::kOneDnnPacked: {  // bias and activation in oneDNN's accumulators
+      const c10::List<std::optional<at::Scalar>> no_scalars;
+      const c10::IValue bias_value =
+          prepared->bias.defined() ? c10::IValue(prepared->bias) : c10::IValue();
+      out_t.copy_(call_for_tensor(*onednn_ops().linear,
+                                  {a_t, prepared->onednn_packed, bias_value,
+                                   std::string(post_op_name(act)), no_scalars,
+                                   post_op_algorithm(act)}));
+      return;
+    }
+    case GemmPath::kAten: break;
+  }
+  const at::Tensor w_t = wrap(weight, {n, k});
+  if (bias != nullptr) {
+    at::addmm_out(out_t, wrap(bias, {n}), a_t, w_t.t());
+  } else {
+    at::mm_out(out_t, a_t, w_t.t());
+  }
+  apply_activation(out_t, act);
+}
+
+namespace {
+
+// The fastest of `repeats` runs of fn after one warm-up run (first touch, libraries' caches).
+template <typename Fn>
+double fastest_seconds(const Fn& fn, int repeats) {
+  fn();
+  double best = std::numeric_limits<double>::infinity();
+  for (int i = 0; i < std::max(repeats, 1); ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    fn();
+    const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+    best = std::min(best, took.count());
+  }
+  return best;
+}
+
+}  // namespace
+
+template <typename T>
+std::vector<std::vector<double>> time_gemm(const std::vector<GemmPath>& paths,
+                                           const std::vector<int64_t>& rows, int64_t n,
+                                           int64_t k, int repeats) {
+  std::vector<std::vector<double>> seconds(paths.size(), std::vector<double>(rows.size(), -1));
+  if (rows.empty()) return seconds;
+  const int64_t most = *std::max_element(rows.begin(), rows.end());
+  const double scale = 1.0 / std::sqrt(double(k));
+  const at::Tensor weight = at::empty({n, k}, options_of<T>()).uniform_(-scale, scale);
+  const at::Tensor bias = at::empty({n}, options_of<T>()).uniform_(-1.0, 1.0);
+  const at::Tensor a = at::empty({most, k}, options_of<T>()).uniform_(-1.0, 1.0);
+  at::Tensor out = at::empty({most, n}, options_of<T>());
+  const T* w = static_cast<const T*>(weight.data_ptr());
+  const T* b = static_cast<const T*>(bias.data_ptr());
+  for (size_t p = 0; p < paths.size(); ++p) {
+    if (!gemm_path_available<T>(paths[p])) continue;
+    PreparedWeightPtr prepared;
+    if (paths[p] != GemmPath::kAten) {
+      prepared = prepare_weight(w, b, n, k, WeightStorage::kPacked,
+                                {{std::numeric_limits<int64_t>::max(), paths[p]}});
+      if (!prepared || prepared->path_for(1) != paths[p]) continue;
+    }
+    for (size_t i = 0; i < rows.size(); ++i) {
+      seconds[p][i] = fastest_seconds(
+          [&] {
+            gemm_bias_act(static_cast<const T*>(a.data_ptr()), w, b, prepared.get(),
+                          static_cast<T*>(out.data_ptr()), rows[i], n, k, Activation::kNone);
+          },
+          repeats);
+    }
+  }
+  return seconds;
 }
 
 namespace {
@@ -320,15 +453,17 @@ void flash_attend_sequences(const T* qkv, const int32_t* cu_seqlens, T* out,
 template <typename T>
 void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
                       int64_t max_seqlen, int64_t num_heads, int64_t head_dim,
-                      bool use_batched) {
-  const bool batch_floats =
-      std::is_same_v<T, float> && use_batched && attention_batched_available();
+                      int64_t batched_max_length) {
+  const int64_t batched_limit =
+      std::is_same_v<T, float> && attention_batched_available()
+          ? std::min(batched_max_length, kBatchedAttentionMaxLength)
+          : 0;
   std::vector<int64_t> batched, flashed;  // an empty slot (length 0) has nothing to attend
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t length = cu_seqlens[b + 1] - cu_seqlens[b];
     if (length > max_seqlen) throw std::invalid_argument("a sequence exceeds max_seqlen");
     if (length == 0) continue;
-    (batch_floats && length <= kBatchedAttentionMaxLength ? batched : flashed).push_back(b);
+    (length <= batched_limit ? batched : flashed).push_back(b);
   }
   if constexpr (std::is_same_v<T, float>) {
     if (!batched.empty()) {
@@ -341,6 +476,22 @@ void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t b
   }
 }
 
+double time_attention(bool batched, int64_t batch, int64_t length, int64_t num_heads,
+                      int64_t head_dim, int repeats) {
+  if (batched && !attention_batched_available()) return -1.0;
+  const int64_t hidden = num_heads * head_dim;
+  const at::Tensor qkv = at::empty({batch * length, 3 * hidden}).uniform_(-1.0, 1.0);
+  at::Tensor out = at::empty({batch * length, hidden});
+  std::vector<int32_t> cu_seqlens(size_t(batch) + 1);
+  for (int64_t b = 0; b <= batch; ++b) cu_seqlens[size_t(b)] = int32_t(b * length);
+  return fastest_seconds(
+      [&] {
+        attention_varlen(qkv.data_ptr<float>(), cu_seqlens.data(), out.data_ptr<float>(),
+                         batch, length, num_heads, head_dim, batched ? length : 0);
+      },
+      repeats);
+}
+
 void parallel_for(int64_t n, int64_t grain_size,
                   const std::function<void(int64_t, int64_t)>& fn) {
   at::parallel_for(0, n, grain_size, fn);
@@ -348,12 +499,15 @@ void parallel_for(int64_t n, int64_t grain_size,
 
 #define PYBERT_INSTANTIATE(T)                                                                 \
   template bool weight_storage_supported<T>(WeightStorage);                                    \
+  template bool gemm_path_available<T>(GemmPath);                                              \
   template PreparedWeightPtr prepare_weight<T>(const T*, const T*, int64_t, int64_t,         \
-                                               WeightStorage);                                \
+                                               WeightStorage, const GemmChoice&);             \
+  template std::vector<std::vector<double>> time_gemm<T>(                                    \
+      const std::vector<GemmPath>&, const std::vector<int64_t>&, int64_t, int64_t, int);     \
   template void gemm_bias_act<T>(const T*, const T*, const T*, const PreparedWeight*, T*,    \
                                  int64_t, int64_t, int64_t, Activation);                     \
   template void attention_varlen<T>(const T*, const int32_t*, T*, int64_t, int64_t, int64_t, \
-                                    int64_t, bool);
+                                    int64_t, int64_t);
 PYBERT_INSTANTIATE(float)
 PYBERT_INSTANTIATE(bfloat16)
 #undef PYBERT_INSTANTIATE

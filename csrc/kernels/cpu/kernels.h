@@ -12,6 +12,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <utility>
+#include <vector>
 
 #include "../activation.h"
 #include "../args.h"
@@ -27,6 +29,23 @@ enum class WeightStorage {
             // quantisation; oneDNN's int8 GEMM: VNNI or AMX where the CPU has them)
 };
 
+// The ways a float or bfloat16 weight GEMM can run. Which is fastest depends on the CPU (MKL
+// runs AMD processors on its AVX2 code; oneDNN has AVX-512, AMX and AVX2 kernels of its own)
+// and on the row count, so pybert.engine.cpu_plan measures them on the machine that runs.
+enum class GemmPath : int {
+  kAten = 0,          // ATen's addmm on the plain matrix (torch's own choice of library)
+  kMklPacked = 1,     // MKL's packed sgemm, the weight packed once (float only)
+  kOneDnnPacked = 2,  // oneDNN's linear, the weight reordered once, bias and activation fused
+};
+constexpr int kGemmPaths = 3;
+
+// A weight's paths by row count: a GEMM of m rows takes the path of the first entry with
+// m <= max_rows (the last entry covers every m). Empty: the default, packed up to
+// kPackedRowsLimit rows and ATen beyond (measured on an AVX-512/AMX Xeon, RESULTS.md
+// 2026-11-26; what an engine gets when nothing was measured).
+using GemmChoice = std::vector<std::pair<int64_t, GemmPath>>;
+constexpr int64_t kPackedRowsLimit = 256;
+
 // A weight matrix (and its bias) made ready for gemm_bias_act once, when an engine is built.
 // Opaque: its contents belong to the GEMM library (aten_adapter.cpp).
 class PreparedWeight;
@@ -35,13 +54,25 @@ struct PreparedWeightDeleter {
 };
 using PreparedWeightPtr = std::unique_ptr<PreparedWeight, PreparedWeightDeleter>;
 
-// Prepares weight (n, k) with bias (n) or null in `format`. kInt8 needs T = float. Returns
-// null when this torch build cannot (no MKL or oneDNN, no quantised engine, or an MKL whose
-// packed form would depend on the row count): callers then pass null to gemm_bias_act, which
-// uses the plain matrix.
+// Prepares weight (n, k) with bias (n) or null in `format`; kPacked makes the forms `choice`
+// names (a path this machine cannot prepare falls back to kAten). kInt8 needs T = float.
+// Returns null when nothing is prepared (kPlain, or no path beyond kAten): callers then pass
+// null to gemm_bias_act, which uses the plain matrix.
 template <typename T>
 PreparedWeightPtr prepare_weight(const T* weight, const T* bias, int64_t n, int64_t k,
-                                 WeightStorage format);
+                                 WeightStorage format, const GemmChoice& choice = {});
+// Whether this machine's torch can run `path` for T (kOneDnnPacked in bfloat16 needs
+// AVX512-BF16, AMX, AVX-NE-CONVERT or AVX-512BW; kMklPacked needs MKL).
+template <typename T>
+bool gemm_path_available(GemmPath path);
+// Seconds one GEMM of (m, k) x (n, k)^T + bias takes on this machine by each of `paths`
+// (result[p][i]) for each m of `rows`: the fastest of `repeats` calls after a warm-up, on
+// random operands made once, the weight prepared as an engine would. Negative where a path is
+// not available for this shape.
+template <typename T>
+std::vector<std::vector<double>> time_gemm(const std::vector<GemmPath>& paths,
+                                           const std::vector<int64_t>& rows, int64_t n,
+                                           int64_t k, int repeats);
 // Whether this machine's torch can prepare weights in `format` for T.
 template <typename T>
 bool weight_storage_supported(WeightStorage format);
@@ -49,7 +80,7 @@ bool weight_storage_supported(WeightStorage format);
 // out[m, n] = act(sum_k a[m, k] * weight[n, k] + bias[n])
 // a: (m, k); weight: (n, k), the nn.Linear layout; bias: (n) or null; out: (m, n).
 // prepared, when not null, is prepare_weight(weight, bias, n, k, ...): int8 weights are always
-// used; prepacked ones where they pay (few rows), the plain matrix otherwise.
+// used; otherwise the path its choice names for m rows.
 template <typename T>
 void gemm_bias_act(const T* a, const T* weight, const T* bias, const PreparedWeight* prepared,
                    T* out, int64_t m, int64_t n, int64_t k, Activation act);
@@ -71,19 +102,22 @@ void add_layernorm(const T* x, const T* residual, const T* gamma, const T* beta,
 // qkv: (total_tokens, 3 * hidden), columns [Q | K | V], head h owns columns [h*d, (h+1)*d) of
 // each third, d = hidden / num_heads; out: (total_tokens, hidden), heads side by side.
 // out[t, head h] = softmax_j(q_t . k_j / sqrt(d)) v_j over the keys j of t's sequence.
-// Float sequences of up to kBatchedAttentionMaxLength tokens go to attention_batched where
-// this process has it (and use_batched); bfloat16, longer sequences and the rest go to torch's
-// flash attention (AMX/AVX512-BF16 tiles for bfloat16). Measured on AVX-512
-// (benchmarks/RESULTS.md): batched was 1.2-2x faster than flash in float up to 384 tokens and
-// as fast at 512.
+// Float sequences of up to batched_max_length tokens go to attention_batched where this
+// process has it; bfloat16, longer sequences and the rest go to torch's flash attention
+// (AMX/AVX512-BF16 tiles for bfloat16). Which is faster depends on the CPU, so
+// pybert.engine.cpu_plan measures it (on AVX-512, batched was 1.2-2x faster than flash in
+// float up to 384 tokens and as fast at 512: benchmarks/RESULTS.md). batched_max_length is
+// capped at kBatchedAttentionMaxLength: attention_batched holds a sequence's whole L x L
+// scores per head (1 MB at 512 tokens, BERT's longest); flash's tiles suit longer ones.
+constexpr int64_t kBatchedAttentionMaxLength = 512;
 template <typename T>
 void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
                       int64_t max_seqlen, int64_t num_heads, int64_t head_dim,
-                      bool use_batched = true);
-
-// attention_batched holds a sequence's whole L x L scores per head (1 MB at 512 tokens, BERT's
-// longest); flash's tiles suit longer ones.
-constexpr int64_t kBatchedAttentionMaxLength = 512;
+                      int64_t batched_max_length = kBatchedAttentionMaxLength);
+// Seconds attention_varlen takes on `batch` random sequences of `length` tokens, all batched
+// (batched_max_length = length) or all by flash (0): the fastest of `repeats` after a warm-up.
+double time_attention(bool batched, int64_t batch, int64_t length, int64_t num_heads,
+                      int64_t head_dim, int repeats);
 
 // attention_varlen's arithmetic for the `count` sequences listed in `sequences` (indices b of
 // cu_seqlens; the other rows of out are left as they are), each (sequence, head)'s products

@@ -1,0 +1,297 @@
+"""The CPU engine's plan: which library each weight GEMM goes to at each row count, and up to
+which length the float attention runs as batched GEMMs rather than torch's flash attention,
+chosen by timing the candidates on the machine that runs.
+
+The fastest path is a property of the CPU, not of the library's name: MKL runs AMD processors
+on its AVX2 code (half of what oneDNN gets from the same cores on an EPYC), oneDNN's bfloat16
+needs AVX512-BF16 or AMX to be fast, and the answer changes with the row count. So nothing
+here asks for a vendor or for which library is present: each candidate that this torch offers
+is timed on the model's own GEMM shapes, at a few row counts, and the fastest is kept (as the
+GPU's cuBLASLt algorithm choice is made by timing). A plan is measured once per process and
+shape, and kept on disk keyed by the CPU model, its ISA flags, torch's version and the thread
+count (``$PYBERT_CACHE_DIR``, default ``~/.cache/pybert``; ``PYBERT_CPU_PLAN_CACHE=0`` keeps
+it in memory only), so a later load reuses it.
+
+``PYBERT_CPU_GEMM=aten|mkl|onednn`` and ``PYBERT_CPU_ATTENTION=batched|flash`` force a path
+(for tests and bug reports); ``Engine(..., cpu_plan="default")`` (or
+``PYBERT_CPU_PLAN=default``) takes the built-in defaults without measuring.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .. import _C
+from ..config import BertConfig
+
+__all__ = ["CpuPlan", "plan_cpu", "default_plan", "cpu_identity", "GEMM_PATHS",
+           "MEASURED_ROWS", "MEASURED_LENGTHS"]
+
+GEMM_PATHS = tuple(_C.CPU_GEMM_PATHS)       # "aten", "mkl", "onednn"
+MEASURED_ROWS = (16, 128)                   # a GEMM's row counts timed per weight shape
+MAX_TIMED_COLUMNS = 4096                    # a wider weight (the MLM decoder) is timed at this n
+MEASURED_LENGTHS = (32, 128, 256)           # sequence lengths timed for the attention
+ATTENTION_BATCH = 2                         # sequences per attention timing
+BATCHED_ATTENTION_MAX = 512                 # kBatchedAttentionMaxLength in kernels/cpu
+REPEATS = 2                                 # timed calls per candidate, after a warm-up
+
+# (paths, row counts, n, k, dtype) -> seconds per path and row count, negative where a path
+# is not available; and (batched, batch, length, heads, head_dim) -> seconds; and
+# (path, dtype) -> whether this machine has the path. Tests pass fakes.
+GemmTimer = Callable[[tuple, tuple, int, int, str], list]
+PathCheck = Callable[[str, str], bool]
+AttentionTimer = Callable[[bool, int, int, int, int], float]
+
+
+def _time_gemm(paths: tuple, rows: tuple, n: int, k: int, dtype: str) -> list:
+    return _C.time_cpu_gemm([_C.CPU_GEMM_PATHS[p] for p in paths], list(rows), n, k, dtype,
+                            REPEATS)
+
+
+def _path_available(path: str, dtype: str) -> bool:
+    return _C.cpu_gemm_path_available(_C.CPU_GEMM_PATHS[path], dtype)
+
+
+def _time_attention(batched: bool, batch: int, length: int, heads: int, head_dim: int) -> float:
+    return _C.time_cpu_attention(batched, batch, length, heads, head_dim, REPEATS)
+
+
+@dataclass
+class CpuPlan:
+    """What an engine on this CPU uses: ``gemm`` maps each weight shape (n, k) to its paths by
+    row count, ``[(max_rows, path), ...]`` (the last entry covers every larger count);
+    ``attention_batched_max_length`` is the longest float sequence the batched attention
+    takes (0: every one goes to flash). ``source``: "measured", "cached", "forced" or
+    "default"."""
+
+    cpu: dict
+    dtype: str
+    gemm: dict = field(default_factory=dict)
+    attention_batched_max_length: int = BATCHED_ATTENTION_MAX
+    source: str = "default"
+
+    def native(self) -> dict:
+        """The plan as pybert._C.Engine takes it (paths as GemmPath's values)."""
+        return {"gemm": {tuple(shape): [(int(rows), _C.CPU_GEMM_PATHS[path])
+                                        for rows, path in choice]
+                         for shape, choice in self.gemm.items()},
+                "attention_batched_max_length": int(self.attention_batched_max_length)}
+
+    def summary(self) -> dict:
+        """JSON-ready: the CPU seen, the path per shape and row bucket, the attention limit."""
+        return {"cpu": self.cpu, "dtype": self.dtype, "source": self.source,
+                "gemm": {f"{n}x{k}": [[rows if rows < 2**62 else "more", path]
+                                      for rows, path in choice]
+                         for (n, k), choice in self.gemm.items()},
+                "attention_batched_max_length": self.attention_batched_max_length}
+
+
+def cpu_identity() -> dict:
+    """The CPU as a plan's cache key sees it: its model name, its ISA flags (those that decide
+    a GEMM's speed), torch's version and the threads an engine runs on."""
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model in ("", platform.machine()):
+                    model = value.strip()
+                elif key.strip() in ("flags", "Features") and not flags:
+                    flags = value.split()
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile",
+              "amx_bf16", "amx_int8", "avx_vnni", "asimd", "sve", "sve2", "bf16", "i8mm")
+    return {"model": model, "isa": [f for f in wanted if f in flags],
+            "machine": platform.machine(), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
+
+
+def gemm_shapes(config: BertConfig) -> dict[tuple[int, int], tuple[int, ...]]:
+    """The distinct weight shapes (n, k) of a model's GEMMs, with the row counts to time each
+    at: the layers' and the pooler's at MEASURED_ROWS; the MLM decoder, which sees only the
+    predicted positions (few rows) and is the largest matrix, at the fewest only."""
+    h, f = config.num_hiddens, config.ffn_num_hiddens
+    shapes = {shape: MEASURED_ROWS for shape in ((3 * h, h), (h, h), (f, h), (h, f))}
+    shapes.setdefault((config.vocab_size, h), MEASURED_ROWS[:1])
+    return shapes
+
+
+def _bucket_limits(points) -> list[int]:
+    """Row-count limits between measured points (geometric midpoints), the last unbounded."""
+    limits = [int(math.sqrt(a * b)) for a, b in zip(points, points[1:])]
+    return limits + [2**63 - 1]
+
+
+def choose_gemm(n: int, k: int, dtype: str, paths, timer: GemmTimer,
+                rows=MEASURED_ROWS) -> list[tuple[int, str]]:
+    """For a weight (n, k): the fastest available path at each measured row count, as
+    [(max_rows, path)], neighbouring buckets with the same path merged. A path that times
+    negative (absent on this machine or this shape) is skipped."""
+    paths = tuple(paths)
+    if len(paths) == 1:  # nothing to choose between: not timed
+        return [(2**63 - 1, paths[0])]
+    # A library's speed on a wide weight is its speed on a slice of it: timing all 30,522
+    # columns of BERT's decoder would cost more than the rest of the plan.
+    by_path = dict(zip(paths, timer(paths, tuple(rows), min(n, MAX_TIMED_COLUMNS), k, dtype)))
+    choice: list[tuple[int, str]] = []
+    for i, limit in enumerate(_bucket_limits(rows)):
+        timings = {p: seconds[i] for p, seconds in by_path.items() if seconds[i] >= 0}
+        best = min(timings, key=timings.get) if timings else "aten"
+        if choice and choice[-1][1] == best:
+            choice[-1] = (limit, best)
+        else:
+            choice.append((limit, best))
+    return choice
+
+
+def choose_attention(heads: int, head_dim: int, timer: AttentionTimer,
+                     lengths=MEASURED_LENGTHS) -> int:
+    """The longest float sequence to batch: batched wins up to the first measured length
+    where flash is faster (the limit falls between the two), BATCHED_ATTENTION_MAX if it
+    wins at every length, 0 if it loses at the first."""
+    limits = _bucket_limits(lengths)
+    for i, length in enumerate(lengths):
+        batched = timer(True, ATTENTION_BATCH, length, heads, head_dim)
+        flash = timer(False, ATTENTION_BATCH, length, heads, head_dim)
+        if batched < 0 or batched > flash:
+            return 0 if i == 0 else limits[i - 1]
+    return BATCHED_ATTENTION_MAX
+
+
+class _PlanCache:
+    """Choices by key, in memory for the process and (unless disabled) in one JSON file."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._memory: dict[str, object] = {}
+
+    @staticmethod
+    def path() -> Path | None:
+        if os.environ.get("PYBERT_CPU_PLAN_CACHE", "1") == "0":
+            return None
+        root = os.environ.get("PYBERT_CACHE_DIR") or os.path.join(
+            os.path.expanduser("~"), ".cache", "pybert")
+        return Path(root) / "cpu_plan.json"
+
+    def _disk(self) -> dict:
+        path = self.path()
+        try:
+            value = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+        except (OSError, ValueError):
+            return {}  # a damaged cache is measured again, not trusted
+        return value if isinstance(value, dict) else {}
+
+    def get(self, key: str):
+        """The stored choice, or None."""
+        with self._lock:
+            if key in self._memory:
+                return self._memory[key]
+            value = self._disk().get(key)
+            if value is not None:
+                self._memory[key] = value
+            return value
+
+    def put(self, key: str, value) -> None:
+        with self._lock:
+            self._memory[key] = value
+            path = self.path()
+            if path is None:
+                return
+            try:
+                stored = self._disk()
+                stored[key] = value
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(stored, indent=1))
+                os.replace(tmp, path)
+            except OSError:
+                pass  # an unwritable cache only costs the next process a measurement
+
+    def clear_memory(self) -> None:
+        with self._lock:
+            self._memory.clear()
+
+
+CACHE = _PlanCache()
+
+
+def _is_choice(value) -> bool:
+    """Whether a cached value is a GEMM choice ([(max_rows, path), ...]); anything else (an
+    older or damaged cache) is measured again."""
+    return isinstance(value, list) and len(value) > 0 and all(
+        isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], int)
+        and entry[1] in GEMM_PATHS for entry in value)
+
+
+def _forced(name: str, allowed) -> str | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r}: expected one of {tuple(allowed)}")
+    return value
+
+
+def default_plan(dtype: str) -> CpuPlan:
+    """The built-in choice, measured on an AVX-512/AMX Xeon: prepacked weights up to 256 rows
+    (MKL in float, oneDNN in bfloat16), ATen beyond; float attention batched up to 512."""
+    return CpuPlan(cpu_identity(), dtype)
+
+
+def plan_cpu(config: BertConfig, dtype: torch.dtype, int8: bool = False,
+             gemm_timer: GemmTimer | None = None,
+             attention_timer: AttentionTimer | None = None,
+             path_available: PathCheck | None = None) -> CpuPlan:
+    """The plan of an engine of ``config`` in ``dtype`` on this CPU: measured (or taken from
+    the cache), or forced by PYBERT_CPU_GEMM / PYBERT_CPU_ATTENTION. ``int8``: the weights are
+    int8 (one GEMM path), only the attention is chosen."""
+    name = str(dtype).replace("torch.", "")
+    cpu = cpu_identity()
+    plan = CpuPlan(cpu, name, source="cached")
+    forced_gemm = _forced("PYBERT_CPU_GEMM", GEMM_PATHS)
+    forced_attention = _forced("PYBERT_CPU_ATTENTION", ("batched", "flash"))
+    gemm_timer = gemm_timer or _time_gemm
+    attention_timer = attention_timer or _time_attention
+    available = [p for p in GEMM_PATHS if (path_available or _path_available)(p, name)]
+    measured = False
+    for (n, k), rows in ({} if int8 else gemm_shapes(config)).items():
+        if forced_gemm is not None:
+            if forced_gemm not in available:
+                raise ValueError(f"PYBERT_CPU_GEMM={forced_gemm}: that path is not available "
+                                 f"for {name} on this machine (available: {available})")
+            plan.gemm[(n, k)] = [(2**63 - 1, forced_gemm)]
+            continue
+        key = json.dumps(["gemm", cpu, name, n, k])
+        choice = CACHE.get(key)
+        if not _is_choice(choice):
+            choice = choose_gemm(n, k, name, available, gemm_timer, rows)
+            CACHE.put(key, choice)
+            measured = True
+        plan.gemm[(n, k)] = [(int(limit), str(path)) for limit, path in choice]
+    if name != "float32":
+        plan.attention_batched_max_length = 0  # bfloat16 attention is flash's
+    elif forced_attention is not None:
+        plan.attention_batched_max_length = BATCHED_ATTENTION_MAX \
+            if forced_attention == "batched" else 0
+    else:
+        key = json.dumps(["attention", cpu, config.num_heads, config.head_dim])
+        limit = CACHE.get(key)
+        if isinstance(limit, bool) or not isinstance(limit, int) or \
+                not 0 <= limit <= BATCHED_ATTENTION_MAX:
+            limit = choose_attention(config.num_heads, config.head_dim, attention_timer)
+            CACHE.put(key, limit)
+            measured = True
+        plan.attention_batched_max_length = int(limit)
+    plan.source = "forced" if forced_gemm or forced_attention else \
+        "measured" if measured else "cached"
+    return plan

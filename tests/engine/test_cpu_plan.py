@@ -1,0 +1,175 @@
+"""The CPU plan: every GEMM and attention path, forced, gives the fp32 (and bf16) results; the
+chooser keeps the fastest on a fake timing source, skips an absent path and reuses a plan from
+its cache; forcing by environment variable works and refuses what is not there."""
+
+import json
+
+import pytest
+import torch
+
+import pybert
+from pybert import _C
+from pybert.engine import cpu_plan
+from pybert.engine.cpu_plan import CpuPlan, choose_attention, choose_gemm, plan_cpu
+
+from engine_cases import CONFIGS, FP32_BOUND, assert_matches
+from helpers import BOUNDS, random_batch, random_model, reference_forward, rel_l2, valid_mask
+
+CONFIG = CONFIGS["hidden-96-head-dim-32"]
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Each test measures into a cache of its own."""
+    monkeypatch.setenv("PYBERT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("PYBERT_CPU_GEMM", raising=False)
+    monkeypatch.delenv("PYBERT_CPU_ATTENTION", raising=False)
+    monkeypatch.delenv("PYBERT_CPU_PLAN", raising=False)
+    cpu_plan.CACHE.clear_memory()
+    yield
+    cpu_plan.CACHE.clear_memory()
+
+
+def forced_plan(dtype: str, gemm: str, batched_max_length: int) -> CpuPlan:
+    """Every weight shape of CONFIG on `gemm` at every row count."""
+    shapes = cpu_plan.gemm_shapes(CONFIG)
+    return CpuPlan(cpu_plan.cpu_identity(), dtype,
+                   gemm={shape: [(2**63 - 1, gemm)] for shape in shapes},
+                   attention_batched_max_length=batched_max_length, source="forced")
+
+
+AVAILABLE_FP32 = [p for p in cpu_plan.GEMM_PATHS if _C.cpu_gemm_path_available(
+    _C.CPU_GEMM_PATHS[p], "float32")]
+AVAILABLE_BF16 = [p for p in cpu_plan.GEMM_PATHS if _C.cpu_gemm_path_available(
+    _C.CPU_GEMM_PATHS[p], "bfloat16")]
+
+
+@pytest.mark.parametrize("gemm", cpu_plan.GEMM_PATHS)
+@pytest.mark.parametrize("attention", [0, 512], ids=["flash", "batched"])
+@pytest.mark.parametrize("rows", [3, 60, 300])
+def test_every_fp32_path_gives_the_float64_results(gemm, attention, rows):
+    if gemm not in AVAILABLE_FP32:
+        pytest.skip(f"{gemm} is not available in float32 on this machine")
+    net = random_model(CONFIG, seed=rows)
+    engine = pybert.Engine.from_model(net, cpu_plan=forced_plan("float32", gemm, attention))
+    batch = max(3, -(-rows // 60))
+    seq_len = -(-rows // batch)
+    tokens, segments, valid_lens, pred = random_batch(CONFIG, batch, seq_len, seed=rows)
+    assert_matches(engine(tokens, segments, valid_lens, pred),
+                   reference_forward(net, tokens, segments, valid_lens, pred), valid_lens,
+                   batch, seq_len)
+
+
+@pytest.mark.parametrize("gemm", cpu_plan.GEMM_PATHS)
+def test_every_bf16_path_stays_within_the_bf16_bound(gemm):
+    if gemm not in AVAILABLE_BF16:
+        pytest.skip(f"{gemm} is not available in bfloat16 on this machine")
+    net = random_model(CONFIG, seed=2)
+    engine = pybert.Engine.from_model(net, dtype=torch.bfloat16,
+                                      cpu_plan=forced_plan("bfloat16", gemm, 0))
+    tokens, segments, valid_lens, pred = random_batch(CONFIG, 4, 30, seed=2)
+    encoded, mlm, _ = engine(tokens, segments, valid_lens, pred)
+    ref_encoded, ref_mlm, _ = reference_forward(net, tokens, segments, valid_lens, pred)
+    mask = valid_mask(valid_lens, 4, 30)
+    assert rel_l2(encoded[mask], ref_encoded[mask]) <= BOUNDS[torch.bfloat16]
+    assert rel_l2(mlm, ref_mlm) <= BOUNDS[torch.bfloat16]
+
+
+def fake_gemm_timer(fastest: dict, calls: list):
+    """A timer under which fastest[m] is the quickest path at m rows (others 2x slower); the
+    shapes it was asked about go to `calls`."""
+    def timer(paths, rows, n, k, dtype):
+        calls.append((n, k))
+        return [[1.0 if fastest[m] == p else 2.0 for m in rows] for p in paths]
+    return timer
+
+
+def test_the_chooser_keeps_the_fastest_path_per_row_bucket():
+    calls = []
+    timer = fake_gemm_timer({16: "onednn", 128: "mkl"}, calls)
+    choice = choose_gemm(768, 768, "float32", ("aten", "mkl", "onednn"), timer)
+    assert choice == [(45, "onednn"), (2**63 - 1, "mkl")]
+    same = choose_gemm(768, 768, "float32", ("aten", "mkl", "onednn"),
+                       fake_gemm_timer({16: "aten", 128: "aten"}, calls))
+    assert same == [(2**63 - 1, "aten")]  # neighbouring buckets of one path merge
+
+
+def test_an_absent_path_is_skipped_not_an_error():
+    def timer(paths, rows, n, k, dtype):  # mkl "absent": negative, and the fastest otherwise
+        return [[-1.0 if p == "mkl" else (1.0 if p == "onednn" else 3.0) for _ in rows]
+                for p in paths]
+    assert choose_gemm(8, 8, "float32", ("aten", "mkl", "onednn"), timer) == \
+        [(2**63 - 1, "onednn")]
+    plan = plan_cpu(CONFIG, torch.float32, gemm_timer=timer,
+                    attention_timer=lambda *a: 1.0,
+                    path_available=lambda path, dtype: path != "mkl")
+    assert {path for choice in plan.gemm.values() for _, path in choice} == {"onednn"}
+
+
+def test_the_attention_limit_falls_where_flash_starts_winning():
+    def timer(batch_wins_up_to):
+        return lambda batched, batch, length, heads, d: \
+            (1.0 if length <= batch_wins_up_to else 3.0) if batched else 2.0
+    assert choose_attention(4, 32, timer(10_000)) == 512
+    assert choose_attention(4, 32, timer(128)) == 181  # between 128 (won) and 256 (lost)
+    assert choose_attention(4, 32, timer(0)) == 0
+    assert choose_attention(4, 32, lambda batched, *rest: -1.0 if batched else 1.0) == 0
+
+
+def test_a_plan_is_measured_once_then_cached_in_the_process_and_on_disk(tmp_path):
+    calls = []
+    timer = fake_gemm_timer({16: "aten", 128: "onednn"}, calls)
+    everything = dict(gemm_timer=timer, attention_timer=lambda *a: 1.0,
+                      path_available=lambda path, dtype: True)
+    first = plan_cpu(CONFIG, torch.float32, **everything)
+    assert first.source == "measured" and len(calls) == len(cpu_plan.gemm_shapes(CONFIG))
+    second = plan_cpu(CONFIG, torch.float32, **everything)
+    assert second.source == "cached" and second.gemm == first.gemm
+    assert len(calls) == len(cpu_plan.gemm_shapes(CONFIG))  # nothing timed again
+    cpu_plan.CACHE.clear_memory()  # a new process: the file is read
+    third = plan_cpu(CONFIG, torch.float32, **everything)
+    assert third.source == "cached" and third.gemm == first.gemm
+    stored = json.loads((tmp_path / "cache" / "cpu_plan.json").read_text())
+    assert len(stored) == len(cpu_plan.gemm_shapes(CONFIG)) + 1  # + the attention's limit
+
+
+def test_a_damaged_cache_is_measured_again(tmp_path):
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "cpu_plan.json").write_text("{not json")
+    calls = []
+    plan = plan_cpu(CONFIG, torch.float32,
+                    gemm_timer=fake_gemm_timer({16: "mkl", 128: "mkl"}, calls),
+                    attention_timer=lambda *a: 1.0, path_available=lambda p, d: True)
+    assert plan.source == "measured" and calls
+
+
+def test_forcing_by_environment(monkeypatch):
+    monkeypatch.setenv("PYBERT_CPU_GEMM", "aten")
+    monkeypatch.setenv("PYBERT_CPU_ATTENTION", "flash")
+    engine = pybert.Engine.from_model(random_model(CONFIG))
+    plan = engine.cpu_plan
+    assert plan.source == "forced" and plan.attention_batched_max_length == 0
+    assert {path for choice in plan.gemm.values() for _, path in choice} == {"aten"}
+    summary = plan.summary()
+    assert summary["cpu"]["threads"] == torch.get_num_threads() and summary["gemm"]
+    monkeypatch.setenv("PYBERT_CPU_GEMM", "fortran")
+    with pytest.raises(ValueError, match="PYBERT_CPU_GEMM='fortran'"):
+        pybert.Engine.from_model(random_model(CONFIG))
+    monkeypatch.setenv("PYBERT_CPU_PLAN", "default")  # the built-in defaults, not measured
+    assert pybert.Engine.from_model(random_model(CONFIG)).cpu_plan.source == "default"
+
+
+def test_a_measured_plan_serves_the_engine():
+    """The real timers on this machine: a plan comes out, the engine holds the float64
+    results with it, and the plan says what it saw."""
+    net = random_model(CONFIG, seed=5)
+    engine = pybert.Engine.from_model(net)
+    assert engine.cpu_plan.source == "measured"
+    assert set(engine.cpu_plan.gemm) == set(cpu_plan.gemm_shapes(CONFIG))
+    tokens, segments, valid_lens, pred = random_batch(CONFIG, 5, 40, seed=5)
+    encoded, mlm, nsp = engine(tokens, segments, valid_lens, pred)
+    ref = reference_forward(net, tokens, segments, valid_lens, pred)
+    assert rel_l2(mlm, ref[1]) <= FP32_BOUND and rel_l2(nsp, ref[2]) <= FP32_BOUND
+    assert pybert.Engine.from_model(net).cpu_plan.source == "cached"
+    with pytest.raises(ValueError, match="cpu_plan must be"):
+        pybert.Engine.from_model(net, cpu_plan="fastest")
