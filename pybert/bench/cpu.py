@@ -260,7 +260,8 @@ def describe_plan(plan) -> str:
                                 for limit, path in choice)
         for (n, k), choice in plan.gemm.items())
     return (f"plan {plan.source} ({plan.cpu['model']}, {' '.join(plan.cpu['isa'])}): "
-            f"{shapes or 'default GEMMs'}; float attention batched up to "
+            f"{shapes or ('int8 GEMMs' if plan.dtype == 'int8' else 'default GEMMs')}; "
+            f"float attention batched up to "
             f"{plan.attention_batched_max_length} tokens")
 
 

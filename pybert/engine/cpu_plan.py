@@ -257,7 +257,7 @@ def plan_cpu(config: BertConfig, dtype: torch.dtype, int8: bool = False,
     int8 (one GEMM path), only the attention is chosen."""
     name = str(dtype).replace("torch.", "")
     cpu = cpu_identity()
-    plan = CpuPlan(cpu, name, source="cached")
+    plan = CpuPlan(cpu, "int8" if int8 else name, source="cached")
     forced_gemm = _forced("PYBERT_CPU_GEMM", GEMM_PATHS)
     forced_attention = _forced("PYBERT_CPU_ATTENTION", ("batched", "flash"))
     gemm_timer = gemm_timer or _time_gemm
