@@ -75,6 +75,9 @@ def _pretrain(args) -> int:
         return 0
     print(json.dumps({"step": result.step, **result.metrics,
                       "checkpoint": str(result.checkpoint)}, indent=1))
+    if not os.path.exists(os.path.join(config.out, "loss.png")):
+        print("loss.png was not drawn: matplotlib is the plot extra (pip install "
+              "\"pybert[plot]\")", file=sys.stderr)
     model = TextModel.load(result.checkpoint, device="cpu", dtype=torch.float32)
     samples = masked_word_samples(model, result.corpus.test)
     lines = []
