@@ -19,7 +19,8 @@ def load(path, device="cpu", dtype: torch.dtype = torch.float32, **engine_option
     """An :class:`~pybert.Engine` serving the checkpoint at ``path``: a pybert checkpoint, a
     Hugging Face BERT directory or a sentence-transformers model directory. When the
     checkpoint has a vocabulary, ``engine.text_model`` (see :class:`pybert.TextModel`) turns
-    texts into vectors. ``engine_options``: cuda_graphs, max_graphs, quantize."""
+    texts into vectors. ``engine_options``: cuda_graphs, max_graphs, quantize,
+    cpu_plan."""
     loaded = load_checkpoint(path, device, dtype, **engine_options)
     if loaded.tokenizer is not None:
         TextModel.of_loaded(loaded)

@@ -184,7 +184,7 @@ class Engine:
     def from_model(cls, net: torch.nn.Module, device="cpu", dtype: torch.dtype = torch.float32,
                    **engine_options) -> "Engine":
         """Pack the weights of a d2l-style ``BERTModel`` (pybert's or the book's).
-        ``engine_options``: cuda_graphs, max_graphs, quantize."""
+        ``engine_options``: cuda_graphs, max_graphs, quantize, cpu_plan."""
         return cls.from_state_dict(net.state_dict(), config_from_model(net), device=device,
                                    dtype=dtype, **engine_options)
 

@@ -316,6 +316,21 @@ void gemm_bias_act(const T* a, const T* weight, const T* bias, const PreparedWei
 
 namespace {
 
+// A float tensor of `sizes` with values spread over [-scale, scale) (the fractional parts of
+// i times the golden ratio): operands to time a kernel on. No random generator: torch's
+// inline generator arguments trip GCC's maybe-uninitialized warning under the sanitizers.
+at::Tensor timing_operand(at::IntArrayRef sizes, double scale) {
+  int64_t count = 1;
+  for (const int64_t size : sizes) count *= size;
+  return at::arange(count, at::kDouble)  // double: i * 0.618 keeps its fraction for large i
+      .mul_(0.6180339887)
+      .frac_()
+      .sub_(0.5)
+      .mul_(2.0 * scale)
+      .to(at::kFloat)
+      .reshape(sizes);
+}
+
 // The fastest of `repeats` runs of fn after one warm-up run (first touch, libraries' caches).
 template <typename Fn>
 double fastest_seconds(const Fn& fn, int repeats) {
@@ -340,9 +355,9 @@ std::vector<std::vector<double>> time_gemm(const std::vector<GemmPath>& paths,
   if (rows.empty()) return seconds;
   const int64_t most = *std::max_element(rows.begin(), rows.end());
   const double scale = 1.0 / std::sqrt(double(k));
-  const at::Tensor weight = at::empty({n, k}, options_of<T>()).uniform_(-scale, scale);
-  const at::Tensor bias = at::empty({n}, options_of<T>()).uniform_(-1.0, 1.0);
-  const at::Tensor a = at::empty({most, k}, options_of<T>()).uniform_(-1.0, 1.0);
+  const at::Tensor weight = timing_operand({n, k}, scale).to(options_of<T>());
+  const at::Tensor bias = timing_operand({n}, 1.0).to(options_of<T>());
+  const at::Tensor a = timing_operand({most, k}, 1.0).to(options_of<T>());
   at::Tensor out = at::empty({most, n}, options_of<T>());
   const T* w = static_cast<const T*>(weight.data_ptr());
   const T* b = static_cast<const T*>(bias.data_ptr());
@@ -480,7 +495,7 @@ double time_attention(bool batched, int64_t batch, int64_t length, int64_t num_h
                       int64_t head_dim, int repeats) {
   if (batched && !attention_batched_available()) return -1.0;
   const int64_t hidden = num_heads * head_dim;
-  const at::Tensor qkv = at::empty({batch * length, 3 * hidden}).uniform_(-1.0, 1.0);
+  const at::Tensor qkv = timing_operand({batch * length, 3 * hidden}, 1.0);
   at::Tensor out = at::empty({batch * length, hidden});
   std::vector<int32_t> cu_seqlens(size_t(batch) + 1);
   for (int64_t b = 0; b <= batch; ++b) cu_seqlens[size_t(b)] = int32_t(b * length);
