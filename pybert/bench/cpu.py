@@ -32,6 +32,7 @@ import torch
 
 from ..api import load
 from ..config import BertConfig
+from ..engine.cpu_plan import ALL_ROWS
 from ..text import TextModel
 
 __all__ = ["CPU_WORKLOADS", "CpuWorkload", "int8_accuracy", "run_cpu_benchmark",
@@ -256,7 +257,7 @@ def describe_plan(plan) -> str:
     if plan is None:
         return "no CPU plan"
     shapes = "; ".join(
-        f"{n}x{k}: " + " ".join(path if limit >= 2**62 else f"{path}<={limit}"
+        f"{n}x{k}: " + " ".join(path if limit == ALL_ROWS else f"{path}<={limit}"
                                 for limit, path in choice)
         for (n, k), choice in plan.gemm.items())
     return (f"plan {plan.source} ({plan.cpu['model']}, {' '.join(plan.cpu['isa'])}): "

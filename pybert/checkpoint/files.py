@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CheckpointError", "read_file", "read_json", "read_json_of", "SafetensorsHeader",
-           "MAX_CONFIG_BYTES", "MAX_TOKENIZER_BYTES", "MAX_VOCAB_BYTES",
+__all__ = ["CheckpointError", "read_file", "read_text", "read_json", "read_json_of",
+           "SafetensorsHeader", "MAX_CONFIG_BYTES", "MAX_TOKENIZER_BYTES", "MAX_VOCAB_BYTES",
            "MAX_SAFETENSORS_HEADER_BYTES"]
 
 # The caps keep what refusing a file costs small (peak memory well under 64 MB) while leaving
@@ -72,13 +72,20 @@ def read_file(path, max_bytes: int, what: str = "the file") -> bytes:
     return data
 
 
-def read_json(path, max_bytes: int = MAX_CONFIG_BYTES, what: str = "the JSON file"):
-    """The JSON value of ``path`` (a regular file of at most ``max_bytes``)."""
+def read_text(path, max_bytes: int, what: str = "the file") -> str:
+    """The UTF-8 text of regular file ``path`` if it holds at most ``max_bytes``."""
     data = read_file(path, max_bytes, what)
     try:
-        return json.loads(data.decode("utf-8"))
+        return data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise CheckpointError(f"{path} is not UTF-8 text: {err}") from None
+
+
+def read_json(path, max_bytes: int = MAX_CONFIG_BYTES, what: str = "the JSON file"):
+    """The JSON value of ``path`` (a regular file of at most ``max_bytes``)."""
+    text = read_text(path, max_bytes, what)
+    try:
+        return json.loads(text)
     except RecursionError:
         raise CheckpointError(f"{path} is not valid JSON: nested too deeply") from None
     except ValueError as err:  # JSONDecodeError, and integers beyond Python's digit limit

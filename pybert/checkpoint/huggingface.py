@@ -19,7 +19,7 @@ from ..config import BertConfig
 from ..engine.weights import LAYER, WeightMap, WeightsError, pack_weights
 from .contents import Checkpoint, WordPieceTokenizerSpec
 from .files import (MAX_TOKENIZER_BYTES, MAX_VOCAB_BYTES, SAFETENSORS_DTYPES, CheckpointError,
-                    SafetensorsHeader, read_file, read_json, read_json_of)
+                    SafetensorsHeader, read_json, read_json_of, read_text)
 
 __all__ = ["is_huggingface_dir", "read_huggingface", "config_from_hf", "pack_hf_state_dict",
            "HF_WEIGHT_MAP"]
@@ -184,21 +184,12 @@ def _tokenizer_spec(path: Path, max_len: int) -> WordPieceTokenizerSpec | None:
     if (path / "tokenizer_config.json").exists():
         settings = read_json_of(path / "tokenizer_config.json")
     if (path / "tokenizer.json").exists():
-        text = read_file(path / "tokenizer.json", MAX_TOKENIZER_BYTES, "tokenizer.json")
-        return WordPieceTokenizerSpec(max_len, tokenizer_json=_utf8(text, path / "tokenizer.json"),
-                                      settings=settings)
+        text = read_text(path / "tokenizer.json", MAX_TOKENIZER_BYTES, "tokenizer.json")
+        return WordPieceTokenizerSpec(max_len, tokenizer_json=text, settings=settings)
     if (path / "vocab.txt").exists():
-        text = read_file(path / "vocab.txt", MAX_VOCAB_BYTES, "vocab.txt")
-        return WordPieceTokenizerSpec(max_len, settings=settings,
-                                      vocab_tokens=_utf8(text, path / "vocab.txt").splitlines())
+        text = read_text(path / "vocab.txt", MAX_VOCAB_BYTES, "vocab.txt")
+        return WordPieceTokenizerSpec(max_len, settings=settings, vocab_tokens=text.splitlines())
     return None
-
-
-def _utf8(data: bytes, where: Path) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise CheckpointError(f"{where} is not UTF-8 text: {err}") from None
 
 
 def read_huggingface(path, max_seq_length=None) -> Checkpoint:

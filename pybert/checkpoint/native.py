@@ -21,7 +21,7 @@ from ..engine.weights import D2L_WEIGHT_MAP, pack_weights
 from ..tokenization.vocab import BERT_RESERVED_TOKENS, Vocab
 from ..tokenization.words import TEXT_FORMATS
 from .contents import Checkpoint, WordTokenizerSpec
-from .files import MAX_VOCAB_BYTES, CheckpointError, SafetensorsHeader, read_file, read_json
+from .files import MAX_VOCAB_BYTES, CheckpointError, SafetensorsHeader, read_json, read_text
 
 __all__ = ["save", "load_model", "read_native", "read_config", "checkpoint_dir", "CONFIG_NAME",
            "WEIGHTS_NAME", "VOCAB_NAME"]
@@ -153,10 +153,10 @@ def _read_vocab(path: Path, config: BertConfig) -> Vocab | None:
     vocab_path = path / VOCAB_NAME
     if not vocab_path.exists() and not vocab_path.is_symlink():
         return None
-    data = read_file(vocab_path, MAX_VOCAB_BYTES, VOCAB_NAME)
+    text = read_text(vocab_path, MAX_VOCAB_BYTES, VOCAB_NAME)
     try:
-        vocab = Vocab.from_text(data.decode("utf-8"), str(vocab_path))
-    except (ValueError, UnicodeDecodeError) as err:
+        vocab = Vocab.from_text(text, str(vocab_path))
+    except ValueError as err:
         raise CheckpointError(f"{vocab_path}: {err}") from None
     if len(vocab) != config.vocab_size:
         raise CheckpointError(f"{vocab_path} has {len(vocab)} tokens but {CONFIG_NAME} says "

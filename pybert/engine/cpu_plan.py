@@ -19,6 +19,7 @@ it in memory only), so a later load reuses it.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -34,7 +35,7 @@ from .. import _C
 from ..config import BertConfig
 
 __all__ = ["CpuPlan", "plan_cpu", "default_plan", "cpu_identity", "GEMM_PATHS",
-           "MEASURED_ROWS", "MEASURED_LENGTHS"]
+           "MEASURED_ROWS", "MEASURED_LENGTHS", "ALL_ROWS"]
 
 GEMM_PATHS = tuple(_C.CPU_GEMM_PATHS)       # "aten", "mkl", "onednn"
 MEASURED_ROWS = (16, 128)                   # a GEMM's row counts timed per weight shape
@@ -43,6 +44,7 @@ MEASURED_LENGTHS = (32, 128, 256)           # sequence lengths timed for the att
 ATTENTION_BATCH = 2                         # sequences per attention timing
 BATCHED_ATTENTION_MAX = 512                 # kBatchedAttentionMaxLength in kernels/cpu
 REPEATS = 2                                 # timed calls per candidate, after a warm-up
+ALL_ROWS = 2**63 - 1                        # a bucket's max_rows that covers every row count
 
 # (paths, row counts, n, k, dtype) -> seconds per path and row count, negative where a path
 # is not available; and (batched, batch, length, heads, head_dim) -> seconds; and
@@ -89,7 +91,7 @@ class CpuPlan:
     def summary(self) -> dict:
         """JSON-ready: the CPU seen, the path per shape and row bucket, the attention limit."""
         return {"cpu": self.cpu, "dtype": self.dtype, "source": self.source,
-                "gemm": {f"{n}x{k}": [[rows if rows < 2**62 else "more", path]
+                "gemm": {f"{n}x{k}": [[rows if rows < ALL_ROWS else "more", path]
                                       for rows, path in choice]
                          for (n, k), choice in self.gemm.items()},
                 "attention_batched_max_length": self.attention_batched_max_length}
@@ -98,6 +100,15 @@ class CpuPlan:
 def cpu_identity() -> dict:
     """The CPU as a plan's cache key sees it: its model name, its ISA flags (those that decide
     a GEMM's speed), torch's version and the threads an engine runs on."""
+    model, isa = _cpu_model_and_isa()
+    return {"model": model, "isa": list(isa), "machine": platform.machine(),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_model_and_isa() -> tuple[str, tuple[str, ...]]:
+    """The CPU's model name and the ISA flags that decide a GEMM's speed, read from
+    /proc/cpuinfo once per process (it does not change; every engine's plan asks)."""
     model, flags = platform.processor() or platform.machine(), []
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
@@ -111,9 +122,7 @@ def cpu_identity() -> dict:
         pass
     wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile",
               "amx_bf16", "amx_int8", "avx_vnni", "asimd", "sve", "sve2", "bf16", "i8mm")
-    return {"model": model, "isa": [f for f in wanted if f in flags],
-            "machine": platform.machine(), "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+    return model, tuple(f for f in wanted if f in flags)
 
 
 def gemm_shapes(config: BertConfig) -> dict[tuple[int, int], tuple[int, ...]]:
@@ -129,7 +138,7 @@ def gemm_shapes(config: BertConfig) -> dict[tuple[int, int], tuple[int, ...]]:
 def _bucket_limits(points) -> list[int]:
     """Row-count limits between measured points (geometric midpoints), the last unbounded."""
     limits = [int(math.sqrt(a * b)) for a, b in zip(points, points[1:])]
-    return limits + [2**63 - 1]
+    return limits + [ALL_ROWS]
 
 
 def choose_gemm(n: int, k: int, dtype: str, paths, timer: GemmTimer,
@@ -139,7 +148,7 @@ def choose_gemm(n: int, k: int, dtype: str, paths, timer: GemmTimer,
     negative (absent on this machine or this shape) is skipped."""
     paths = tuple(paths)
     if len(paths) == 1:  # nothing to choose between: not timed
-        return [(2**63 - 1, paths[0])]
+        return [(ALL_ROWS, paths[0])]
     # A library's speed on a wide weight is its speed on a slice of it: timing all 30,522
     # columns of BERT's decoder would cost more than the rest of the plan.
     by_path = dict(zip(paths, timer(paths, tuple(rows), min(n, MAX_TIMED_COLUMNS), k, dtype)))
@@ -269,7 +278,7 @@ def plan_cpu(config: BertConfig, dtype: torch.dtype, int8: bool = False,
             if forced_gemm not in available:
                 raise ValueError(f"PYBERT_CPU_GEMM={forced_gemm}: that path is not available "
                                  f"for {name} on this machine (available: {available})")
-            plan.gemm[(n, k)] = [(2**63 - 1, forced_gemm)]
+            plan.gemm[(n, k)] = [(ALL_ROWS, forced_gemm)]
             continue
         key = json.dumps(["gemm", cpu, name, n, k])
         choice = CACHE.get(key)

@@ -61,7 +61,7 @@ class Engine:
 
     On the CPU the engine computes in float32 or bfloat16 (AVX512-BF16 or AMX where the CPU has
     them; LayerNorm, softmax and accumulation in float32), with its weight matrices prepacked
-    once for oneDNN. ``quantize="int8"`` (CPU, float32) holds them in int8 per output channel
+    once for the GEMM library its CPU plan chose. ``quantize="int8"`` (CPU, float32) holds them in int8 per output channel
     and quantises activations per call (dynamic quantisation, fbgemm's VNNI GEMMs): faster,
     at a small cost in accuracy (measured in benchmarks/RESULTS.md). A CPU engine keeps the
     workspace of its largest batch so far for the next call (fresh memory costs page faults

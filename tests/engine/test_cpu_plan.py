@@ -10,7 +10,7 @@ import torch
 import pybert
 from pybert import _C
 from pybert.engine import cpu_plan
-from pybert.engine.cpu_plan import CpuPlan, choose_attention, choose_gemm, plan_cpu
+from pybert.engine.cpu_plan import ALL_ROWS, CpuPlan, choose_attention, choose_gemm, plan_cpu
 
 from engine_cases import CONFIGS, FP32_BOUND, assert_matches
 from helpers import BOUNDS, random_batch, random_model, reference_forward, rel_l2, valid_mask
@@ -34,7 +34,7 @@ def forced_plan(dtype: str, gemm: str, batched_max_length: int) -> CpuPlan:
     """Every weight shape of CONFIG on `gemm` at every row count."""
     shapes = cpu_plan.gemm_shapes(CONFIG)
     return CpuPlan(cpu_plan.cpu_identity(), dtype,
-                   gemm={shape: [(2**63 - 1, gemm)] for shape in shapes},
+                   gemm={shape: [(ALL_ROWS, gemm)] for shape in shapes},
                    attention_batched_max_length=batched_max_length, source="forced")
 
 
@@ -88,10 +88,10 @@ def test_the_chooser_keeps_the_fastest_path_per_row_bucket():
     calls = []
     timer = fake_gemm_timer({16: "onednn", 128: "mkl"}, calls)
     choice = choose_gemm(768, 768, "float32", ("aten", "mkl", "onednn"), timer)
-    assert choice == [(45, "onednn"), (2**63 - 1, "mkl")]
+    assert choice == [(45, "onednn"), (ALL_ROWS, "mkl")]
     same = choose_gemm(768, 768, "float32", ("aten", "mkl", "onednn"),
                        fake_gemm_timer({16: "aten", 128: "aten"}, calls))
-    assert same == [(2**63 - 1, "aten")]  # neighbouring buckets of one path merge
+    assert same == [(ALL_ROWS, "aten")]  # neighbouring buckets of one path merge
 
 
 def test_an_absent_path_is_skipped_not_an_error():
@@ -99,7 +99,7 @@ def test_an_absent_path_is_skipped_not_an_error():
         return [[-1.0 if p == "mkl" else (1.0 if p == "onednn" else 3.0) for _ in rows]
                 for p in paths]
     assert choose_gemm(8, 8, "float32", ("aten", "mkl", "onednn"), timer) == \
-        [(2**63 - 1, "onednn")]
+        [(ALL_ROWS, "onednn")]
     plan = plan_cpu(CONFIG, torch.float32, gemm_timer=timer,
                     attention_timer=lambda *a: 1.0,
                     path_available=lambda path, dtype: path != "mkl")

@@ -109,7 +109,6 @@ c10::IValue post_op_algorithm(Activation act) {
   return act == Activation::kGELU ? c10::IValue(std::string("none")) : c10::IValue();
 }
 
-
 }  // namespace
 
 class PreparedWeight {

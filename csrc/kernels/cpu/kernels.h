@@ -24,7 +24,7 @@ namespace pybert::cpu {
 // How a weight matrix is held for the GEMM library.
 enum class WeightStorage {
   kPlain,   // the row-major matrix as given
-  kPacked,  // prepacked once in the library's layout (MKL for float, oneDNN for bfloat16)
+  kPacked,  // prepacked once in the layouts of the GEMM paths its GemmChoice names
   kInt8,    // int8 per output channel, activations quantised per row on each call (dynamic
             // quantisation; oneDNN's int8 GEMM: VNNI or AMX where the CPU has them)
 };
@@ -67,8 +67,8 @@ template <typename T>
 bool gemm_path_available(GemmPath path);
 // Seconds one GEMM of (m, k) x (n, k)^T + bias takes on this machine by each of `paths`
 // (result[p][i]) for each m of `rows`: the fastest of `repeats` calls after a warm-up, on
-// random operands made once, the weight prepared as an engine would. Negative where a path is
-// not available for this shape.
+// operands made once (values spread over a range, not zeros), the weight prepared as an engine
+// would. Negative where a path is not available for this shape.
 template <typename T>
 std::vector<std::vector<double>> time_gemm(const std::vector<GemmPath>& paths,
                                            const std::vector<int64_t>& rows, int64_t n,
