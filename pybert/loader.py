@@ -2,20 +2,22 @@
 
 ``pybert.checkpoint`` reads each format into plain data (:class:`~pybert.checkpoint.Checkpoint`);
 this module alone turns that data into runtime objects: the :class:`~pybert.engine.Engine`
-(packed weights cast to its dtype, on its device) and the tokenizer the checkpoint describes.
-``pybert.text.TextModel`` wraps the two with the pooling and normalisation carried here.
+(packed weights cast to its dtype, on its device), the tokenizer the checkpoint describes and
+its heads (:mod:`pybert.heads`). ``pybert.text.TextModel`` wraps them with the pooling,
+normalisation and prompts carried here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from .checkpoint import Checkpoint, CheckpointError, WordPieceTokenizerSpec, WordTokenizerSpec, \
-    read_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, HuggingFaceTokenizerSpec, SparseSpec, \
+    WordTokenizerSpec, read_checkpoint
 from .engine import Engine
-from .tokenization import WordPieceTokenizer, WordTokenizer
+from .heads import Classifier, LinearHead
+from .tokenization import HuggingFaceTokenizer, WordTokenizer
 
 __all__ = ["LoadedModel", "load_checkpoint", "build_tokenizer"]
 
@@ -26,20 +28,26 @@ class LoadedModel:
     and its outputs into vectors."""
 
     engine: Engine
-    tokenizer: object | None       # WordTokenizer or WordPieceTokenizer
+    tokenizer: object | None       # WordTokenizer or HuggingFaceTokenizer
     pooling: str = "cls"
     normalize: bool = False
     nsp_is_next_label: int = 1
+    architecture: str = "BERT"
+    dense: LinearHead | None = None        # sentence-transformers Dense modules, after pooling
+    classifier: Classifier | None = None
+    sparse: SparseSpec | None = None
+    prompts: dict = field(default_factory=dict)
+    default_prompt_name: str | None = None
 
 
 def build_tokenizer(spec, max_len: int, where="the checkpoint"):
     """The tokenizer a checkpoint's spec describes, for sequences of at most ``max_len``."""
     if isinstance(spec, WordTokenizerSpec):
         return WordTokenizer(spec.vocab, max_len, spec.text_format)
-    if isinstance(spec, WordPieceTokenizerSpec):
+    if isinstance(spec, HuggingFaceTokenizerSpec):
         try:
-            return WordPieceTokenizer(spec.max_len, spec.tokenizer_json, spec.vocab_tokens,
-                                      spec.settings)
+            return HuggingFaceTokenizer(min(spec.max_len, max_len), spec.tokenizer_json,
+                                        spec.vocab_tokens, spec.settings, spec.token_types)
         except ValueError as err:
             raise CheckpointError(f"{where}: {err}") from None
     raise TypeError(f"not a tokenizer spec: {type(spec).__name__}")
@@ -57,5 +65,17 @@ def load_checkpoint(path, device="cpu", dtype: torch.dtype = torch.float32,
                                     checkpoint.path)
     engine = Engine(checkpoint.config, checkpoint.weights, device=device, dtype=dtype,
                     **engine_options)
+    try:
+        dense = LinearHead(checkpoint.dense, engine.device, "Dense module") \
+            if checkpoint.dense else None
+        classifier = None
+        if checkpoint.classifier is not None:
+            spec = checkpoint.classifier
+            classifier = Classifier(LinearHead(spec.layers, engine.device, "classifier"),
+                                    spec.labels, spec.score_activation)
+    except ValueError as err:
+        raise CheckpointError(f"{checkpoint.path}: {err}") from None
     return LoadedModel(engine, tokenizer, checkpoint.pooling, checkpoint.normalize,
-                       checkpoint.nsp_is_next_label)
+                       checkpoint.nsp_is_next_label, checkpoint.architecture, dense, classifier,
+                       checkpoint.sparse, dict(checkpoint.prompts),
+                       checkpoint.default_prompt_name)

@@ -1,8 +1,10 @@
 """Texts in, vectors out: the text model around an engine.
 
 A :class:`TextModel` is an :class:`~pybert.Engine` plus what turns texts into its inputs and
-its outputs into answers: the checkpoint's tokenizer, its pooling ("cls" or "mean") and
-normalisation (a sentence-transformers model's), and which NSP class means "b follows a".
+its outputs into answers: the checkpoint's tokenizer and prompts, its pooling ("cls" or
+"mean"), Dense projection and normalisation (a sentence-transformers model's), which NSP class
+means "b follows a", and its task heads (:mod:`pybert.heads`): a sequence classifier
+(``classify``, ``rerank``) and SPLADE's sparse vectors (``encode_sparse``).
 
 Texts are taken a chunk at a time (bounded memory whatever the input size), tokenised on a
 worker thread while the engine runs the previous batches, sorted by length inside the chunk
@@ -18,18 +20,32 @@ import queue
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from .checkpoint import SparseSpec
 from .config import check_positive_int
 from .engine import Engine
+from .heads import score, sparse_pool
 from .loader import LoadedModel, load_checkpoint
-from .tokenization import Vocab, WordTokenizer, check_truncation
+from .tokenization import Vocab, WordTokenizer, check_side, check_truncation
 
-__all__ = ["TextModel", "text_model_of", "plan_batches", "pack_batch", "pad_batch", "POOLINGS"]
+__all__ = ["TextModel", "SparseVector", "text_model_of", "plan_batches", "pack_batch",
+           "pad_batch", "POOLINGS"]
 
 POOLINGS = ("cls", "mean", "tokens")
+# The MLM logits a sparse batch holds at once (padded tokens x vocabulary x 4 bytes).
+SPARSE_LOGITS_BYTES = 256 << 20
+
+
+class SparseVector(NamedTuple):
+    """A text's sparse lexical vector: the vocabulary ids with a non-zero weight, ascending,
+    and their weights."""
+
+    indices: np.ndarray  # int64
+    values: np.ndarray   # float32
 
 
 def plan_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
@@ -90,9 +106,11 @@ class _Batch:
 _DONE = object()
 
 
-def _pool(packed: torch.Tensor, cu_seqlens: torch.Tensor, pooling: str, normalize: bool):
-    """From packed encodings (total_tokens, H): (B, H) pooled vectors (L2-normalised if
-    ``normalize``), or a list of (len_b, H) per-token encodings; float32 on the CPU."""
+def _pool(packed: torch.Tensor, cu_seqlens: torch.Tensor, pooling: str, normalize: bool,
+          dense=None, dimensions: int | None = None):
+    """From packed encodings (total_tokens, H): (B, D) pooled vectors, through ``dense`` (a
+    LinearHead) if given, cut to their first ``dimensions`` values if given, then L2-normalised
+    if ``normalize``; or a list of (len_b, H) per-token encodings. float32 on the CPU."""
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
     if pooling == "tokens":
         return list(packed.float().cpu().split(lengths))
@@ -105,6 +123,10 @@ def _pool(packed: torch.Tensor, cu_seqlens: torch.Tensor, pooling: str, normaliz
         sums = torch.zeros((len(lengths), packed.shape[1]), device=packed.device,
                            dtype=torch.float32).index_add_(0, owner, packed.float())
         pooled = sums / torch.tensor(lengths, device=packed.device, dtype=torch.float32)[:, None]
+    if dense is not None:
+        pooled = dense(pooled)
+    if dimensions is not None:
+        pooled = pooled[:, :dimensions]
     if normalize:
         pooled = torch.nn.functional.normalize(pooled, dim=-1)
     return pooled.cpu()
@@ -115,11 +137,15 @@ class TextModel:
 
     Build one with :meth:`load` (a pybert, Hugging Face or sentence-transformers checkpoint)
     or :meth:`from_model` (an eager model and its vocabulary). ``encode`` gives vectors,
-    ``fill_mask`` the MLM head's words, ``next_sentence`` the NSP head's probability.
+    ``fill_mask`` the MLM head's words, ``next_sentence`` the NSP head's probability,
+    ``classify`` and ``rerank`` a sequence classifier's scores, ``encode_sparse`` SPLADE's
+    sparse vectors; ``tasks`` says which this model serves.
     """
 
     def __init__(self, engine, tokenizer, pooling: str = "cls", normalize: bool = False,
-                 nsp_is_next_label: int = 1):
+                 nsp_is_next_label: int = 1, *, dense=None, classifier=None,
+                 sparse: SparseSpec | None = None, prompts: dict | None = None,
+                 default_prompt_name: str | None = None, architecture: str = "BERT"):
         if tokenizer is None:
             raise ValueError("a TextModel needs a tokenizer")
         if pooling not in POOLINGS[:2]:
@@ -130,6 +156,13 @@ class TextModel:
         self.normalize = normalize
         # Which NSP class means "b follows a": 1 in d2l, 0 in Hugging Face's BERT.
         self.nsp_is_next_label = nsp_is_next_label
+        self.dense = dense                  # a LinearHead after pooling, or None
+        self.classifier = classifier        # a pybert.heads.Classifier, or None
+        # SPLADE's pooling: the checkpoint's, or max of log(1 + relu) for any MLM model.
+        self.sparse = sparse or SparseSpec()
+        self.prompts = dict(prompts or {})
+        self.default_prompt_name = default_prompt_name
+        self.architecture = architecture
 
     @classmethod
     def load(cls, path, device="cpu", dtype: torch.dtype = torch.float32,
@@ -147,7 +180,10 @@ class TextModel:
         """The text model of what pybert.loader built; it becomes ``loaded.engine.text_model``
         (what ``pybert.encode(engine, texts)`` uses)."""
         model = cls(loaded.engine, loaded.tokenizer, pooling=loaded.pooling,
-                    normalize=loaded.normalize, nsp_is_next_label=loaded.nsp_is_next_label)
+                    normalize=loaded.normalize, nsp_is_next_label=loaded.nsp_is_next_label,
+                    dense=loaded.dense, classifier=loaded.classifier, sparse=loaded.sparse,
+                    prompts=loaded.prompts, default_prompt_name=loaded.default_prompt_name,
+                    architecture=loaded.architecture)
         loaded.engine.text_model = model
         return model
 
@@ -179,7 +215,51 @@ class TextModel:
 
     @property
     def dim(self) -> int:
-        return self.engine.config.num_hiddens
+        """The width of a pooled vector (after the Dense modules, if any)."""
+        return self.dense.out_features if self.dense is not None else \
+            self.engine.config.num_hiddens
+
+    @property
+    def tasks(self) -> list[str]:
+        """What this model serves: "embed" always; "classify" with a sequence classifier,
+        "rerank" if it has one output; "sparse" and "fill-mask" with an MLM head;
+        "next-sentence" with an NSP head."""
+        tasks = ["embed"]
+        if self.classifier is not None:
+            tasks += ["classify"] + (["rerank"] if len(self.classifier.labels) == 1 else [])
+        if self.engine.has_mlm:
+            tasks += ["sparse", "fill-mask"]
+        if self.engine.has_nsp:
+            tasks.append("next-sentence")
+        return tasks
+
+    def prompted(self, items: list, prompt_name: str | None = None,
+                 prompt: str | None = None) -> list:
+        """``items`` with the prompt prepended (to the first text of a pair): ``prompt``, or
+        the model's prompt named ``prompt_name``, or its default prompt, or none."""
+        if prompt is None and prompt_name is not None:
+            if prompt_name not in self.prompts:
+                raise ValueError(f"prompt_name {prompt_name!r} is not one of this model's "
+                                 f"prompts {sorted(self.prompts)}")
+            prompt = self.prompts[prompt_name]
+        elif prompt is None and self.default_prompt_name is not None:
+            prompt = self.prompts[self.default_prompt_name]
+        if prompt is not None and not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        if not prompt:
+            return items
+        return [prompt + item if isinstance(item, str) else
+                (prompt + item[0], item[1]) if isinstance(item, (tuple, list)) and len(item) == 2
+                and isinstance(item[0], str) else item for item in items]
+
+    def check_dimensions(self, dimensions: int | None) -> int | None:
+        """``dimensions`` (Matryoshka: keep the first d values) checked against the model."""
+        if dimensions is not None and (isinstance(dimensions, bool) or
+                                       not isinstance(dimensions, int) or
+                                       not 1 <= dimensions <= self.dim):
+            raise ValueError(f"dimensions must be an int in [1, {self.dim}] (the model's "
+                             f"width), got {dimensions!r}")
+        return dimensions
 
     def __repr__(self) -> str:
         return (f"TextModel({self.engine!r}, tokenizer={type(self.tokenizer).__name__}, "
@@ -188,12 +268,17 @@ class TextModel:
     # -- vectors ----------------------------------------------------------------------------
 
     def encode(self, texts, pooling: str | None = None, return_type: str = "numpy",
-               batch_tokens: int = 16384, truncation: str = "warn"):
+               batch_tokens: int = 16384, truncation: str = "warn", *,
+               prompt_name: str | None = None, prompt: str | None = None,
+               dimensions: int | None = None, truncation_side: str | None = None):
         """Vectors of ``texts`` (a str, or a list of str and (text_a, text_b) pairs), in order.
 
-        pooling "cls" (the <cls> encoding) or "mean" (mean over real tokens; default: the
-        model's own) gives an (N, H) array, L2-normalised if the model normalises; "tokens"
-        gives a list of (len_i, H) arrays. return_type "numpy" or "torch"."""
+        pooling "cls" (the first token's encoding) or "mean" (mean over real tokens; default:
+        the model's own) gives an (N, D) array: through the model's Dense modules, cut to the
+        first ``dimensions`` values, then L2-normalised if the model normalises; "tokens" gives
+        a list of (len_i, H) arrays. ``prompt`` / ``prompt_name`` (default: the model's default
+        prompt) is prepended to each text; texts too long are cut from ``truncation_side``
+        (default: the tokenizer's). return_type "numpy" or "torch"."""
         if return_type not in ("numpy", "torch"):
             raise ValueError(f"return_type must be 'numpy' or 'torch', got {return_type!r}")
         pooling = pooling or self.pooling
@@ -201,31 +286,42 @@ class TextModel:
         items = [texts] if single else list(texts)
         rows = [row for chunk in self.iter_encode(items, pooling, batch_tokens,
                                                   chunk_size=max(1, len(items)),
-                                                  truncation=truncation)
+                                                  truncation=truncation, prompt_name=prompt_name,
+                                                  prompt=prompt, dimensions=dimensions,
+                                                  truncation_side=truncation_side)
                 for row in chunk]
         if pooling == "tokens":
             out = rows if return_type == "torch" else [r.numpy() for r in rows]
             return out[0] if single else out
-        stacked = torch.stack(rows) if rows else torch.zeros((0, self.dim))
+        stacked = torch.stack(rows) if rows else torch.zeros((0, dimensions or self.dim))
         if single:
             stacked = stacked[0]
         return stacked if return_type == "torch" else np.ascontiguousarray(stacked.numpy())
 
     def iter_encode(self, texts: Iterable, pooling: str | None = None,
                     batch_tokens: int = 16384, chunk_size: int = 4096,
-                    truncation: str = "warn", prefetch: int = 4) -> Iterator[list]:
-        """Yield the results of each chunk of ``texts``, in input order: a list of (H,) float32
-        tensors (pooled) or of (len, H) tensors (pooling="tokens")."""
+                    truncation: str = "warn", prefetch: int = 4, *,
+                    prompt_name: str | None = None, prompt: str | None = None,
+                    dimensions: int | None = None,
+                    truncation_side: str | None = None) -> Iterator[list]:
+        """Yield the results of each chunk of ``texts``, in input order: a list of (D,) float32
+        tensors (pooled) or of (len, H) tensors (pooling="tokens"). The other arguments are
+        :meth:`encode`'s."""
         pooling = pooling or self.pooling
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         check_positive_int(chunk_size, "chunk_size")
         check_positive_int(batch_tokens, "batch_tokens")
         check_truncation(truncation)
+        check_side(truncation_side)
+        self.check_dimensions(dimensions)
+        self.prompted([], prompt_name, prompt)  # a bad prompt name fails here, not in a thread
         batches: queue.Queue = queue.Queue(maxsize=prefetch)
         stop = threading.Event()
+        encode = (lambda chunk, start: self.tokenizer.encode_all(
+            self.prompted(chunk, prompt_name, prompt), truncation, start, truncation_side))
         worker = threading.Thread(target=self._produce, daemon=True, name="pybert-tokenize",
-                                  args=(iter(texts), chunk_size, batch_tokens, truncation,
+                                  args=(iter(texts), chunk_size, batch_tokens, encode,
                                         batches, stop))
         worker.start()
         try:
@@ -243,7 +339,8 @@ class TextModel:
                 else:
                     packed = self.engine.encode_packed(item.tokens, item.cu_seqlens,
                                                        item.segments)
-                    pooled = _pool(packed, item.cu_seqlens, pooling, self.normalize)
+                    pooled = _pool(packed, item.cu_seqlens, pooling, self.normalize,
+                                   self.dense, dimensions)
                     state = pending[item.chunk]
                     for j, r in enumerate(item.rows):
                         state["rows"][r] = pooled[j]
@@ -255,7 +352,7 @@ class TextModel:
             stop.set()
             worker.join(timeout=5)
 
-    def _produce(self, items: Iterator, chunk_size: int, batch_tokens: int, truncation: str,
+    def _produce(self, items: Iterator, chunk_size: int, batch_tokens: int, encode,
                  out: queue.Queue, stop: threading.Event) -> None:
         """Worker thread: tokenise chunk after chunk and queue packed batches, then _DONE (or
         the exception that stopped it)."""
@@ -274,7 +371,7 @@ class TextModel:
                 chunk = list(itertools.islice(items, chunk_size))
                 if not chunk:
                     break
-                encoded = self.tokenizer.encode_all(chunk, truncation, start=start)
+                encoded = encode(chunk, start)
                 start += len(chunk)
                 batches = plan_batches([len(ids) for ids, _ in encoded], batch_tokens)
                 if not put(("chunk", chunk_index, len(chunk), len(batches))):
@@ -286,26 +383,122 @@ class TextModel:
         except BaseException as err:  # handed to the consumer, which raises it
             put(err)
 
-    def encode_tokenized(self, encoded: list, pooling: str | None = None,
-                         normalize: bool | None = None) -> torch.Tensor:
-        """(N, H) float32 vectors of texts already tokenised by ``self.tokenizer`` (a list of
-        (ids, segments)), run as one packed batch: what a server's batcher calls with the
-        sequences of many requests. ``normalize`` defaults to the model's own."""
+    def forward_tokenized(self, encoded: list):
+        """(packed encodings (total_tokens, H), cu_seqlens) of texts already tokenised by
+        ``self.tokenizer`` (a list of (ids, segments)), run as one packed batch: what a
+        server's batcher calls with the sequences of many requests."""
+        tokens, segments, cu_seqlens = pack_batch(encoded, range(len(encoded)))
+        return self.engine.encode_packed(tokens, cu_seqlens, segments), cu_seqlens
+
+    def pool_encodings(self, packed: torch.Tensor, cu_seqlens: torch.Tensor,
+                       pooling: str | None = None, normalize: bool | None = None,
+                       dimensions: int | None = None) -> torch.Tensor:
+        """(B, D) float32 vectors of packed encodings, as :meth:`encode` makes them;
+        ``normalize`` defaults to the model's own."""
         pooling = pooling or self.pooling
         if pooling not in POOLINGS[:2]:
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
-        if not encoded:
-            return torch.zeros((0, self.dim))
-        tokens, segments, cu_seqlens = pack_batch(encoded, range(len(encoded)))
-        packed = self.engine.encode_packed(tokens, cu_seqlens, segments)
         return _pool(packed, cu_seqlens, pooling,
-                     self.normalize if normalize is None else normalize)
+                     self.normalize if normalize is None else normalize, self.dense,
+                     self.check_dimensions(dimensions))
+
+    def encode_tokenized(self, encoded: list, pooling: str | None = None,
+                         normalize: bool | None = None,
+                         dimensions: int | None = None) -> torch.Tensor:
+        """(N, D) float32 vectors of texts already tokenised, run as one packed batch."""
+        if not encoded:
+            return torch.zeros((0, dimensions or self.dim))
+        packed, cu_seqlens = self.forward_tokenized(encoded)
+        return self.pool_encodings(packed, cu_seqlens, pooling, normalize, dimensions)
 
     # -- the heads --------------------------------------------------------------------------
 
-    def _tokenised(self, texts, truncation: str):
+    def _tokenised(self, texts, truncation: str, side: str | None = None):
         items = [texts] if isinstance(texts, (str, tuple)) else list(texts)
-        return items, self.tokenizer.encode_all(items, truncation)
+        return items, self.tokenizer.encode_all(items, truncation, 0, side)
+
+    def _need_classifier(self, one_label: bool = False):
+        if self.classifier is None:
+            raise ValueError("this model has no sequence classifier (load a "
+                             "*ForSequenceClassification or CrossEncoder checkpoint)")
+        if one_label and len(self.classifier.labels) != 1:
+            raise ValueError(f"rerank needs a classifier with one output (a relevance score); "
+                             f"this one has {len(self.classifier.labels)} labels: use classify")
+        return self.classifier
+
+    def classify_encodings(self, packed: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """(B, labels) float32 logits on the CPU of the classifier on each sequence's first
+        token, from packed encodings."""
+        classifier = self._need_classifier()
+        return classifier.head(packed[cu_seqlens[:-1].to(packed.device)]).cpu()
+
+    def classify(self, texts, raw_scores: bool = False, truncation: str = "warn",
+                 batch_tokens: int = 16384, truncation_side: str | None = None) -> np.ndarray:
+        """Scores of the sequence classifier for each text or (text_a, text_b) pair: (N, labels)
+        float32, through the checkpoint's activation (a CrossEncoder's, else sigmoid for one
+        label or multi-label, softmax otherwise), or the logits with ``raw_scores``."""
+        classifier = self._need_classifier()
+        items, encoded = self._tokenised(texts, truncation, truncation_side)
+        logits = torch.zeros((len(items), len(classifier.labels)))
+        for rows in plan_batches([len(ids) for ids, _ in encoded], batch_tokens):
+            packed, cu_seqlens = self.forward_tokenized([encoded[r] for r in rows])
+            logits[rows] = self.classify_encodings(packed, cu_seqlens)
+        scores = logits if raw_scores else score(logits, classifier.score_activation)
+        out = scores.numpy()
+        return out[0] if isinstance(texts, (str, tuple)) else out
+
+    def rerank(self, query: str, documents, top_k: int | None = None,
+               raw_scores: bool = False, truncation: str = "warn", batch_tokens: int = 16384,
+               truncation_side: str | None = None) -> list[dict]:
+        """The ``documents`` ordered by the cross-encoder's relevance to ``query``, best first:
+        [{"index": i, "score": s}, ...], the first ``top_k`` (default: all)."""
+        self._need_classifier(one_label=True)
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a str, got {type(query).__name__}")
+        documents = [documents] if isinstance(documents, str) else list(documents)
+        if not documents:
+            raise ValueError("documents must hold at least one text")
+        bad = [i for i, d in enumerate(documents) if not isinstance(d, str)]
+        if bad:
+            raise TypeError(f"documents[{bad[0]}] must be a str, got "
+                            f"{type(documents[bad[0]]).__name__}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)
+                                  or top_k < 1):
+            raise ValueError(f"top_k must be an int >= 1 or None, got {top_k!r}")
+        scores = self.classify([(query, d) for d in documents], raw_scores, truncation,
+                               batch_tokens, truncation_side)[:, 0]
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        return [{"index": int(i), "score": float(scores[i])} for i in order]
+
+    def sparse_tokenized(self, encoded: list) -> list[SparseVector]:
+        """SPLADE vectors of texts already tokenised: the MLM logits of every token, through
+        the model's sparse activation and pooling, in batches whose logits stay under
+        SPARSE_LOGITS_BYTES."""
+        if not self.engine.has_mlm:
+            raise ValueError("this model has no MLM head, so it gives no sparse vectors")
+        budget = max(1, SPARSE_LOGITS_BYTES // (4 * self.engine.config.vocab_size))
+        out: list = [None] * len(encoded)
+        for rows in plan_batches([len(ids) for ids, _ in encoded], budget):
+            tokens, segments, valid_lens = pad_batch(encoded, rows, self.tokenizer.pad_id)
+            positions = torch.arange(tokens.shape[1]).repeat(len(rows), 1)
+            positions[positions >= valid_lens[:, None]] = 0  # padding: scored, then ignored
+            _, mlm, _ = self.engine(tokens, segments, valid_lens, positions)
+            weights = sparse_pool(mlm, valid_lens, self.sparse.pooling,
+                                  self.sparse.activation).cpu()
+            for j, r in enumerate(rows):
+                nonzero = torch.nonzero(weights[j]).flatten()
+                out[r] = SparseVector(nonzero.numpy(), weights[j, nonzero].numpy())
+        return out
+
+    def encode_sparse(self, texts, truncation: str = "warn", *, prompt_name: str | None = None,
+                      prompt: str | None = None, truncation_side: str | None = None):
+        """SPLADE's sparse lexical vector of each text: a :class:`SparseVector` (the non-zero
+        vocabulary ids and their weights), or a list of them."""
+        single = isinstance(texts, str)
+        items = self.prompted([texts] if single else list(texts), prompt_name, prompt)
+        out = self.sparse_tokenized(self.tokenizer.encode_all(items, truncation, 0,
+                                                              truncation_side))
+        return out[0] if single else out
 
     def fill_mask(self, texts, k: int = 5, truncation: str = "warn",
                   batch_tokens: int = 16384):

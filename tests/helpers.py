@@ -16,6 +16,9 @@ WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2
 
 # Relative L2 error bounds on random inputs, by the dtype the engine computes in.
 BOUNDS = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+# int8 weights and per-call activations (CPU): encodings and logits against float64.
+INT8_ENCODING_BOUND = 2e-2
+INT8_LOGIT_BOUND = 1e-1
 
 
 def rel_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -1,9 +1,11 @@
 """What a checkpoint reader hands the loader: plain data, no runtime objects.
 
-Each format (pybert's own, Hugging Face BERT, sentence-transformers) is read into a
+Each format (pybert's own, Hugging Face encoders, sentence-transformers) is read into a
 :class:`Checkpoint`: the config, the engine's packed weights (by the names of
-``pybert._C.weight_shapes``), the description of its tokenizer and what the text model does
-with the vectors (pooling, normalisation, which NSP class means "b follows a").
+``pybert._C.weight_shapes``), the description of its tokenizer, what the text model does
+with the vectors (pooling, a Dense projection, normalisation, prompts, which NSP class means
+"b follows a") and the task heads after the encoder (a sequence classifier, SPLADE's sparse
+pooling of the MLM logits).
 ``pybert.loader`` alone turns it into an Engine, a tokenizer and a TextModel.
 """
 
@@ -18,7 +20,13 @@ import torch
 from ..config import BertConfig
 from ..tokenization.vocab import Vocab
 
-__all__ = ["Checkpoint", "WordTokenizerSpec", "WordPieceTokenizerSpec", "TokenizerSpec"]
+__all__ = ["Checkpoint", "WordTokenizerSpec", "HuggingFaceTokenizerSpec", "TokenizerSpec",
+           "LinearLayer", "ClassifierSpec", "SparseSpec", "ACTIVATIONS", "SCORE_ACTIVATIONS"]
+
+# The activations a head's linear layer may end with.
+ACTIVATIONS = ("identity", "tanh", "relu", "gelu", "sigmoid")
+# What turns a classifier's logits into the scores it reports.
+SCORE_ACTIVATIONS = ("identity", "sigmoid", "softmax")
 
 
 @dataclass(frozen=True)
@@ -30,18 +38,48 @@ class WordTokenizerSpec:
 
 
 @dataclass(frozen=True)
-class WordPieceTokenizerSpec:
-    """A Hugging Face WordPiece tokenizer: the text of tokenizer.json, or the tokens of
-    vocab.txt in id order, with tokenizer_config.json's settings (lower-casing, special
-    tokens, model_max_length); ``max_len`` caps the tokens per sequence."""
+class HuggingFaceTokenizerSpec:
+    """A Hugging Face tokenizer: the text of tokenizer.json (any model the ``tokenizers``
+    package reads), or the tokens of a BERT vocab.txt in id order, with tokenizer_config.json's
+    settings (lower-casing, special tokens, model_max_length, truncation_side); ``max_len`` caps
+    the tokens per sequence; ``token_types`` False when the model takes no token type ids."""
 
     max_len: int
     tokenizer_json: str | None = None
     vocab_tokens: list[str] | None = None
     settings: dict = field(default_factory=dict)
+    token_types: bool = True
 
 
-TokenizerSpec = Union[WordTokenizerSpec, WordPieceTokenizerSpec]
+TokenizerSpec = Union[WordTokenizerSpec, HuggingFaceTokenizerSpec]
+
+
+@dataclass(frozen=True)
+class LinearLayer:
+    """y = activation(x W^T + b): one layer of a head (W (out, in), b (out,) or None)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    activation: str = "identity"   # one of ACTIVATIONS
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """A sequence classifier on the first token's encoding: its layers, the label of each
+    output and what turns the logits into scores (``score_activation``)."""
+
+    layers: tuple[LinearLayer, ...]
+    labels: tuple[str, ...]
+    score_activation: str          # one of SCORE_ACTIVATIONS
+
+
+@dataclass(frozen=True)
+class SparseSpec:
+    """SPLADE: the MLM logits of every token, activation ``log(1 + relu(x))`` (applied twice for
+    "log1p_relu"), pooled over the tokens by "max" or "sum"."""
+
+    pooling: str = "max"
+    activation: str = "relu"
 
 
 @dataclass(frozen=True)
@@ -53,6 +91,12 @@ class Checkpoint:
     config: BertConfig
     weights: dict[str, torch.Tensor]  # packed, as the checkpoint stores them (any float dtype)
     tokenizer: TokenizerSpec | None = None
+    architecture: str = "BERT"       # the family, as /info reports it
     pooling: str = "cls"
+    dense: tuple[LinearLayer, ...] = ()  # sentence-transformers Dense modules after pooling
     normalize: bool = False
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
     nsp_is_next_label: int = 1       # 1 in d2l, 0 in Hugging Face's BERT
+    classifier: ClassifierSpec | None = None
+    sparse: SparseSpec | None = None

@@ -1,72 +1,49 @@
-"""Serve Hugging Face BERT checkpoints and sentence-transformers models with the engine.
-
-A Hugging Face BERT directory (BertModel, BertForPreTraining, BertForMaskedLM: config.json,
-model.safetensors, tokenizer.json or vocab.txt) maps onto the engine exactly: GELU (erf) or
-ReLU, the embedding LayerNorm, token-type embeddings, absolute positions, the tanh pooler with
-``cls.seq_relationship`` as the NSP head, ``cls.predictions`` as the MLM head (transform,
-LayerNorm, tied decoder). Anything the engine cannot compute exactly is refused with the reason.
-Only safetensors weights are read: no pickles.
+"""Hugging Face encoder directories (config.json, model.safetensors or its shards,
+tokenizer.json or vocab.txt) read into a :class:`Checkpoint`: the families of
+:mod:`pybert.checkpoint.architectures` (BERT, RoBERTa / XLM-RoBERTa / CamemBERT, DistilBERT,
+ELECTRA), as base models, masked-LM models (the MLM head), BERT pretraining models (the NSP
+head; Hugging Face's class 0 means "b follows a") and sequence classifiers (the classifier's
+layers, its labels and how its logits become scores). Anything the engine cannot compute
+exactly is refused with the reason. Only safetensors weights are read: no pickles.
 
 A sentence-transformers directory wraps one of these (pybert.checkpoint.sentence_transformers).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
+import torch
+
 from ..config import BertConfig
-from ..engine.weights import LAYER, WeightMap, WeightsError, pack_weights
-from .contents import Checkpoint, WordPieceTokenizerSpec
+from ..engine.weights import WeightsError, pack_weights
+from .architectures import BERT, Architecture, architecture_of
+from .contents import Checkpoint, ClassifierSpec, HuggingFaceTokenizerSpec, LinearLayer
 from .files import (MAX_TOKENIZER_BYTES, MAX_VOCAB_BYTES, SAFETENSORS_DTYPES, CheckpointError,
                     SafetensorsHeader, read_json, read_json_of, read_text)
 
 __all__ = ["is_huggingface_dir", "read_huggingface", "config_from_hf", "pack_hf_state_dict",
-           "HF_WEIGHT_MAP"]
+           "HF_WEIGHT_MAP", "score_activation_of"]
+
+HF_WEIGHT_MAP = BERT.weight_map
+_TOKEN_TYPES = "embeddings.token_type_embeddings.weight"
+# sentence-transformers' names of the activations a CrossEncoder applies to its logits.
+_ST_ACTIVATIONS = {"Sigmoid": "sigmoid", "Identity": "identity", "Softmax": "softmax"}
 
 
 def is_huggingface_dir(path: Path) -> bool:
-    """Whether ``path`` is a Hugging Face BERT directory (its config.json names a model_type;
+    """Whether ``path`` is a Hugging Face model directory (its config.json names a model_type;
     pybert's own config.json has a "format" instead)."""
     if not (path / "config.json").exists():
         return False
     document = read_json(path / "config.json", what="config.json")
-    return isinstance(document, dict) and document.get("model_type") == "bert" \
-        and "format" not in document
+    return isinstance(document, dict) and "model_type" in document and "format" not in document
 
 
 def config_from_hf(hf: dict, where: Path) -> BertConfig:
-    """The engine config of a Hugging Face BertConfig dict, or CheckpointError saying why the
+    """The engine config of a Hugging Face config dict, or CheckpointError saying why the
     engine cannot serve it exactly."""
-    def need(name):
-        if name not in hf:
-            raise CheckpointError(f"{where}: config has no {name}")
-        return hf[name]
-
-    if hf.get("model_type") != "bert":
-        raise CheckpointError(f"{where}: model_type {hf.get('model_type')!r} is not 'bert'")
-    act = hf.get("hidden_act", "gelu")
-    if act not in ("gelu", "relu"):
-        raise CheckpointError(f"{where}: hidden_act {act!r} is not served (the engine computes "
-                              "'gelu', the exact erf form, and 'relu')")
-    position = hf.get("position_embedding_type", "absolute")
-    if position != "absolute":
-        raise CheckpointError(f"{where}: position_embedding_type {position!r} is not served "
-                              "(only 'absolute')")
-    if hf.get("is_decoder") or hf.get("add_cross_attention"):
-        raise CheckpointError(f"{where}: a BERT decoder (is_decoder / add_cross_attention) is "
-                              "not served")
-    try:
-        return BertConfig(vocab_size=need("vocab_size"), num_hiddens=need("hidden_size"),
-                          ffn_num_hiddens=need("intermediate_size"),
-                          num_heads=need("num_attention_heads"),
-                          num_layers=need("num_hidden_layers"),
-                          max_len=need("max_position_embeddings"),
-                          type_vocab_size=hf.get("type_vocab_size", 2),
-                          layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-                          ffn_activation=act, mlm_activation=act, embedding_layer_norm=True)
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{where}: {err}") from None
+    return architecture_of(hf, where).read_config(hf, where)
 
 
 def _weight_files(path: Path) -> list[Path]:
@@ -92,71 +69,89 @@ def _weight_files(path: Path) -> list[Path]:
     raise FileNotFoundError(f"{path} has no model.safetensors")
 
 
-def _normalise_key(key: str) -> str:
-    key = key[len("bert."):] if key.startswith("bert.") else key
-    return key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta",
-                                                                      "LayerNorm.bias")
-
-
-_HF_LAYER = f"encoder.layer.{LAYER}."
-HF_WEIGHT_MAP = WeightMap(
-    name="Hugging Face BERT",
-    layer_key=re.compile(r"encoder\.layer\.(\d+)\..+"),
-    rename=_normalise_key,
-    # BertModel has a pooler but no NSP classifier, and BertForMaskedLM no pooler at all.
-    part_marker={"nsp": "cls.seq_relationship.weight",
-                 "mlm": "cls.predictions.transform.dense.weight"},
-    sources={
-        "token_embedding": "embeddings.word_embeddings.weight",
-        "segment_embedding": "embeddings.token_type_embeddings.weight",
-        "pos_embedding": "embeddings.position_embeddings.weight",
-        "embedding_ln_weight": "embeddings.LayerNorm.weight",
-        "embedding_ln_bias": "embeddings.LayerNorm.bias",
-        "pooler_weight": "pooler.dense.weight",
-        "pooler_bias": "pooler.dense.bias",
-        "nsp_weight": "cls.seq_relationship.weight",
-        "nsp_bias": "cls.seq_relationship.bias",
-        "mlm_dense_weight": "cls.predictions.transform.dense.weight",
-        "mlm_dense_bias": "cls.predictions.transform.dense.bias",
-        "mlm_ln_weight": "cls.predictions.transform.LayerNorm.weight",
-        "mlm_ln_bias": "cls.predictions.transform.LayerNorm.bias",
-        # The decoder is tied to the word embeddings unless the file has its own.
-        "mlm_decoder_weight": ["cls.predictions.decoder.weight",
-                               "embeddings.word_embeddings.weight"],
-        "mlm_decoder_bias": ["cls.predictions.bias", "cls.predictions.decoder.bias"],
-        "layers.{i}.qkv_weight": tuple(_HF_LAYER + f"attention.self.{n}.weight"
-                                       for n in ("query", "key", "value")),
-        "layers.{i}.qkv_bias": tuple(_HF_LAYER + f"attention.self.{n}.bias"
-                                     for n in ("query", "key", "value")),
-        "layers.{i}.out_weight": _HF_LAYER + "attention.output.dense.weight",
-        "layers.{i}.out_bias": _HF_LAYER + "attention.output.dense.bias",
-        "layers.{i}.ln1_weight": _HF_LAYER + "attention.output.LayerNorm.weight",
-        "layers.{i}.ln1_bias": _HF_LAYER + "attention.output.LayerNorm.bias",
-        "layers.{i}.ffn1_weight": _HF_LAYER + "intermediate.dense.weight",
-        "layers.{i}.ffn1_bias": _HF_LAYER + "intermediate.dense.bias",
-        "layers.{i}.ffn2_weight": _HF_LAYER + "output.dense.weight",
-        "layers.{i}.ffn2_bias": _HF_LAYER + "output.dense.bias",
-        "layers.{i}.ln2_weight": _HF_LAYER + "output.LayerNorm.weight",
-        "layers.{i}.ln2_bias": _HF_LAYER + "output.LayerNorm.bias",
-    },
-)
-
-
 def pack_hf_state_dict(state: dict, config: BertConfig, where: Path,
-                       used: set | None = None) -> dict:
-    """Hugging Face BERT weights -> the engine's packed weights (heads where present); the
-    keys read (normalised) are added to ``used``."""
+                       used: set | None = None, architecture: Architecture = BERT) -> dict:
+    """Hugging Face weights of ``architecture`` -> the engine's packed weights (heads where
+    present); the keys read (renamed) are added to ``used``."""
     try:
-        return pack_weights(state, HF_WEIGHT_MAP, config, str(where), used=used)
+        return pack_weights(state, architecture.weight_map, config, str(where), used=used)
     except WeightsError as err:
         raise CheckpointError(str(err)) from None
 
 
-def _read_packed_weights(path: Path, config: BertConfig) -> dict:
-    """The packed weights of a model directory. Every file's header is read first and the
-    packing is tried on shapes alone (meta tensors), so a file that does not fit is refused
-    before any data is read; then only the tensors the engine uses are read."""
-    headers = [SafetensorsHeader(f) for f in _weight_files(path)]
+def _classifier_wanted(hf: dict, architecture: Architecture, names: set[str]) -> bool:
+    """Whether the directory is a sequence classifier: its config says so, or (a config that
+    names no architecture) every tensor of the family's classifier is there."""
+    listed = hf.get("architectures")
+    if isinstance(listed, list) and listed:
+        return any(isinstance(n, str) and n.endswith("ForSequenceClassification")
+                   for n in listed)
+    return all(f"{module}.weight" in names for module, _ in architecture.classifier)
+
+
+def score_activation_of(hf: dict, num_labels: int, where: Path) -> str:
+    """How a classifier's logits become scores: what a sentence-transformers CrossEncoder saved
+    in config.json (4-5: ``sentence_transformers.activation_fn``; earlier:
+    ``sbert_ce_default_activation_function``), else Hugging Face's rule (one label or
+    multi-label: sigmoid; regression: none; else softmax)."""
+    saved = hf.get("sentence_transformers")
+    name = saved.get("activation_fn") if isinstance(saved, dict) else None
+    name = name or hf.get("sbert_ce_default_activation_function")
+    if name is not None:
+        return st_activation(name, num_labels, where)
+    problem = hf.get("problem_type")
+    if problem == "regression":
+        return "identity"
+    return "sigmoid" if num_labels == 1 or problem == "multi_label_classification" \
+        else "softmax"
+
+
+def st_activation(name, num_labels: int, where: Path) -> str:
+    """A sentence-transformers activation_fn path (``torch.nn.modules.activation.Sigmoid``) as
+    a score activation; None means its default (sigmoid for one label, else none)."""
+    if name is None:
+        return "sigmoid" if num_labels == 1 else "identity"
+    short = str(name).rsplit(".", 1)[-1]
+    if short not in _ST_ACTIVATIONS:
+        raise CheckpointError(f"{where}: the CrossEncoder activation {str(name)[:80]!r} is not "
+                              f"served ({', '.join(_ST_ACTIVATIONS)})")
+    return _ST_ACTIVATIONS[short]
+
+
+def _classifier(hf: dict, architecture: Architecture, state: dict, where: Path,
+                hidden: int) -> ClassifierSpec:
+    """The classifier's layers from ``state`` (renamed keys), checked against the config."""
+    layers, width = [], hidden
+    for module, activation in architecture.classifier:
+        weight, bias = state.get(f"{module}.weight"), state.get(f"{module}.bias")
+        if weight is None:
+            raise CheckpointError(f"{where}: config.json names a sequence classifier but the "
+                                  f"weights lack {module}.weight")
+        if weight.dim() != 2 or weight.shape[1] != width or \
+                (bias is not None and tuple(bias.shape) != (weight.shape[0],)):
+            raise CheckpointError(f"{where}: {module} has shape {tuple(weight.shape)}, expected "
+                                  f"(n, {width}) with a bias of n")
+        layers.append(LinearLayer(weight, bias, activation))
+        width = weight.shape[0]
+    labels = hf.get("id2label")
+    if isinstance(labels, dict) and labels:
+        if len(labels) != width:
+            raise CheckpointError(f"{where}: id2label has {len(labels)} labels but the "
+                                  f"classifier gives {width} outputs")
+        names = tuple(str(labels.get(str(i), labels.get(i, f"LABEL_{i}")))[:200]
+                      for i in range(width))
+    else:
+        names = tuple(f"LABEL_{i}" for i in range(width))
+    return ClassifierSpec(tuple(layers), names, score_activation_of(hf, width, where))
+
+
+def _read_weights(path: Path, headers: list, config: BertConfig, architecture: Architecture,
+                  classifier: bool) -> tuple[dict, dict]:
+    """(packed weights, the classifier's tensors by renamed key) of a model directory. Every
+    file's header is read first and the packing is tried on shapes alone (meta tensors), so a
+    file that does not fit is refused before any data is read; then only the tensors the engine
+    and the classifier use are read."""
+    rename = architecture.weight_map.rename
     owner = {}
     for header in headers:
         for name in header.tensors:
@@ -165,44 +160,62 @@ def _read_packed_weights(path: Path, config: BertConfig) -> dict:
     for name, header in owner.items():
         if header.tensors[name][0] in SAFETENSORS_DTYPES:
             meta[name] = header.meta_state([name])[name]
+    zero_types = {_TOKEN_TYPES: torch.zeros((1, config.num_hiddens))} \
+        if architecture.zero_token_types else {}
     used: set[str] = set()
-    pack_hf_state_dict(meta, config, path, used)  # shapes only
+    pack_hf_state_dict({**meta, **zero_types}, config, path, used, architecture)  # shapes only
+    if classifier:
+        used.update(f"{module}.{part}" for module, _ in architecture.classifier
+                    for part in ("weight", "bias"))
     by_file: dict[SafetensorsHeader, list] = {}
     for name in meta:
-        if _normalise_key(name) in used:
+        if rename(name) in used:
             by_file.setdefault(owner[name], []).append(name)
-    state = {}
+    state = dict(zero_types)
     for header, names in by_file.items():
         state.update(header.load(names))
-    return pack_hf_state_dict(state, config, path)
+    heads = {rename(k): v for k, v in state.items()
+             if any(rename(k).startswith(m + ".") for m, _ in architecture.classifier)}
+    return pack_hf_state_dict(state, config, path, architecture=architecture), heads
 
 
-def _tokenizer_spec(path: Path, max_len: int) -> WordPieceTokenizerSpec | None:
-    """The WordPiece tokenizer of a model directory (tokenizer.json, else vocab.txt), or None
+def _tokenizer_spec(path: Path, max_len: int,
+                    token_types: bool) -> HuggingFaceTokenizerSpec | None:
+    """The tokenizer of a model directory (tokenizer.json, else a BERT vocab.txt), or None
     when it has neither."""
     settings = {}
     if (path / "tokenizer_config.json").exists():
         settings = read_json_of(path / "tokenizer_config.json")
     if (path / "tokenizer.json").exists():
         text = read_text(path / "tokenizer.json", MAX_TOKENIZER_BYTES, "tokenizer.json")
-        return WordPieceTokenizerSpec(max_len, tokenizer_json=text, settings=settings)
+        return HuggingFaceTokenizerSpec(max_len, tokenizer_json=text, settings=settings,
+                                        token_types=token_types)
     if (path / "vocab.txt").exists():
         text = read_text(path / "vocab.txt", MAX_VOCAB_BYTES, "vocab.txt")
-        return WordPieceTokenizerSpec(max_len, settings=settings, vocab_tokens=text.splitlines())
+        return HuggingFaceTokenizerSpec(max_len, settings=settings,
+                                        vocab_tokens=text.splitlines(), token_types=token_types)
     return None
 
 
 def read_huggingface(path, max_seq_length=None) -> Checkpoint:
-    """A Hugging Face BERT directory read into a :class:`Checkpoint` (Hugging Face's NSP labels:
-    0 means "b follows a"). ``max_seq_length`` (a sentence-transformers setting) caps the
-    tokenizer's length below the model's."""
+    """A Hugging Face encoder directory read into a :class:`Checkpoint`. ``max_seq_length``
+    (a sentence-transformers setting) caps the tokenizer's length below the model's."""
     path = Path(path)
-    config = config_from_hf(read_json_of(path / "config.json"), path)
+    hf = read_json_of(path / "config.json")
+    architecture = architecture_of(hf, path)
+    config = architecture.read_config(hf, path)
     limit = config.max_len
     if isinstance(max_seq_length, int) and not isinstance(max_seq_length, bool) and \
             0 < max_seq_length < limit:
         limit = max_seq_length
-    tokenizer = _tokenizer_spec(path, limit)  # before the weights: it is the cheaper check
-    return Checkpoint(path=path, format="huggingface", config=config,
-                      weights=_read_packed_weights(path, config), tokenizer=tokenizer,
-                      nsp_is_next_label=0)
+    # The tokenizer before the weights: it is the cheaper check.
+    tokenizer = _tokenizer_spec(path, limit, architecture.token_types)
+    headers = [SafetensorsHeader(f) for f in _weight_files(path)]
+    names = {architecture.weight_map.rename(n) for header in headers for n in header.tensors}
+    wanted = _classifier_wanted(hf, architecture, names)
+    weights, heads = _read_weights(path, headers, config, architecture, wanted)
+    classifier = _classifier(hf, architecture, heads, path, config.num_hiddens) if wanted \
+        else None
+    return Checkpoint(path=path, format="huggingface", config=config, weights=weights,
+                      tokenizer=tokenizer, architecture=architecture.name,
+                      nsp_is_next_label=0, classifier=classifier)

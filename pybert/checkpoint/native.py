@@ -101,9 +101,9 @@ def read_config(path) -> tuple[BertConfig, dict]:
     if document.get("format") != FORMAT:
         model_type = document.get("model_type")
         if model_type is not None:
-            raise CheckpointError(f"{config_path}: model_type {str(model_type)[:40]!r} is not "
-                                  "served; pybert serves BERT (Hugging Face model_type 'bert' "
-                                  "or sentence-transformers over one) and its own checkpoints")
+            raise CheckpointError(f"{config_path} names a model_type ({str(model_type)[:40]!r}) "
+                                  "and a \"format\" that is not pybert's: neither a pybert nor "
+                                  "a Hugging Face config")
         raise CheckpointError(f"{config_path} is not a pybert checkpoint config (expected "
                               f"\"format\": \"{FORMAT}\")")
     if document.get("format_version") != FORMAT_VERSION:

@@ -1,13 +1,14 @@
-"""Texts to token ids: d2l's word-level tokenizer and vocabulary, and Hugging Face's WordPiece
-(through the ``tokenizers`` package), behind one interface (``encode_all``, ``id_to_token``,
-``pad_id``, ``mask_id``, ``max_len``)."""
+"""Texts to token ids: d2l's word-level tokenizer and vocabulary, and Hugging Face's tokenizers
+(WordPiece, BPE, Unigram, through the ``tokenizers`` package), behind one interface
+(``encode_all``, ``id_to_token``, ``pad_id``, ``mask_id``, ``max_len``)."""
 
-from .common import TRUNCATIONS, check_truncation, text_item, warn_cut
+from .common import TRUNCATION_SIDES, TRUNCATIONS, check_side, check_truncation, text_item, \
+    warn_cut
+from .huggingface import HuggingFaceTokenizer
 from .vocab import BERT_RESERVED_TOKENS, Vocab
-from .wordpiece import WordPieceTokenizer
 from .words import (TEXT_FORMATS, WordTokenizer, normalize_text, split_sentences,
                     split_words)
 
-__all__ = ["BERT_RESERVED_TOKENS", "TEXT_FORMATS", "TRUNCATIONS", "Vocab", "WordPieceTokenizer",
-           "WordTokenizer", "check_truncation", "normalize_text", "split_sentences",
+__all__ = ["BERT_RESERVED_TOKENS", "TEXT_FORMATS", "TRUNCATIONS", "TRUNCATION_SIDES", "Vocab",
+           "HuggingFaceTokenizer", "WordTokenizer", "check_side", "check_truncation", "normalize_text", "split_sentences",
            "split_words", "text_item", "warn_cut"]

@@ -1,5 +1,5 @@
-"""What every tokenizer of the engine (the word-level one of d2l checkpoints, the WordPiece one
-of Hugging Face checkpoints) shares: the accepted inputs, the truncation choices and the one
+"""What every tokenizer of the engine (the word-level one of d2l checkpoints, the one of Hugging
+Face checkpoints) shares: the accepted inputs, the truncation choices and the one
 warning."""
 
 from __future__ import annotations
@@ -7,9 +7,11 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
-__all__ = ["text_item", "check_truncation", "warn_cut", "TRUNCATIONS"]
+__all__ = ["text_item", "check_truncation", "check_side", "warn_cut", "TRUNCATIONS",
+           "TRUNCATION_SIDES"]
 
 TRUNCATIONS = ("warn", "error")
+TRUNCATION_SIDES = ("right", "left")  # which end of a text too long is cut
 
 
 def text_item(item, index: int):
@@ -25,6 +27,14 @@ def text_item(item, index: int):
 def check_truncation(truncation: str) -> None:
     if truncation not in TRUNCATIONS:
         raise ValueError(f"truncation must be 'warn' or 'error', got {truncation!r}")
+
+
+def check_side(side: str | None, default: str = "right") -> str:
+    """The truncation side: ``side``, or ``default`` when None; ValueError otherwise."""
+    side = default if side is None else side
+    if side not in TRUNCATION_SIDES:
+        raise ValueError(f"truncation side must be 'right' or 'left', got {side!r}")
+    return side
 
 
 def warn_cut(cut: int, max_len: int) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from ..model import get_tokens_and_segments
-from .common import check_truncation, text_item, warn_cut
+from .common import check_side, check_truncation, text_item, warn_cut
 
 __all__ = ["split_words", "normalize_text", "split_sentences", "WordTokenizer", "TEXT_FORMATS"]
 
@@ -65,8 +65,9 @@ class WordTokenizer:
         return split_words(text) if self.text_format == "wikitext" else \
             normalize_text(text).split()
 
-    def encode(self, item, truncation: str = "warn", index: int = 0):
-        """(ids, segments, truncated) of one text or (text_a, text_b) pair."""
+    def encode(self, item, truncation: str = "warn", index: int = 0, side: str = "right"):
+        """(ids, segments, truncated) of one text or (text_a, text_b) pair; words beyond
+        max_len are cut from ``side`` ("right" or "left"), longest text first."""
         item = text_item(item, index)
         if isinstance(item, str):
             a, b = self.words(item), None
@@ -81,23 +82,23 @@ class WordTokenizer:
                 raise ValueError(f"texts[{index}] has {len(a) + len(b or [])} words, more than "
                                  f"max_len={self.max_len} allows; pass truncation='warn' to cut "
                                  "it")
+            drop = 0 if side == "left" else -1
             if b is None:
-                a = a[:budget]
+                a = a[-budget:] if side == "left" else a[:budget]
             else:
                 while len(a) + len(b) > budget:  # longest first
-                    if len(a) >= len(b):
-                        a.pop()
-                    else:
-                        b.pop()
+                    (a if len(a) >= len(b) else b).pop(drop)
         tokens, segments = get_tokens_and_segments(a, b)
         return self.vocab[tokens], segments, truncated
 
-    def encode_all(self, items, truncation: str = "warn", start: int = 0):
+    def encode_all(self, items, truncation: str = "warn", start: int = 0,
+                   side: str | None = None):
         """Encode many; one warning for all the texts that were cut."""
         check_truncation(truncation)
+        side = check_side(side)
         encoded, cut = [], 0
         for i, item in enumerate(items):
-            ids, segments, truncated = self.encode(item, truncation, start + i)
+            ids, segments, truncated = self.encode(item, truncation, start + i, side)
             encoded.append((ids, segments))
             cut += truncated
         warn_cut(cut, self.max_len)

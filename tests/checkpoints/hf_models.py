@@ -76,3 +76,88 @@ def random_inputs(vocab_size, batch=5, seq_len=30, seed=0):
     segments = (torch.arange(seq_len)[None, :] >= valid_lens[:, None] // 2).long()
     positions = (torch.rand(batch, 3, generator=g) * valid_lens[:, None]).long()
     return tokens, segments, valid_lens, positions
+
+
+# -- the other encoder families -----------------------------------------------------------------
+
+FAMILY_SPECIAL = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+_TRAINED: dict = {}
+
+
+def _trained_tokenizer(kind: str):
+    """A tokenizer trained here on the shipped corpus: "bpe" (byte-level, RoBERTa's) or
+    "unigram" (SentencePiece's, XLM-R's and CamemBERT's); cached per process."""
+    if kind not in _TRAINED:
+        from tokenizers import ByteLevelBPETokenizer, SentencePieceUnigramTokenizer
+
+        texts = sentences(2000, seed=1)
+        if kind == "bpe":
+            tokenizer = ByteLevelBPETokenizer()
+            tokenizer.train_from_iterator(texts, vocab_size=600, special_tokens=FAMILY_SPECIAL)
+        else:
+            tokenizer = SentencePieceUnigramTokenizer()
+            tokenizer.train_from_iterator(texts, vocab_size=600, special_tokens=FAMILY_SPECIAL,
+                                          unk_token="<unk>")
+        _TRAINED[kind] = tokenizer._tokenizer.to_str()
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(_TRAINED[kind])
+
+
+def family_tokenizer(family: str, folder):
+    """The family's transformers tokenizer, built from a vocabulary or trained here."""
+    if family in ("bert", "distilbert", "electra"):
+        build_vocab_file(folder / "vocab.txt")
+        cls = {"bert": transformers.BertTokenizerFast,
+               "distilbert": transformers.DistilBertTokenizerFast,
+               "electra": transformers.ElectraTokenizerFast}[family]
+        return cls(str(folder / "vocab.txt"))
+    if family == "roberta":
+        return transformers.RobertaTokenizerFast(tokenizer_object=_trained_tokenizer("bpe"))
+    cls = {"xlm-roberta": transformers.XLMRobertaTokenizerFast,
+           "camembert": transformers.CamembertTokenizerFast}[family]
+    return cls(tokenizer_object=_trained_tokenizer("unigram"))
+
+
+FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra")
+_MODELS = {
+    "bert": (transformers.BertConfig, "Bert"),
+    "roberta": (transformers.RobertaConfig, "Roberta"),
+    "xlm-roberta": (transformers.XLMRobertaConfig, "XLMRoberta"),
+    "camembert": (transformers.CamembertConfig, "Camembert"),
+    "distilbert": (transformers.DistilBertConfig, "DistilBert"),
+    "electra": (transformers.ElectraConfig, "Electra"),
+}
+
+
+def make_family_dir(path, family: str, task: str = "base", num_labels: int = 1, hidden=48,
+                    heads=3, seed=0, **config_options):
+    """A random Hugging Face model of ``family`` (task "base", "mlm" or "classify") saved as
+    safetensors with its tokenizer; the model (eval mode) and the tokenizer are returned."""
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = family_tokenizer(family, path)
+    config_cls, prefix = _MODELS[family]
+    sizes = dict(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=2,
+                 num_attention_heads=heads, intermediate_size=80, max_position_embeddings=64)
+    if family == "distilbert":
+        sizes = dict(vocab_size=len(tokenizer), dim=hidden, n_layers=2, n_heads=heads,
+                     hidden_dim=80, max_position_embeddings=64)
+    if family in ("roberta", "xlm-roberta", "camembert"):
+        sizes.update(max_position_embeddings=66, pad_token_id=tokenizer.pad_token_id,
+                     type_vocab_size=1)
+    if family == "electra":
+        sizes.update(embedding_size=hidden)
+    config = config_cls(**sizes, num_labels=num_labels, attn_implementation="eager",
+                        **config_options)
+    suffix = {"base": "Model", "mlm": "ForMaskedLM", "classify": "ForSequenceClassification"}
+    torch.manual_seed(seed)
+    model = getattr(transformers, prefix + suffix[task])(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or "layer_norm" in name:
+                p.add_(0.2 * torch.randn_like(p))
+            elif "classifier" in name or "out_proj" in name:
+                p.normal_(0, 0.3)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return model, tokenizer

@@ -11,10 +11,8 @@ import pybert
 
 from d2l_book import load_book_bert
 from engine_cases import CASES, CONFIGS, FP32_BOUND, assert_matches
-from helpers import BOUNDS, random_batch, random_model, reference_forward, rel_l2, valid_mask
-
-INT8_ENCODING_BOUND = 2e-2
-INT8_LOGIT_BOUND = 1e-1
+from helpers import BOUNDS, INT8_ENCODING_BOUND, INT8_LOGIT_BOUND, random_batch, random_model, \
+    reference_forward, rel_l2, valid_mask
 
 
 @pytest.mark.parametrize("name,batch,seq_len", CASES)

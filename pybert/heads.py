@@ -1,0 +1,76 @@
+"""The small heads after the encoder, in torch on the engine's device, in float32: a
+sentence-transformers Dense projection, a sequence classifier on the first token's encoding,
+and SPLADE's pooling of the MLM logits into one sparse vector per text. Built by the loader
+from the plain specs a checkpoint reader returns (:mod:`pybert.checkpoint.contents`); the
+encoder itself always runs in the engine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["LinearHead", "Classifier", "sparse_pool", "score"]
+
+_ACTIVATIONS = {
+    "identity": lambda x: x,
+    "tanh": torch.tanh,
+    "relu": torch.relu,
+    "gelu": torch.nn.functional.gelu,  # the exact (erf) form, as BERT's and ELECTRA's
+    "sigmoid": torch.sigmoid,
+}
+
+
+class LinearHead:
+    """activation(x W^T + b), layer after layer, on (N, in_features) float32 rows."""
+
+    def __init__(self, layers: Sequence, device: torch.device, what: str = "head"):
+        self.layers = []
+        for i, layer in enumerate(layers):
+            weight = layer.weight.detach().to(device, torch.float32)
+            bias = None if layer.bias is None else layer.bias.detach().to(device, torch.float32)
+            if not bool(torch.isfinite(weight).all()) or \
+                    (bias is not None and not bool(torch.isfinite(bias).all())):
+                raise ValueError(f"the {what}'s layer {i} holds NaN or infinity")
+            self.layers.append((weight, bias, _ACTIVATIONS[layer.activation]))
+        self.out_features = self.layers[-1][0].shape[0] if self.layers else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        for weight, bias, activation in self.layers:
+            x = activation(torch.nn.functional.linear(x, weight, bias))
+        return x
+
+
+@dataclass
+class Classifier:
+    """A sequence classifier: ``head`` on the first token's encoding gives the logits;
+    ``score_activation`` ("identity", "sigmoid", "softmax") turns them into scores."""
+
+    head: LinearHead
+    labels: tuple[str, ...]
+    score_activation: str
+
+
+def score(logits: torch.Tensor, activation: str) -> torch.Tensor:
+    """A classifier's scores from its (N, labels) logits."""
+    if activation == "sigmoid":
+        return torch.sigmoid(logits)
+    if activation == "softmax":
+        return torch.softmax(logits, dim=-1)
+    return logits
+
+
+def sparse_pool(logits: torch.Tensor, lengths: torch.Tensor, pooling: str = "max",
+                activation: str = "relu") -> torch.Tensor:
+    """SPLADE: (B, P, V) MLM logits of each sequence's first ``lengths[b]`` tokens (positions
+    beyond are ignored) -> (B, V) weights, log(1 + relu(x)) (twice for "log1p_relu") pooled
+    over the tokens by "max" or "sum"."""
+    weights = torch.log1p(torch.relu(logits.float()))
+    if activation == "log1p_relu":
+        weights = torch.log1p(weights)
+    real = torch.arange(logits.shape[1], device=logits.device)[None, :] < \
+        lengths.to(logits.device)[:, None]
+    weights = weights * real[:, :, None]  # >= 0, so a zero is neutral for max and sum
+    return weights.amax(dim=1) if pooling == "max" else weights.sum(dim=1)

@@ -1,0 +1,213 @@
+"""The encoder families other than BERT (RoBERTa, XLM-RoBERTa, CamemBERT, DistilBERT, ELECTRA;
+BERT alongside) and their heads, against transformers itself: small random models built here
+with tokenizers trained on the shipped corpus (BPE, Unigram) or built from a vocabulary
+(WordPiece); token ids against the transformers tokenizer (the tokenizers package), hidden
+states, MLM logits and classifier logits against the model in float64."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import pybert
+from pybert.checkpoint import CheckpointError
+
+from helpers import BOUNDS, INT8_ENCODING_BOUND, rel_l2
+
+transformers = pytest.importorskip("transformers")
+
+from hf_models import FAMILIES, make_family_dir, sentences  # noqa: E402
+
+TASKS = [(family, task) for family in FAMILIES for task in ("base", "mlm", "classify")
+         if not (family == "electra" and task == "mlm")]
+
+
+def texts_and_pairs(count=12, seed=3):
+    """Texts and pairs short enough for the models' 64 tokens."""
+    texts = [" ".join(t.split()[:12]) for t in sentences(2 * count, seed=seed)]
+    return texts[:count] + [(texts[count + i], texts[i]) for i in range(count)]
+
+
+def hf_tokenized(tokenizer, items):
+    singles = [i for i in items if isinstance(i, str)]
+    pairs = [i for i in items if isinstance(i, tuple)]
+    out = tokenizer(singles)["input_ids"] if singles else []
+    if pairs:
+        out += tokenizer([a for a, _ in pairs], [b for _, b in pairs])["input_ids"]
+    return out
+
+
+def hf_forward(model, family, encoded):
+    """transformers' float64 output for pybert's (ids, token types), padded as transformers
+    pads (attention mask; RoBERTa's positions from the ids)."""
+    width = max(len(ids) for ids, _ in encoded)
+    pad = model.config.pad_token_id or 0
+    ids = torch.full((len(encoded), width), pad, dtype=torch.int64)
+    types = torch.zeros_like(ids)
+    mask = torch.zeros_like(ids)
+    for b, (row, segs) in enumerate(encoded):
+        ids[b, :len(row)], types[b, :len(row)], mask[b, :len(row)] = \
+            torch.tensor(row), torch.tensor(segs), 1
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if family in ("bert", "electra"):
+        inputs["token_type_ids"] = types
+    with torch.no_grad():
+        out = model.double()(**inputs, output_hidden_states=True)
+    return out, mask.bool()
+
+
+@pytest.mark.parametrize("family,task", TASKS)
+def test_family_matches_transformers(tmp_path, family, task):
+    model, tokenizer = make_family_dir(tmp_path / "hf", family, task,
+                                       num_labels=3 if task == "classify" else 1)
+    text_model = pybert.TextModel.load(tmp_path / "hf")
+    items = texts_and_pairs()
+    encoded = text_model.tokenizer.encode_all(items, truncation="error")
+    assert [ids for ids, _ in encoded] == hf_tokenized(tokenizer, items)
+    if family not in ("bert", "electra"):  # the model takes no token type ids
+        assert all(set(segs) == {0} for _, segs in encoded)
+    out, mask = hf_forward(model, family, encoded)
+    tokens = text_model.encode(items, pooling="tokens", return_type="torch")
+    expected = out.hidden_states[-1]
+    for b, rows in enumerate(tokens):
+        assert rows.shape[0] == int(mask[b].sum())
+    assert rel_l2(torch.cat(tokens), expected[mask]) <= BOUNDS[torch.float32]
+    if task == "mlm":
+        engine = text_model.engine
+        positions = torch.tensor([[0, 1, 2]] * len(encoded))
+        pad = torch.nn.utils.rnn.pad_sequence
+        padded = pad([torch.tensor(row) for row, _ in encoded], batch_first=True)
+        segments = pad([torch.tensor(segs) for _, segs in encoded], batch_first=True)
+        lengths = torch.tensor([len(row) for row, _ in encoded])
+        _, mlm, _ = engine(padded, segments, lengths, positions)
+        assert rel_l2(mlm, out.logits[:, :3]) <= BOUNDS[torch.float32]
+    if task == "classify":
+        logits = text_model.classify(items, raw_scores=True)
+        assert np.abs(logits - out.logits.numpy()).max() <= 1e-4
+        probs = text_model.classify(items)  # three labels: softmax, as transformers' pipeline
+        assert np.allclose(probs, torch.softmax(out.logits, -1).numpy(), atol=1e-5)
+        assert text_model.classifier.labels == tuple(model.config.id2label[i] for i in range(3))
+    assert ("classify" in text_model.tasks) == (task == "classify")
+    assert ("fill-mask" in text_model.tasks) == (task == "mlm")
+
+
+@pytest.mark.parametrize("family", ["roberta", "xlm-roberta", "bert"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_truncation_matches_the_tokenizer(tmp_path, family, side):
+    """Texts and pairs longer than the model are cut as transformers cuts them (longest
+    first, from the side asked), and the cut sequences compute as transformers computes."""
+    model, tokenizer = make_family_dir(tmp_path / "hf", family)
+    text_model = pybert.TextModel.load(tmp_path / "hf")
+    long = " ".join(sentences(30, seed=9))
+    items = [long, (long, "a short one"), ("short", long)]
+    with pytest.warns(UserWarning, match="were cut"):
+        encoded = text_model.tokenizer.encode_all(items, side=side)
+    tokenizer.truncation_side = side
+    limit = text_model.tokenizer.max_len
+    expected = [tokenizer(long, truncation=True, max_length=limit)["input_ids"],
+                tokenizer(long, "a short one", truncation="longest_first",
+                          max_length=limit)["input_ids"],
+                tokenizer("short", long, truncation="longest_first",
+                          max_length=limit)["input_ids"]]
+    assert [ids for ids, _ in encoded] == expected
+    assert all(len(ids) == limit for ids, _ in encoded)
+    out, mask = hf_forward(model, family, encoded)
+    vectors = text_model.encode(items, pooling="cls", return_type="torch", truncation_side=side)
+    assert rel_l2(vectors, out.hidden_states[-1][:, 0]) <= BOUNDS[torch.float32]
+
+
+@pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, BOUNDS[torch.bfloat16]),
+                                         ("int8", INT8_ENCODING_BOUND)])
+def test_roberta_in_bf16_and_int8(tmp_path, dtype, bound):
+    model, _ = make_family_dir(tmp_path / "hf", "roberta", "classify", num_labels=1)
+    options = {"quantize": "int8"} if dtype == "int8" else {"dtype": dtype}
+    text_model = pybert.TextModel.load(tmp_path / "hf", **options)
+    items = texts_and_pairs()
+    encoded = text_model.tokenizer.encode_all(items)
+    out, mask = hf_forward(model, "roberta", encoded)
+    tokens = text_model.encode(items, pooling="tokens", return_type="torch")
+    assert rel_l2(torch.cat(tokens), out.hidden_states[-1][mask]) <= bound
+    logits = text_model.classify(items, raw_scores=True)
+    assert rel_l2(torch.from_numpy(logits), out.logits) <= 10 * bound
+
+
+def test_rerank_orders_by_the_classifier(tmp_path):
+    make_family_dir(tmp_path / "hf", "electra", "classify", num_labels=1)
+    text_model = pybert.TextModel.load(tmp_path / "hf")
+    documents = sentences(9, seed=4)
+    query = "how is a list sorted"
+    scores = text_model.classify([(query, d) for d in documents])[:, 0]
+    logits = text_model.classify([(query, d) for d in documents], raw_scores=True)[:, 0]
+    assert np.allclose(scores, 1 / (1 + np.exp(-logits)), atol=1e-6)  # one label: sigmoid
+    ranked = text_model.rerank(query, documents)
+    assert [r["index"] for r in ranked] == list(np.argsort(-scores, kind="stable"))
+    assert [r["score"] for r in ranked] == pytest.approx(sorted(scores, reverse=True))
+    assert len(text_model.rerank(query, documents, top_k=3)) == 3
+    with pytest.raises(ValueError, match="at least one"):
+        text_model.rerank(query, [])
+    with pytest.raises(TypeError, match=r"documents\[1\]"):
+        text_model.rerank(query, ["a", 5])
+    with pytest.raises(ValueError, match="top_k"):
+        text_model.rerank(query, documents, top_k=0)
+
+
+def test_tasks_a_model_lacks_are_refused(tmp_path):
+    make_family_dir(tmp_path / "cls3", "roberta", "classify", num_labels=3)
+    three = pybert.TextModel.load(tmp_path / "cls3")
+    with pytest.raises(ValueError, match="one output"):
+        three.rerank("q", ["d"])
+    make_family_dir(tmp_path / "base", "distilbert", "base")
+    base = pybert.TextModel.load(tmp_path / "base")
+    with pytest.raises(ValueError, match="no sequence classifier"):
+        base.classify(["a"])
+    with pytest.raises(ValueError, match="no MLM head"):
+        base.encode_sparse(["a"])
+    with pytest.raises(ValueError, match="dimensions"):
+        base.encode(["a"], dimensions=base.dim + 1)
+    assert base.encode(["a text"], dimensions=8).shape == (1, 8)
+
+
+def _edit_config(folder, **changes):
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("family,changes,message", [
+    ("roberta", {"position_embedding_type": "relative_key"}, "position_embedding_type"),
+    ("electra", {"embedding_size": 16}, "embedding_size 16 != hidden_size 48"),
+    ("bert", {"model_type": "mpnet"}, "model_type 'mpnet' is not served"),
+    ("distilbert", {"activation": "silu"}, "activation 'silu' is not served"),
+    ("roberta", {"id2label": {"0": "a", "1": "b"}}, "id2label has 2 labels"),
+])
+def test_configs_it_cannot_compute_are_refused(tmp_path, family, changes, message):
+    make_family_dir(tmp_path / "hf", family, "classify")
+    _edit_config(tmp_path / "hf", **changes)
+    with pytest.raises(CheckpointError, match=message):
+        pybert.TextModel.load(tmp_path / "hf")
+
+
+def test_a_classifier_config_without_its_weights_is_refused(tmp_path):
+    make_family_dir(tmp_path / "hf", "roberta", "base")
+    _edit_config(tmp_path / "hf", architectures=["RobertaForSequenceClassification"])
+    with pytest.raises(CheckpointError, match="lack classifier.dense.weight"):
+        pybert.TextModel.load(tmp_path / "hf")
+
+
+def test_an_electra_discriminator_checkpoint_serves_its_encoder(tmp_path):
+    """ElectraForPreTraining (the discriminator of the released checkpoints): its encoder
+    served, the replaced-token head ignored."""
+    make_family_dir(tmp_path / "hf", "electra", "base")
+    model_dir = tmp_path / "disc"
+    config = transformers.ElectraConfig.from_pretrained(tmp_path / "hf")
+    torch.manual_seed(1)
+    disc = transformers.ElectraForPreTraining(config).eval()
+    disc.save_pretrained(model_dir)
+    transformers.ElectraTokenizerFast.from_pretrained(tmp_path / "hf").save_pretrained(model_dir)
+    text_model = pybert.TextModel.load(model_dir)
+    items = texts_and_pairs(4)
+    out, mask = hf_forward(disc.electra, "electra", text_model.tokenizer.encode_all(items))
+    tokens = text_model.encode(items, pooling="tokens", return_type="torch")
+    assert rel_l2(torch.cat(tokens), out.last_hidden_state[mask]) <= BOUNDS[torch.float32]
+    assert text_model.tasks == ["embed"]
