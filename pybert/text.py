@@ -411,6 +411,37 @@ class TextModel:
         packed, cu_seqlens = self.forward_tokenized(encoded)
         return self.pool_encodings(packed, cu_seqlens, pooling, normalize, dimensions)
 
+    def run_tasks(self, requests: list) -> list:
+        """The results of several requests' (task, encoded) in one engine call: what a
+        server's batcher runs. Tasks: "embed" ((N, D) vectors, not normalised), "embed_all"
+        (a list of (len, H) per-token vectors), "classify" ((N, labels) logits), "sparse" (a
+        list of SparseVector; sparse requests are run with sparse requests only)."""
+        sequences = [item for _, encoded in requests for item in encoded]
+        if any(task == "sparse" for task, _ in requests):
+            if not all(task == "sparse" for task, _ in requests):
+                raise ValueError("sparse requests run apart from the others")
+            vectors, results, start = self.sparse_tokenized(sequences), [], 0
+            for _, encoded in requests:
+                results.append(vectors[start:start + len(encoded)])
+                start += len(encoded)
+            return results
+        packed, cu_seqlens = self.forward_tokenized(sequences)
+        results, first = [], 0
+        for task, encoded in requests:
+            last = first + len(encoded)
+            rows = packed[int(cu_seqlens[first]):int(cu_seqlens[last])]
+            cu = cu_seqlens[first:last + 1] - cu_seqlens[first]
+            if task == "embed":
+                results.append(self.pool_encodings(rows, cu, normalize=False))
+            elif task == "embed_all":
+                results.append(_pool(rows, cu, "tokens", False))
+            elif task == "classify":
+                results.append(self.classify_encodings(rows, cu))
+            else:
+                raise ValueError(f"unknown task {task!r}")
+            first = last
+        return results
+
     # -- the heads --------------------------------------------------------------------------
 
     def _tokenised(self, texts, truncation: str, side: str | None = None):

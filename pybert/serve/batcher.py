@@ -20,12 +20,23 @@ class QueueFull(Exception):
     """The batcher holds as many sequences as it may."""
 
 
+# What a request asks of its sequences (TextModel.run_tasks): pooled vectors, per-token
+# vectors, classifier logits, sparse vectors. "sparse" needs the MLM logits of every token, a
+# forward of its own; the others share one.
+TASKS = ("embed", "embed_all", "classify", "sparse")
+
+
+def _forward_of(task: str) -> str:
+    return "mlm" if task == "sparse" else "encoder"
+
+
 @dataclass
 class _Job:
     encoded: list            # (ids, segments) per text
     tokens: int
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    task: str = "embed"
 
 
 def _settle(future: asyncio.Future, value=None, error: BaseException | None = None) -> None:
@@ -41,9 +52,11 @@ class Batcher:
     """The one thread that runs the engine for the server's embedding requests.
 
     It takes queued requests in arrival order and packs the sequences of as many as fit
-    ``batch_tokens`` into one engine call (``TextModel.encode_tokenized``), waiting at most
-    ``max_wait_ms`` for more work once it has some; each request's future gets its rows,
-    pooled by the model's pooling and not normalised (each request chooses)."""
+    ``batch_tokens`` and share a forward (embedding, token and classification requests do;
+    sparse ones share theirs) into one engine call (``TextModel.run_tasks``), waiting at most
+    ``max_wait_ms`` for more work once it has some; each request's future gets its result:
+    vectors pooled by the model's pooling and not normalised (each request chooses), per-token
+    vectors, classifier logits or sparse vectors."""
 
     def __init__(self, model, config: ServeConfig, observe_batch=None):
         self.model, self.config = model, config
@@ -64,10 +77,14 @@ class Batcher:
             self._cond.notify_all()
         self._thread.join()
 
-    def submit(self, encoded: list, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
-        """A future of the (len(encoded), H) vectors; QueueFull if there is no room."""
+    def submit(self, encoded: list, loop: asyncio.AbstractEventLoop,
+               task: str = "embed") -> asyncio.Future:
+        """A future of the result of ``task`` (one of TASKS) on ``encoded``; QueueFull if
+        there is no room."""
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         future = loop.create_future()
-        job = _Job(encoded, sum(len(ids) for ids, _ in encoded), future, loop)
+        job = _Job(encoded, sum(len(ids) for ids, _ in encoded), future, loop, task)
         with self._cond:
             if self._stopping:
                 raise QueueFull("the server is shutting down")
@@ -85,11 +102,12 @@ class Batcher:
             if not self._queue:
                 return None
             jobs = [self._queue.popleft()]
-            total = jobs[0].tokens
+            total, forward = jobs[0].tokens, _forward_of(jobs[0].task)
             deadline = time.monotonic() + self.config.max_wait_ms / 1000
             while total < self.config.batch_tokens:
                 if self._queue:
-                    if total + self._queue[0].tokens > self.config.batch_tokens:
+                    if total + self._queue[0].tokens > self.config.batch_tokens or \
+                            _forward_of(self._queue[0].task) != forward:
                         break
                     jobs.append(self._queue.popleft())
                     total += jobs[-1].tokens
@@ -109,16 +127,13 @@ class Batcher:
             jobs = [job for job in jobs if not job.future.cancelled()]  # clients that left
             if not jobs:
                 continue
-            sequences = [item for job in jobs for item in job.encoded]
-            self.observe_batch(len(sequences), sum(job.tokens for job in jobs))
+            self.observe_batch(sum(len(job.encoded) for job in jobs),
+                               sum(job.tokens for job in jobs))
             try:
-                vectors = self.model.encode_tokenized(sequences, normalize=False)
+                results = self.model.run_tasks([(job.task, job.encoded) for job in jobs])
             except Exception as err:  # noqa: BLE001 (handed to each request)
                 for job in jobs:
                     job.loop.call_soon_threadsafe(_settle, job.future, None, err)
                 continue
-            start = 0
-            for job in jobs:
-                rows = vectors[start:start + len(job.encoded)]
-                start += len(job.encoded)
-                job.loop.call_soon_threadsafe(_settle, job.future, rows)
+            for job, result in zip(jobs, results):
+                job.loop.call_soon_threadsafe(_settle, job.future, result)

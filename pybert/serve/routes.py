@@ -1,7 +1,9 @@
 """The routes of ``pybert serve``, each a method over one text model, its batcher and the
-server's limits: text-embeddings-inference's ``/embed``, OpenAI's ``/v1/embeddings``,
-``/fill-mask``, ``/next-sentence``, ``/health``, ``/info`` and ``/metrics``. A route reads the
-text model and the engine's public surface (config, heads, device), nothing else."""
+server's limits: text-embeddings-inference's ``/embed``, ``/embed_all``, ``/embed_sparse``,
+``/predict``, ``/rerank``, ``/tokenize`` and ``/decode`` (its request and response shapes),
+OpenAI's ``/v1/embeddings``, ``/fill-mask``, ``/next-sentence``, ``/health``, ``/info`` and
+``/metrics``. A route reads the text model and the engine's public surface (config, heads,
+device), nothing else; a route the model cannot serve answers 404 saying why."""
 
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from starlette.responses import JSONResponse, Response
 
 from .batcher import Batcher, QueueFull
 from .config import ServeConfig
-from .http import ClientGone, HTTPError, flag, read_json, texts_of
+from ..heads import score
+from .http import ClientGone, HTTPError, flag, is_pair, read_json, texts_of
 from .metrics import Metrics
 
 __all__ = ["Routes"]
@@ -39,6 +42,12 @@ class Routes:
         """(path, handler, methods) of every route."""
         return [("/embed", self.embed, ["POST"]),
                 ("/v1/embeddings", self.openai_embeddings, ["POST"]),
+                ("/embed_all", self.embed_all, ["POST"]),
+                ("/embed_sparse", self.embed_sparse, ["POST"]),
+                ("/predict", self.predict, ["POST"]),
+                ("/rerank", self.rerank, ["POST"]),
+                ("/tokenize", self.tokenize, ["POST"]),
+                ("/decode", self.decode, ["POST"]),
                 ("/fill-mask", self.fill_mask, ["POST"]),
                 ("/next-sentence", self.next_sentence, ["POST"]),
                 ("/health", self.health, ["GET"]),
@@ -47,19 +56,20 @@ class Routes:
 
     # -- the steps every embedding route takes ----------------------------------------------
 
-    async def tokenised(self, texts: list, truncate: bool) -> list:
+    async def tokenised(self, texts: list, truncate: bool, side: str | None = None) -> list:
         try:
             return await asyncio.get_running_loop().run_in_executor(
                 self.tokenizing, self.model.tokenizer.encode_all, texts,
-                "warn" if truncate else "error")
+                "warn" if truncate else "error", 0, side)
         except ValueError as err:
             raise HTTPError(413, f"{err}; pass \"truncate\": true to cut long inputs") from None
 
-    async def embedded(self, request: Request | None, encoded: list) -> torch.Tensor:
-        """The vectors of ``encoded`` from the batcher; the queued work is dropped if the
-        client disconnects first (``request`` None: no client to watch, as at warm-up)."""
+    async def batched(self, request: Request | None, encoded: list, task: str = "embed"):
+        """The result of ``task`` on ``encoded`` from the batcher (vectors, by default); the
+        queued work is dropped if the client disconnects first (``request`` None: no client
+        to watch, as at warm-up)."""
         try:
-            future = self.batcher.submit(encoded, asyncio.get_running_loop())
+            future = self.batcher.submit(encoded, asyncio.get_running_loop(), task)
         except QueueFull as err:
             raise HTTPError(503, f"overloaded ({err}); retry shortly", "Overloaded",
                             {"Retry-After": "1"}) from None
@@ -80,25 +90,58 @@ class Routes:
             raise ClientGone()
         return future.result()
 
-    def normalised(self, vectors: torch.Tensor, normalize: bool | None) -> np.ndarray:
+    def normalised(self, vectors: torch.Tensor, normalize: bool | None,
+                   dimensions: int | None = None) -> np.ndarray:
+        """The batcher's vectors cut to ``dimensions``, then normalised if asked (default: as
+        the model does)."""
+        if dimensions is not None:
+            vectors = vectors[:, :dimensions]
         if normalize if normalize is not None else self.model.normalize:
             vectors = torch.nn.functional.normalize(vectors, dim=-1)
         return vectors.numpy()
 
+    def need(self, task: str) -> None:
+        if task not in self.model.tasks:
+            raise HTTPError(404, f"this model does not serve {task} (it serves "
+                            f"{', '.join(self.model.tasks)})", "NotFound")
+
+    def options(self, body: dict) -> tuple:
+        """(dimensions, prompt_name, truncation side) of an embedding request, checked."""
+        dimensions = body.get("dimensions")
+        try:
+            self.model.check_dimensions(dimensions)
+            prompt_name = body.get("prompt_name")
+            if prompt_name is not None:
+                self.model.prompted([], prompt_name)
+        except (TypeError, ValueError) as err:
+            raise HTTPError(422, str(err)) from None
+        side = body.get("truncation_direction", "right")
+        if not isinstance(side, str) or side.lower() not in ("right", "left"):
+            raise HTTPError(422, "truncation_direction must be 'Right' or 'Left'")
+        return dimensions, prompt_name, side.lower()
+
     async def warm_up(self) -> None:
         """One batch through tokenizer, batcher and engine, then ``ready``."""
-        await self.embedded(None, await self.tokenised(["warm up"], truncate=True))
+        await self.batched(None, await self.tokenised(["warm up"], truncate=True))
         self.ready = True
 
     # -- the routes ------------------------------------------------------------------------
 
-    async def embed(self, request: Request):
+    async def embedding_request(self, request: Request) -> tuple[dict, list, int | None]:
+        """(body, the inputs tokenised with their prompt, dimensions) of text-embeddings-
+        inference's embedding routes."""
         body = await read_json(request, self.config.max_body_bytes)
         texts = texts_of(body.get("inputs"), "inputs", self.config)
-        truncate = flag(body, "truncate", False)
+        dimensions, prompt_name, side = self.options(body)
+        encoded = await self.tokenised(self.model.prompted(texts, prompt_name),
+                                       flag(body, "truncate", False), side)
+        return body, encoded, dimensions
+
+    async def embed(self, request: Request):
+        body, encoded, dimensions = await self.embedding_request(request)
         normalize = flag(body, "normalize", None)
-        vectors = await self.embedded(request, await self.tokenised(texts, truncate))
-        return JSONResponse(self.normalised(vectors, normalize).tolist())
+        vectors = await self.batched(request, encoded)
+        return JSONResponse(self.normalised(vectors, normalize, dimensions).tolist())
 
     async def openai_embeddings(self, request: Request):
         body = await read_json(request, self.config.max_body_bytes)
@@ -106,8 +149,9 @@ class Routes:
         encoding = body.get("encoding_format", "float")
         if encoding not in ("float", "base64"):
             raise HTTPError(422, "encoding_format must be 'float' or 'base64'")
-        encoded = await self.tokenised(texts, truncate=False)
-        vectors = self.normalised(await self.embedded(request, encoded), None)
+        dimensions, _, _ = self.options({"dimensions": body.get("dimensions")})
+        encoded = await self.tokenised(self.model.prompted(texts), truncate=False)
+        vectors = self.normalised(await self.batched(request, encoded), None, dimensions)
         data = [{"object": "embedding", "index": i,
                  "embedding": (base64.b64encode(v.astype("<f4").tobytes()).decode()
                                if encoding == "base64" else v.tolist())}
@@ -116,6 +160,86 @@ class Routes:
         return JSONResponse({"object": "list", "data": data,
                              "model": body.get("model") or self.config.model_id,
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    async def embed_all(self, request: Request):
+        _, encoded, _ = await self.embedding_request(request)
+        rows = await self.batched(request, encoded, "embed_all")
+        return JSONResponse([r.tolist() for r in rows])
+
+    async def embed_sparse(self, request: Request):
+        self.need("sparse")
+        _, encoded, _ = await self.embedding_request(request)
+        vectors = await self.batched(request, encoded, "sparse")
+        return JSONResponse([[{"index": int(i), "value": float(v)}
+                              for i, v in zip(vector.indices, vector.values)]
+                             for vector in vectors])
+
+    async def scores(self, request: Request, items: list, body: dict) -> np.ndarray:
+        """The classifier's scores (or logits with "raw_scores") of texts or pairs."""
+        raw = flag(body, "raw_scores", False)
+        encoded = await self.tokenised(items, flag(body, "truncate", False))
+        logits = await self.batched(request, encoded, "classify")
+        return (logits if raw else score(logits, self.model.classifier.score_activation)).numpy()
+
+    async def predict(self, request: Request):
+        self.need("classify")
+        body = await read_json(request, self.config.max_body_bytes)
+        value = body.get("inputs")
+        single = isinstance(value, str) or is_pair(value)
+        items = [value] if single else value
+        if isinstance(items, list) and items and all(is_pair(i) for i in items):
+            items = texts_of(items, "inputs", self.config, pairs=True)
+        else:
+            items = texts_of(items, "inputs", self.config)
+        labels = self.model.classifier.labels
+        scores = await self.scores(request, items, body)
+        answers = [sorted(({"label": label, "score": float(s)} for label, s in zip(labels, row)),
+                          key=lambda a: -a["score"]) for row in scores]
+        return JSONResponse(answers[0] if single else answers)
+
+    async def rerank(self, request: Request):
+        self.need("rerank")
+        body = await read_json(request, self.config.max_body_bytes)
+        query = body.get("query")
+        if not isinstance(query, str):
+            raise HTTPError(422, "query must be a string")
+        texts = texts_of(body.get("texts"), "texts", self.config)
+        scores = (await self.scores(request, [(query, t) for t in texts], body))[:, 0]
+        order = np.argsort(-scores, kind="stable")
+        with_text = flag(body, "return_text", False)
+        return JSONResponse([{"index": int(i), "score": float(scores[i]),
+                              **({"text": texts[i]} if with_text else {})} for i in order])
+
+    async def tokenize(self, request: Request):
+        tokenizer = self.model.tokenizer
+        if not hasattr(tokenizer, "describe"):
+            raise HTTPError(404, "this model's tokenizer (d2l's word tokenizer) reports no "
+                            "token offsets", "NotFound")
+        body = await read_json(request, self.config.max_body_bytes)
+        texts = texts_of(body.get("inputs"), "inputs", self.config)
+        special = flag(body, "add_special_tokens", True)
+        return JSONResponse(await asyncio.get_running_loop().run_in_executor(
+            self.tokenizing, tokenizer.describe, texts, special))
+
+    async def decode(self, request: Request):
+        tokenizer = self.model.tokenizer
+        if not hasattr(tokenizer, "decode"):
+            raise HTTPError(404, "this model's tokenizer (d2l's word tokenizer) does not "
+                            "decode", "NotFound")
+        body = await read_json(request, self.config.max_body_bytes)
+        ids = body.get("ids")
+        single = isinstance(ids, list) and all(isinstance(i, int) for i in ids)
+        rows = [ids] if single else ids
+        vocab = self.engine.config.vocab_size
+        if not isinstance(rows, list) or not rows or len(rows) > self.config.max_inputs or \
+                not all(isinstance(r, list) and len(r) <= self.engine.config.max_len and all(
+                    isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab
+                    for i in r) for r in rows):
+            raise HTTPError(422, f"ids must be a list of token ids in [0, {vocab}) (at most "
+                            f"max_len of them), or a list of such lists")
+        skip = flag(body, "skip_special_tokens", True)
+        texts = [tokenizer.decode(r, skip) for r in rows]
+        return JSONResponse(texts[0] if single else texts)
 
     async def fill_mask(self, request: Request):
         if not self.engine.has_mlm or self.model.tokenizer.mask_id is None:
@@ -156,9 +280,12 @@ class Routes:
     async def info(self, request: Request):
         engine, config = self.engine, self.config
         return JSONResponse({
-            "model_id": config.model_id, "dim": engine.config.num_hiddens,
+            "model_id": config.model_id, "dim": self.model.dim,
             "max_input_length": engine.config.max_len,
+            "architecture": self.model.architecture, "tasks": self.model.tasks,
             "pooling": self.model.pooling, "normalize": self.model.normalize,
+            "prompts": self.model.prompts,
+            "labels": list(self.model.classifier.labels) if self.model.classifier else None,
             "has_mlm": engine.has_mlm, "has_nsp": engine.has_nsp,
             "device": str(engine.device), "dtype": str(engine.dtype).replace("torch.", ""),
             "quantize": engine.quantize,

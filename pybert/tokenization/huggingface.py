@@ -80,6 +80,18 @@ class HuggingFaceTokenizer:
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    def describe(self, texts: list, add_special_tokens: bool = True) -> list:
+        """Each text's tokens as text-embeddings-inference's /tokenize reports them: id, text,
+        whether special, and the character span [start, stop) in the text (None for a
+        special token's)."""
+        out = []
+        for enc in self.tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens):
+            out.append([{"id": i, "text": t, "special": bool(s),
+                         "start": None if s else a, "stop": None if s else b}
+                        for i, t, s, (a, b) in zip(enc.ids, enc.tokens, enc.special_tokens_mask,
+                                                   enc.offsets)])
+        return out
+
     def encode_all(self, items, truncation: str = "warn", start: int = 0,
                    side: str | None = None):
         """(ids, token types) of each text or (text_a, text_b) pair of ``items``; texts over

@@ -254,10 +254,10 @@ def test_the_batcher_drops_the_work_of_clients_that_left():
     release = threading.Event()
 
     class SlowModel:
-        def encode_tokenized(self, encoded, normalize=None):
-            calls.append(len(encoded))
+        def run_tasks(self, requests):
+            calls.append(sum(len(encoded) for _, encoded in requests))
             release.wait(10)
-            return torch.zeros((len(encoded), 4))
+            return [torch.zeros((len(encoded), 4)) for _, encoded in requests]
 
     async def scenario():
         loop = asyncio.get_running_loop()
