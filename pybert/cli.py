@@ -129,7 +129,9 @@ def _encode(args) -> int:
             result = run_encode_job(model, args.input[0], args.output, str(args.model),
                                     pooling=args.pooling, batch_tokens=args.batch_tokens,
                                     chunk_size=args.chunk_size, truncation=args.truncation,
-                                    overwrite=args.overwrite, progress=args.progress)
+                                    overwrite=args.overwrite, progress=args.progress,
+                                    task=args.task, prompt_name=args.prompt_name,
+                                    dimensions=args.dimensions, raw_scores=args.raw_scores)
     except KeyboardInterrupt:
         print("\npybert encode: interrupted; the rows done so far are kept. Run the same "
               "command again to continue.", file=sys.stderr)
@@ -152,6 +154,11 @@ def _encode_on_ray(args) -> int:
         return 2
     from .ray import run_ray_job
 
+    if (args.task, args.prompt_name, args.dimensions, args.raw_scores) != \
+            ("embed", None, None, False):
+        print("pybert encode --ray: --task, --prompt-name, --dimensions and --raw-scores run "
+              "without --ray only, for now", file=sys.stderr)
+        return 2
     if not args.progress:
         import os
 
@@ -235,8 +242,10 @@ def _add_encode_command(commands) -> None:
         "encode", help="embed every text of a file (a batch job that resumes)",
         description="Embed each row of --input (.txt: a text per line, a tab between the two "
                     "texts of a pair; .jsonl: a string, a [a, b] pair or {\"text\": ...}) into "
-                    "--output (.npy, .safetensors or .parquet), in input order. An interrupted "
-                    "job continues where it stopped when run again with the same arguments.")
+                    "--output (.npy, .safetensors or .parquet), in input order; or score it "
+                    "with the model's classifier (--task classify), or write its SPLADE "
+                    "vectors (--task sparse, to .parquet). An interrupted job continues where "
+                    "it stopped when run again with the same arguments.")
     _add_model_arguments(parser)
     parser.add_argument("--input", required=True, nargs="+",
                         help="a .txt or .jsonl file; with --ray, any number of .txt, .jsonl "
@@ -252,9 +261,22 @@ def _add_encode_command(commands) -> None:
     parser.add_argument("--actors", type=int,
                         help="with --ray: engine actors (default: one per GPU, else one per "
                              "CPU)")
+    parser.add_argument("--task", choices=("embed", "classify", "sparse"), default="embed",
+                        help="embed: a vector per row; classify: the classifier's scores per "
+                             "row (a *ForSequenceClassification or CrossEncoder model); "
+                             "sparse: SPLADE's non-zero ids and weights (.parquet: row, "
+                             "indices, values)")
     parser.add_argument("--pooling", choices=("cls", "mean"),
                         help="default: the model's own (cls unless a sentence-transformers "
                              "model says otherwise)")
+    parser.add_argument("--prompt-name",
+                        help="prepend the model's prompt of this name (sentence-transformers "
+                             "prompts; default: the model's default prompt, if any)")
+    parser.add_argument("--dimensions", type=int,
+                        help="keep the first N values of each vector, then normalise as the "
+                             "model does (Matryoshka)")
+    parser.add_argument("--raw-scores", action="store_true",
+                        help="with --task classify: the logits, not the scores")
     parser.add_argument("--batch-tokens", type=int, default=16384,
                         help="padded tokens per batch")
     parser.add_argument("--chunk-size", type=int, default=4096,

@@ -106,6 +106,13 @@ class _Batch:
 _DONE = object()
 
 
+def _unpacked(batch: _Batch) -> list:
+    """The (ids, segments) of each sequence of a packed batch."""
+    lengths = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).tolist()
+    return list(zip((t.tolist() for t in batch.tokens.split(lengths)),
+                    (s.tolist() for s in batch.segments.split(lengths))))
+
+
 def _pool(packed: torch.Tensor, cu_seqlens: torch.Tensor, pooling: str, normalize: bool,
           dense=None, dimensions: int | None = None):
     """From packed encodings (total_tokens, H): (B, D) pooled vectors, through ``dense`` (a
@@ -300,22 +307,31 @@ class TextModel:
 
     def iter_encode(self, texts: Iterable, pooling: str | None = None,
                     batch_tokens: int = 16384, chunk_size: int = 4096,
-                    truncation: str = "warn", prefetch: int = 4, *,
-                    prompt_name: str | None = None, prompt: str | None = None,
-                    dimensions: int | None = None,
-                    truncation_side: str | None = None) -> Iterator[list]:
+                    truncation: str = "warn", prefetch: int = 4, **options) -> Iterator[list]:
         """Yield the results of each chunk of ``texts``, in input order: a list of (D,) float32
-        tensors (pooled) or of (len, H) tensors (pooling="tokens"). The other arguments are
-        :meth:`encode`'s."""
-        pooling = pooling or self.pooling
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        tensors (pooled) or of (len, H) tensors (pooling="tokens"). ``options``:
+        :meth:`encode`'s prompt_name, prompt, dimensions, truncation_side."""
+        return self.iter_task(texts, "embed", pooling=pooling, batch_tokens=batch_tokens,
+                              chunk_size=chunk_size, truncation=truncation, prefetch=prefetch,
+                              **options)
+
+    def iter_task(self, texts: Iterable, task: str = "embed", *, pooling: str | None = None,
+                  batch_tokens: int = 16384, chunk_size: int = 4096, truncation: str = "warn",
+                  prefetch: int = 4, prompt_name: str | None = None, prompt: str | None = None,
+                  dimensions: int | None = None, truncation_side: str | None = None,
+                  raw_scores: bool = False) -> Iterator[list]:
+        """Yield the results of ``task`` for each chunk of ``texts``, in input order, a chunk
+        at a time (bounded memory): "embed" as :meth:`iter_encode`, "classify" a (labels,)
+        tensor of scores per text (logits with ``raw_scores``), "sparse" a SparseVector per
+        text. Texts are tokenised on a worker thread while the engine runs."""
+        compute = self._task_compute(task, pooling, dimensions, raw_scores)
         check_positive_int(chunk_size, "chunk_size")
         check_positive_int(batch_tokens, "batch_tokens")
         check_truncation(truncation)
         check_side(truncation_side)
-        self.check_dimensions(dimensions)
         self.prompted([], prompt_name, prompt)  # a bad prompt name fails here, not in a thread
+        if task == "sparse":  # the MLM logits of a batch stay under SPARSE_LOGITS_BYTES
+            batch_tokens = min(batch_tokens, self._sparse_batch_tokens())
         batches: queue.Queue = queue.Queue(maxsize=prefetch)
         stop = threading.Event()
         encode = (lambda chunk, start: self.tokenizer.encode_all(
@@ -337,13 +353,10 @@ class TextModel:
                     _, index, size, num_batches = item
                     pending[index] = {"rows": [None] * size, "left": num_batches}
                 else:
-                    packed = self.engine.encode_packed(item.tokens, item.cu_seqlens,
-                                                       item.segments)
-                    pooled = _pool(packed, item.cu_seqlens, pooling, self.normalize,
-                                   self.dense, dimensions)
+                    results = compute(item)
                     state = pending[item.chunk]
                     for j, r in enumerate(item.rows):
-                        state["rows"][r] = pooled[j]
+                        state["rows"][r] = results[j]
                     state["left"] -= 1
                 while next_chunk in pending and pending[next_chunk]["left"] == 0:
                     yield pending.pop(next_chunk)["rows"]
@@ -351,6 +364,30 @@ class TextModel:
         finally:
             stop.set()
             worker.join(timeout=5)
+
+    def _task_compute(self, task: str, pooling: str | None, dimensions: int | None,
+                      raw_scores: bool):
+        """What one packed batch of ``task`` computes (checked here, before any work)."""
+        if task == "embed":
+            pooling = pooling or self.pooling
+            if pooling not in POOLINGS:
+                raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+            self.check_dimensions(dimensions)
+            return lambda b: _pool(self.engine.encode_packed(b.tokens, b.cu_seqlens, b.segments),
+                                   b.cu_seqlens, pooling, self.normalize, self.dense, dimensions)
+        if task == "classify":
+            activation = "identity" if raw_scores else self._need_classifier().score_activation
+            return lambda b: score(self.classify_encodings(
+                self.engine.encode_packed(b.tokens, b.cu_seqlens, b.segments), b.cu_seqlens),
+                activation)
+        if task == "sparse":
+            if not self.engine.has_mlm:
+                raise ValueError("this model has no MLM head, so it gives no sparse vectors")
+            return lambda b: self.sparse_tokenized(_unpacked(b))
+        raise ValueError(f"task must be 'embed', 'classify' or 'sparse', got {task!r}")
+
+    def _sparse_batch_tokens(self) -> int:
+        return max(1, SPARSE_LOGITS_BYTES // (4 * self.engine.config.vocab_size))
 
     def _produce(self, items: Iterator, chunk_size: int, batch_tokens: int, encode,
                  out: queue.Queue, stop: threading.Event) -> None:
@@ -469,13 +506,13 @@ class TextModel:
         float32, through the checkpoint's activation (a CrossEncoder's, else sigmoid for one
         label or multi-label, softmax otherwise), or the logits with ``raw_scores``."""
         classifier = self._need_classifier()
-        items, encoded = self._tokenised(texts, truncation, truncation_side)
-        logits = torch.zeros((len(items), len(classifier.labels)))
-        for rows in plan_batches([len(ids) for ids, _ in encoded], batch_tokens):
-            packed, cu_seqlens = self.forward_tokenized([encoded[r] for r in rows])
-            logits[rows] = self.classify_encodings(packed, cu_seqlens)
-        scores = logits if raw_scores else score(logits, classifier.score_activation)
-        out = scores.numpy()
+        items = [texts] if isinstance(texts, (str, tuple)) else list(texts)
+        rows = [row for chunk in self.iter_task(
+            items, "classify", batch_tokens=batch_tokens, chunk_size=max(1, len(items)),
+            truncation=truncation, truncation_side=truncation_side, raw_scores=raw_scores)
+            for row in chunk]
+        out = torch.stack(rows).numpy() if rows else np.zeros((0, len(classifier.labels)),
+                                                              np.float32)
         return out[0] if isinstance(texts, (str, tuple)) else out
 
     def rerank(self, query: str, documents, top_k: int | None = None,
@@ -507,9 +544,8 @@ class TextModel:
         SPARSE_LOGITS_BYTES."""
         if not self.engine.has_mlm:
             raise ValueError("this model has no MLM head, so it gives no sparse vectors")
-        budget = max(1, SPARSE_LOGITS_BYTES // (4 * self.engine.config.vocab_size))
         out: list = [None] * len(encoded)
-        for rows in plan_batches([len(ids) for ids, _ in encoded], budget):
+        for rows in plan_batches([len(ids) for ids, _ in encoded], self._sparse_batch_tokens()):
             tokens, segments, valid_lens = pad_batch(encoded, rows, self.tokenizer.pad_id)
             positions = torch.arange(tokens.shape[1]).repeat(len(rows), 1)
             positions[positions >= valid_lens[:, None]] = 0  # padding: scored, then ignored
@@ -521,14 +557,17 @@ class TextModel:
                 out[r] = SparseVector(nonzero.numpy(), weights[j, nonzero].numpy())
         return out
 
-    def encode_sparse(self, texts, truncation: str = "warn", *, prompt_name: str | None = None,
-                      prompt: str | None = None, truncation_side: str | None = None):
+    def encode_sparse(self, texts, truncation: str = "warn", batch_tokens: int = 16384, *,
+                      prompt_name: str | None = None, prompt: str | None = None,
+                      truncation_side: str | None = None):
         """SPLADE's sparse lexical vector of each text: a :class:`SparseVector` (the non-zero
         vocabulary ids and their weights), or a list of them."""
         single = isinstance(texts, str)
-        items = self.prompted([texts] if single else list(texts), prompt_name, prompt)
-        out = self.sparse_tokenized(self.tokenizer.encode_all(items, truncation, 0,
-                                                              truncation_side))
+        items = [texts] if single else list(texts)
+        out = [row for chunk in self.iter_task(
+            items, "sparse", batch_tokens=batch_tokens, chunk_size=max(1, len(items)),
+            truncation=truncation, prompt_name=prompt_name, prompt=prompt,
+            truncation_side=truncation_side) for row in chunk]
         return out[0] if single else out
 
     def fill_mask(self, texts, k: int = 5, truncation: str = "warn",

@@ -1,7 +1,8 @@
-"""The batch job behind ``pybert encode``: a text file in, an embedding file out, resumable.
+"""The batch job behind ``pybert encode``: a text file in, an embedding file out (or a
+classifier's scores, or sparse vectors), resumable.
 
-Rows are read a chunk at a time, embedded by a :class:`~pybert.text.TextModel` and written in
-input order; after each chunk is durably written the job records how many rows are done, so a
+Rows are read a chunk at a time, run through a :class:`~pybert.text.TextModel`'s task and
+written in input order; after each chunk is durably written the job records how many rows are done, so a
 run that is interrupted (Ctrl-C, a kill, a crash, a full disk) continues from there when run
 again with the same arguments. Only a finished job has the output's final name.
 """
@@ -19,10 +20,12 @@ import torch
 from ..config import check_positive_int
 from ..text import POOLINGS, text_model_of
 from ..tokenization import check_truncation
-from .output import FORMATS, open_writer, partial_path
+from .output import check_output, open_writer, partial_path
 
 __all__ = ["read_texts", "parse_rows", "count_rows", "run_encode_job", "MAX_ROW_BYTES",
-           "TEXT_INPUT_SUFFIXES"]
+           "TEXT_INPUT_SUFFIXES", "JOB_TASKS"]
+
+JOB_TASKS = ("embed", "classify", "sparse")
 
 TEXT_INPUT_SUFFIXES = (".txt", ".jsonl")
 MAX_ROW_BYTES = 16 << 20  # a row longer than this is refused (BERT reads 512 tokens at most)
@@ -125,7 +128,7 @@ def count_rows(path) -> int:
     return sum(1 for _, line in _lines(Path(path)) if _is_row(line, jsonl))
 
 
-def _check_paths(input_path: Path, output_path: Path, overwrite: bool) -> None:
+def _check_paths(input_path: Path, output_path: Path, overwrite: bool, task: str) -> None:
     """Everything about the two paths that can be known before any work."""
     if not input_path.exists():
         raise FileNotFoundError(f"--input {input_path} does not exist")
@@ -133,8 +136,7 @@ def _check_paths(input_path: Path, output_path: Path, overwrite: bool) -> None:
         raise ValueError(f"--input {input_path} must be a regular file")
     if input_path.suffix not in TEXT_INPUT_SUFFIXES:
         raise ValueError(f"--input must be a .txt or .jsonl file, got {input_path.name}")
-    if output_path.suffix not in FORMATS:
-        raise ValueError(f"--output must end in one of {FORMATS}, got {output_path.name}")
+    check_output(output_path, task)
     if output_path.is_dir():
         raise ValueError(f"--output {output_path} is a directory; name a file in it")
     if not output_path.parent.is_dir():
@@ -158,17 +160,19 @@ def _writing(output_path: Path, rows_done: int):
                       "then run the same command again to continue") from err
 
 
-def _job_identity(model, input_path: Path, model_id: str, pooling: str,
-                  truncation: str) -> dict:
+def _job_identity(model, input_path: Path, model_id: str, pooling: str, truncation: str,
+                  width: int | None, options: dict) -> dict:
     """What makes a job the same job: a rerun continues a partial output only where these all
-    agree (the input file as it was, the model and every option that changes a vector)."""
+    agree (the input file as it was, the model and every option that changes a row)."""
     stat = input_path.stat()
     job = {"input": str(input_path.resolve()), "input_bytes": stat.st_size,
            "input_mtime_ns": stat.st_mtime_ns, "model": model_id, "pooling": pooling,
-           "normalize": model.normalize, "truncation": truncation, "dim": model.dim,
+           "normalize": model.normalize, "truncation": truncation, "dim": width,
            "engine_dtype": str(model.engine.dtype).replace("torch.", "")}
     if model.engine.quantize:  # absent otherwise: older jobs still resume
         job["engine_quantize"] = model.engine.quantize
+    # Likewise: the task and its options only where they differ from an embedding job's.
+    job.update({k: v for k, v in options.items() if v not in (None, False, "embed")})
     return job
 
 
@@ -190,12 +194,33 @@ def _resume_point(job: dict, input_path: Path, output_path: Path, progress_path:
     return saved["rows"], saved["done"], True
 
 
+def _width(model, task: str, dimensions: int | None) -> int | None:
+    """The values per output row of ``task`` (None: sparse rows vary)."""
+    if task == "embed":
+        return model.check_dimensions(dimensions) or model.dim
+    if task == "classify":
+        if model.classifier is None:
+            raise ValueError("--task classify needs a model with a sequence classifier (a "
+                             "*ForSequenceClassification or CrossEncoder checkpoint)")
+        return len(model.classifier.labels)
+    if task == "sparse":
+        if not model.engine.has_mlm:
+            raise ValueError("--task sparse needs a model with an MLM head (a SPLADE / "
+                             "SparseEncoder or *ForMaskedLM checkpoint)")
+        return None
+    raise ValueError(f"task must be one of {JOB_TASKS}, got {task!r}")
+
+
 def run_encode_job(model, input_path, output_path, model_id: str, pooling: str | None = None,
                    batch_tokens: int = 16384, chunk_size: int = 4096, truncation: str = "warn",
-                   overwrite: bool = False, progress: bool = True) -> dict:
-    """Embed every row of ``input_path`` into ``output_path`` (.npy, .safetensors, .parquet),
-    in input order, streaming a chunk at a time, with ``model`` (a TextModel, or an Engine
-    loaded with one).
+                   overwrite: bool = False, progress: bool = True, *, task: str = "embed",
+                   prompt_name: str | None = None, dimensions: int | None = None,
+                   raw_scores: bool = False) -> dict:
+    """Run ``task`` on every row of ``input_path`` into ``output_path``, in input order,
+    streaming a chunk at a time, with ``model`` (a TextModel, or an Engine loaded with one):
+    "embed" (vectors: .npy, .safetensors, .parquet; ``prompt_name``, ``dimensions``),
+    "classify" (the classifier's scores, or logits with ``raw_scores``; same formats) or
+    "sparse" (SPLADE vectors: .parquet with columns row, indices, values).
 
     The output is built as ``<output>.partial`` with ``<output>.progress.json`` recording the
     rows done after each chunk is durably written; run the same job again after an
@@ -212,10 +237,14 @@ def run_encode_job(model, input_path, output_path, model_id: str, pooling: str |
     check_positive_int(batch_tokens, "batch_tokens")
     check_positive_int(chunk_size, "chunk_size")
     check_truncation(truncation)
+    width = _width(model, task, dimensions)
+    model.prompted([], prompt_name)  # an unknown prompt name fails before any work
     input_path, output_path = Path(input_path), Path(output_path)
-    _check_paths(input_path, output_path, overwrite)
+    _check_paths(input_path, output_path, overwrite, task)
     progress_path = output_path.with_name(output_path.name + ".progress.json")
-    job = _job_identity(model, input_path, model_id, pooling, truncation)
+    options = {"task": task, "prompt_name": prompt_name, "dimensions": dimensions,
+               "raw_scores": raw_scores}
+    job = _job_identity(model, input_path, model_id, pooling, truncation, width, options)
     rows, done, resume = _resume_point(job, input_path, output_path, progress_path, overwrite)
 
     def commit(count: int) -> None:
@@ -228,12 +257,15 @@ def run_encode_job(model, input_path, output_path, model_id: str, pooling: str |
                smoothing=0.1)
     with contextlib.closing(bar):
         with _writing(output_path, done):
-            writer = open_writer(output_path, rows, model.dim, resume, {**job, "rows": rows})
+            writer = open_writer(output_path, rows, width, resume, {**job, "rows": rows}, task)
             commit(done)
-        for chunk in model.iter_encode(read_texts(input_path, skip=done), pooling,
-                                       batch_tokens, chunk_size, truncation):
+        for chunk in model.iter_task(read_texts(input_path, skip=done), task, pooling=pooling,
+                                     batch_tokens=batch_tokens, chunk_size=chunk_size,
+                                     truncation=truncation, prompt_name=prompt_name,
+                                     dimensions=dimensions, raw_scores=raw_scores):
             with _writing(output_path, position):
-                writer.write(position, torch.stack(chunk).numpy())
+                writer.write(position, chunk if task == "sparse" else
+                             torch.stack(chunk).numpy())
                 writer.flush()
                 commit(position + len(chunk))
             position += len(chunk)
@@ -244,4 +276,5 @@ def run_encode_job(model, input_path, output_path, model_id: str, pooling: str |
         with _writing(output_path, position):
             writer.finish(output_path)
             progress_path.unlink()
-    return {"output": str(output_path), "rows": rows, "dim": model.dim, "resumed_at": done}
+    return {"output": str(output_path), "rows": rows, "dim": width, "task": task,
+            "resumed_at": done}

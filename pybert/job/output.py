@@ -1,9 +1,10 @@
 """Row-at-a-time writers for the batch job's outputs: .npy, .safetensors, .parquet.
 
-Each writes (rows, dim) float32 embeddings into a *partial* file known to hold ``rows`` rows,
-chunk by chunk and in any order of chunks, can be reopened to continue after an interruption,
-and only ``finish`` puts the result under its final name (an atomic rename), so a file under
-the final name is always complete.
+Each writes (rows, dim) float32 rows (embeddings, or a classifier's scores) into a *partial*
+file known to hold ``rows`` rows, chunk by chunk and in any order of chunks, can be reopened to
+continue after an interruption, and only ``finish`` puts the result under its final name (an
+atomic rename), so a file under the final name is always complete. Sparse vectors (a row's
+non-zero ids and weights, of any count) go to .parquet only.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["open_writer", "FORMATS"]
+__all__ = ["open_writer", "check_output", "FORMATS", "NAMES"]
 
 FORMATS = (".npy", ".safetensors", ".parquet")
-TENSOR_NAME = "embeddings"
+# The name of the rows in each output (the .safetensors tensor, the .parquet column), by what
+# they hold: the job's task.
+NAMES = {"embed": ("embeddings", "embedding"), "classify": ("scores", "scores"),
+         "sparse": (None, "indices / values")}
 
 
 def _reserve(file, size: int) -> None:
@@ -72,7 +76,8 @@ class _RowFile:
 class NpyWriter(_RowFile):
     """A .npy of shape (rows, dim) float32."""
 
-    def __init__(self, partial: Path, rows: int, dim: int, resume: bool, metadata: dict):
+    def __init__(self, partial: Path, rows: int, dim: int, resume: bool, metadata: dict,
+                 task: str = "embed"):
         import io
 
         header = io.BytesIO()
@@ -82,11 +87,12 @@ class NpyWriter(_RowFile):
 
 
 class SafetensorsWriter(_RowFile):
-    """A .safetensors file with one F32 tensor "embeddings" (rows, dim): the header is written
-    first (the shape is known), then rows land at their offsets."""
+    """A .safetensors file with one F32 tensor ("embeddings" or "scores") (rows, dim): the header
+    is written first (the shape is known), then rows land at their offsets."""
 
-    def __init__(self, partial: Path, rows: int, dim: int, resume: bool, metadata: dict):
-        header = {TENSOR_NAME: {"dtype": "F32", "shape": [rows, dim],
+    def __init__(self, partial: Path, rows: int, dim: int, resume: bool, metadata: dict,
+                 task: str = "embed"):
+        header = {NAMES[task][0]: {"dtype": "F32", "shape": [rows, dim],
                                 "data_offsets": [0, rows * dim * 4]},
                   "__metadata__": {k: str(v) for k, v in metadata.items()}}
         text = json.dumps(header, separators=(",", ":")).encode()
@@ -95,10 +101,12 @@ class SafetensorsWriter(_RowFile):
 
 
 class ParquetWriter:
-    """A .parquet with columns "row" (int64) and "embedding" (fixed-size list of float32).
+    """A .parquet with columns "row" (int64) and "embedding" or "scores" (fixed-size list of
+    float32), or, for sparse vectors, "indices" (list of int64) and "values" (list of float32).
     Chunks go to part files in a folder, merged in row order by ``finish``."""
 
-    def __init__(self, partial: Path, rows: int, dim: int, resume: bool, metadata: dict):
+    def __init__(self, partial: Path, rows: int, dim: int | None, resume: bool, metadata: dict,
+                 task: str = "embed"):
         try:
             import pyarrow  # noqa: F401
         except ImportError:
@@ -107,18 +115,23 @@ class ParquetWriter:
         if not resume and partial.exists():
             shutil.rmtree(partial)
         partial.mkdir(parents=True, exist_ok=True)
-        self.partial, self.dim, self.metadata = partial, dim, metadata
+        self.partial, self.dim, self.metadata, self.task = partial, dim, metadata, task
 
-    def _table(self, start: int, block: np.ndarray):
+    def _table(self, start: int, block):
         import pyarrow as pa
 
+        rows = pa.array(np.arange(start, start + len(block), dtype=np.int64))
+        if self.task == "sparse":  # a list of SparseVector
+            return pa.table({
+                "row": rows,
+                "indices": pa.array([v.indices for v in block], pa.list_(pa.int64())),
+                "values": pa.array([v.values for v in block], pa.list_(pa.float32()))})
         values = pa.array(np.ascontiguousarray(block, dtype=np.float32).reshape(-1))
-        return pa.table({
-            "row": pa.array(np.arange(start, start + len(block), dtype=np.int64)),
-            "embedding": pa.FixedSizeListArray.from_arrays(values, self.dim),
-        })
+        return pa.table({"row": rows,
+                         NAMES[self.task][1]: pa.FixedSizeListArray.from_arrays(values,
+                                                                                self.dim)})
 
-    def write(self, start: int, block: np.ndarray) -> None:
+    def write(self, start: int, block) -> None:
         import pyarrow.parquet as pq
 
         tmp = self.partial / f".part-{start:012d}.tmp"
@@ -147,12 +160,22 @@ class ParquetWriter:
         shutil.rmtree(self.partial)
 
 
-def open_writer(final: Path, rows: int, dim: int, resume: bool, metadata: dict):
-    """The writer for ``final``'s suffix, on its partial path ``<final>.partial``."""
+def open_writer(final: Path, rows: int, dim: int | None, resume: bool, metadata: dict,
+                task: str = "embed"):
+    """The writer for ``final``'s suffix, on its partial path ``<final>.partial``, of the rows
+    of ``task`` ("embed", "classify": (rows, dim); "sparse": .parquet only)."""
+    check_output(final, task)
     kinds = {".npy": NpyWriter, ".safetensors": SafetensorsWriter, ".parquet": ParquetWriter}
-    if final.suffix not in kinds:
+    return kinds[final.suffix](partial_path(final), rows, dim, resume, metadata, task)
+
+
+def check_output(final: Path, task: str = "embed") -> None:
+    """ValueError unless ``final``'s suffix can hold the rows of ``task``."""
+    if final.suffix not in FORMATS:
         raise ValueError(f"--output must end in one of {FORMATS}, got {final.name}")
-    return kinds[final.suffix](partial_path(final), rows, dim, resume, metadata)
+    if task == "sparse" and final.suffix != ".parquet":
+        raise ValueError(f"sparse vectors (--task sparse) are written to .parquet (columns "
+                         f"row, indices, values), got {final.name}")
 
 
 def partial_path(final: Path) -> Path:

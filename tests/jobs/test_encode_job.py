@@ -278,3 +278,98 @@ def test_int8_job_from_the_command_line(tmp_path, text_checkpoint):
     int8, fp32 = read_output(tmp_path / "int8.npy"), read_output(tmp_path / "fp32.npy")
     cosine = (int8 * fp32).sum(1) / np.linalg.norm(int8, axis=1) / np.linalg.norm(fp32, axis=1)
     assert int8.shape == fp32.shape and cosine.min() >= 0.99
+
+
+# -- the other tasks: a classifier's scores, SPLADE vectors, prompts and dimensions ------------
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".safetensors"])
+def test_a_classify_job_writes_the_scores(tmp_path, suffix):
+    from hf_models import make_family_dir, sentences
+
+    make_family_dir(tmp_path / "ce", "roberta", "classify", num_labels=3)
+    model = pybert.TextModel.load(tmp_path / "ce")
+    texts = sentences(50, seed=2)
+    write_txt(tmp_path / "in.txt", texts)
+    out = tmp_path / f"scores{suffix}"
+    result = run_encode_job(model, tmp_path / "in.txt", out, "ce", task="classify",
+                            batch_tokens=200, chunk_size=16, progress=False)
+    assert result["dim"] == 3 and result["task"] == "classify"
+    scores = np.load(out) if suffix == ".npy" else load_file(str(out))["scores"]
+    with pytest.warns(UserWarning, match="were cut"):
+        expected = model.classify(texts)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scores.sum(1), 1, atol=1e-5)  # three labels: softmax
+    raw = tmp_path / f"raw{suffix}"
+    run_encode_job(model, tmp_path / "in.txt", raw, "ce", task="classify", raw_scores=True,
+                   progress=False)
+    logits = np.load(raw) if suffix == ".npy" else load_file(str(raw))["scores"]
+    np.testing.assert_allclose(logits, model.classify(texts, raw_scores=True), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_a_sparse_job_writes_parquet(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    from hf_models import make_family_dir, sentences
+
+    make_family_dir(tmp_path / "mlm", "distilbert", "mlm")
+    model = pybert.TextModel.load(tmp_path / "mlm")
+    texts = [" ".join(t.split()[:20]) for t in sentences(40, seed=4)]
+    write_txt(tmp_path / "in.txt", texts)
+    with pytest.raises(ValueError, match="written to .parquet"):
+        run_encode_job(model, tmp_path / "in.txt", tmp_path / "s.npy", "m", task="sparse",
+                       progress=False)
+    with pytest.raises(ValueError, match="needs a model with a sequence classifier"):
+        run_encode_job(model, tmp_path / "in.txt", tmp_path / "s.npy", "m", task="classify",
+                       progress=False)
+    run_encode_job(model, tmp_path / "in.txt", tmp_path / "s.parquet", "m", task="sparse",
+                   chunk_size=7, progress=False)
+    table = pq.read_table(tmp_path / "s.parquet")
+    assert table.column("row").to_pylist() == list(range(40))
+    for got_ids, got_values, expected in zip(table.column("indices").to_pylist(),
+                                             table.column("values").to_pylist(),
+                                             model.encode_sparse(texts)):
+        assert got_ids == expected.indices.tolist()
+        np.testing.assert_allclose(got_values, expected.values, rtol=1e-6)
+
+
+def test_prompts_and_dimensions_in_a_job_and_its_identity(tmp_path):
+    from hf_models import make_family_dir, sentences
+
+    make_family_dir(tmp_path / "hf", "bert", "base")
+    model = pybert.TextModel.load(tmp_path / "hf")
+    model.prompts = {"query": "query: "}
+    texts = [" ".join(t.split()[:10]) for t in sentences(20, seed=1)]
+    write_txt(tmp_path / "in.txt", texts)
+    out = tmp_path / "v.npy"
+    result = run_encode_job(model, tmp_path / "in.txt", out, "m", prompt_name="query",
+                            dimensions=16, progress=False)
+    assert result["dim"] == 16
+    np.testing.assert_allclose(np.load(out), model.encode(texts, prompt_name="query",
+                                                          dimensions=16), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="prompt_name 'nope'"):
+        run_encode_job(model, tmp_path / "in.txt", tmp_path / "w.npy", "m", prompt_name="nope",
+                       progress=False)
+    with pytest.raises(ValueError, match="dimensions must be"):
+        run_encode_job(model, tmp_path / "in.txt", tmp_path / "w.npy", "m", dimensions=0,
+                       progress=False)
+
+
+def test_the_command_line_runs_a_classify_job(tmp_path):
+    from hf_models import make_family_dir
+
+    make_family_dir(tmp_path / "ce", "electra", "classify", num_labels=1)
+    write_txt(tmp_path / "in.txt", ["the list\tis sorted", "a dog\tran away"])
+    proc = _encode_cli(tmp_path / "ce", tmp_path / "in.txt", tmp_path / "s.npy", "--task",
+                       "classify")
+    text = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, text
+    expected = pybert.TextModel.load(tmp_path / "ce").classify([("the list", "is sorted"),
+                                                                ("a dog", "ran away")])
+    np.testing.assert_allclose(np.load(tmp_path / "s.npy"), expected, rtol=1e-5, atol=1e-6)
+    proc = _encode_cli(tmp_path / "ce", tmp_path / "in.txt", tmp_path / "t.npy", "--task",
+                       "sparse")
+    text = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 2 and "needs a model with an MLM head" in text
