@@ -130,6 +130,12 @@ def _pool(packed: torch.Tensor, cu_seqlens: torch.Tensor, pooling: str, normaliz
         sums = torch.zeros((len(lengths), packed.shape[1]), device=packed.device,
                            dtype=torch.float32).index_add_(0, owner, packed.float())
         pooled = sums / torch.tensor(lengths, device=packed.device, dtype=torch.float32)[:, None]
+    return _after_pooling(pooled, normalize, dense, dimensions)
+
+
+def _after_pooling(pooled: torch.Tensor, normalize: bool, dense=None,
+                   dimensions: int | None = None) -> torch.Tensor:
+    """Pooled vectors through ``dense``, cut to ``dimensions``, normalised: float32, CPU."""
     if dense is not None:
         pooled = dense(pooled)
     if dimensions is not None:
@@ -304,6 +310,48 @@ class TextModel:
         if single:
             stacked = stacked[0]
         return stacked if return_type == "torch" else np.ascontiguousarray(stacked.numpy())
+
+    def encode_long(self, texts, pooling: str | None = None, overlap: int = 64,
+                    batch_tokens: int = 16384, return_type: str = "numpy", *,
+                    prompt_name: str | None = None, prompt: str | None = None,
+                    dimensions: int | None = None):
+        """Vectors of texts of any length, none cut: a text longer than the model's max_len is
+        split into windows of max_len tokens (its special tokens around each) that overlap by
+        ``overlap`` tokens; each window is encoded and pooled, and the text's vector is the
+        mean of its windows' (weighted by their tokens under mean pooling), then through the
+        model's Dense modules, ``dimensions`` and normalisation as :meth:`encode`. A text of n
+        tokens costs about n / (max_len - overlap) windows. Texts only (no pairs)."""
+        if return_type not in ("numpy", "torch"):
+            raise ValueError(f"return_type must be 'numpy' or 'torch', got {return_type!r}")
+        pooling = pooling or self.pooling
+        if pooling not in POOLINGS[:2]:
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        check_positive_int(batch_tokens, "batch_tokens")
+        self.check_dimensions(dimensions)
+        single = isinstance(texts, str)
+        items = self.prompted([texts] if single else list(texts), prompt_name, prompt)
+        windows, owner = [], []
+        for i, text in enumerate(items):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{i}] must be a str (encode_long takes no pairs), got "
+                                f"{type(text).__name__}")
+            for window in self.tokenizer.windows(text, overlap):
+                windows.append(window)
+                owner.append(i)
+        pooled = torch.zeros((len(windows), self.engine.config.num_hiddens))
+        for rows in plan_batches([len(ids) for ids, _ in windows], batch_tokens):
+            packed, cu_seqlens = self.forward_tokenized([windows[r] for r in rows])
+            pooled[rows] = _pool(packed, cu_seqlens, pooling, False)
+        weights = torch.tensor([float(len(ids)) if pooling == "mean" else 1.0
+                                for ids, _ in windows])
+        owner = torch.tensor(owner, dtype=torch.int64)
+        sums = torch.zeros((len(items), pooled.shape[1])).index_add_(0, owner,
+                                                                     pooled * weights[:, None])
+        totals = torch.zeros(len(items)).index_add_(0, owner, weights)
+        vectors = _after_pooling(sums / totals[:, None], self.normalize, self.dense, dimensions)
+        if single:
+            vectors = vectors[0]
+        return vectors if return_type == "torch" else np.ascontiguousarray(vectors.numpy())
 
     def iter_encode(self, texts: Iterable, pooling: str | None = None,
                     batch_tokens: int = 16384, chunk_size: int = 4096,

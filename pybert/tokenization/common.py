@@ -7,8 +7,8 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
-__all__ = ["text_item", "check_truncation", "check_side", "warn_cut", "TRUNCATIONS",
-           "TRUNCATION_SIDES"]
+__all__ = ["text_item", "check_truncation", "check_side", "warn_cut", "split_windows",
+           "TRUNCATIONS", "TRUNCATION_SIDES"]
 
 TRUNCATIONS = ("warn", "error")
 TRUNCATION_SIDES = ("right", "left")  # which end of a text too long is cut
@@ -41,3 +41,19 @@ def warn_cut(cut: int, max_len: int) -> None:
     if cut:
         warnings.warn(f"{cut} text(s) were longer than max_len={max_len} and were cut",
                       stacklevel=4)
+
+
+def split_windows(prefix: list, body: list, suffix: list, max_len: int, overlap: int) -> list:
+    """``prefix + body + suffix`` as it is when it fits ``max_len``, else the windows of
+    ``body`` of the most tokens that fit between prefix and suffix, each overlapping the one
+    before by ``overlap`` tokens (the last one may overlap more), as (ids, segments 0)."""
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
+        raise ValueError(f"overlap must be an int >= 0, got {overlap!r}")
+    if len(prefix) + len(body) + len(suffix) <= max_len:
+        ids = prefix + body + suffix
+        return [(ids, [0] * len(ids))]
+    width = max_len - len(prefix) - len(suffix)
+    if overlap >= width:
+        raise ValueError(f"overlap {overlap} leaves no new tokens in a window of {width}")
+    starts = list(range(0, len(body) - width, width - overlap)) + [len(body) - width]
+    return [(prefix + body[s:s + width] + suffix, [0] * max_len) for s in starts]

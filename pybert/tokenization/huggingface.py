@@ -6,7 +6,8 @@ caller), with a warning or an error."""
 
 from __future__ import annotations
 
-from .common import TRUNCATION_SIDES, check_side, check_truncation, text_item, warn_cut
+from .common import TRUNCATION_SIDES, check_side, check_truncation, split_windows, text_item, \
+    warn_cut
 
 __all__ = ["HuggingFaceTokenizer"]
 
@@ -79,6 +80,17 @@ class HuggingFaceTokenizer:
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def windows(self, text: str, overlap: int) -> list:
+        """(ids, token types) of the overlapping windows of max_len tokens that cover
+        ``text``, each with the special tokens the template puts around one text."""
+        enc = self.tokenizer.encode(text)
+        special = enc.special_tokens_mask
+        head = next((i for i, s in enumerate(special) if not s), len(special))
+        tail = next((i for i, s in enumerate(reversed(special)) if not s), 0)
+        ids = enc.ids
+        return split_windows(ids[:head], ids[head:len(ids) - tail], ids[len(ids) - tail:],
+                             self.max_len, overlap)
 
     def describe(self, texts: list, add_special_tokens: bool = True) -> list:
         """Each text's tokens as text-embeddings-inference's /tokenize reports them: id, text,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from ..model import get_tokens_and_segments
-from .common import check_side, check_truncation, text_item, warn_cut
+from .common import check_side, check_truncation, split_windows, text_item, warn_cut
 
 __all__ = ["split_words", "normalize_text", "split_sentences", "WordTokenizer", "TEXT_FORMATS"]
 
@@ -90,6 +90,12 @@ class WordTokenizer:
                     (a if len(a) >= len(b) else b).pop(drop)
         tokens, segments = get_tokens_and_segments(a, b)
         return self.vocab[tokens], segments, truncated
+
+    def windows(self, text: str, overlap: int) -> list:
+        """(ids, segments) of the overlapping windows of max_len tokens that cover ``text``,
+        each as <cls> words <sep>."""
+        return split_windows(self.vocab[["<cls>"]], self.vocab[self.words(text)],
+                             self.vocab[["<sep>"]], self.max_len, overlap)
 
     def encode_all(self, items, truncation: str = "warn", start: int = 0,
                    side: str | None = None):

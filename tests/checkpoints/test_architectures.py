@@ -211,3 +211,32 @@ def test_an_electra_discriminator_checkpoint_serves_its_encoder(tmp_path):
     tokens = text_model.encode(items, pooling="tokens", return_type="torch")
     assert rel_l2(torch.cat(tokens), out.last_hidden_state[mask]) <= BOUNDS[torch.float32]
     assert text_model.tasks == ["embed"]
+
+
+@pytest.mark.parametrize("family,pooling", [("roberta", "mean"), ("bert", "cls")])
+def test_long_texts_in_overlapping_windows(tmp_path, family, pooling):
+    """encode_long: a text beyond max_len as windows of max_len tokens (the template's special
+    tokens around each) overlapping by `overlap`, each run by transformers here, their pooled
+    vectors averaged (token-weighted under mean pooling); short texts as encode gives them."""
+    model, tokenizer = make_family_dir(tmp_path / "hf", family)
+    text_model = pybert.TextModel.load(tmp_path / "hf")
+    long = " ".join(sentences(20, seed=12))
+    short = "a short text"
+    vectors = text_model.encode_long([long, short], pooling=pooling, overlap=10,
+                                     return_type="torch")
+    ids = tokenizer(long)["input_ids"]
+    limit = text_model.tokenizer.max_len
+    body, width = ids[1:-1], limit - 2
+    assert len(ids) > 3 * limit
+    starts = list(range(0, len(body) - width, width - 10)) + [len(body) - width]
+    windows = [([ids[0]] + body[s:s + width] + [ids[-1]], [0] * limit) for s in starts]
+    out, mask = hf_forward(model, family, windows)
+    hidden = out.last_hidden_state
+    pooled = hidden.mean(1) if pooling == "mean" else hidden[:, 0]  # every window is full
+    assert rel_l2(vectors[0], pooled.mean(0)) <= BOUNDS[torch.float32]
+    assert torch.allclose(vectors[1], text_model.encode(short, pooling=pooling,
+                                                        return_type="torch"), atol=1e-6)
+    with pytest.raises(ValueError, match="overlap"):
+        text_model.encode_long(long, overlap=limit)
+    with pytest.raises(TypeError, match="no pairs"):
+        text_model.encode_long([("a", "b")])

@@ -128,3 +128,18 @@ def test_a_numpy_array_of_texts(model):
     texts = ["the cat", "a dog ran", "it is red"]
     np.testing.assert_allclose(pybert.encode(model, np.array(texts)),
                                pybert.encode(model, texts), rtol=0, atol=0)
+
+
+def test_long_texts_of_a_d2l_model_in_windows(model):
+    """d2l's word tokenizer: windows of <cls> words <sep>, the mean of their <cls> encodings."""
+    texts = [t for t in random_texts(60, seed=8) if isinstance(t, str)]
+    words = pybert.tokenization.normalize_text(" ".join(texts)).split()
+    limit = CONFIG.max_len
+    assert len(words) > 2 * limit
+    width, overlap = limit - 2, 5
+    starts = list(range(0, len(words) - width, width - overlap)) + [len(words) - width]
+    expected = torch.stack([one_by_one(model, " ".join(words[s:s + width]))[0]
+                            for s in starts]).mean(0)
+    got = model.encode_long(" ".join(words), pooling="cls", overlap=overlap,
+                            return_type="torch")
+    assert torch.allclose(got, expected.float(), atol=1e-5)
