@@ -154,11 +154,6 @@ def _encode_on_ray(args) -> int:
         return 2
     from .ray import run_ray_job
 
-    if (args.task, args.prompt_name, args.dimensions, args.raw_scores) != \
-            ("embed", None, None, False):
-        print("pybert encode --ray: --task, --prompt-name, --dimensions and --raw-scores run "
-              "without --ray only, for now", file=sys.stderr)
-        return 2
     if not args.progress:
         import os
 
@@ -170,7 +165,9 @@ def _encode_on_ray(args) -> int:
                               batch_tokens=args.batch_tokens,
                               rows_per_shard=args.rows_per_shard, actors=args.actors,
                               device=args.device, dtype=args.dtype, overwrite=args.overwrite,
-                              quantize=args.quantize)
+                              quantize=args.quantize, task=args.task,
+                              prompt_name=args.prompt_name, dimensions=args.dimensions,
+                              raw_scores=args.raw_scores)
     except KeyboardInterrupt:
         print("\npybert encode: interrupted; the finished shards are kept. Run the same "
               "command again to continue.", file=sys.stderr)

@@ -43,6 +43,7 @@ class BertConfig:
     max_len: int = 1000
     type_vocab_size: int = 2      # segment ids in [0, type_vocab_size)
     position_offset: int = 0      # the position row of a sequence's first token
+    embedding_size: int = 0       # embedding width, projected to num_hiddens (ELECTRA); 0: none
     dropout: float = 0.0          # training only; inference ignores it
     layer_norm_eps: float = 1e-5
     ffn_activation: str = "relu"
@@ -54,10 +55,10 @@ class BertConfig:
         for name in ("vocab_size", "num_hiddens", "ffn_num_hiddens", "num_heads", "num_layers",
                      "max_len", "type_vocab_size"):
             check_positive_int(getattr(self, name), f"BertConfig.{name}")
-        if isinstance(self.position_offset, bool) or not isinstance(self.position_offset, int) \
-                or self.position_offset < 0:
-            raise ValueError(f"BertConfig.position_offset must be an integer >= 0, got "
-                             f"{self.position_offset!r}")
+        for name in ("position_offset", "embedding_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"BertConfig.{name} must be an integer >= 0, got {value!r}")
         if self.num_hiddens % self.num_heads:
             raise ValueError(f"BertConfig.num_hiddens ({self.num_hiddens}) must be a multiple of "
                              f"num_heads ({self.num_heads})")
@@ -86,7 +87,8 @@ class BertConfig:
         """Whether d2l's BERT has this form: ReLU activations, no embedding LayerNorm, two
         segments, positions from 0."""
         return (self.ffn_activation, self.mlm_activation, self.embedding_layer_norm,
-                self.type_vocab_size, self.position_offset) == ("relu", "relu", False, 2, 0)
+                self.type_vocab_size, self.position_offset, self.embedding_size) == \
+            ("relu", "relu", False, 2, 0, 0)
 
     @property
     def head_dim(self) -> int:

@@ -28,7 +28,7 @@ import numpy as np
 
 from .config import check_positive_int
 from .engine import default_dtype, resolve_device
-from .job import TEXT_INPUT_SUFFIXES, count_rows, parse_rows
+from .job import JOB_TASKS, TEXT_INPUT_SUFFIXES, count_rows, parse_rows, task_width
 from .text import TextModel
 
 __all__ = ["Embedder", "ShardWriter", "Shard", "plan_shards", "run_ray_job", "INPUT_SUFFIXES"]
@@ -218,10 +218,16 @@ class ShardWriter:
 
     def __init__(self, model, output_dir: str, device: str = "auto", dtype=None,
                  pooling: str | None = None, truncation: str = "warn",
-                 batch_tokens: int = 16384, quantize: str | None = None):
+                 batch_tokens: int = 16384, quantize: str | None = None, task: str = "embed",
+                 prompt_name: str | None = None, dimensions: int | None = None,
+                 raw_scores: bool = False):
         self.model = _load(model, device, dtype, quantize)
         self.output_dir = Path(output_dir)
         self.pooling, self.truncation, self.batch_tokens = pooling, truncation, batch_tokens
+        self.task, self.prompt_name = task, prompt_name
+        self.dimensions, self.raw_scores = dimensions, raw_scores
+        task_width(self.model, task, dimensions)  # a model that cannot run it fails here
+        self.model.prompted([], prompt_name)
 
     def __call__(self, batch: dict) -> dict:
         out = {"name": [], "rows": [], "bad_rows": [], "seconds": []}
@@ -243,16 +249,13 @@ class ShardWriter:
         reader = _parquet_rows if shard.path.endswith(".parquet") else parse_rows
         records = list(reader(shard.path, shard.start, shard.stop))
         good = [text for _, text, error, _ in records if error is None]
-        vectors = self.model.encode(good, pooling=self.pooling, batch_tokens=self.batch_tokens,
-                                    truncation=self.truncation) if good else \
-            np.zeros((0, self.model.dim), dtype=np.float32)
         ok = [error is None for _, _, error, _ in records]
         ids = [row_id for *_, row_id in records]
         table = pa.table({
             "file": pa.array([shard.path] * len(records), type=pa.string()),
             "row": pa.array([row for row, *_ in records], type=pa.int64()),
             "id": pa.array([None if i is None else str(i) for i in ids], type=pa.string()),
-            "embedding": _vector_column(vectors, ok, self.model.dim),
+            **self._columns(good, ok),
             "error": pa.array([None if e is None else str(e) for *_, e, _ in records],
                               type=pa.string()),
         })
@@ -266,6 +269,32 @@ class ShardWriter:
         finally:
             tmp.unlink(missing_ok=True)
         return len(records), len(records) - sum(ok)
+
+    def _columns(self, good: list, ok: list) -> dict:
+        """The task's output columns for the rows ``ok`` (their texts ``good``), null for the
+        others: "embedding" or "scores" (fixed-size lists of float32), or SPLADE's "indices"
+        and "values" (lists)."""
+        import pyarrow as pa
+
+        options = dict(batch_tokens=self.batch_tokens, truncation=self.truncation)
+        if self.task == "sparse":
+            vectors = iter(self.model.encode_sparse(good, prompt_name=self.prompt_name,
+                                                    **options) if good else [])
+            rows = [next(vectors) if o else None for o in ok]
+            return {"indices": pa.array([None if r is None else r.indices for r in rows],
+                                        pa.list_(pa.int64())),
+                    "values": pa.array([None if r is None else r.values for r in rows],
+                                       pa.list_(pa.float32()))}
+        if self.task == "classify":
+            width = len(self.model.classifier.labels)
+            scores = self.model.classify(good, raw_scores=self.raw_scores, **options) if good \
+                else np.zeros((0, width), dtype=np.float32)
+            return {"scores": _vector_column(scores, ok, width)}
+        width = self.dimensions or self.model.dim
+        vectors = self.model.encode(good, pooling=self.pooling, prompt_name=self.prompt_name,
+                                    dimensions=self.dimensions, **options) if good else \
+            np.zeros((0, width), dtype=np.float32)
+        return {"embedding": _vector_column(vectors, ok, width)}
 
 
 def _job_identity(model: str, files: list[Path], options: dict) -> dict:
@@ -339,10 +368,14 @@ def run_ray_job(model: str, inputs, output_dir, address: str | None = None,
                 rows_per_shard: int = 10_000, actors: int | None = None,
                 gpus_per_actor: float | None = None, device: str = "auto", dtype=None,
                 overwrite: bool = False, writer=ShardWriter,
-                quantize: str | None = None) -> dict:
-    """Embed every row of ``inputs`` (files or folders of .txt, .jsonl, .parquet) into Parquet
-    shards in ``output_dir`` on a Ray cluster (``address``: "auto", an address, or None for
-    a local one started for the run), and return a summary.
+                quantize: str | None = None, task: str = "embed",
+                prompt_name: str | None = None, dimensions: int | None = None,
+                raw_scores: bool = False) -> dict:
+    """Run ``task`` on every row of ``inputs`` (files or folders of .txt, .jsonl, .parquet)
+    into Parquet shards in ``output_dir`` on a Ray cluster (``address``: "auto", an address,
+    or None for a local one started for the run), and return a summary. Tasks as
+    ``pybert encode``'s: "embed" (column "embedding"), "classify" ("scores"), "sparse"
+    ("indices", "values").
 
     One actor per GPU when the cluster has GPUs (``gpus_per_actor`` 1), else ``actors`` CPU
     actors (default: the cluster's CPUs). Finished shards are skipped, so rerunning the same
@@ -350,12 +383,17 @@ def run_ray_job(model: str, inputs, output_dir, address: str | None = None,
     class (ShardWriter; tests pass one that dies on purpose)."""
     check_positive_int(rows_per_shard, "rows_per_shard")
     check_positive_int(batch_tokens, "batch_tokens")
+    if task not in JOB_TASKS:
+        raise ValueError(f"task must be one of {JOB_TASKS}, got {task!r}")
     files = _input_files(inputs)
     output_dir = Path(output_dir)
     options = {"pooling": pooling, "truncation": truncation, "rows_per_shard": rows_per_shard,
                "dtype": str(dtype)}
-    if quantize:  # absent otherwise, so that jobs started before the option still resume
-        options["quantize"] = quantize
+    # Absent at their defaults, so that jobs started before these options still resume.
+    options.update({k: v for k, v in (("quantize", quantize), ("task", task),
+                                      ("prompt_name", prompt_name), ("dimensions", dimensions),
+                                      ("raw_scores", raw_scores))
+                    if v not in (None, False, "embed")})
     _prepare_output(output_dir, _job_identity(str(model), files, options), overwrite)
     shards = plan_shards(files, rows_per_shard)
     done = {p.name for p in output_dir.glob("*.parquet")}
@@ -369,7 +407,8 @@ def run_ray_job(model: str, inputs, output_dir, address: str | None = None,
             pending, address, writer, actors, gpus_per_actor,
             dict(model=str(model), output_dir=str(output_dir), device=device, dtype=dtype,
                  pooling=pooling, truncation=truncation, batch_tokens=batch_tokens,
-                 quantize=quantize))
+                 quantize=quantize, task=task, prompt_name=prompt_name, dimensions=dimensions,
+                 raw_scores=raw_scores))
     seconds = time.perf_counter() - began
     summary["seconds"] = round(seconds, 3)
     summary["rows_per_s"] = round(summary["rows"] / seconds, 1) if seconds > 0 else None

@@ -146,7 +146,7 @@ def make_family_dir(path, family: str, task: str = "base", num_labels: int = 1, 
         sizes.update(max_position_embeddings=66, pad_token_id=tokenizer.pad_token_id,
                      type_vocab_size=1)
     if family == "electra":
-        sizes.update(embedding_size=hidden)
+        sizes.update(embedding_size=config_options.pop("embedding_size", hidden))
     config = config_cls(**sizes, num_labels=num_labels, attn_implementation="eager",
                         **config_options)
     suffix = {"base": "Model", "mlm": "ForMaskedLM", "classify": "ForSequenceClassification"}

@@ -22,6 +22,8 @@ namespace pybert {
   X(int64_t, max_len, 0)                                                                   \
   X(int64_t, type_vocab_size, 2)  /* segment embedding rows (RoBERTa: 1) */                \
   X(int64_t, position_offset, 0)  /* position of token 0 (RoBERTa: padding_idx + 1) */     \
+  X(int64_t, embedding_size, 0)   /* embedding width, projected to num_hiddens (ELECTRA); */ \
+                                  /* 0: num_hiddens, no projection */                      \
   X(float, layer_norm_eps, 1e-5f)                                                          \
   X(Activation, ffn_activation, Activation::kReLU) /* ReLU (d2l) or exact GELU (HF) */    \
   X(Activation, mlm_activation, Activation::kReLU) /* the MLM transform's, likewise */
@@ -32,6 +34,7 @@ struct BertConfig {
 #undef PYBERT_CONFIG_MEMBER
 
   int64_t head_dim() const { return num_hiddens / num_heads; }
+  int64_t embedding_dim() const { return embedding_size > 0 ? embedding_size : num_hiddens; }
   // Rows of the position table: token s of a sequence reads row position_offset + s.
   int64_t position_rows() const { return max_len + position_offset; }
 };

@@ -14,7 +14,8 @@ namespace pybert {
 // The workspace regions, in scalars, each rounded up to 64 scalars so every region starts
 // 128-byte aligned (cuBLASLt picks its fastest kernels only for aligned operands).
 struct WorkspaceLayout {
-  int64_t x, qkv, context, projected, ffn, mlm_rows, mlm_hidden, cls_rows, pooled, total;
+  int64_t embedded, x, qkv, context, projected, ffn, mlm_rows, mlm_hidden, cls_rows, pooled,
+      total;
 
   WorkspaceLayout(const BertConfig& c, const BatchInputs& in) {
     const int64_t h = c.num_hiddens, t = in.total_tokens;
@@ -25,6 +26,8 @@ struct WorkspaceLayout {
       offset += (size + 63) / 64 * 64;
       return start;
     };
+    // Embeddings narrower than the hidden state, before their projection (ELECTRA-small).
+    embedded = region(c.embedding_dim() == h ? 0 : t * c.embedding_dim());
     x = region(t * h);                       // hidden state
     qkv = region(t * 3 * h);                 // fused Q, K, V
     context = region(t * h);                 // attention output
@@ -67,14 +70,21 @@ bool bert_forward(Backend& backend, const BertConfig& c,
   T* cls_rows = workspace + layout.cls_rows;
   T* pooled = workspace + layout.pooled;
 
-  // Token s of a sequence takes position row position_offset + s.
+  // Token s of a sequence takes position row position_offset + s. Embeddings of another
+  // width than the hidden state's are normalised at their width, then projected.
+  const int64_t e = c.embedding_dim();
+  T* embedded = w.embedding_project_weight != nullptr ? workspace + layout.embedded : x;
   backend.embed_packed(PackedIds{in.tokens, in.segments, in.cu_seqlens, in.batch, in.seq_len, t},
                        EmbeddingTables<T>{w.token_embedding, w.segment_embedding,
-                                          w.pos_embedding + c.position_offset * h, h},
-                       x);
+                                          w.pos_embedding + c.position_offset * e, e},
+                       embedded);
   if (w.embedding_ln_weight != nullptr) {
-    backend.add_layernorm(x, nullptr, w.embedding_ln_weight, w.embedding_ln_bias, x, t, h,
-                          c.layer_norm_eps);
+    backend.add_layernorm(embedded, nullptr, w.embedding_ln_weight, w.embedding_ln_bias,
+                          embedded, t, e, c.layer_norm_eps);
+  }
+  if (w.embedding_project_weight != nullptr) {
+    backend.gemm_bias_act(embedded, w.embedding_project_weight, w.embedding_project_bias, x, t,
+                          h, e, Activation::kNone);
   }
   for (const auto& layer : w.layers) {
     if (in.stop_requested && in.stop_requested()) return false;

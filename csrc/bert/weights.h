@@ -20,19 +20,25 @@ namespace pybert {
 
 // The parts of a model. kEmbeddings and kLayers are always there; the others are optional and
 // come with all of their weights or none: the embedding LayerNorm (Hugging Face BERT has one,
-// d2l has none), the NSP head with its pooler, the MLM head.
-enum class WeightPart { kEmbeddings, kEmbeddingNorm, kLayers, kNsp, kMlm };
+// d2l has none), the projection of narrower embeddings to the hidden width (ELECTRA-small;
+// required when embedding_size differs from num_hiddens), the NSP head with its pooler, the
+// MLM head.
+enum class WeightPart { kEmbeddings, kEmbeddingNorm, kEmbeddingProjection, kLayers, kNsp, kMlm };
 
 // The sizes a shape is written in; kOne marks a vector (a 1-d weight).
-enum class WeightDim { kOne, kTwo, kHidden, kThreeHidden, kFfn, kVocab, kTypes, kPositions };
+enum class WeightDim {
+  kOne, kTwo, kHidden, kThreeHidden, kFfn, kVocab, kTypes, kPositions, kEmbedding
+};
 
 // name, part, rows, cols (cols kOne: a vector of `rows` entries)
-#define PYBERT_MODEL_WEIGHTS(X)                                    \
-  X(token_embedding, kEmbeddings, kVocab, kHidden)                 \
-  X(segment_embedding, kEmbeddings, kTypes, kHidden)               \
-  X(pos_embedding, kEmbeddings, kPositions, kHidden)              \
-  X(embedding_ln_weight, kEmbeddingNorm, kHidden, kOne)            \
-  X(embedding_ln_bias, kEmbeddingNorm, kHidden, kOne)              \
+#define PYBERT_MODEL_WEIGHTS(X)                                                 \
+  X(token_embedding, kEmbeddings, kVocab, kEmbedding)                           \
+  X(segment_embedding, kEmbeddings, kTypes, kEmbedding)                         \
+  X(pos_embedding, kEmbeddings, kPositions, kEmbedding)                         \
+  X(embedding_ln_weight, kEmbeddingNorm, kEmbedding, kOne)                      \
+  X(embedding_ln_bias, kEmbeddingNorm, kEmbedding, kOne)                        \
+  X(embedding_project_weight, kEmbeddingProjection, kHidden, kEmbedding)        \
+  X(embedding_project_bias, kEmbeddingProjection, kHidden, kOne)                \
   X(pooler_weight, kNsp, kHidden, kHidden) /* tanh(pooler(cls)) */ \
   X(pooler_bias, kNsp, kHidden, kOne)                              \
   X(nsp_weight, kNsp, kTwo, kHidden)                               \
@@ -85,6 +91,7 @@ inline int64_t weight_dim_size(WeightDim dim, const BertConfig& c) {
     case WeightDim::kVocab: return c.vocab_size;
     case WeightDim::kTypes: return c.type_vocab_size;
     case WeightDim::kPositions: return c.position_rows();
+    case WeightDim::kEmbedding: return c.embedding_dim();
   }
   return 0;
 }
@@ -130,6 +137,7 @@ void for_each_gemm_weight(const BertConfig& c, const BertWeights<T>& w, Fn&& fn)
     if (weight != nullptr) fn(weight, bias, n, k);
   };
   const int64_t h = c.num_hiddens;
+  visit(w.embedding_project_weight, w.embedding_project_bias, h, c.embedding_dim());
   for (const auto& layer : w.layers) {
     visit(layer.qkv_weight, layer.qkv_bias, 3 * h, h);
     visit(layer.out_weight, layer.out_bias, h, h);
@@ -145,6 +153,7 @@ inline const char* weight_part_name(WeightPart part) {
   switch (part) {
     case WeightPart::kEmbeddings: return "embeddings";
     case WeightPart::kEmbeddingNorm: return "embedding_norm";
+    case WeightPart::kEmbeddingProjection: return "embedding_projection";
     case WeightPart::kLayers: return "layers";
     case WeightPart::kNsp: return "nsp";
     case WeightPart::kMlm: return "mlm";

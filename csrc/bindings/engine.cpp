@@ -47,6 +47,10 @@ Engine::Engine(const BertConfig& config, const WeightTensors& weights,
                 "the weights of part '", weight_part_name(part), "' must come together: ",
                 found, " of its ", expected, " weights are given");
   }
+  TORCH_CHECK(config.embedding_dim() == config.num_hiddens ||
+                  found_of_part[WeightPart::kEmbeddingProjection].first > 0,
+              "embedding_size ", config.embedding_size, " differs from num_hiddens ",
+              config.num_hiddens, ": the embedding_project weights are needed");
   has_embedding_norm_ = found_of_part[WeightPart::kEmbeddingNorm].first > 0;
   has_nsp_ = found_of_part[WeightPart::kNsp].first > 0;
   has_mlm_ = found_of_part[WeightPart::kMlm].first > 0;

@@ -32,6 +32,7 @@ BertConfig config_from_dict(const py::dict& d) {
     TORCH_CHECK(size >= 1, "config sizes must be >= 1, got ", size);
   }
   TORCH_CHECK(c.position_offset >= 0, "position_offset must be >= 0, got ", c.position_offset);
+  TORCH_CHECK(c.embedding_size >= 0, "embedding_size must be >= 0, got ", c.embedding_size);
   return c;
 }
 

@@ -11,8 +11,9 @@ All of them are BERT's post-norm encoder; they differ at the edges:
 | DistilBERT | distilbert | from 0 | none | vocab_transform (its activation) | pre_classifier (ReLU), classifier |
 | ELECTRA | electra | from 0 | yes | (discriminator: none) | classifier.dense (GELU), out_proj |
 
-Anything else (another model_type, relative or rotary positions, a decoder, ELECTRA's
-embedding projection) is refused with the reason.
+ELECTRA's embeddings may be narrower than its hidden state (``embedding_size``): they are
+normalised at their width and projected (``embeddings_project``). Anything else (another
+model_type, relative or rotary positions, a decoder) is refused with the reason.
 """
 
 from __future__ import annotations
@@ -107,11 +108,12 @@ def _roberta_config(hf: dict, where: Path) -> BertConfig:
 
 
 def _electra_config(hf: dict, where: Path) -> BertConfig:
-    embedding, hidden = hf.get("embedding_size", hf.get("hidden_size")), hf.get("hidden_size")
-    if embedding != hidden:
-        raise CheckpointError(f"{where}: ELECTRA with embedding_size {embedding} != hidden_size "
-                              f"{hidden} (an embedding projection) is not served")
-    return _bert_config(hf, where)
+    # Embeddings narrower than the hidden state are projected to it (embeddings_project).
+    config = _bert_config(hf, where)
+    embedding = hf.get("embedding_size", config.num_hiddens)
+    if embedding == config.num_hiddens:
+        return config
+    return _config(where, **{**config.to_dict(), "embedding_size": embedding})
 
 
 def _distilbert_config(hf: dict, where: Path) -> BertConfig:
@@ -228,7 +230,10 @@ ELECTRA = Architecture(
     name="ELECTRA", model_types=("electra",), token_types=True, read_config=_electra_config,
     classifier=(("classifier.dense", "gelu"), ("classifier.out_proj", "identity")),
     weight_map=WeightMap(name="Hugging Face ELECTRA", layer_key=_BERT_LAYER_KEY,
-                         rename=_renamer("electra."), sources=dict(_BERT_ENCODER)))
+                         rename=_renamer("electra."),
+                         sources={**_BERT_ENCODER,
+                                  "embedding_project_weight": "embeddings_project.weight",
+                                  "embedding_project_bias": "embeddings_project.bias"}))
 
 ARCHITECTURES = (BERT, ROBERTA, DISTILBERT, ELECTRA)
 MODEL_TYPES = tuple(t for a in ARCHITECTURES for t in a.model_types)

@@ -131,6 +131,8 @@ def gemm_shapes(config: BertConfig) -> dict[tuple[int, int], tuple[int, ...]]:
     predicted positions (few rows) and is the largest matrix, at the fewest only."""
     h, f = config.num_hiddens, config.ffn_num_hiddens
     shapes = {shape: MEASURED_ROWS for shape in ((3 * h, h), (h, h), (f, h), (h, f))}
+    if config.embedding_size not in (0, h):  # ELECTRA-small's embedding projection
+        shapes.setdefault((h, config.embedding_size), MEASURED_ROWS)
     shapes.setdefault((config.vocab_size, h), MEASURED_ROWS[:1])
     return shapes
 

@@ -23,7 +23,7 @@ from ..tokenization import check_truncation
 from .output import check_output, open_writer, partial_path
 
 __all__ = ["read_texts", "parse_rows", "count_rows", "run_encode_job", "MAX_ROW_BYTES",
-           "TEXT_INPUT_SUFFIXES", "JOB_TASKS"]
+           "TEXT_INPUT_SUFFIXES", "JOB_TASKS", "task_width"]
 
 JOB_TASKS = ("embed", "classify", "sparse")
 
@@ -194,8 +194,9 @@ def _resume_point(job: dict, input_path: Path, output_path: Path, progress_path:
     return saved["rows"], saved["done"], True
 
 
-def _width(model, task: str, dimensions: int | None) -> int | None:
-    """The values per output row of ``task`` (None: sparse rows vary)."""
+def task_width(model, task: str, dimensions: int | None = None) -> int | None:
+    """The values per output row of ``task`` (None: sparse rows vary); ValueError if the
+    model cannot run it."""
     if task == "embed":
         return model.check_dimensions(dimensions) or model.dim
     if task == "classify":
@@ -237,7 +238,7 @@ def run_encode_job(model, input_path, output_path, model_id: str, pooling: str |
     check_positive_int(batch_tokens, "batch_tokens")
     check_positive_int(chunk_size, "chunk_size")
     check_truncation(truncation)
-    width = _width(model, task, dimensions)
+    width = task_width(model, task, dimensions)
     model.prompted([], prompt_name)  # an unknown prompt name fails before any work
     input_path, output_path = Path(input_path), Path(output_path)
     _check_paths(input_path, output_path, overwrite, task)

@@ -176,7 +176,7 @@ def _edit_config(folder, **changes):
 
 @pytest.mark.parametrize("family,changes,message", [
     ("roberta", {"position_embedding_type": "relative_key"}, "position_embedding_type"),
-    ("electra", {"embedding_size": 16}, "embedding_size 16 != hidden_size 48"),
+    ("bert", {"is_decoder": True}, "a decoder"),
     ("bert", {"model_type": "mpnet"}, "model_type 'mpnet' is not served"),
     ("distilbert", {"activation": "silu"}, "activation 'silu' is not served"),
     ("roberta", {"id2label": {"0": "a", "1": "b"}}, "id2label has 2 labels"),
@@ -192,6 +192,39 @@ def test_a_classifier_config_without_its_weights_is_refused(tmp_path):
     make_family_dir(tmp_path / "hf", "roberta", "base")
     _edit_config(tmp_path / "hf", architectures=["RobertaForSequenceClassification"])
     with pytest.raises(CheckpointError, match="lack classifier.dense.weight"):
+        pybert.TextModel.load(tmp_path / "hf")
+
+
+@pytest.mark.parametrize("task", ["base", "classify"])
+def test_electra_with_narrower_embeddings_is_projected(tmp_path, task):
+    """ELECTRA-small's form: embeddings of 16 normalised at their width, then projected to the
+    hidden 48 (embeddings_project), in fp32 against float64 and in bf16 / int8 bounds."""
+    model, _ = make_family_dir(tmp_path / "hf", "electra", task, embedding_size=16)
+    text_model = pybert.TextModel.load(tmp_path / "hf")
+    assert text_model.engine.config.embedding_size == 16
+    items = texts_and_pairs()
+    encoded = text_model.tokenizer.encode_all(items, truncation="error")
+    out, mask = hf_forward(model, "electra", encoded)
+    expected = out.hidden_states[-1][mask]
+    tokens = text_model.encode(items, pooling="tokens", return_type="torch")
+    assert rel_l2(torch.cat(tokens), expected) <= BOUNDS[torch.float32]
+    if task == "classify":
+        assert np.abs(text_model.classify(items, raw_scores=True) - out.logits.numpy()).max() \
+            <= 1e-4
+    for options, bound in (({"dtype": torch.bfloat16}, BOUNDS[torch.bfloat16]),
+                           ({"quantize": "int8"}, INT8_ENCODING_BOUND)):
+        other = pybert.TextModel.load(tmp_path / "hf", **options)
+        tokens = other.encode(items, pooling="tokens", return_type="torch")
+        assert rel_l2(torch.cat(tokens), expected) <= bound
+    weights = json.loads((tmp_path / "hf" / "config.json").read_text())
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    state = {k: v for k, v in state.items() if "embeddings_project" not in k}
+    save_file(state, str(tmp_path / "hf" / "model.safetensors"))
+    assert weights["embedding_size"] == 16
+    with pytest.raises((CheckpointError, ValueError, RuntimeError),
+                       match="embedding_project"):
         pybert.TextModel.load(tmp_path / "hf")
 
 

@@ -18,7 +18,8 @@ def test_the_d2l_packer_gives_the_layout_of_weight_shapes():
     config = CONFIGS["hidden-96-head-dim-32"]
     shapes = weight_shapes(config)
     packed = pack_d2l_state_dict(random_model(config).state_dict(), config)
-    assert set(packed) == {n for n, (_, part) in shapes.items() if part != "embedding_norm"}
+    assert set(packed) == {n for n, (_, part) in shapes.items()
+                           if part not in ("embedding_norm", "embedding_projection")}
     assert {n: tuple(t.shape) for n, t in packed.items()} == \
         {n: shapes[n][0] for n in packed}
     assert len([n for n in shapes if n.startswith("layers.")]) == 12 * config.num_layers
@@ -73,3 +74,27 @@ def test_positions_start_at_the_offset():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(RuntimeError, match=r"'pos_embedding' must have shape \[43, 32\]"):
         pybert.Engine(shifted, packed)  # the table lacks the offset's rows
+
+
+def test_narrower_embeddings_are_normalised_then_projected():
+    """embedding_size e < H (ELECTRA-small): embeddings of width e, their LayerNorm at e, then
+    x W^T + b to H. Checked exactly: tables of width H padded with zero columns and a
+    projection that drops them reproduce the plain engine; and an engine whose embeddings
+    differ in width from H without the projection is refused."""
+    config = dataclasses.replace(CONFIGS["head-dim-8"], embedding_layer_norm=False)
+    packed = pybert.engine.pack_d2l_state_dict(random_model(config).state_dict(), config)
+    h, e = config.num_hiddens, config.num_hiddens + 8
+    wide = dataclasses.replace(config, embedding_size=e)
+    pad = lambda t: torch.cat([t, torch.zeros(t.shape[0], e - h)], 1)  # noqa: E731
+    weights = dict(packed, **{name: pad(packed[name]) for name in
+                              ("token_embedding", "segment_embedding", "pos_embedding")},
+                   embedding_project_weight=torch.cat([torch.eye(h), torch.zeros(h, e - h)], 1),
+                   embedding_project_bias=torch.zeros(h))
+    tokens, segments, valid_lens, pred = random_batch(config, 3, 17, seed=2)
+    plain = pybert.Engine(config, packed)(tokens, segments, valid_lens, pred)
+    projected = pybert.Engine(wide, weights)(tokens, segments, valid_lens, pred)
+    for a, b in zip(projected, plain):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    without = {k: v for k, v in weights.items() if not k.startswith("embedding_project")}
+    with pytest.raises(RuntimeError, match="embedding_project weights are needed"):
+        pybert.Engine(wide, without)

@@ -183,3 +183,37 @@ def test_a_killed_driver_is_resumed_by_a_rerun(text_checkpoint, tmp_path):
     expected = single_process(text_checkpoint, tmp_path / "in.txt", tmp_path / "in.npy")
     got = np.array([found[(str(tmp_path / "in.txt"), r)] for r in range(400)])
     assert len(found) == 400 and rel(got, expected) <= 1e-6
+
+
+def test_ray_job_tasks_classify_and_sparse(cluster, tmp_path):
+    """--task classify ("scores") and --task sparse ("indices", "values") on the cluster give
+    the Python API's answers, a bad row null in each column."""
+    from hf_models import make_family_dir, sentences
+
+    from pybert.ray import run_ray_job
+
+    make_family_dir(tmp_path / "ce", "roberta", "classify", num_labels=2)
+    make_family_dir(tmp_path / "mlm", "bert", "mlm")
+    texts = [" ".join(t.split()[:12]) for t in sentences(30, seed=3)]
+    rows = [json.dumps({"text": t}) for t in texts] + ['{"nope": 1}']
+    (tmp_path / "in.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.raises(Exception, match="needs a model with an MLM head"):
+        run_ray_job(str(tmp_path / "ce"), [tmp_path / "in.jsonl"], tmp_path / "bad",
+                    rows_per_shard=16, device="cpu", task="sparse")
+    for task, model in (("classify", "ce"), ("sparse", "mlm")):
+        summary = run_ray_job(str(tmp_path / model), [tmp_path / "in.jsonl"],
+                              tmp_path / task, rows_per_shard=16, device="cpu", task=task)
+        assert summary["bad_rows"] == 1
+        table = pa.concat_tables([pq.read_table(p)
+                                  for p in sorted((tmp_path / task).glob("*.parquet"))])
+        text_model = pybert.TextModel.load(tmp_path / model)
+        if task == "classify":
+            scores = table.column("scores").to_pylist()
+            assert scores[-1] is None
+            assert rel(scores[:-1], text_model.classify(texts)) <= 1e-6
+        else:
+            indices, values = table.column("indices").to_pylist(), table.column("values").to_pylist()
+            assert indices[-1] is None and values[-1] is None
+            for got_i, got_v, expected in zip(indices, values, text_model.encode_sparse(texts)):
+                assert got_i == expected.indices.tolist()
+                assert rel(got_v, expected.values) <= 1e-6
