@@ -62,14 +62,15 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         texts = build(Path(tmp) / "ce", "classify", args.layers)
         build(Path(tmp) / "mlm", "mlm", args.layers)
-        pairs = [(texts[i], texts[i + args.pairs]) for i in range(args.pairs)]
+        query = texts[0]
+        pairs = [(query, texts[i + 1]) for i in range(args.pairs)]  # what rerank scores
         cross = pybert.TextModel.load(Path(tmp) / "ce")
         splade = pybert.TextModel.load(Path(tmp) / "mlm")
         tokens = sum(len(ids) for ids, _ in cross.tokenizer.encode_all(pairs))
         times = {
             "encode": median_ms(lambda: cross.encode(pairs), args.repeats),
             "classify": median_ms(lambda: cross.classify(pairs), args.repeats),
-            "rerank": median_ms(lambda: cross.rerank(pairs[0][0], [b for _, b in pairs]),
+            "rerank": median_ms(lambda: cross.rerank(query, [b for _, b in pairs]),
                                 args.repeats),
             "encode (MLM model)": median_ms(lambda: splade.encode(pairs), args.repeats),
             "encode_sparse": median_ms(lambda: splade.encode_sparse(pairs), args.repeats),
