@@ -193,9 +193,16 @@ def _serve(args) -> int:
     from .serve import ServeConfig, serve
 
     try:
+        if not 0 <= args.port <= 65535:
+            raise ValueError(f"--port must be in [0, 65535], got {args.port}")
         config = ServeConfig(batch_tokens=args.batch_tokens, max_wait_ms=args.max_wait_ms,
                              max_queue=args.max_queue, max_inputs=args.max_inputs,
                              max_text_bytes=args.max_text_bytes,
+                             max_body_bytes=args.max_body_bytes, max_masks=args.max_masks,
+                             max_reply_bytes=args.max_reply_bytes,
+                             max_buffered_bytes=args.max_buffered_bytes,
+                             body_timeout_s=args.body_timeout, idle_timeout_s=args.idle_timeout,
+                             max_connections=args.max_connections,
                              api_key=args.api_key or os.environ.get("PYBERT_API_KEY") or None,
                              model_id=args.model_id or os.path.basename(
                                  os.path.normpath(args.model)))
@@ -308,6 +315,25 @@ def _add_serve_command(commands) -> None:
     parser.add_argument("--max-inputs", type=int, default=256, help="texts per request")
     parser.add_argument("--max-text-bytes", type=int, default=65536,
                         help="UTF-8 bytes per text")
+    from .serve.config import ServeConfig
+
+    defaults = ServeConfig()
+    parser.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes,
+                        help="bytes of one request's body (beyond: 413)")
+    parser.add_argument("--max-masks", type=int, default=defaults.max_masks,
+                        help="mask tokens per /fill-mask request (beyond: 413)")
+    parser.add_argument("--max-reply-bytes", type=int, default=defaults.max_reply_bytes,
+                        help="bytes of one reply (beyond: 413)")
+    parser.add_argument("--max-buffered-bytes", type=int, default=defaults.max_buffered_bytes,
+                        help="bytes of request bodies held at once, all connections together "
+                             "(beyond: 503)")
+    parser.add_argument("--body-timeout", type=float, default=defaults.body_timeout_s,
+                        help="seconds to wait for the next piece of a request's body "
+                             "(beyond: 408)")
+    parser.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s,
+                        help="seconds a kept-alive connection may wait for its next request")
+    parser.add_argument("--max-connections", type=int, default=defaults.max_connections,
+                        help="concurrent connections and requests (beyond: 503)")
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"))
     parser.set_defaults(run=_serve)

@@ -36,8 +36,11 @@ __all__ = ["TextModel", "SparseVector", "text_model_of", "plan_batches", "pack_b
            "pad_batch", "POOLINGS"]
 
 POOLINGS = ("cls", "mean", "tokens")
-# The MLM logits a sparse batch holds at once (padded tokens x vocabulary x 4 bytes).
+# The MLM logits a sparse or fill-mask batch holds at once (rows x vocabulary x 4 bytes).
 SPARSE_LOGITS_BYTES = 256 << 20
+# The tasks of run_tasks that need an engine call of their own kind (MLM logits at chosen
+# positions, the NSP head); the others share one packed forward.
+SEPARATE_TASKS = ("sparse", "fill_mask", "next_sentence")
 
 
 class SparseVector(NamedTuple):
@@ -497,22 +500,21 @@ class TextModel:
         return self.pool_encodings(packed, cu_seqlens, pooling, normalize, dimensions)
 
     def run_tasks(self, requests: list) -> list:
-        """The results of several requests' (task, encoded) in one engine call: what a
-        server's batcher runs. Tasks: "embed" ((N, D) vectors, not normalised), "embed_all"
-        (a list of (len, H) per-token vectors), "classify" ((N, labels) logits), "sparse" (a
-        list of SparseVector; sparse requests are run with sparse requests only)."""
-        sequences = [item for _, encoded in requests for item in encoded]
-        if any(task == "sparse" for task, _ in requests):
-            if not all(task == "sparse" for task, _ in requests):
-                raise ValueError("sparse requests run apart from the others")
-            vectors, results, start = self.sparse_tokenized(sequences), [], 0
-            for _, encoded in requests:
-                results.append(vectors[start:start + len(encoded)])
-                start += len(encoded)
-            return results
+        """The results of several requests' (task, encoded[, options]) in as few engine calls
+        as their tasks allow: what a server's batcher runs. Tasks: "embed" ((N, D) vectors, not
+        normalised), "embed_all" (a list of (len, H) per-token vectors), "classify" ((N, labels)
+        logits) share one packed forward; "sparse" (SparseVectors), "fill_mask" (options
+        {"k": top k}) and "next_sentence" (probabilities) each run with their own kind only."""
+        tasks = {request[0] for request in requests}
+        sequences = [item for request in requests for item in request[1]]
+        if tasks & set(SEPARATE_TASKS):
+            if len(tasks) != 1:
+                raise ValueError(f"{sorted(tasks & set(SEPARATE_TASKS))} requests run apart "
+                                 "from the others")
+            return self._run_separate(tasks.pop(), requests, sequences)
         packed, cu_seqlens = self.forward_tokenized(sequences)
         results, first = [], 0
-        for task, encoded in requests:
+        for task, encoded, *_ in requests:
             last = first + len(encoded)
             rows = packed[int(cu_seqlens[first]):int(cu_seqlens[last])]
             cu = cu_seqlens[first:last + 1] - cu_seqlens[first]
@@ -525,6 +527,23 @@ class TextModel:
             else:
                 raise ValueError(f"unknown task {task!r}")
             first = last
+        return results
+
+    def _run_separate(self, task: str, requests: list, sequences: list) -> list:
+        if task == "sparse":
+            answers = self.sparse_tokenized(sequences)
+        elif task == "fill_mask":
+            k = max(request[2]["k"] for request in requests)
+            answers = self.fill_mask_tokenized(sequences, k)
+        else:
+            answers = list(self.next_sentence_tokenized(sequences))
+        results, start = [], 0
+        for request in requests:
+            part = answers[start:start + len(request[1])]
+            if task == "fill_mask":  # each request its own k
+                part = [[guesses[:request[2]["k"]] for guesses in text] for text in part]
+            results.append(part)
+            start += len(request[1])
         return results
 
     # -- the heads --------------------------------------------------------------------------
@@ -622,50 +641,75 @@ class TextModel:
                   batch_tokens: int = 16384):
         """Top-``k`` words for each mask token in each text (or (text_a, text_b) pair): a list
         per text of a list per mask of (word, probability)."""
-        engine = self.engine
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= engine.config.vocab_size:
-            raise ValueError(f"k must be an int in [1, vocab_size={engine.config.vocab_size}], "
-                             f"got {k!r}")
-        if not engine.has_mlm:
+        self._check_fill_mask(k)
+        _, encoded = self._tokenised(texts, truncation)
+        results = self.fill_mask_tokenized(encoded, k, batch_tokens)
+        return results[0] if isinstance(texts, (str, tuple)) else results
+
+    def _check_fill_mask(self, k: int) -> None:
+        vocab = self.engine.config.vocab_size
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
+            raise ValueError(f"k must be an int in [1, vocab_size={vocab}], got {k!r}")
+        if not self.engine.has_mlm:
             raise ValueError("this model has no MLM head")
         if self.tokenizer.mask_id is None:
             raise ValueError("this tokenizer has no mask token")
-        items, encoded = self._tokenised(texts, truncation)
+
+    def mask_positions(self, encoded: list) -> list[list[int]]:
+        """The positions of the mask token in each (ids, segments)."""
         mask_id = self.tokenizer.mask_id
-        masks = [[p for p, t in enumerate(ids) if t == mask_id] for ids, _ in encoded]
-        results: list = [[] for _ in items]
-        for rows in plan_batches([len(ids) for ids, _ in encoded], batch_tokens):
-            tokens, segments, valid_lens = pad_batch(encoded, rows, self.tokenizer.pad_id)
-            width = max(1, max(len(masks[r]) for r in rows))
-            positions = torch.zeros((len(rows), width), dtype=torch.int64)
-            for j, r in enumerate(rows):
-                positions[j, : len(masks[r])] = torch.tensor(masks[r], dtype=torch.int64)
-            _, mlm, _ = engine(tokens, segments, valid_lens, positions)
-            top = torch.topk(torch.softmax(mlm.float(), -1), k, dim=-1)
-            probs, ids = top.values.cpu(), top.indices.cpu()
-            for j, r in enumerate(rows):
-                results[r] = [[(self.tokenizer.id_to_token(int(i)), float(p))
-                               for i, p in zip(ids[j, m], probs[j, m])]
-                              for m in range(len(masks[r]))]
-        return results[0] if isinstance(texts, (str, tuple)) else results
+        return [[p for p, t in enumerate(ids) if t == mask_id] for ids, _ in encoded]
+
+    def fill_mask_tokenized(self, encoded: list, k: int, batch_tokens: int = 16384) -> list:
+        """fill_mask's answer for texts already tokenised. The vocabulary logits are computed
+        for batches of at most SPARSE_LOGITS_BYTES and cut to the top k at once, so memory does
+        not grow with the number of masks."""
+        self._check_fill_mask(k)
+        masks = self.mask_positions(encoded)
+        results: list = [[] for _ in encoded]
+        budget = self._sparse_batch_tokens()  # mask rows whose logits fit the budget
+        for token_rows in plan_batches([len(ids) for ids, _ in encoded], batch_tokens):
+            for rows in plan_batches([max(1, len(masks[r])) for r in token_rows], budget):
+                rows = [token_rows[i] for i in rows]
+                tokens, segments, valid_lens = pad_batch(encoded, rows, self.tokenizer.pad_id)
+                width = max(1, max(len(masks[r]) for r in rows))
+                positions = torch.zeros((len(rows), width), dtype=torch.int64)
+                for j, r in enumerate(rows):
+                    positions[j, : len(masks[r])] = torch.tensor(masks[r], dtype=torch.int64)
+                _, mlm, _ = self.engine(tokens, segments, valid_lens, positions)
+                top = torch.topk(torch.softmax(mlm.float(), -1), k, dim=-1)
+                del mlm
+                probs, ids = top.values.cpu(), top.indices.cpu()
+                for j, r in enumerate(rows):
+                    results[r] = [[(self.tokenizer.id_to_token(int(i)), float(p))
+                                   for i, p in zip(ids[j, m], probs[j, m])]
+                                  for m in range(len(masks[r]))]
+        return results
 
     def next_sentence(self, pairs, truncation: str = "warn",
                       batch_tokens: int = 16384) -> np.ndarray:
         """P(text_b follows text_a) for each (text_a, text_b) pair, from the NSP head."""
-        if not self.engine.has_nsp:
-            raise ValueError("this model has no NSP head")
         items = [pairs] if isinstance(pairs, tuple) else list(pairs)
         if not all(isinstance(i, tuple) or (isinstance(i, list) and len(i) == 2)
                    for i in items):
             raise TypeError("next_sentence takes (text_a, text_b) pairs")
+        if not self.engine.has_nsp:
+            raise ValueError("this model has no NSP head")
         _, encoded = self._tokenised(items, truncation)
-        result = np.zeros(len(items), dtype=np.float64)
+        result = self.next_sentence_tokenized(encoded, batch_tokens)
+        return result[0] if isinstance(pairs, tuple) else result
+
+    def next_sentence_tokenized(self, encoded: list, batch_tokens: int = 16384) -> np.ndarray:
+        """next_sentence's answer for pairs already tokenised."""
+        if not self.engine.has_nsp:
+            raise ValueError("this model has no NSP head")
+        result = np.zeros(len(encoded), dtype=np.float64)
         for rows in plan_batches([len(ids) for ids, _ in encoded], batch_tokens):
             tokens, segments, valid_lens = pad_batch(encoded, rows, self.tokenizer.pad_id)
             _, _, nsp = self.engine(tokens, segments, valid_lens)
             probs = torch.softmax(nsp.double(), -1)[:, self.nsp_is_next_label]
             result[rows] = probs.cpu().numpy()
-        return result[0] if isinstance(pairs, tuple) else result
+        return result
 
 
 def text_model_of(model) -> TextModel:

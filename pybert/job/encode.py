@@ -19,7 +19,7 @@ import torch
 
 from ..config import check_positive_int
 from ..text import POOLINGS, text_model_of
-from ..tokenization import check_truncation
+from ..tokenization import check_text, check_truncation
 from .output import check_output, open_writer, partial_path
 
 __all__ = ["read_texts", "parse_rows", "count_rows", "run_encode_job", "MAX_ROW_BYTES",
@@ -87,7 +87,10 @@ def _parse_row(raw: bytes, jsonl: bool, where: str) -> tuple:
     except (json.JSONDecodeError, RecursionError) as err:
         raise ValueError(f"{where}: not valid JSON: {err}") from None
     row_id = value.get("id") if isinstance(value, dict) else None
-    return _jsonl_text(value, where), None, row_id
+    text = _jsonl_text(value, where)
+    for part in (text,) if isinstance(text, str) else text:
+        check_text(part, where)
+    return text, None, row_id
 
 
 def read_texts(path, skip: int = 0) -> Iterator:
@@ -260,22 +263,24 @@ def run_encode_job(model, input_path, output_path, model_id: str, pooling: str |
         with _writing(output_path, done):
             writer = open_writer(output_path, rows, width, resume, {**job, "rows": rows}, task)
             commit(done)
-        for chunk in model.iter_task(read_texts(input_path, skip=done), task, pooling=pooling,
-                                     batch_tokens=batch_tokens, chunk_size=chunk_size,
-                                     truncation=truncation, prompt_name=prompt_name,
-                                     dimensions=dimensions, raw_scores=raw_scores):
+        with contextlib.closing(writer):  # an error leaves the partial output closed, resumable
+            for chunk in model.iter_task(read_texts(input_path, skip=done), task,
+                                         pooling=pooling, batch_tokens=batch_tokens,
+                                         chunk_size=chunk_size, truncation=truncation,
+                                         prompt_name=prompt_name, dimensions=dimensions,
+                                         raw_scores=raw_scores):
+                with _writing(output_path, position):
+                    writer.write(position, chunk if task == "sparse" else
+                                 torch.stack(chunk).numpy())
+                    writer.flush()
+                    commit(position + len(chunk))
+                position += len(chunk)
+                bar.update(len(chunk))
+            if position != rows:
+                raise ValueError(f"{input_path} changed while it was read ({position} rows, "
+                                 f"expected {rows})")
             with _writing(output_path, position):
-                writer.write(position, chunk if task == "sparse" else
-                             torch.stack(chunk).numpy())
-                writer.flush()
-                commit(position + len(chunk))
-            position += len(chunk)
-            bar.update(len(chunk))
-        if position != rows:
-            raise ValueError(f"{input_path} changed while it was read ({position} rows, "
-                             f"expected {rows})")
-        with _writing(output_path, position):
-            writer.finish(output_path)
-            progress_path.unlink()
+                writer.finish(output_path)
+                progress_path.unlink()
     return {"output": str(output_path), "rows": rows, "dim": width, "task": task,
             "resumed_at": done}

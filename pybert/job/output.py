@@ -72,6 +72,10 @@ class _RowFile:
         self.file.close()
         os.replace(self.partial, final)
 
+    def close(self) -> None:
+        """Let go of the partial file (kept for a resume) without finishing it."""
+        self.file.close()
+
 
 class NpyWriter(_RowFile):
     """A .npy of shape (rows, dim) float32."""
@@ -140,6 +144,9 @@ class ParquetWriter:
 
     def flush(self) -> None:
         pass  # each part is complete once renamed
+
+    def close(self) -> None:
+        pass  # no file stays open between parts
 
     def finish(self, final: Path) -> None:
         import pyarrow.parquet as pq

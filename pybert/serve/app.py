@@ -18,6 +18,7 @@ One process serves one :class:`~pybert.text.TextModel` on a Starlette app under 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 
 from starlette.applications import Starlette
@@ -34,6 +35,8 @@ from .routes import Routes
 
 __all__ = ["create_app", "serve"]
 
+logger = logging.getLogger("pybert.serve")
+
 
 def _endpoint(path: str, handler, config: ServeConfig, metrics: Metrics):
     """``handler`` behind what every route shares: the API key (all but /health), errors as
@@ -49,6 +52,12 @@ def _endpoint(path: str, handler, config: ServeConfig, metrics: Metrics):
                                     status_code=err.status, headers=err.headers)
         except ClientGone:
             response = Response(status_code=499)
+        except Exception as err:  # noqa: BLE001 (a bug or a failed forward: still JSON, counted)
+            logger.exception("%s failed", path)
+            response = JSONResponse(error_body(HTTPError(500, f"internal error: "
+                                                              f"{type(err).__name__}",
+                                                         "Backend"), path.startswith("/v1/")),
+                                    status_code=500)
         metrics.requests.labels(path, str(response.status_code)).inc()
         metrics.latency.labels(path).observe(time.perf_counter() - start)
         return response
@@ -101,6 +110,13 @@ def serve(model, host: str = "127.0.0.1", port: int = 8080, config: ServeConfig 
     """Run the server until SIGTERM or Ctrl-C; requests in flight are finished first."""
     import uvicorn
 
+    config = config or ServeConfig()
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be in [0, 65535], got {port}")
     _return_large_buffers_to_the_os()
+    # uvicorn closes idle kept-alive connections after idle_timeout_s and answers 503 beyond
+    # max_connections; a request's body must keep arriving (body_timeout_s, read_json).
     uvicorn.run(create_app(model, config), host=host, port=port, log_level=log_level,
-                timeout_graceful_shutdown=60, access_log=False)
+                timeout_graceful_shutdown=60, access_log=False,
+                timeout_keep_alive=config.idle_timeout_s,
+                limit_concurrency=config.max_connections)

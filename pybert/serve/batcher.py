@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .config import ServeConfig
 
-__all__ = ["Batcher", "QueueFull"]
+__all__ = ["Batcher", "QueueFull", "RequestTooLarge", "TASKS"]
 
 
 class QueueFull(Exception):
@@ -21,13 +21,17 @@ class QueueFull(Exception):
 
 
 # What a request asks of its sequences (TextModel.run_tasks): pooled vectors, per-token
-# vectors, classifier logits, sparse vectors. "sparse" needs the MLM logits of every token, a
-# forward of its own; the others share one.
-TASKS = ("embed", "embed_all", "classify", "sparse")
+# vectors, classifier logits (these share one packed forward), sparse vectors, masked words,
+# next-sentence probabilities (each batched with its own kind).
+TASKS = ("embed", "embed_all", "classify", "sparse", "fill_mask", "next_sentence")
 
 
 def _forward_of(task: str) -> str:
-    return "mlm" if task == "sparse" else "encoder"
+    return task if task in ("sparse", "fill_mask", "next_sentence") else "encoder"
+
+
+class RequestTooLarge(Exception):
+    """A request holds more sequences than the whole queue may."""
 
 
 @dataclass
@@ -37,6 +41,7 @@ class _Job:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     task: str = "embed"
+    options: dict | None = None  # the task's ({"k": ...} for fill_mask)
 
 
 def _settle(future: asyncio.Future, value=None, error: BaseException | None = None) -> None:
@@ -77,14 +82,17 @@ class Batcher:
             self._cond.notify_all()
         self._thread.join()
 
-    def submit(self, encoded: list, loop: asyncio.AbstractEventLoop,
-               task: str = "embed") -> asyncio.Future:
-        """A future of the result of ``task`` (one of TASKS) on ``encoded``; QueueFull if
-        there is no room."""
+    def submit(self, encoded: list, loop: asyncio.AbstractEventLoop, task: str = "embed",
+               options: dict | None = None) -> asyncio.Future:
+        """A future of the result of ``task`` (one of TASKS, with its ``options``) on
+        ``encoded``; QueueFull if there is no room now, RequestTooLarge if there never is."""
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if len(encoded) > self.config.max_queue:
+            raise RequestTooLarge(f"a request may hold at most max_queue="
+                                  f"{self.config.max_queue} texts, this one has {len(encoded)}")
         future = loop.create_future()
-        job = _Job(encoded, sum(len(ids) for ids, _ in encoded), future, loop, task)
+        job = _Job(encoded, sum(len(ids) for ids, _ in encoded), future, loop, task, options)
         with self._cond:
             if self._stopping:
                 raise QueueFull("the server is shutting down")
@@ -129,11 +137,22 @@ class Batcher:
                 continue
             self.observe_batch(sum(len(job.encoded) for job in jobs),
                                sum(job.tokens for job in jobs))
-            try:
-                results = self.model.run_tasks([(job.task, job.encoded) for job in jobs])
-            except Exception as err:  # noqa: BLE001 (handed to each request)
+            self._run_jobs(jobs)
+
+    def _run_jobs(self, jobs: list[_Job]) -> None:
+        """One engine call for ``jobs``; if it fails, each job alone, so that a request whose
+        input breaks the forward (a non-finite output, say) fails by itself and the others
+        batched with it still get their answers."""
+        try:
+            results = self.model.run_tasks([(job.task, job.encoded, job.options or {})
+                                            for job in jobs])
+        except Exception as err:  # noqa: BLE001 (handed to the request that caused it)
+            if len(jobs) > 1:
                 for job in jobs:
-                    job.loop.call_soon_threadsafe(_settle, job.future, None, err)
-                continue
-            for job, result in zip(jobs, results):
-                job.loop.call_soon_threadsafe(_settle, job.future, result)
+                    self._run_jobs([job])
+                return
+            results, error = [None], err
+        else:
+            error = None
+        for job, result in zip(jobs, results):
+            job.loop.call_soon_threadsafe(_settle, job.future, result, error)

@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 
+from ..tokenization import check_text
 from .config import ServeConfig
 
-__all__ = ["HTTPError", "ClientGone", "read_json", "texts_of", "flag", "check_api_key",
-           "error_body"]
+__all__ = ["HTTPError", "ClientGone", "BodyBudget", "read_json", "texts_of", "flag",
+           "check_api_key", "error_body"]
 
 
 class HTTPError(Exception):
@@ -23,32 +25,86 @@ class ClientGone(Exception):
     """The client disconnected before its answer was ready (answered 499, to nobody)."""
 
 
-async def read_json(request, max_bytes: int) -> dict:
-    """The JSON object of a request's body of at most ``max_bytes``, read as it streams."""
+class BodyBudget:
+    """The bytes of request bodies held at once across every connection (the event loop's
+    one thread counts them): a body that would take the total beyond ``limit`` answers 503,
+    so many slow half-sent bodies cannot exhaust memory."""
+
+    def __init__(self, limit: int):
+        self.limit, self.held = limit, 0
+
+    def take(self, size: int) -> None:
+        if self.held + size > self.limit:
+            raise HTTPError(503, f"the server holds {self.held} bytes of request bodies "
+                            "already; retry shortly", "Overloaded", {"Retry-After": "1"})
+        self.held += size
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
+
+
+# Bodies up to this size are parsed on the event loop (microseconds); larger ones off it.
+_PARSE_ON_LOOP_BYTES = 64 << 10
+
+
+async def read_json(request, max_bytes: int, budget: BodyBudget | None = None,
+                    timeout_s: float | None = None) -> dict:
+    """The JSON object of a request's body of at most ``max_bytes``, read as it streams,
+    each piece within ``timeout_s`` (else 408), its bytes counted in ``budget`` while held."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise HTTPError(413, f"the body is larger than {max_bytes} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise HTTPError(413, f"the body is larger than {max_bytes} bytes")
+    body, counted = bytearray(), 0
+    stream = request.stream().__aiter__()
     try:
-        value = json.loads(bytes(body))
-    except (ValueError, RecursionError) as err:
-        raise HTTPError(400, f"the body is not valid JSON: {str(err)[:200]}") from None
+        while True:
+            try:
+                chunk = await asyncio.wait_for(stream.__anext__(), timeout_s)
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                raise HTTPError(408, f"the body did not arrive (no data for {timeout_s} s)",
+                                "Timeout") from None
+            if len(body) + len(chunk) > max_bytes:
+                raise HTTPError(413, f"the body is larger than {max_bytes} bytes")
+            if budget is not None:
+                budget.take(len(chunk))
+                counted += len(chunk)
+            body += chunk
+        value = await _parsed(bytes(body))
+    finally:
+        if budget is not None:
+            budget.give_back(counted)
     if not isinstance(value, dict):
         raise HTTPError(422, "the body must be a JSON object")
     return value
 
 
+async def _parsed(body: bytes):
+    def parse():
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError) as err:
+            raise HTTPError(400, f"the body is not valid JSON: {str(err)[:200]}") from None
+
+    if len(body) <= _PARSE_ON_LOOP_BYTES:
+        return parse()
+    return await asyncio.get_running_loop().run_in_executor(None, parse)
+
+
 def check_api_key(request, api_key: str | None) -> None:
     """HTTPError 401 unless the request carries ``Authorization: Bearer <api_key>`` (no key:
-    every request passes). Compared in constant time."""
+    every request passes). The scheme is case-insensitive; the key is compared as UTF-8
+    bytes (the header's bytes as sent: HTTP headers arrive decoded as Latin-1), in constant
+    time."""
     if api_key is None:
         return
-    given = request.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    try:
+        sent = token.strip().encode("latin-1")
+    except UnicodeEncodeError:
+        sent = b""
+    if not (hmac.compare_digest(sent, api_key.encode("utf-8")) and scheme.lower() == "bearer"):
         raise HTTPError(401, "a valid API key is required (Authorization: Bearer <key>)",
                         "Unauthorized", {"WWW-Authenticate": "Bearer"})
 
@@ -86,6 +142,10 @@ def texts_of(value, name: str, config: ServeConfig, pairs: bool = False) -> list
             if len(text.encode("utf-8", errors="surrogatepass")) > config.max_text_bytes:
                 raise HTTPError(413, f"{name}[{i}] is longer than {config.max_text_bytes} "
                                 "bytes")
+            try:
+                check_text(text, f"{name}[{i}]")
+            except ValueError as err:
+                raise HTTPError(422, str(err)) from None
         out.append(texts if pairs else texts[0])
     return out
 

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .batcher import Batcher, QueueFull
+from .batcher import Batcher, QueueFull, RequestTooLarge
 from .config import ServeConfig
 from ..heads import score
-from .http import ClientGone, HTTPError, flag, is_pair, read_json, texts_of
+from .http import BodyBudget, ClientGone, HTTPError, flag, is_pair, read_json, texts_of
 from .metrics import Metrics
 
 __all__ = ["Routes"]
@@ -37,6 +37,7 @@ class Routes:
         # Tokenising is CPU work under the GIL (or in the tokenizers package): a couple of
         # threads keep the event loop free; more would only add memory (an arena each).
         self.tokenizing = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pybert-tokenize")
+        self.bodies = BodyBudget(config.max_buffered_bytes)
 
     def table(self) -> list[tuple[str, object, list[str]]]:
         """(path, handler, methods) of every route."""
@@ -54,25 +55,55 @@ class Routes:
                 ("/info", self.info, ["GET"]),
                 ("/metrics", self.prometheus, ["GET"])]
 
-    # -- the steps every embedding route takes ----------------------------------------------
+    # -- the steps every route takes ---------------------------------------------------------
 
-    async def tokenised(self, texts: list, truncate: bool, side: str | None = None) -> list:
+    async def body(self, request: Request) -> dict:
+        return await read_json(request, self.config.max_body_bytes, self.bodies,
+                               self.config.body_timeout_s)
+
+    async def reply(self, content) -> Response:
+        """``content`` as JSON, rendered off the event loop (a large reply would stall every
+        other connection), at most max_reply_bytes."""
+        def render() -> bytes:
+            return json.dumps(content, ensure_ascii=False, allow_nan=False,
+                              separators=(",", ":")).encode("utf-8")
+
+        body = await asyncio.get_running_loop().run_in_executor(None, render)
+        if len(body) > self.config.max_reply_bytes:
+            raise HTTPError(413, f"the answer would be {len(body)} bytes, more than "
+                            f"max_reply_bytes={self.config.max_reply_bytes}: send fewer texts "
+                            "(or a smaller top_k)")
+        return Response(body, media_type="application/json")
+
+    async def tokenised(self, texts: list, truncate: bool, side: str | None = None,
+                        advice: str = "pass \"truncate\": true to cut long inputs") -> list:
         try:
             return await asyncio.get_running_loop().run_in_executor(
                 self.tokenizing, self.model.tokenizer.encode_all, texts,
                 "warn" if truncate else "error", 0, side)
         except ValueError as err:
-            raise HTTPError(413, f"{err}; pass \"truncate\": true to cut long inputs") from None
+            message = str(err).split("; pass truncation=")[0]  # the Python API's advice
+            raise HTTPError(413, f"{message}; {advice}") from None
 
-    async def batched(self, request: Request | None, encoded: list, task: str = "embed"):
+    async def batched(self, request: Request | None, encoded: list, task: str = "embed",
+                      options: dict | None = None):
         """The result of ``task`` on ``encoded`` from the batcher (vectors, by default); the
         queued work is dropped if the client disconnects first (``request`` None: no client
-        to watch, as at warm-up)."""
+        to watch, as at warm-up). An input the model cannot compute (a non-finite output)
+        answers 422; it fails alone, not the requests batched with it."""
         try:
-            future = self.batcher.submit(encoded, asyncio.get_running_loop(), task)
+            future = self.batcher.submit(encoded, asyncio.get_running_loop(), task, options)
         except QueueFull as err:
             raise HTTPError(503, f"overloaded ({err}); retry shortly", "Overloaded",
                             {"Retry-After": "1"}) from None
+        except RequestTooLarge as err:
+            raise HTTPError(413, str(err)) from None
+        try:
+            return await self._settled(request, future)
+        except ValueError as err:
+            raise HTTPError(422, f"the model cannot compute this input: {err}") from None
+
+    async def _settled(self, request: Request | None, future: asyncio.Future):
         if request is None:
             return await future
 
@@ -130,7 +161,7 @@ class Routes:
     async def embedding_request(self, request: Request) -> tuple[dict, list, int | None]:
         """(body, the inputs tokenised with their prompt, dimensions) of text-embeddings-
         inference's embedding routes."""
-        body = await read_json(request, self.config.max_body_bytes)
+        body = await self.body(request)
         texts = texts_of(body.get("inputs"), "inputs", self.config)
         dimensions, prompt_name, side = self.options(body)
         encoded = await self.tokenised(self.model.prompted(texts, prompt_name),
@@ -141,36 +172,37 @@ class Routes:
         body, encoded, dimensions = await self.embedding_request(request)
         normalize = flag(body, "normalize", None)
         vectors = await self.batched(request, encoded)
-        return JSONResponse(self.normalised(vectors, normalize, dimensions).tolist())
+        return await self.reply(self.normalised(vectors, normalize, dimensions).tolist())
 
     async def openai_embeddings(self, request: Request):
-        body = await read_json(request, self.config.max_body_bytes)
+        body = await self.body(request)
         texts = texts_of(body.get("input"), "input", self.config)
         encoding = body.get("encoding_format", "float")
         if encoding not in ("float", "base64"):
             raise HTTPError(422, "encoding_format must be 'float' or 'base64'")
         dimensions, _, _ = self.options({"dimensions": body.get("dimensions")})
-        encoded = await self.tokenised(self.model.prompted(texts), truncate=False)
+        encoded = await self.tokenised(self.model.prompted(texts), truncate=False,
+                                       advice="shorten the input")
         vectors = self.normalised(await self.batched(request, encoded), None, dimensions)
         data = [{"object": "embedding", "index": i,
                  "embedding": (base64.b64encode(v.astype("<f4").tobytes()).decode()
                                if encoding == "base64" else v.tolist())}
                 for i, v in enumerate(vectors)]
         tokens = sum(len(ids) for ids, _ in encoded)
-        return JSONResponse({"object": "list", "data": data,
+        return await self.reply({"object": "list", "data": data,
                              "model": body.get("model") or self.config.model_id,
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     async def embed_all(self, request: Request):
         _, encoded, _ = await self.embedding_request(request)
         rows = await self.batched(request, encoded, "embed_all")
-        return JSONResponse([r.tolist() for r in rows])
+        return await self.reply([r.tolist() for r in rows])
 
     async def embed_sparse(self, request: Request):
         self.need("sparse")
         _, encoded, _ = await self.embedding_request(request)
         vectors = await self.batched(request, encoded, "sparse")
-        return JSONResponse([[{"index": int(i), "value": float(v)}
+        return await self.reply([[{"index": int(i), "value": float(v)}
                               for i, v in zip(vector.indices, vector.values)]
                              for vector in vectors])
 
@@ -183,7 +215,7 @@ class Routes:
 
     async def predict(self, request: Request):
         self.need("classify")
-        body = await read_json(request, self.config.max_body_bytes)
+        body = await self.body(request)
         value = body.get("inputs")
         single = isinstance(value, str) or is_pair(value)
         items = [value] if single else value
@@ -195,11 +227,11 @@ class Routes:
         scores = await self.scores(request, items, body)
         answers = [sorted(({"label": label, "score": float(s)} for label, s in zip(labels, row)),
                           key=lambda a: -a["score"]) for row in scores]
-        return JSONResponse(answers[0] if single else answers)
+        return await self.reply(answers[0] if single else answers)
 
     async def rerank(self, request: Request):
         self.need("rerank")
-        body = await read_json(request, self.config.max_body_bytes)
+        body = await self.body(request)
         query = body.get("query")
         if not isinstance(query, str):
             raise HTTPError(422, "query must be a string")
@@ -207,7 +239,7 @@ class Routes:
         scores = (await self.scores(request, [(query, t) for t in texts], body))[:, 0]
         order = np.argsort(-scores, kind="stable")
         with_text = flag(body, "return_text", False)
-        return JSONResponse([{"index": int(i), "score": float(scores[i]),
+        return await self.reply([{"index": int(i), "score": float(scores[i]),
                               **({"text": texts[i]} if with_text else {})} for i in order])
 
     async def tokenize(self, request: Request):
@@ -215,10 +247,10 @@ class Routes:
         if not hasattr(tokenizer, "describe"):
             raise HTTPError(404, "this model's tokenizer (d2l's word tokenizer) reports no "
                             "token offsets", "NotFound")
-        body = await read_json(request, self.config.max_body_bytes)
+        body = await self.body(request)
         texts = texts_of(body.get("inputs"), "inputs", self.config)
         special = flag(body, "add_special_tokens", True)
-        return JSONResponse(await asyncio.get_running_loop().run_in_executor(
+        return await self.reply(await asyncio.get_running_loop().run_in_executor(
             self.tokenizing, tokenizer.describe, texts, special))
 
     async def decode(self, request: Request):
@@ -226,7 +258,7 @@ class Routes:
         if not hasattr(tokenizer, "decode"):
             raise HTTPError(404, "this model's tokenizer (d2l's word tokenizer) does not "
                             "decode", "NotFound")
-        body = await read_json(request, self.config.max_body_bytes)
+        body = await self.body(request)
         ids = body.get("ids")
         single = isinstance(ids, list) and all(isinstance(i, int) for i in ids)
         rows = [ids] if single else ids
@@ -239,38 +271,34 @@ class Routes:
                             f"max_len of them), or a list of such lists")
         skip = flag(body, "skip_special_tokens", True)
         texts = [tokenizer.decode(r, skip) for r in rows]
-        return JSONResponse(texts[0] if single else texts)
+        return await self.reply(texts[0] if single else texts)
 
     async def fill_mask(self, request: Request):
         if not self.engine.has_mlm or self.model.tokenizer.mask_id is None:
             raise HTTPError(404, "this model has no MLM head", "NotFound")
-        body = await read_json(request, self.config.max_body_bytes)
+        body = await self.body(request)
         texts = texts_of(body.get("inputs"), "inputs", self.config)
         top_k = body.get("top_k", 5)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or \
                 not 1 <= top_k <= min(100, self.engine.config.vocab_size):
             raise HTTPError(422, "top_k must be an int in [1, 100]")
-        truncate = flag(body, "truncate", False)
-        try:
-            results = await run_in_threadpool(self.model.fill_mask, texts, top_k,
-                                               "warn" if truncate else "error")
-        except ValueError as err:
-            raise HTTPError(413, str(err)) from None
-        return JSONResponse([[[{"token": w, "score": p} for w, p in mask] for mask in text]
-                             for text in results])
+        encoded = await self.tokenised(texts, flag(body, "truncate", False))
+        masks = sum(len(m) for m in self.model.mask_positions(encoded))
+        if masks > self.config.max_masks:
+            raise HTTPError(413, f"the inputs hold {masks} mask tokens, more than max_masks="
+                            f"{self.config.max_masks} a request may have")
+        results = await self.batched(request, encoded, "fill_mask", {"k": top_k})
+        return await self.reply([[[{"token": w, "score": p} for w, p in mask] for mask in text]
+                                 for text in results])
 
     async def next_sentence(self, request: Request):
         if not self.engine.has_nsp:
             raise HTTPError(404, "this model has no NSP head", "NotFound")
-        body = await read_json(request, self.config.max_body_bytes)
+        body = await self.body(request)
         pairs = texts_of(body.get("inputs"), "inputs", self.config, pairs=True)
-        truncate = flag(body, "truncate", False)
-        try:
-            probs = await run_in_threadpool(self.model.next_sentence, pairs,
-                                            "warn" if truncate else "error")
-        except ValueError as err:
-            raise HTTPError(413, str(err)) from None
-        return JSONResponse(np.asarray(probs).tolist())
+        encoded = await self.tokenised(pairs, flag(body, "truncate", False))
+        probs = await self.batched(request, encoded, "next_sentence")
+        return await self.reply([float(p) for p in probs])
 
     async def health(self, request: Request):
         if not self.ready:

@@ -7,21 +7,33 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
-__all__ = ["text_item", "check_truncation", "check_side", "warn_cut", "split_windows",
-           "TRUNCATIONS", "TRUNCATION_SIDES"]
+__all__ = ["text_item", "check_text", "check_truncation", "check_side", "warn_cut",
+           "split_windows", "TRUNCATIONS", "TRUNCATION_SIDES"]
 
 TRUNCATIONS = ("warn", "error")
 TRUNCATION_SIDES = ("right", "left")  # which end of a text too long is cut
 
 
 def text_item(item, index: int):
-    """``item`` as a str or a (text_a, text_b) tuple; TypeError naming texts[index] if neither."""
+    """``item`` as a str or a (text_a, text_b) tuple; TypeError naming texts[index] if neither,
+    ValueError if a text is not valid Unicode (see check_text)."""
     if isinstance(item, str):
-        return item
+        return check_text(item, f"texts[{index}]")
     if isinstance(item, Sequence) and len(item) == 2 and all(isinstance(t, str) for t in item):
-        return tuple(item)
+        return tuple(check_text(t, f"texts[{index}]") for t in item)
     raise TypeError(f"texts[{index}] must be a str or a (text_a, text_b) pair, got "
                     f"{type(item).__name__}")
+
+
+def check_text(text: str, where: str) -> str:
+    """``text``, or ValueError naming ``where`` when it holds a lone surrogate ("\\ud800" is
+    valid JSON and a valid Python str, but no UTF-8 text: tokenizers refuse it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{where} is not valid Unicode: a lone surrogate at character "
+                         f"{err.start}") from None
+    return text
 
 
 def check_truncation(truncation: str) -> None:

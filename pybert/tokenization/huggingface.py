@@ -55,6 +55,13 @@ class HuggingFaceTokenizer:
         if isinstance(model_max, int) and 0 < model_max < max_len:
             max_len = model_max
         self.max_len = max_len
+        # One cutting copy per side, set up here and never changed: a shared tokenizer whose
+        # truncation setting were switched per call would race between threads (a server's).
+        self._cutting = {}
+        for side in TRUNCATION_SIDES:
+            cutter = type(self.tokenizer).from_str(self.tokenizer.to_str())
+            cutter.enable_truncation(max_len, strategy="longest_first", direction=side)
+            self._cutting[side] = cutter
         self.token_types = token_types
         side = settings.get("truncation_side", "right")
         self.truncation_side = side if side in TRUNCATION_SIDES else "right"
@@ -119,16 +126,9 @@ class HuggingFaceTokenizer:
                     raise ValueError(f"texts[{start + i}] has {len(enc.ids)} tokens, more than "
                                      f"max_len={self.max_len}; pass truncation='warn' to cut "
                                      "it")
-                enc = self._truncated(item, side)
+                cutter = self._cutting[side]
+                enc = cutter.encode(*item) if isinstance(item, tuple) else cutter.encode(item)
                 cut += 1
             out.append((enc.ids, enc.type_ids if self.token_types else [0] * len(enc.ids)))
         warn_cut(cut, self.max_len)
         return out
-
-    def _truncated(self, item, side: str):
-        self.tokenizer.enable_truncation(self.max_len, strategy="longest_first", direction=side)
-        try:
-            return self.tokenizer.encode(*item) if isinstance(item, tuple) else \
-                self.tokenizer.encode(item)
-        finally:
-            self.tokenizer.no_truncation()

@@ -205,9 +205,30 @@ def test_api_key_and_a_full_queue(text_checkpoint):
         assert request(server, "POST", "/embed", {"inputs": ["a"]}, key)[0] == 200
         assert request(server, "POST", "/embed", {"inputs": ["a"]},
                        {"Authorization": "Bearer wrong"})[0] == 401
-        status, reply, headers = request(server, "POST", "/embed", {"inputs": ["a", "b", "c"]},
-                                         key)
-        assert status == 503 and headers["Retry-After"] == "1" and "overloaded" in reply["error"]
+        # More texts than the whole queue holds: never servable, so 413 (not 503 forever).
+        status, reply, _ = request(server, "POST", "/embed", {"inputs": ["a", "b", "c"]}, key)
+        assert status == 413 and "max_queue=2" in reply["error"]
+        # Many clients at once: every route goes through the one queue, so some are told to
+        # come back (503 + Retry-After) and the others are answered.
+        bodies = {"/embed": {"inputs": ["a b", "c d"]},
+                  "/fill-mask": {"inputs": ["the <mask> sat", "a <mask>"]},
+                  "/next-sentence": {"inputs": [["the cat", "sat"], ["a", "b"]]}}
+        answers = []
+
+        def client(path):
+            answers.append((path, *request(server, "POST", path, bodies[path], key)))
+
+        threads = [threading.Thread(target=client, args=(path,))
+                   for _ in range(20) for path in bodies]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert {status for _, status, _, _ in answers} <= {200, 503}
+        for path in bodies:
+            busy = [(r, h) for p, status, r, h in answers if p == path and status == 503]
+            assert busy, f"{path} never met the full queue"
+            assert all(h["Retry-After"] == "1" and "overloaded" in r["error"] for r, h in busy)
     finally:
         server.stop()
 
@@ -255,9 +276,9 @@ def test_the_batcher_drops_the_work_of_clients_that_left():
 
     class SlowModel:
         def run_tasks(self, requests):
-            calls.append(sum(len(encoded) for _, encoded in requests))
+            calls.append(sum(len(encoded) for _, encoded, *_ in requests))
             release.wait(10)
-            return [torch.zeros((len(encoded), 4)) for _, encoded in requests]
+            return [torch.zeros((len(encoded), 4)) for _, encoded, *_ in requests]
 
     async def scenario():
         loop = asyncio.get_running_loop()
