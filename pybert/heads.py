@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["LinearHead", "Classifier", "sparse_pool", "score"]
+__all__ = ["LinearHead", "Classifier", "sparse_pool", "score", "l2_normalize"]
 
 _ACTIVATIONS = {
     "identity": lambda x: x,
@@ -74,3 +74,12 @@ def sparse_pool(logits: torch.Tensor, lengths: torch.Tensor, pooling: str = "max
         lengths.to(logits.device)[:, None]
     weights = weights * real[:, :, None]  # >= 0, so a zero is neutral for max and sum
     return weights.amax(dim=1) if pooling == "max" else weights.sum(dim=1)
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` scaled to unit L2 norm (a zero row stays zero), exact for any finite
+    values: each row is divided by its largest magnitude first, so the squares cannot
+    overflow (float32 squares overflow beyond ~1.8e19)."""
+    scale = x.abs().amax(dim=-1, keepdim=True)
+    scaled = x / torch.where(scale > 0, scale, torch.ones_like(scale))
+    return torch.nn.functional.normalize(scaled, dim=-1)

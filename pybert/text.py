@@ -28,7 +28,7 @@ import torch
 from .checkpoint import SparseSpec
 from .config import check_positive_int
 from .engine import Engine
-from .heads import score, sparse_pool
+from .heads import l2_normalize, score, sparse_pool
 from .loader import LoadedModel, load_checkpoint
 from .tokenization import Vocab, WordTokenizer, check_side, check_truncation
 
@@ -128,11 +128,14 @@ def _pool(packed: torch.Tensor, cu_seqlens: torch.Tensor, pooling: str, normaliz
     if pooling == "cls":
         pooled = packed[starts].float()
     else:
+        # Summed in float64: float32 sums of large finite encodings (~3e37) would overflow
+        # where their mean does not.
         owner = torch.repeat_interleave(torch.arange(len(lengths), device=packed.device),
                                         torch.tensor(lengths, device=packed.device))
         sums = torch.zeros((len(lengths), packed.shape[1]), device=packed.device,
-                           dtype=torch.float32).index_add_(0, owner, packed.float())
-        pooled = sums / torch.tensor(lengths, device=packed.device, dtype=torch.float32)[:, None]
+                           dtype=torch.float64).index_add_(0, owner, packed.double())
+        lengths = torch.tensor(lengths, device=packed.device, dtype=torch.float64)
+        pooled = (sums / lengths[:, None]).float()
     return _after_pooling(pooled, normalize, dense, dimensions)
 
 
@@ -143,8 +146,11 @@ def _after_pooling(pooled: torch.Tensor, normalize: bool, dense=None,
         pooled = dense(pooled)
     if dimensions is not None:
         pooled = pooled[:, :dimensions]
+    if not bool(torch.isfinite(pooled).all()):
+        raise ValueError("a pooled vector is not finite in float32 (the encodings are too "
+                         "large to pool)")
     if normalize:
-        pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        pooled = l2_normalize(pooled)
     return pooled.cpu()
 
 

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from .batcher import Batcher, QueueFull, RequestTooLarge
 from .config import ServeConfig
-from ..heads import score
+from ..heads import l2_normalize, score
 from .http import BodyBudget, ClientGone, HTTPError, flag, is_pair, read_json, texts_of
 from .metrics import Metrics
 
@@ -128,7 +128,7 @@ class Routes:
         if dimensions is not None:
             vectors = vectors[:, :dimensions]
         if normalize if normalize is not None else self.model.normalize:
-            vectors = torch.nn.functional.normalize(vectors, dim=-1)
+            vectors = l2_normalize(vectors)
         return vectors.numpy()
 
     def need(self, task: str) -> None:

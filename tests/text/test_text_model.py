@@ -143,3 +143,22 @@ def test_long_texts_of_a_d2l_model_in_windows(model):
     got = model.encode_long(" ".join(words), pooling="cls", overlap=overlap,
                             return_type="torch")
     assert torch.allclose(got, expected.float(), atol=1e-5)
+
+
+def test_pooling_and_normalising_large_finite_encodings(model):
+    """Encodings beyond ~1.8e19 (whose float32 squares overflow) normalise to the float64
+    answer, not to zero; mean pooling at ~3e37 (whose float32 sum overflows) gives the finite
+    mean; a mean that float32 cannot hold raises."""
+    g = torch.Generator().manual_seed(0)
+    packed = torch.randn(7, 32, generator=g) * 1e20
+    cu = torch.tensor([0, 3, 7])
+    unit = model.pool_encodings(packed, cu, "cls", normalize=True)
+    expected = packed[[0, 3]].double()
+    expected = expected / expected.norm(dim=-1, keepdim=True)
+    assert torch.allclose(unit.double(), expected, atol=1e-6)
+    big = torch.full((4, 32), 3e37)
+    mean = model.pool_encodings(big, torch.tensor([0, 4]), "mean", normalize=False)
+    assert torch.isfinite(mean).all() and torch.allclose(mean, big[:1], rtol=1e-6)
+    with pytest.raises(ValueError, match="not finite"):
+        model.pool_encodings(torch.full((2, 32), float("inf")), torch.tensor([0, 2]), "mean",
+                             normalize=False)
