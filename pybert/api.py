@@ -3,6 +3,7 @@ and ``pybert.encode`` (token ids or texts to vectors, from an engine, a text mod
 
 from __future__ import annotations
 
+import collections.abc
 import functools
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def encode(model, inputs, segments=None, valid_lens=None, *, device="cpu",
 
     - token ids (B, S) with optional ``segments`` and ``valid_lens``: returns the encodings
       (B, S, H) as a tensor, zeros at padded positions; or
-    - a text, or a list of texts and (text_a, text_b) pairs: tokenised with the checkpoint's
+    - a text, or a list (a tuple, a generator, a numpy array of strings) of texts and
+      (text_a, text_b) pairs: tokenised with the checkpoint's
       vocabulary, sorted into length buckets of at most ``batch_tokens`` padded tokens, and
       returned in the caller's order, pooled by ``pooling`` ("cls": the <cls> vector, "mean":
       the mean over real tokens, (N, H); "tokens": a list of (len_i, H) per-token encodings;
@@ -51,8 +53,13 @@ def encode(model, inputs, segments=None, valid_lens=None, *, device="cpu",
         engine = model.engine if isinstance(model, TextModel) else model
     else:
         engine = _cached_load(model, device, dtype)
-    if getattr(getattr(inputs, "dtype", None), "kind", None) in ("U", "S"):
-        inputs = inputs.tolist()  # a numpy array of strings
+    if isinstance(inputs, (bytes, bytearray)):
+        raise TypeError("inputs are bytes: decode them to str first (e.g. "
+                        "inputs.decode('utf-8')); token ids go as a tensor")
+    if getattr(getattr(inputs, "dtype", None), "kind", None) in ("U", "S", "O"):
+        inputs = inputs.tolist()  # a numpy array (or pandas Series) of strings
+    elif isinstance(inputs, collections.abc.Iterator):
+        inputs = list(inputs)  # a generator of texts
     if _is_text(inputs) or (isinstance(inputs, (list, tuple)) and len(inputs) == 0):
         if segments is not None or valid_lens is not None:
             raise ValueError("segments and valid_lens go with token ids, not with texts")

@@ -85,6 +85,13 @@ class Embedder:
 
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_pydict(
             {k: list(v) for k, v in batch.items()})
+        taken = [c for c in (self.output_column,
+                             self.error_column if self.on_error == "null" else None)
+                 if c is not None and c in table.column_names]
+        if taken:
+            raise ValueError(f"the input already has a column {taken[0]!r}, which the "
+                             "Embedder writes: pass output_column= / error_column= another "
+                             "name, or drop it first")
         items, errors = self._items(table)
         ok = [e is None for e in errors]
         if self.on_error == "raise" and not all(ok):

@@ -217,3 +217,15 @@ def test_ray_job_tasks_classify_and_sparse(cluster, tmp_path):
             for got_i, got_v, expected in zip(indices, values, text_model.encode_sparse(texts)):
                 assert got_i == expected.indices.tolist()
                 assert rel(got_v, expected.values) <= 1e-6
+
+
+def test_the_embedder_refuses_to_overwrite_a_column(text_checkpoint):
+    from pybert.ray import Embedder
+
+    embedder = Embedder(str(text_checkpoint), device="cpu", on_error="null")
+    for column in ("embedding", "error"):
+        table = pa.table({"text": ["the cat"], column: ["already here"]})
+        with pytest.raises(ValueError, match=f"already has a column '{column}'"):
+            embedder(table)
+    out = embedder(pa.table({"text": ["the cat"], "note": ["kept"]}))
+    assert out.column_names == ["text", "note", "embedding", "error"]

@@ -162,3 +162,17 @@ def test_pooling_and_normalising_large_finite_encodings(model):
     with pytest.raises(ValueError, match="not finite"):
         model.pool_encodings(torch.full((2, 32), float("inf")), torch.tensor([0, 2]), "mean",
                              normalize=False)
+
+
+def test_encode_takes_what_users_pass(text_checkpoint):
+    """pybert.encode with a numpy array of strings (object or unicode), a generator or a
+    tuple gives the list's vectors; bytes are refused with the fix."""
+    texts = ["the cat sat", "a dog ran", "it is red"]
+    expected = pybert.encode(text_checkpoint, texts)
+    for given in (np.array(texts, dtype=object), np.array(texts), (t for t in texts),
+                  tuple(texts)):
+        np.testing.assert_array_equal(pybert.encode(text_checkpoint, given), expected)
+    with pytest.raises(TypeError, match="decode them to str"):
+        pybert.encode(text_checkpoint, b"the cat")
+    with pytest.raises(TypeError, match=r"texts\[1\] must be a str"):
+        pybert.encode(text_checkpoint, ["the cat", b"a dog"])
