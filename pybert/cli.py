@@ -124,9 +124,14 @@ def _encode(args) -> int:
               file=sys.stderr)
         return 2
     try:
+        from .checkpoint.files import fingerprint
+
         model = _load_text_model(args)
+        # The job is keyed on the checkpoint's content, not its path: a checkpoint replaced at
+        # the same path is another job; ./ckpt and ckpt/ are the same one.
+        model_id = "sha256:" + fingerprint(args.model)
         with sigterm_as_interrupt():
-            result = run_encode_job(model, args.input[0], args.output, str(args.model),
+            result = run_encode_job(model, args.input[0], args.output, model_id,
                                     pooling=args.pooling, batch_tokens=args.batch_tokens,
                                     chunk_size=args.chunk_size, truncation=args.truncation,
                                     overwrite=args.overwrite, progress=args.progress,

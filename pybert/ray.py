@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -26,15 +27,18 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint.files import fingerprint
 from .config import check_positive_int
 from .engine import default_dtype, resolve_device
 from .job import JOB_TASKS, TEXT_INPUT_SUFFIXES, count_rows, parse_rows, task_width
+from .job.files import output_lock
 from .text import TextModel
 
 __all__ = ["Embedder", "ShardWriter", "Shard", "plan_shards", "run_ray_job", "INPUT_SUFFIXES"]
 
 INPUT_SUFFIXES = TEXT_INPUT_SUFFIXES + (".parquet",)  # what pybert encode reads, and Parquet
 MANIFEST = "_pybert_job.json"
+_SHARD_NAME = re.compile(r"\d{5}-[A-Za-z0-9_-]*-\d{12}-\d{12}\.parquet")
 
 
 def _load(model, device, dtype, quantize=None):
@@ -313,25 +317,38 @@ def _job_identity(model: str, files: list[Path], options: dict) -> dict:
     return {"model": model, "inputs": inputs, "inputs_digest": digest, **options}
 
 
-def _prepare_output(output_dir: Path, identity: dict, overwrite: bool) -> None:
-    """Make ``output_dir`` this job's: its manifest must match (or ``overwrite`` clears the old
-    shards), and a crashed writer's partial shards go."""
+def _prepare_output(output_dir: Path, identity: dict, shards: list[Shard], files: list[Path],
+                    overwrite: bool) -> None:
+    """Make ``output_dir`` this job's: its manifest must match (or ``overwrite`` removes the
+    old job's shards, the ones its manifest lists, and nothing else), a crashed writer's
+    partial shards go (only this job's), and a folder holding the inputs is refused."""
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"--output {output_dir} must be a folder for a Ray job")
+    inside = [f for f in files if output_dir.resolve() in f.resolve().parents]
+    if inside:
+        raise ValueError(f"--output {output_dir} holds the input {inside[0]}: write the "
+                         "shards to a folder of their own")
     output_dir.mkdir(parents=True, exist_ok=True)
     manifest = output_dir / MANIFEST
-    if manifest.exists() and not overwrite:
-        if json.loads(manifest.read_text()) != identity:
-            raise ValueError(f"{output_dir} holds the shards of a different job (other inputs, "
-                             "model or options); pass --overwrite to start again")
-    elif overwrite:
-        for old in output_dir.glob("*.parquet"):
-            old.unlink()
+    old = json.loads(manifest.read_text()) if manifest.exists() else None
+    old_job = old.get("job", old) if isinstance(old, dict) else old
+    if old is not None and not overwrite and old_job != identity:
+        raise ValueError(f"{output_dir} holds the shards of a different job (other inputs, "
+                         "model or options); pass --overwrite to start again")
+    if old is not None and overwrite:
+        if isinstance(old, dict) and "shards" in old:
+            listed = [n for n in old["shards"] if isinstance(n, str) and Path(n).name == n]
+        else:  # a manifest written before it listed its shards: their names' form
+            listed = [p.name for p in output_dir.glob("*.parquet") if _SHARD_NAME.match(p.name)]
+        for name in listed:
+            (output_dir / name).unlink(missing_ok=True)
+    names = [shard.name for shard in shards]
     tmp = manifest.with_name(manifest.name + ".tmp")
-    tmp.write_text(json.dumps(identity, indent=1))
+    tmp.write_text(json.dumps({"job": identity, "shards": names}, indent=1))
     os.replace(tmp, manifest)
-    for stale in output_dir.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
+    for name in names:
+        for stale in output_dir.glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
 
 
 def _actors(resources: dict, pending: int, actors: int | None,
@@ -401,8 +418,23 @@ def run_ray_job(model: str, inputs, output_dir, address: str | None = None,
                                       ("prompt_name", prompt_name), ("dimensions", dimensions),
                                       ("raw_scores", raw_scores))
                     if v not in (None, False, "embed")})
-    _prepare_output(output_dir, _job_identity(str(model), files, options), overwrite)
     shards = plan_shards(files, rows_per_shard)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(output_dir):  # a second job on this output refuses at once
+        # Keyed on the checkpoint's content: one replaced at the same path is another job.
+        _prepare_output(output_dir, _job_identity("sha256:" + fingerprint(model), files,
+                                                  options), shards, files, overwrite)
+        return _run_shards(output_dir, shards, address, writer, actors, gpus_per_actor,
+                           dict(model=str(model), output_dir=str(output_dir), device=device,
+                                dtype=dtype, pooling=pooling, truncation=truncation,
+                                batch_tokens=batch_tokens, quantize=quantize, task=task,
+                                prompt_name=prompt_name, dimensions=dimensions,
+                                raw_scores=raw_scores))
+
+
+def _run_shards(output_dir: Path, shards: list[Shard], address, writer, actors,
+                gpus_per_actor, writer_options: dict) -> dict:
+    """Write the shards not written yet; the job's summary."""
     done = {p.name for p in output_dir.glob("*.parquet")}
     pending = [s for s in shards if s.name not in done]
     began = time.perf_counter()
@@ -410,12 +442,8 @@ def run_ray_job(model: str, inputs, output_dir, address: str | None = None,
                "shards_skipped": len(shards) - len(pending),
                "rows": sum(s.stop - s.start for s in pending), "bad_rows": 0}
     if pending:
-        summary["bad_rows"] = _write_shards(
-            pending, address, writer, actors, gpus_per_actor,
-            dict(model=str(model), output_dir=str(output_dir), device=device, dtype=dtype,
-                 pooling=pooling, truncation=truncation, batch_tokens=batch_tokens,
-                 quantize=quantize, task=task, prompt_name=prompt_name, dimensions=dimensions,
-                 raw_scores=raw_scores))
+        summary["bad_rows"] = _write_shards(pending, address, writer, actors, gpus_per_actor,
+                                            writer_options)
     seconds = time.perf_counter() - began
     summary["seconds"] = round(seconds, 3)
     summary["rows_per_s"] = round(summary["rows"] / seconds, 1) if seconds > 0 else None

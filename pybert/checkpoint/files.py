@@ -13,6 +13,7 @@ What a checkpoint file can do to you is bounded here (docs/security.md says it f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -22,8 +23,8 @@ from pathlib import Path
 import torch
 
 __all__ = ["CheckpointError", "read_file", "read_text", "read_json", "read_json_of",
-           "SafetensorsHeader", "MAX_CONFIG_BYTES", "MAX_TOKENIZER_BYTES", "MAX_VOCAB_BYTES",
-           "MAX_SAFETENSORS_HEADER_BYTES"]
+           "fingerprint", "SafetensorsHeader", "MAX_CONFIG_BYTES", "MAX_TOKENIZER_BYTES",
+           "MAX_VOCAB_BYTES", "MAX_SAFETENSORS_HEADER_BYTES"]
 
 # The caps keep what refusing a file costs small (peak memory well under 64 MB) while leaving
 # room many times over for real BERT checkpoints.
@@ -90,6 +91,24 @@ def read_json(path, max_bytes: int = MAX_CONFIG_BYTES, what: str = "the JSON fil
         raise CheckpointError(f"{path} is not valid JSON: nested too deeply") from None
     except ValueError as err:  # JSONDecodeError, and integers beyond Python's digit limit
         raise CheckpointError(f"{path} is not valid JSON: {err}") from None
+
+
+def fingerprint(path) -> str:
+    """The sha256 of a checkpoint's content: its regular files' names (relative to it) and
+    bytes, in name order. The same checkpoint gives the same digest wherever it lies and
+    however its path is spelled; a checkpoint replaced at the same path gives another (what a
+    resumed batch job compares, so that it never mixes two models' rows)."""
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        name = file.relative_to(root).as_posix()
+        digest.update(name.encode("utf-8", "surrogateescape") + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def read_json_of(path: Path, kind: type = dict):

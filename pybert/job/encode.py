@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ import torch
 from ..config import check_positive_int
 from ..text import POOLINGS, text_model_of
 from ..tokenization import check_text, check_truncation
+from .files import output_lock, write_text_replacing
 from .output import check_output, open_writer, partial_path
 
 __all__ = ["read_texts", "parse_rows", "count_rows", "run_encode_job", "MAX_ROW_BYTES",
@@ -230,9 +232,7 @@ def run_encode_job(model, input_path, output_path, model_id: str, pooling: str |
     rows done after each chunk is durably written; run the same job again after an
     interruption and it continues from there. Only a finished job has ``output_path``. A
     failure to write (a full disk, a read-only folder) raises OSError saying so; the rows done
-    are kept."""
-    from tqdm import tqdm
-
+    are kept. Only one job at a time may write an output (``<output>.lock``)."""
     model = text_model_of(model)
     pooling = pooling or model.pooling
     if pooling not in POOLINGS[:2]:
@@ -245,42 +245,71 @@ def run_encode_job(model, input_path, output_path, model_id: str, pooling: str |
     model.prompted([], prompt_name)  # an unknown prompt name fails before any work
     input_path, output_path = Path(input_path), Path(output_path)
     _check_paths(input_path, output_path, overwrite, task)
-    progress_path = output_path.with_name(output_path.name + ".progress.json")
     options = {"task": task, "prompt_name": prompt_name, "dimensions": dimensions,
                "raw_scores": raw_scores}
-    job = _job_identity(model, input_path, model_id, pooling, truncation, width, options)
-    rows, done, resume = _resume_point(job, input_path, output_path, progress_path, overwrite)
+    run = _JobRun(model, input_path, output_path, task, width,
+                  _job_identity(model, input_path, model_id, pooling, truncation, width,
+                                options),
+                  dict(pooling=pooling, batch_tokens=batch_tokens, chunk_size=chunk_size,
+                       truncation=truncation, prompt_name=prompt_name, dimensions=dimensions,
+                       raw_scores=raw_scores))
+    with output_lock(output_path):  # a second job on this output refuses at once
+        return run.run(overwrite, progress)
 
-    def commit(count: int) -> None:
-        tmp = progress_path.with_name(progress_path.name + ".tmp")
-        tmp.write_text(json.dumps({**job, "rows": rows, "done": count}))
-        os.replace(tmp, progress_path)
 
-    position = done
-    bar = tqdm(total=rows, initial=done, unit="sent", disable=not progress, dynamic_ncols=True,
-               smoothing=0.1)
-    with contextlib.closing(bar):
-        with _writing(output_path, done):
-            writer = open_writer(output_path, rows, width, resume, {**job, "rows": rows}, task)
-            commit(done)
-        with contextlib.closing(writer):  # an error leaves the partial output closed, resumable
-            for chunk in model.iter_task(read_texts(input_path, skip=done), task,
-                                         pooling=pooling, batch_tokens=batch_tokens,
-                                         chunk_size=chunk_size, truncation=truncation,
-                                         prompt_name=prompt_name, dimensions=dimensions,
-                                         raw_scores=raw_scores):
-                with _writing(output_path, position):
-                    writer.write(position, chunk if task == "sparse" else
-                                 torch.stack(chunk).numpy())
-                    writer.flush()
-                    commit(position + len(chunk))
-                position += len(chunk)
-                bar.update(len(chunk))
-            if position != rows:
-                raise ValueError(f"{input_path} changed while it was read ({position} rows, "
-                                 f"expected {rows})")
-            with _writing(output_path, position):
-                writer.finish(output_path)
-                progress_path.unlink()
-    return {"output": str(output_path), "rows": rows, "dim": width, "task": task,
-            "resumed_at": done}
+@dataclass
+class _JobRun:
+    """One run of a batch job, its options checked: from the resume point to the end."""
+
+    model: object
+    input_path: Path
+    output_path: Path
+    task: str
+    width: int | None
+    identity: dict       # what makes the job the same job (_job_identity)
+    options: dict        # TextModel.iter_task's
+
+    @property
+    def progress_path(self) -> Path:
+        return self.output_path.with_name(self.output_path.name + ".progress.json")
+
+    def run(self, overwrite: bool, progress: bool) -> dict:
+        from tqdm import tqdm
+
+        rows, done, resume = _resume_point(self.identity, self.input_path, self.output_path,
+                                           self.progress_path, overwrite)
+        bar = tqdm(total=rows, initial=done, unit="sent", disable=not progress,
+                   dynamic_ncols=True, smoothing=0.1)
+        with contextlib.closing(bar):
+            with _writing(self.output_path, done):
+                writer = open_writer(self.output_path, rows, self.width, resume,
+                                     {**self.identity, "rows": rows}, self.task)
+                self.commit(rows, done)
+            with contextlib.closing(writer):  # an error leaves the partial output closed
+                position = self.write_rows(writer, rows, done, bar)
+                with _writing(self.output_path, position):
+                    writer.finish(self.output_path)
+                    self.progress_path.unlink()
+        return {"output": str(self.output_path), "rows": rows, "dim": self.width,
+                "task": self.task, "resumed_at": done}
+
+    def commit(self, rows: int, done: int) -> None:
+        write_text_replacing(self.progress_path,
+                             json.dumps({**self.identity, "rows": rows, "done": done}))
+
+    def write_rows(self, writer, rows: int, done: int, bar) -> int:
+        """Rows ``done`` to the end, a chunk at a time, each committed once on disk."""
+        position = done
+        for chunk in self.model.iter_task(read_texts(self.input_path, skip=done), self.task,
+                                          **self.options):
+            with _writing(self.output_path, position):
+                writer.write(position, chunk if self.task == "sparse" else
+                             torch.stack(chunk).numpy())
+                writer.flush()
+                self.commit(rows, position + len(chunk))
+            position += len(chunk)
+            bar.update(len(chunk))
+        if position != rows:
+            raise ValueError(f"{self.input_path} changed while it was read ({position} rows, "
+                             f"expected {rows})")
+        return position

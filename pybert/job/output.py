@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import open_existing, open_new
+
 __all__ = ["open_writer", "check_output", "FORMATS", "NAMES"]
 
 FORMATS = (".npy", ".safetensors", ".parquet")
@@ -49,12 +51,12 @@ class _RowFile:
         self.data_start = len(header)
         total = self.data_start + rows * self.row_bytes
         if resume:
-            self.file = open(partial, "r+b")
+            self.file = open_existing(partial)
             if os.path.getsize(partial) != total or self.file.read(len(header)) != header:
                 self.file.close()
                 raise ValueError(f"{partial} is not the partial output of this job")
         else:
-            self.file = open(partial, "w+b")
+            self.file = open_new(partial)
             self.file.write(header)
             _reserve(self.file, total)
         self.partial = partial
@@ -116,6 +118,9 @@ class ParquetWriter:
         except ImportError:
             raise ValueError("writing .parquet needs pyarrow (pip install pyarrow); .npy and "
                              ".safetensors need nothing more") from None
+        if partial.is_symlink():
+            raise ValueError(f"{partial} is a symbolic link; a job writes its own files and "
+                             "never through a link: remove it")
         if not resume and partial.exists():
             shutil.rmtree(partial)
         partial.mkdir(parents=True, exist_ok=True)

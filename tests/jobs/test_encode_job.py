@@ -373,3 +373,74 @@ def test_the_command_line_runs_a_classify_job(tmp_path):
                        "sparse")
     text = proc.communicate(timeout=300)[0]
     assert proc.returncode == 2 and "needs a model with an MLM head" in text
+
+
+# -- a job's output is its own: content-keyed resume, one writer, no links followed ------------
+
+def test_a_replaced_checkpoint_is_not_resumed_and_its_spelling_does_not_matter(tmp_path):
+    """Killed, then rerun: with another checkpoint at the same path it is a different job
+    (never 5,000 rows of one model and the rest of another); with the same checkpoint named
+    ./model instead of model/ it resumes."""
+    from helpers import TEXT_CONFIG, VOCAB, random_model
+
+    model = tmp_path / "model"
+    pybert.save(random_model(TEXT_CONFIG, seed=4), model, vocab=VOCAB)
+    rng = random.Random(3)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 20)))
+             for _ in range(30000)]
+    source, output = tmp_path / "in.txt", tmp_path / "out.npy"
+    write_txt(source, texts)
+    progress = tmp_path / "out.npy.progress.json"
+    proc = _encode_cli(model, source, output)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if progress.exists() and json.loads(progress.read_text() or "{}").get("done", 0) >= 1000:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    done = json.loads(progress.read_text())["done"]
+    original = {p.name: p.read_bytes() for p in model.iterdir()}
+    pybert.save(random_model(TEXT_CONFIG, seed=5), model, vocab=VOCAB)  # replaced in place
+    text = _encode_cli(model, source, output).communicate(timeout=120)[0]
+    assert "different job" in text and not output.exists()
+    for name, data in original.items():  # the first checkpoint back, spelled otherwise
+        (model / name).write_bytes(data)
+    again = subprocess.Popen(
+        [sys.executable, "-m", "pybert", "encode", "--model", "./model/", "--input",
+         str(source), "--output", str(output), "--chunk-size", "500", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        env=dict(os.environ, OMP_NUM_THREADS="1"))
+    text = again.communicate(timeout=600)[0]
+    assert again.returncode == 0, text
+    assert json.loads(text.strip().splitlines()[-1])["resumed_at"] == done
+
+
+def test_a_second_job_on_the_same_output_refuses_at_once(tmp_path, text_checkpoint):
+    from pybert.job.files import output_lock
+
+    write_txt(tmp_path / "in.txt", ["the cat"] * 5)
+    engine = pybert.load(text_checkpoint)
+    with output_lock(tmp_path / "out.npy"):  # as a running job holds it
+        with pytest.raises(ValueError, match="another job is writing"):
+            run_encode_job(engine, tmp_path / "in.txt", tmp_path / "out.npy", "m",
+                           progress=False)
+    run_encode_job(engine, tmp_path / "in.txt", tmp_path / "out.npy", "m", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.npy"]
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".parquet"])
+def test_links_planted_where_a_job_writes_are_not_followed(tmp_path, text_checkpoint, suffix):
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow")
+    write_txt(tmp_path / "in.txt", ["the cat"] * 5)
+    victim = tmp_path / "victim"
+    victim.mkdir() if suffix == ".parquet" else victim.write_text("precious")
+    output = tmp_path / f"out{suffix}"
+    (tmp_path / f"out{suffix}.partial").symlink_to(victim)
+    with pytest.raises(ValueError, match="symbolic link"):
+        run_encode_job(pybert.load(text_checkpoint), tmp_path / "in.txt", output, "m",
+                       progress=False)
+    assert (list(victim.iterdir()) == []) if suffix == ".parquet" else \
+        victim.read_text() == "precious"
+    assert not output.exists()

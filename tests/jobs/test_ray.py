@@ -229,3 +229,25 @@ def test_the_embedder_refuses_to_overwrite_a_column(text_checkpoint):
             embedder(table)
     out = embedder(pa.table({"text": ["the cat"], "note": ["kept"]}))
     assert out.column_names == ["text", "note", "embedding", "error"]
+
+
+def test_overwrite_removes_only_the_jobs_own_shards(cluster, text_checkpoint, tmp_path):
+    """--overwrite deletes the shards the previous job's manifest lists, not a user's own
+    Parquet file or hidden .tmp file in the folder; an output folder holding the inputs is
+    refused before anything is touched."""
+    from pybert.ray import run_ray_job
+
+    write_txt(tmp_path / "a.txt", [t for t in random_texts(20, seed=2) if isinstance(t, str)])
+    out = tmp_path / "out"
+    run_ray_job(str(text_checkpoint), [tmp_path / "a.txt"], out, rows_per_shard=8,
+                device="cpu")
+    pq.write_table(pa.table({"x": [1]}), out / "mine.parquet")
+    (out / ".notes.tmp").write_text("mine")
+    summary = run_ray_job(str(text_checkpoint), [tmp_path / "a.txt"], out, rows_per_shard=8,
+                          device="cpu", overwrite=True)
+    assert summary["shards_skipped"] == 0  # the old shards went, and were written again
+    assert (out / "mine.parquet").exists() and (out / ".notes.tmp").read_text() == "mine"
+    with pytest.raises(ValueError, match="holds the input"):
+        run_ray_job(str(text_checkpoint), [tmp_path / "a.txt"], tmp_path, device="cpu",
+                    overwrite=True)
+    assert (tmp_path / "a.txt").exists()
