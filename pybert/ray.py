@@ -30,9 +30,10 @@ import numpy as np
 from .checkpoint.files import fingerprint
 from .config import check_positive_int
 from .engine import default_dtype, resolve_device
-from .job import JOB_TASKS, TEXT_INPUT_SUFFIXES, count_rows, parse_rows, task_width
+from .job import JOB_TASKS, TEXT_INPUT_SUFFIXES, parse_rows, row_places, task_width
 from .job.files import output_lock
 from .text import TextModel
+from .tokenization import check_text
 
 __all__ = ["Embedder", "ShardWriter", "Shard", "plan_shards", "run_ray_job", "INPUT_SUFFIXES"]
 
@@ -150,12 +151,15 @@ class Embedder:
 
 @dataclass(frozen=True)
 class Shard:
-    """Rows [start, stop) of one input file, written to ``name`` in the output folder."""
+    """Rows [start, stop) of one input file, written to ``name`` in the output folder; a
+    text file's rows are read from byte ``offset`` (line ``line``), not from its top."""
 
     path: str
     start: int
     stop: int
     name: str
+    offset: int = 0
+    line: int = 1
 
 
 def _input_files(inputs) -> list[Path]:
@@ -179,13 +183,24 @@ def _input_files(inputs) -> list[Path]:
     return files
 
 
-def _count(path: Path) -> int:
+def _rows_and_places(path: Path, every: int) -> tuple[int, dict[int, tuple[int, int, int]]]:
+    """(rows of ``path``, {row: (row, byte offset, line)} where each shard of a text file
+    starts; a Parquet file needs none: its row groups are read by index)."""
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.ParquetFile(path).metadata.num_rows
-
-    return count_rows(path)
+        try:
+            schema = pq.read_schema(path)
+            rows = pq.ParquetFile(path).metadata.num_rows
+        except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+            raise ValueError(f"{path}: not a readable Parquet file ({str(err)[:200]})") \
+                from None
+        if "text" not in schema.names:
+            raise ValueError(f"{path}: a Parquet input needs a \"text\" column, it has "
+                             f"{schema.names[:20]}")
+        return rows, {}
+    rows, places = row_places(path, every)
+    return rows, {place[0]: place for place in places}
 
 
 def plan_shards(files: list[Path], rows_per_shard: int) -> list[Shard]:
@@ -193,33 +208,94 @@ def plan_shards(files: list[Path], rows_per_shard: int) -> list[Shard]:
     position in the list and its stem) and row range, so a rerun finds the same names."""
     shards = []
     for index, path in enumerate(files):
-        rows = _count(path)
+        rows, places = _rows_and_places(path, rows_per_shard)
         stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in path.stem)[:60]
         for start in range(0, rows, rows_per_shard):
             stop = min(start + rows_per_shard, rows)
+            _, offset, line = places.get(start, (start, 0, 1))
             shards.append(Shard(str(path.resolve()), start, stop,
-                                f"{index:05d}-{stem}-{start:012d}-{stop:012d}.parquet"))
+                                f"{index:05d}-{stem}-{start:012d}-{stop:012d}.parquet",
+                                offset, line))
     return shards
 
 
 def _parquet_rows(path: str, start: int, stop: int):
     """(row, text or None, error or None, id) of rows [start, stop) of a Parquet file with a
-    "text" column (and optionally "text_pair" and "id")."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path).slice(start, stop - start)
+    "text" column (and optionally "text_pair" and "id"), reading only the row groups that hold
+    them. Strings are decoded here: invalid UTF-8 (or a lone surrogate) is that row's error; a
+    file that cannot be read makes every row of the shard an error naming it."""
+    try:
+        table = _parquet_slice(path, start, stop)
+    except (OSError, ValueError) as err:  # garbled pages, a changed file
+        error = ValueError(f"{path}: rows {start}..{stop - 1} cannot be read: {str(err)[:200]}")
+        for row in range(start, stop):
+            yield row, None, error, None
+        return
     names = table.column_names
-    if "text" not in names:
-        raise ValueError(f"{path}: a Parquet input needs a \"text\" column, it has {names}")
-    texts = table.column("text").to_pylist()
-    pairs = table.column("text_pair").to_pylist() if "text_pair" in names else [None] * len(texts)
+    texts = _decoded(table.column("text").to_pylist())
+    pairs = _decoded(table.column("text_pair").to_pylist()) if "text_pair" in names \
+        else [None] * len(texts)
     ids = table.column("id").to_pylist() if "id" in names else [None] * len(texts)
     for i, (text, pair, row_id) in enumerate(zip(texts, pairs, ids)):
         where = f"{path}: row {start + i}"
-        if not isinstance(text, str) or (pair is not None and not isinstance(pair, str)):
-            yield start + i, None, ValueError(f"{where}: text must be a string"), row_id
-        else:
-            yield start + i, text if pair is None else (text, pair), None, row_id
+        try:
+            bad = next((p for p in (text, pair) if isinstance(p, _BadText)), None)
+            if bad is not None:
+                raise ValueError(f"{where}: {bad.reason}")
+            if not isinstance(text, str) or (pair is not None and not isinstance(pair, str)):
+                raise ValueError(f"{where}: text must be a string")
+            for part in (text,) if pair is None else (text, pair):
+                check_text(part, where)
+        except ValueError as err:
+            yield start + i, None, err, row_id
+            continue
+        yield start + i, text if pair is None else (text, pair), None, row_id
+
+
+def _parquet_slice(path: str, start: int, stop: int):
+    """Rows [start, stop) of the text columns of a Parquet file, from the row groups that
+    hold them only; string columns as bytes (decoded per row by the caller)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    columns = [c for c in ("text", "text_pair", "id") if c in parquet.schema_arrow.names]
+    groups, first, seen = [], None, 0
+    for g in range(parquet.metadata.num_row_groups):
+        size = parquet.metadata.row_group(g).num_rows
+        if seen + size > start and seen < stop:
+            groups.append(g)
+            first = seen if first is None else first
+        seen += size
+    if not groups:
+        return pa.table({c: pa.array([], pa.string()) for c in columns})
+    schema = parquet.schema_arrow
+    binary = pa.schema([pa.field(f.name, pa.binary()) if pa.types.is_string(f.type) or
+                        pa.types.is_large_string(f.type) else f for f in schema])
+    table = parquet.read_row_groups(groups, columns=columns, use_threads=False)
+    table = table.cast(pa.schema([binary.field(c) for c in columns]))
+    return table.slice(start - first, stop - start)
+
+
+def _decoded(values: list) -> list:
+    """Bytes decoded as UTF-8 (a str, or None kept); invalid UTF-8 becomes an error marker
+    the row check turns into that row's error."""
+    out = []
+    for value in values:
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError as err:
+                value = _BadText(f"invalid UTF-8 at byte {err.start}")
+        out.append(value)
+    return out
+
+
+class _BadText:
+    """A Parquet string that is not valid UTF-8, and why."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
 
 
 class ShardWriter:
@@ -244,7 +320,7 @@ class ShardWriter:
         out = {"name": [], "rows": [], "bad_rows": [], "seconds": []}
         for i in range(len(batch["name"])):
             shard = Shard(str(batch["path"][i]), int(batch["start"][i]), int(batch["stop"][i]),
-                          str(batch["name"][i]))
+                          str(batch["name"][i]), int(batch["offset"][i]), int(batch["line"][i]))
             began = time.perf_counter()
             rows, bad = self.write(shard)
             for key, value in (("name", shard.name), ("rows", rows), ("bad_rows", bad),
@@ -257,8 +333,11 @@ class ShardWriter:
         import pyarrow.parquet as pq
 
 
-        reader = _parquet_rows if shard.path.endswith(".parquet") else parse_rows
-        records = list(reader(shard.path, shard.start, shard.stop))
+        if shard.path.endswith(".parquet"):
+            records = list(_parquet_rows(shard.path, shard.start, shard.stop))
+        else:
+            records = list(parse_rows(shard.path, shard.start, shard.stop,
+                                      (shard.start, shard.offset, shard.line)))
         good = [text for _, text, error, _ in records if error is None]
         ok = [error is None for _, _, error, _ in records]
         ids = [row_id for *_, row_id in records]

@@ -2,7 +2,7 @@
 and ``output`` (its writers: .npy, .safetensors, .parquet). The Ray job is ``pybert.ray``."""
 
 from .encode import JOB_TASKS, TEXT_INPUT_SUFFIXES, count_rows, parse_rows, read_texts, \
-    run_encode_job, task_width
+    row_places, run_encode_job, task_width
 
 __all__ = ["JOB_TASKS", "TEXT_INPUT_SUFFIXES", "count_rows", "parse_rows", "read_texts",
-           "run_encode_job", "task_width"]
+           "row_places", "run_encode_job", "task_width"]

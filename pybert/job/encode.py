@@ -24,7 +24,8 @@ from ..tokenization import check_text, check_truncation
 from .files import output_lock, write_text_replacing
 from .output import check_output, open_writer, partial_path
 
-__all__ = ["read_texts", "parse_rows", "count_rows", "run_encode_job", "MAX_ROW_BYTES",
+__all__ = ["read_texts", "parse_rows", "count_rows", "row_places", "run_encode_job",
+           "MAX_ROW_BYTES",
            "TEXT_INPUT_SUFFIXES", "JOB_TASKS", "task_width"]
 
 JOB_TASKS = ("embed", "classify", "sparse")
@@ -33,11 +34,15 @@ TEXT_INPUT_SUFFIXES = (".txt", ".jsonl")
 MAX_ROW_BYTES = 16 << 20  # a row longer than this is refused (BERT reads 512 tokens at most)
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, bytes) of each line of ``path``. Lines end at ``\\n`` (``\\r\\n`` too)
-    and nowhere else: a lone ``\\r`` inside a line is part of its text, not a row break."""
+def _lines(path: Path, offset: int = 0,
+           first_line: int = 1) -> Iterator[tuple[int, bytes, int]]:
+    """(line number, bytes, byte offset) of each line of ``path`` from byte ``offset`` (where
+    line ``first_line`` starts). Lines end at ``\\n`` (``\\r\\n`` too) and nowhere else: a
+    lone ``\\r`` inside a line is part of its text, not a row break."""
     with open(path, "rb") as f:
-        for number in range(1, 1 << 62):
+        f.seek(offset)
+        for number in range(first_line, 1 << 62):
+            at = f.tell()
             line = f.readline(MAX_ROW_BYTES + 2)
             if not line:
                 return
@@ -48,21 +53,25 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 line = line[:-1]
                 if line.endswith(b"\r"):
                     line = line[:-1]
-            yield number, line
+            yield number, line, at
 
 
 def _is_row(line: bytes, jsonl: bool) -> bool:
     return not jsonl or bool(line.strip())
 
 
-def parse_rows(path, start: int = 0, stop: int | None = None) -> Iterator[tuple]:
+def parse_rows(path, start: int = 0, stop: int | None = None,
+               place: tuple[int, int, int] | None = None) -> Iterator[tuple]:
     """(row, text or None, error or None, id or None) for rows ``start`` to ``stop`` of a .txt
     or .jsonl file (see read_texts): a row that cannot be read gives its error, which names the
-    file and line, instead of a text; a .jsonl object's "id" field comes with its text."""
+    file and line, instead of a text; a .jsonl object's "id" field comes with its text.
+    ``place`` (row, byte offset, line number; from row_places) starts the reading there
+    rather than at the top of the file."""
     path = Path(path)
     jsonl = path.suffix == ".jsonl"
-    row = -1
-    for number, raw in _lines(path):
+    first_row, offset, first_line = place or (0, 0, 1)
+    row = first_row - 1
+    for number, raw, _ in _lines(path, offset, first_line):
         if not _is_row(raw, jsonl):
             continue
         row += 1
@@ -127,10 +136,23 @@ def _str(value, where: str) -> str:
     return value
 
 
+def row_places(path, every: int) -> tuple[int, list[tuple[int, int, int]]]:
+    """(rows of ``path``, the place (row, byte offset, line number) of every ``every``-th
+    row): one pass over the file, so that a shard of its rows is read from its place."""
+    jsonl = Path(path).suffix == ".jsonl"
+    rows, places = 0, []
+    for number, line, offset in _lines(Path(path)):
+        if _is_row(line, jsonl):
+            if rows % every == 0:
+                places.append((rows, offset, number))
+            rows += 1
+    return rows, places
+
+
 def count_rows(path) -> int:
     """The rows of ``path`` as read_texts counts them, without parsing them."""
     jsonl = Path(path).suffix == ".jsonl"
-    return sum(1 for _, line in _lines(Path(path)) if _is_row(line, jsonl))
+    return sum(1 for _, line, _ in _lines(Path(path)) if _is_row(line, jsonl))
 
 
 def _check_paths(input_path: Path, output_path: Path, overwrite: bool, task: str) -> None:

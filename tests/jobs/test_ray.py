@@ -251,3 +251,37 @@ def test_overwrite_removes_only_the_jobs_own_shards(cluster, text_checkpoint, tm
         run_ray_job(str(text_checkpoint), [tmp_path / "a.txt"], tmp_path, device="cpu",
                     overwrite=True)
     assert (tmp_path / "a.txt").exists()
+
+
+def test_shards_read_only_their_rows(tmp_path):
+    """A text shard starts at its byte offset (no rescan from the top) and gives the rows a
+    full scan gives; a Parquet shard reads only its row groups; bad strings in Parquet are
+    that row's error; a Parquet file without "text" is named at planning, not in a
+    traceback."""
+    from pybert.job import parse_rows
+    from pybert.ray import _parquet_rows, plan_shards
+
+    lines = ['{"text": "a"}', "", '{"text": "b"}', "not json", '{"text": "c"}'] * 7
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    shards = plan_shards([tmp_path / "in.jsonl"], 4)
+    full = list(parse_rows(tmp_path / "in.jsonl"))
+    assert sum(s.stop - s.start for s in shards) == len(full) == 28
+    for shard in shards:
+        read = list(parse_rows(shard.path, shard.start, shard.stop,
+                               (shard.start, shard.offset, shard.line)))
+        assert [(r, t, str(e), i) for r, t, e, i in read] == \
+            [(r, t, str(e), i) for r, t, e, i in full[shard.start:shard.stop]]
+    texts = pa.array([b"ok", b"bad \xff bytes", b"fine"] * 10, pa.binary())
+    pq.write_table(pa.table({"text": texts.cast(pa.string(), safe=False)}),
+                   tmp_path / "in.parquet", row_group_size=7)
+    rows = list(_parquet_rows(str(tmp_path / "in.parquet"), 10, 17))  # row groups 1 and 2
+    assert [r for r, *_ in rows] == list(range(10, 17))
+    assert [r for r, _, e, _ in rows if e is not None] == [10, 13, 16]  # the bad bytes
+    assert all("invalid UTF-8 at byte 4" in str(e) for _, _, e, _ in rows if e is not None)
+    assert [t for _, t, e, _ in rows if e is None] == ["fine", "ok", "fine", "ok"]
+    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "notext.parquet")
+    with pytest.raises(ValueError, match=r"notext.parquet: a Parquet input needs a \"text\""):
+        plan_shards([tmp_path / "notext.parquet"], 4)
+    (tmp_path / "garbled.parquet").write_bytes(b"PAR1" + b"\0" * 100 + b"PAR1")
+    with pytest.raises(ValueError, match="garbled.parquet: not a readable Parquet file"):
+        plan_shards([tmp_path / "garbled.parquet"], 4)
