@@ -37,7 +37,7 @@ __all__ = ["TextModel", "SparseVector", "text_model_of", "plan_batches", "pack_b
 
 POOLINGS = ("cls", "mean", "tokens")
 # The MLM logits a sparse or fill-mask batch holds at once (rows x vocabulary x 4 bytes).
-SPARSE_LOGITS_BYTES = 256 << 20
+SPARSE_LOGITS_BYTES = 128 << 20
 # The tasks of run_tasks that need an engine call of their own kind (MLM logits at chosen
 # positions, the NSP head); the others share one packed forward.
 SEPARATE_TASKS = ("sparse", "fill_mask", "next_sentence")
