@@ -105,6 +105,18 @@ def _return_large_buffers_to_the_os() -> None:
         pass
 
 
+def _raise_open_file_limit(wanted: int) -> None:
+    """The soft limit on open files raised toward the hard one, so that ``wanted`` connections
+    (--max-connections, each a socket) fit beside the process's own files; a default soft
+    limit of 1,024 would turn new clients away long before the server's own limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted + 256 if hard == resource.RLIM_INFINITY else min(hard, wanted + 256)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def serve(model, host: str = "127.0.0.1", port: int = 8080, config: ServeConfig | None = None,
           log_level: str = "info") -> None:
     """Run the server until SIGTERM or Ctrl-C; requests in flight are finished first."""
@@ -114,6 +126,7 @@ def serve(model, host: str = "127.0.0.1", port: int = 8080, config: ServeConfig 
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be in [0, 65535], got {port}")
     _return_large_buffers_to_the_os()
+    _raise_open_file_limit(config.max_connections)
     # uvicorn closes idle kept-alive connections after idle_timeout_s and answers 503 beyond
     # max_connections; a request's body must keep arriving (body_timeout_s, read_json).
     uvicorn.run(create_app(model, config), host=host, port=port, log_level=log_level,

@@ -190,8 +190,8 @@ class Routes:
                 for i, v in enumerate(vectors)]
         tokens = sum(len(ids) for ids, _ in encoded)
         return await self.reply({"object": "list", "data": data,
-                             "model": body.get("model") or self.config.model_id,
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+                                 "model": body.get("model") or self.config.model_id,
+                                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     async def embed_all(self, request: Request):
         _, encoded, _ = await self.embedding_request(request)
@@ -203,8 +203,8 @@ class Routes:
         _, encoded, _ = await self.embedding_request(request)
         vectors = await self.batched(request, encoded, "sparse")
         return await self.reply([[{"index": int(i), "value": float(v)}
-                              for i, v in zip(vector.indices, vector.values)]
-                             for vector in vectors])
+                                  for i, v in zip(vector.indices, vector.values)]
+                                 for vector in vectors])
 
     async def scores(self, request: Request, items: list, body: dict) -> np.ndarray:
         """The classifier's scores (or logits with "raw_scores") of texts or pairs."""
@@ -240,7 +240,8 @@ class Routes:
         order = np.argsort(-scores, kind="stable")
         with_text = flag(body, "return_text", False)
         return await self.reply([{"index": int(i), "score": float(scores[i]),
-                              **({"text": texts[i]} if with_text else {})} for i in order])
+                                  **({"text": texts[i]} if with_text else {})}
+                                 for i in order])
 
     async def tokenize(self, request: Request):
         tokenizer = self.model.tokenizer
