@@ -232,7 +232,7 @@ class TextModel:
 
     @property
     def vocab(self):
-        """The word vocabulary of a d2l-style model (None for a WordPiece tokenizer)."""
+        """The word vocabulary of a d2l-style model (None for a Hugging Face tokenizer)."""
         return getattr(self.tokenizer, "vocab", None)
 
     @property
@@ -250,7 +250,7 @@ class TextModel:
         if self.classifier is not None:
             tasks += ["classify"] + (["rerank"] if len(self.classifier.labels) == 1 else [])
         if self.engine.has_mlm:
-            tasks += ["sparse", "fill-mask"]
+            tasks += ["sparse"] + (["fill-mask"] if self.tokenizer.mask_id is not None else [])
         if self.engine.has_nsp:
             tasks.append("next-sentence")
         return tasks

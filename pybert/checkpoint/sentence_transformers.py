@@ -128,6 +128,9 @@ def read_sentence_transformers(path) -> Checkpoint:
         elif kind == "Pooling":
             pooling = _pooling(folder)
         elif kind == "Dense":
+            if normalize:
+                raise CheckpointError(f"{path}: a Dense module after Normalize is not served "
+                                      "(the engine pools, projects, then normalises)")
             dense_folders.append(folder)
         elif kind == "Normalize":
             normalize = True

@@ -273,3 +273,34 @@ def test_long_texts_in_overlapping_windows(tmp_path, family, pooling):
         text_model.encode_long(long, overlap=limit)
     with pytest.raises(TypeError, match="no pairs"):
         text_model.encode_long([("a", "b")])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("family", ["roberta", "distilbert", "electra"])
+def test_families_on_the_gpu(tmp_path, family, dtype):
+    """The same checkpoints on the CUDA engine, each dtype within its bound against float64;
+    the classifier's logits and (RoBERTa) its projection-free path, ELECTRA's narrower
+    embeddings projected."""
+    options = {"embedding_size": 16} if family == "electra" else {}
+    model, _ = make_family_dir(tmp_path / "hf", family, "classify", num_labels=2, **options)
+    text_model = pybert.TextModel.load(tmp_path / "hf", device="cuda", dtype=dtype)
+    items = texts_and_pairs()
+    encoded = text_model.tokenizer.encode_all(items, truncation="error")
+    out, mask = hf_forward(model, family, encoded)
+    tokens = text_model.encode(items, pooling="tokens", return_type="torch")
+    assert rel_l2(torch.cat(tokens), out.hidden_states[-1][mask]) <= BOUNDS[dtype]
+    logits = torch.from_numpy(text_model.classify(items, raw_scores=True))
+    assert rel_l2(logits, out.logits) <= 10 * BOUNDS[dtype]
+
+
+@pytest.mark.cuda
+def test_sparse_and_rerank_on_the_gpu(tmp_path):
+    make_family_dir(tmp_path / "mlm", "bert", "mlm")
+    cpu = pybert.TextModel.load(tmp_path / "mlm")
+    gpu = pybert.TextModel.load(tmp_path / "mlm", device="cuda", dtype=torch.float32)
+    texts = [" ".join(t.split()[:20]) for t in sentences(6, seed=8)]
+    for a, b in zip(cpu.encode_sparse(texts), gpu.encode_sparse(texts)):
+        top_a = a.indices[np.argsort(-a.values)[:10]]
+        top_b = b.indices[np.argsort(-b.values)[:10]]
+        assert set(top_a) == set(top_b)
