@@ -449,9 +449,12 @@ def _write_shards(pending: list[Shard], address: str | None, writer, actors: int
     import ray
 
     started_here = not ray.is_initialized()
+    reaper = None
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  ignore_reinit_error=True)
+        if address is None:
+            reaper = _reaper_of_local_cluster()
     try:
         count, per_actor = _actors(ray.cluster_resources(), len(pending), actors,
                                    gpus_per_actor)
@@ -464,6 +467,29 @@ def _write_shards(pending: list[Shard], address: str | None, writer, actors: int
     finally:
         if started_here:
             ray.shutdown()
+        if reaper is not None:  # whatever outlived the shutdown goes now
+            reaper.stdin.close()
+            reaper.wait(30)
+
+
+def _reaper_of_local_cluster():
+    """A watchdog (pybert/_reaper.py) for the local Ray cluster this driver just started (the
+    processes it spawned): when the driver ends, even by SIGKILL, the watchdog's input pipe
+    closes and it kills the cluster's process trees, which would otherwise outlive the driver
+    for seconds to minutes. Linux only (/proc); elsewhere None."""
+    import subprocess
+    import sys
+
+    from ._reaper import processes
+
+    if not os.path.isdir("/proc/self"):
+        return None
+    me = os.getpid()
+    roots = [[pid, start] for pid, (parent, start) in processes().items() if parent == me]
+    return subprocess.Popen([sys.executable, str(Path(__file__).with_name("_reaper.py")),
+                             json.dumps(roots)], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, close_fds=True)
 
 
 def run_ray_job(model: str, inputs, output_dir, address: str | None = None,

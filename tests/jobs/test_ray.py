@@ -285,3 +285,38 @@ def test_shards_read_only_their_rows(tmp_path):
     (tmp_path / "garbled.parquet").write_bytes(b"PAR1" + b"\0" * 100 + b"PAR1")
     with pytest.raises(ValueError, match="garbled.parquet: not a readable Parquet file"):
         plan_shards([tmp_path / "garbled.parquet"], 4)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="the reaper reads /proc (Linux)")
+def test_a_killed_drivers_local_cluster_ends_with_it(tmp_path, text_checkpoint):
+    """SIGKILL to `pybert encode --ray` (a local cluster started for the run): the cluster's
+    processes (GCS, raylet, agents, workers) are gone within seconds, not left running."""
+    from pybert._reaper import descendants, processes
+
+    write_txt(tmp_path / "in.txt", [t for t in random_texts(3000, seed=1) if isinstance(t, str)])
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pybert", "encode", "--model", str(text_checkpoint), "--input",
+         str(tmp_path / "in.txt"), "--output", str(tmp_path / "out"), "--ray",
+         "--rows-per-shard", "50", "--device", "cpu", "--no-progress"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, tree = time.time() + 120, []
+    while time.time() < deadline and driver.poll() is None:
+        table = processes()
+        tree = [(pid, table[pid][1]) for pid in descendants([(driver.pid,
+                                                              table[driver.pid][1])], table)
+                if pid != driver.pid]
+        if len(tree) >= 3 and list((tmp_path / "out").glob("*.parquet")):
+            break  # the cluster is up and writing
+        time.sleep(0.2)
+    assert driver.poll() is None and tree, "the job ended before it could be killed"
+    driver.kill()
+    driver.wait(30)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        table = processes()
+        left = [pid for pid, start in tree if table.get(pid, (0, None))[1] == start]
+        if not left:
+            break
+        time.sleep(0.2)
+    names = [open(f"/proc/{p}/cmdline", "rb").read()[:40] for p in left]
+    assert not left, f"{len(left)} of the {len(tree)} processes outlived the driver: {names}"
