@@ -127,7 +127,12 @@ class HuggingFaceTokenizer:
                                      f"max_len={self.max_len}; pass truncation='warn' to cut "
                                      "it")
                 cutter = self._cutting[side]
-                enc = cutter.encode(*item) if isinstance(item, tuple) else cutter.encode(item)
+                try:
+                    enc = cutter.encode(*item) if isinstance(item, tuple) else \
+                        cutter.encode(item)
+                except Exception as err:  # the tokenizers package raises plain Exceptions
+                    raise ValueError(f"texts[{start + i}] cannot be cut to max_len="
+                                     f"{self.max_len}: {str(err)[:200]}") from None
                 cut += 1
             out.append((enc.ids, enc.type_ids if self.token_types else [0] * len(enc.ids)))
         warn_cut(cut, self.max_len)
