@@ -125,6 +125,7 @@ PYBIND11_MODULE(_C, m) {
   gemm_paths["aten"] = static_cast<int>(pybert::cpu::GemmPath::kAten);
   gemm_paths["mkl"] = static_cast<int>(pybert::cpu::GemmPath::kMklPacked);
   gemm_paths["onednn"] = static_cast<int>(pybert::cpu::GemmPath::kOneDnnPacked);
+  gemm_paths["int8"] = static_cast<int>(pybert::cpu::GemmPath::kInt8);
   m.attr("CPU_GEMM_PATHS") = gemm_paths;
   m.def("time_cpu_gemm", &pybert::time_cpu_gemm, py::arg("paths"), py::arg("rows"),
         py::arg("n"), py::arg("k"), py::arg("dtype"), py::arg("repeats") = 3,

@@ -12,7 +12,12 @@ shape, and kept on disk keyed by the CPU model, its ISA flags, torch's version a
 count (``$PYBERT_CACHE_DIR``, default ``~/.cache/pybert``; ``PYBERT_CPU_PLAN_CACHE=0`` keeps
 it in memory only), so a later load reuses it.
 
-``PYBERT_CPU_GEMM=aten|mkl|onednn`` and ``PYBERT_CPU_ATTENTION=batched|flash`` force a path
+An int8 engine (``quantize="int8"``) times oneDNN's int8 GEMM beside the float paths and keeps
+whichever is fastest per shape and row count: on a CPU without VNNI (an AVX2 EPYC) the int8
+GEMM is slower than the float ones at small row counts, and the float path is then both
+faster and exact.
+
+``PYBERT_CPU_GEMM=aten|mkl|onednn|int8`` and ``PYBERT_CPU_ATTENTION=batched|flash`` force a path
 (for tests and bug reports); ``Engine(..., cpu_plan="default")`` (or
 ``PYBERT_CPU_PLAN=default``) takes the built-in defaults without measuring.
 """
@@ -34,11 +39,15 @@ import torch
 from .. import _C
 from ..config import BertConfig
 
-__all__ = ["CpuPlan", "plan_cpu", "default_plan", "cpu_identity", "GEMM_PATHS",
-           "MEASURED_ROWS", "MEASURED_LENGTHS", "ALL_ROWS"]
+__all__ = ["CpuPlan", "plan_cpu", "default_plan", "cpu_identity", "GEMM_PATHS", "FLOAT_PATHS",
+           "MEASURED_ROWS", "MEASURED_ROWS_INT8", "MEASURED_LENGTHS", "ALL_ROWS"]
 
-GEMM_PATHS = tuple(_C.CPU_GEMM_PATHS)       # "aten", "mkl", "onednn"
+GEMM_PATHS = tuple(_C.CPU_GEMM_PATHS)       # "aten", "mkl", "onednn", "int8"
+FLOAT_PATHS = tuple(p for p in GEMM_PATHS if p != "int8")  # what a float engine may take
 MEASURED_ROWS = (16, 128)                   # a GEMM's row counts timed per weight shape
+# An int8 engine's too, and a large batch's: dynamic quantisation costs a pass over the
+# activations, which larger GEMMs amortise, so int8 may win only there.
+MEASURED_ROWS_INT8 = (16, 128, 512)
 MAX_TIMED_COLUMNS = 4096                    # a wider weight (the MLM decoder) is timed at this n
 MEASURED_LENGTHS = (32, 128, 256)           # sequence lengths timed for the attention
 ATTENTION_BATCH = 2                         # sequences per attention timing
@@ -125,15 +134,18 @@ def _cpu_model_and_isa() -> tuple[str, tuple[str, ...]]:
     return model, tuple(f for f in wanted if f in flags)
 
 
-def gemm_shapes(config: BertConfig) -> dict[tuple[int, int], tuple[int, ...]]:
+def gemm_shapes(config: BertConfig, int8: bool = False) -> dict[tuple[int, int],
+                                                                 tuple[int, ...]]:
     """The distinct weight shapes (n, k) of a model's GEMMs, with the row counts to time each
-    at: the layers' and the pooler's at MEASURED_ROWS; the MLM decoder, which sees only the
-    predicted positions (few rows) and is the largest matrix, at the fewest only."""
+    at: the layers' and the pooler's at MEASURED_ROWS (an int8 engine's at
+    MEASURED_ROWS_INT8); the MLM decoder, which sees only the predicted positions (few rows)
+    and is the largest matrix, at the fewest only."""
     h, f = config.num_hiddens, config.ffn_num_hiddens
-    shapes = {shape: MEASURED_ROWS for shape in ((3 * h, h), (h, h), (f, h), (h, f))}
+    rows = MEASURED_ROWS_INT8 if int8 else MEASURED_ROWS
+    shapes = {shape: rows for shape in ((3 * h, h), (h, h), (f, h), (h, f))}
     if config.embedding_size not in (0, h):  # ELECTRA-small's embedding projection
-        shapes.setdefault((h, config.embedding_size), MEASURED_ROWS)
-    shapes.setdefault((config.vocab_size, h), MEASURED_ROWS[:1])
+        shapes.setdefault((h, config.embedding_size), rows)
+    shapes.setdefault((config.vocab_size, h), rows[:1])
     return shapes
 
 
@@ -264,8 +276,8 @@ def plan_cpu(config: BertConfig, dtype: torch.dtype, int8: bool = False,
              attention_timer: AttentionTimer | None = None,
              path_available: PathCheck | None = None) -> CpuPlan:
     """The plan of an engine of ``config`` in ``dtype`` on this CPU: measured (or taken from
-    the cache), or forced by PYBERT_CPU_GEMM / PYBERT_CPU_ATTENTION. ``int8``: the weights are
-    int8 (one GEMM path), only the attention is chosen."""
+    the cache), or forced by PYBERT_CPU_GEMM / PYBERT_CPU_ATTENTION. ``int8``: an int8 engine
+    (float32 activations), whose GEMMs may also take the int8 path."""
     name = str(dtype).replace("torch.", "")
     cpu = cpu_identity()
     plan = CpuPlan(cpu, "int8" if int8 else name, source="cached")
@@ -273,16 +285,17 @@ def plan_cpu(config: BertConfig, dtype: torch.dtype, int8: bool = False,
     forced_attention = _forced("PYBERT_CPU_ATTENTION", ("batched", "flash"))
     gemm_timer = gemm_timer or _time_gemm
     attention_timer = attention_timer or _time_attention
-    available = [p for p in GEMM_PATHS if (path_available or _path_available)(p, name)]
+    available = [p for p in (GEMM_PATHS if int8 else FLOAT_PATHS)
+                 if (path_available or _path_available)(p, name)]
     measured = False
-    for (n, k), rows in ({} if int8 else gemm_shapes(config)).items():
+    for (n, k), rows in gemm_shapes(config, int8).items():
         if forced_gemm is not None:
             if forced_gemm not in available:
                 raise ValueError(f"PYBERT_CPU_GEMM={forced_gemm}: that path is not available "
                                  f"for {name} on this machine (available: {available})")
             plan.gemm[(n, k)] = [(ALL_ROWS, forced_gemm)]
             continue
-        key = json.dumps(["gemm", cpu, name, n, k])
+        key = json.dumps(["gemm", cpu, plan.dtype, n, k])
         choice = CACHE.get(key)
         if not _is_choice(choice):
             choice = choose_gemm(n, k, name, available, gemm_timer, rows)

@@ -38,13 +38,14 @@ def forced_plan(dtype: str, gemm: str, batched_max_length: int) -> CpuPlan:
                    attention_batched_max_length=batched_max_length, source="forced")
 
 
-AVAILABLE_FP32 = [p for p in cpu_plan.GEMM_PATHS if _C.cpu_gemm_path_available(
+AVAILABLE_FP32 = [p for p in cpu_plan.FLOAT_PATHS if _C.cpu_gemm_path_available(
     _C.CPU_GEMM_PATHS[p], "float32")]
-AVAILABLE_BF16 = [p for p in cpu_plan.GEMM_PATHS if _C.cpu_gemm_path_available(
+AVAILABLE_BF16 = [p for p in cpu_plan.FLOAT_PATHS if _C.cpu_gemm_path_available(
     _C.CPU_GEMM_PATHS[p], "bfloat16")]
+INT8_AVAILABLE = _C.cpu_gemm_path_available(_C.CPU_GEMM_PATHS["int8"], "float32")
 
 
-@pytest.mark.parametrize("gemm", cpu_plan.GEMM_PATHS)
+@pytest.mark.parametrize("gemm", cpu_plan.FLOAT_PATHS)
 @pytest.mark.parametrize("attention", [0, 512], ids=["flash", "batched"])
 @pytest.mark.parametrize("rows", [3, 60, 300])
 def test_every_fp32_path_gives_the_float64_results(gemm, attention, rows):
@@ -60,7 +61,54 @@ def test_every_fp32_path_gives_the_float64_results(gemm, attention, rows):
                    batch, seq_len)
 
 
+@pytest.mark.skipif(not INT8_AVAILABLE, reason="this torch has no oneDNN int8 GEMM")
 @pytest.mark.parametrize("gemm", cpu_plan.GEMM_PATHS)
+def test_an_int8_engine_runs_every_path(gemm):
+    """An int8 engine may take the int8 GEMM or a float one per shape and row count (a CPU
+    without VNNI runs float faster at small row counts): forced to each, its encodings stay
+    within the int8 bound, and forced to a float path they are the float engine's."""
+    from helpers import INT8_ENCODING_BOUND
+
+    if gemm != "int8" and gemm not in AVAILABLE_FP32:
+        pytest.skip(f"{gemm} is not available on this machine")
+    net = random_model(CONFIG, seed=11)
+    tokens, segments, valid_lens, pred = random_batch(CONFIG, 4, 30, seed=11)
+    ref = reference_forward(net, tokens, segments, valid_lens, pred)
+    engine = pybert.Engine.from_model(net, quantize="int8",
+                                      cpu_plan=forced_plan("int8", gemm, 512))
+    encoded, _, _ = engine(tokens, segments, valid_lens, pred)
+    mask = valid_mask(valid_lens, 4, 30)
+    bound = INT8_ENCODING_BOUND if gemm == "int8" else FP32_BOUND
+    assert rel_l2(encoded[mask], ref[0][mask]) <= bound
+
+
+@pytest.mark.skipif(not INT8_AVAILABLE, reason="this torch has no oneDNN int8 GEMM")
+def test_an_int8_plan_keeps_float_where_it_is_faster():
+    """On a fake timer where oneDNN's float GEMM wins at 16 rows and int8 from 128 on, an
+    int8 engine's plan takes each where it wins; a float engine never times int8."""
+    timed = []
+
+    def timer(paths, rows, n, k, dtype):
+        timed.append(paths)
+        return [[1.0 if p == "onednn" else 2.0, *(1.0 if p == "int8" else 2.0
+                                                  for _ in rows[1:])] for p in paths]
+
+    def available(path, dtype):
+        return path in ("aten", "onednn", "int8")
+
+    plan = plan_cpu(CONFIG, torch.float32, int8=True, gemm_timer=timer,
+                    attention_timer=lambda *a: 1.0, path_available=available)
+    assert plan.dtype == "int8"
+    for choice in plan.gemm.values():
+        assert choice[0][1] == "onednn" and (len(choice) == 1 or choice[-1][1] == "int8")
+    assert any(len(choice) == 2 for choice in plan.gemm.values())
+    timed.clear()
+    plan_cpu(CONFIG, torch.float32, gemm_timer=timer, attention_timer=lambda *a: 1.0,
+             path_available=available)
+    assert timed and all("int8" not in paths for paths in timed)
+
+
+@pytest.mark.parametrize("gemm", cpu_plan.FLOAT_PATHS)
 def test_every_bf16_path_stays_within_the_bf16_bound(gemm):
     if gemm not in AVAILABLE_BF16:
         pytest.skip(f"{gemm} is not available in bfloat16 on this machine")

@@ -115,11 +115,12 @@ class PreparedWeight {
  public:
   WeightStorage format;
   at::Tensor mkl_packed;     // kMklPacked: the weight in MKL's packed layout (float)
-  at::Tensor onednn_packed;  // kOneDnnPacked, kInt8: the weight in oneDNN's layout
-  at::Tensor bias;           // T (kPacked) or float32 (kInt8); or undefined
-  at::Tensor scales;         // kInt8: float32 per output channel
-  at::Tensor zero_points;    // kInt8: zeros (symmetric weights), as oneDNN's op takes them
-  GemmChoice choice;         // kPacked: the path by row count
+  at::Tensor onednn_packed;  // kOneDnnPacked: the weight in oneDNN's layout
+  at::Tensor int8_packed;    // kInt8 path: the int8 weight in oneDNN's layout
+  at::Tensor bias;           // T; or undefined
+  at::Tensor scales;         // kInt8 path: float32 per output channel
+  at::Tensor zero_points;    // kInt8 path: zeros (symmetric weights), as oneDNN's op takes them
+  GemmChoice choice;         // the path by row count
 
   GemmPath path_for(int64_t m) const {
     for (const auto& [max_rows, path] : choice) {
@@ -175,6 +176,21 @@ bool prepare_path(PreparedWeight& prepared, const T* weight, int64_t n, int64_t 
                                                  {wrap(weight, {n, k}).clone(), c10::IValue()});
       }
       return true;
+    case GemmPath::kInt8: {
+      if (prepared.format != WeightStorage::kInt8 || !gemm_path_available<T>(path)) return false;
+      if (prepared.int8_packed.defined()) return true;
+      // Symmetric per-output-channel scales: row r maps [-max|w_r|, max|w_r|] onto
+      // [-limit, limit].
+      const at::Tensor w = wrap(weight, {n, k}).to(at::kFloat);
+      const float limit = int8_weight_limit();
+      prepared.scales = (w.abs().amax(1).clamp_min(1e-30f) / limit).to(at::kFloat);
+      const at::Tensor quantized =
+          at::round(w / prepared.scales.unsqueeze(1)).clamp(-limit, limit).to(at::kChar);
+      prepared.int8_packed =
+          call_for_tensor(*onednn_ops().int8_prepack, {quantized, c10::IValue()});
+      prepared.zero_points = at::zeros({n}, at::kLong);
+      return true;
+    }
   }
   return false;
 }
@@ -182,7 +198,10 @@ bool prepare_path(PreparedWeight& prepared, const T* weight, int64_t n, int64_t 
 // The choice an engine gets without a measured one: the prepacked form of the library this
 // torch has for T up to kPackedRowsLimit rows, ATen beyond.
 template <typename T>
-GemmChoice default_choice() {
+GemmChoice default_choice(WeightStorage format) {
+  if (format == WeightStorage::kInt8) {
+    return {{std::numeric_limits<int64_t>::max(), GemmPath::kInt8}};
+  }
   const GemmPath packed =
       std::is_same_v<T, float> ? GemmPath::kMklPacked : GemmPath::kOneDnnPacked;
   return {{kPackedRowsLimit, packed}, {std::numeric_limits<int64_t>::max(), GemmPath::kAten}};
@@ -210,6 +229,7 @@ bool gemm_path_available(GemmPath path) {
     case GemmPath::kAten: return true;
     case GemmPath::kMklPacked: return std::is_same_v<T, float> && packed_sgemm_available();
     case GemmPath::kOneDnnPacked: return onednn_packs<T>();
+    case GemmPath::kInt8: return weight_storage_supported<T>(WeightStorage::kInt8);
   }
   return false;
 }
@@ -218,28 +238,15 @@ template <typename T>
 PreparedWeightPtr prepare_weight(const T* weight, const T* bias, int64_t n, int64_t k,
                                  WeightStorage format, const GemmChoice& choice) {
   if (format == WeightStorage::kPlain || !weight_storage_supported<T>(format)) return nullptr;
-  PreparedWeightPtr prepared(new PreparedWeight{format, {}, {}, {}, {}, {}, {}});
+  PreparedWeightPtr prepared(new PreparedWeight{format, {}, {}, {}, {}, {}, {}, {}});
   if (bias != nullptr) prepared->bias = wrap(bias, {n}).clone();
-  if (format == WeightStorage::kPacked) {
-    prepared->choice = choice.empty() ? default_choice<T>() : choice;
-    bool any_packed = false;
-    for (auto& [max_rows, path] : prepared->choice) {
-      if (!prepare_path(*prepared, weight, n, k, path)) path = GemmPath::kAten;
-      any_packed = any_packed || path != GemmPath::kAten;
-    }
-    if (!any_packed) return nullptr;
-    return prepared;
+  prepared->choice = choice.empty() ? default_choice<T>(format) : choice;
+  bool any_prepared = false;
+  for (auto& [max_rows, path] : prepared->choice) {
+    if (!prepare_path(*prepared, weight, n, k, path)) path = GemmPath::kAten;
+    any_prepared = any_prepared || path != GemmPath::kAten;
   }
-  // Symmetric per-output-channel scales: row r maps [-max|w_r|, max|w_r|] onto
-  // [-limit, limit].
-  const at::Tensor w = wrap(weight, {n, k});
-  const float limit = int8_weight_limit();
-  prepared->scales = (w.abs().amax(1).clamp_min(1e-30f) / limit).to(at::kFloat);
-  const at::Tensor quantized =
-      at::round(w / prepared->scales.unsqueeze(1)).clamp(-limit, limit).to(at::kChar);
-  prepared->onednn_packed =
-      call_for_tensor(*onednn_ops().int8_prepack, {quantized, c10::IValue()});
-  prepared->zero_points = at::zeros({n}, at::kLong);
+  if (!any_prepared) return nullptr;
   return prepared;
 }
 
@@ -261,7 +268,7 @@ void int8_gemm(const float* a, const PreparedWeight& prepared, float* out, int64
   const c10::List<std::optional<at::Scalar>> no_scalars;
   const at::Tensor product = call_for_tensor(
       *onednn_ops().int8_linear,
-      {qa, 1.0, int64_t(128), prepared.onednn_packed, prepared.scales, prepared.zero_points,
+      {qa, 1.0, int64_t(128), prepared.int8_packed, prepared.scales, prepared.zero_points,
        c10::IValue(), 1.0, int64_t(0), at::kFloat, std::string("none"), no_scalars,
        std::string("")});
   scale_rows_add_bias(product.data_ptr<float>(), row_scales.data(),
@@ -276,12 +283,13 @@ void int8_gemm(const float* a, const PreparedWeight& prepared, float* out, int64
 template <typename T>
 void gemm_bias_act(const T* a, const T* weight, const T* bias, const PreparedWeight* prepared,
                    T* out, int64_t m, int64_t n, int64_t k, Activation act) {
-  if (prepared != nullptr && prepared->format == WeightStorage::kInt8) {
+  const GemmPath path = prepared != nullptr ? prepared->path_for(m) : GemmPath::kAten;
+  if (path == GemmPath::kInt8) {
     if constexpr (std::is_same_v<T, float>) return int8_gemm(a, *prepared, out, m, n, k, act);
   }
   at::Tensor out_t = wrap(out, {m, n});
   const at::Tensor a_t = wrap(a, {m, k});
-  switch (prepared != nullptr ? prepared->path_for(m) : GemmPath::kAten) {
+  switch (path) {
     case GemmPath::kMklPacked:
       if constexpr (std::is_same_v<T, float>) {
         // MKL accumulates onto the bias, written into the output first.
@@ -302,6 +310,7 @@ void gemm_bias_act(const T* a, const T* weight, const T* bias, const PreparedWei
                                    post_op_algorithm(act)}));
       return;
     }
+    case GemmPath::kInt8:  // bfloat16 has no int8 path (prepare_path refuses it)
     case GemmPath::kAten: break;
   }
   const at::Tensor w_t = wrap(weight, {n, k});
@@ -364,7 +373,9 @@ std::vector<std::vector<double>> time_gemm(const std::vector<GemmPath>& paths,
     if (!gemm_path_available<T>(paths[p])) continue;
     PreparedWeightPtr prepared;
     if (paths[p] != GemmPath::kAten) {
-      prepared = prepare_weight(w, b, n, k, WeightStorage::kPacked,
+      const WeightStorage storage =
+          paths[p] == GemmPath::kInt8 ? WeightStorage::kInt8 : WeightStorage::kPacked;
+      prepared = prepare_weight(w, b, n, k, storage,
                                 {{std::numeric_limits<int64_t>::max(), paths[p]}});
       if (!prepared || prepared->path_for(1) != paths[p]) continue;
     }

@@ -25,8 +25,10 @@ namespace pybert::cpu {
 enum class WeightStorage {
   kPlain,   // the row-major matrix as given
   kPacked,  // prepacked once in the layouts of the GEMM paths its GemmChoice names
-  kInt8,    // int8 per output channel, activations quantised per row on each call (dynamic
-            // quantisation; oneDNN's int8 GEMM: VNNI or AMX where the CPU has them)
+  kInt8,    // like kPacked, and the kInt8 path allowed: int8 per output channel, activations
+            // quantised per row on each call (dynamic quantisation; oneDNN's int8 GEMM: VNNI
+            // or AMX where the CPU has them). Where a float path times faster (a CPU without
+            // VNNI), the plan names it for that shape and row count instead.
 };
 
 // The ways a float or bfloat16 weight GEMM can run. Which is fastest depends on the CPU (MKL
@@ -36,8 +38,9 @@ enum class GemmPath : int {
   kAten = 0,          // ATen's addmm on the plain matrix (torch's own choice of library)
   kMklPacked = 1,     // MKL's packed sgemm, the weight packed once (float only)
   kOneDnnPacked = 2,  // oneDNN's linear, the weight reordered once, bias and activation fused
+  kInt8 = 3,          // oneDNN's u8 x s8 GEMM on int8 weights (float, WeightStorage::kInt8 only)
 };
-constexpr int kGemmPaths = 3;
+constexpr int kGemmPaths = 4;
 
 // A weight's paths by row count: a GEMM of m rows takes the path of the first entry with
 // m <= max_rows (the last entry covers every m). Empty: the default, packed up to
