@@ -6,6 +6,8 @@ caller), with a warning or an error."""
 
 from __future__ import annotations
 
+import threading
+
 from .common import TRUNCATION_SIDES, check_side, check_truncation, split_windows, text_item, \
     warn_cut
 
@@ -55,13 +57,11 @@ class HuggingFaceTokenizer:
         if isinstance(model_max, int) and 0 < model_max < max_len:
             max_len = model_max
         self.max_len = max_len
-        # One cutting copy per side, set up here and never changed: a shared tokenizer whose
-        # truncation setting were switched per call would race between threads (a server's).
-        self._cutting = {}
-        for side in TRUNCATION_SIDES:
-            cutter = type(self.tokenizer).from_str(self.tokenizer.to_str())
-            cutter.enable_truncation(max_len, strategy="longest_first", direction=side)
-            self._cutting[side] = cutter
+        # One cutting copy per side, made at its first use and never changed after: a shared
+        # tokenizer whose truncation setting were switched per call would race between threads
+        # (a server's).
+        self._cutting: dict = {}
+        self._cutting_lock = threading.Lock()
         self.token_types = token_types
         side = settings.get("truncation_side", "right")
         self.truncation_side = side if side in TRUNCATION_SIDES else "right"
@@ -81,6 +81,16 @@ class HuggingFaceTokenizer:
             if index is not None:
                 return index
         return None
+
+    def _cutter(self, side: str):
+        """The copy of the tokenizer that cuts to max_len from ``side``."""
+        with self._cutting_lock:
+            if side not in self._cutting:
+                cutter = type(self.tokenizer).from_str(self.tokenizer.to_str())
+                cutter.enable_truncation(self.max_len, strategy="longest_first",
+                                         direction=side)
+                self._cutting[side] = cutter
+            return self._cutting[side]
 
     def id_to_token(self, index: int) -> str:
         return self.tokenizer.id_to_token(index)
@@ -126,7 +136,7 @@ class HuggingFaceTokenizer:
                     raise ValueError(f"texts[{start + i}] has {len(enc.ids)} tokens, more than "
                                      f"max_len={self.max_len}; pass truncation='warn' to cut "
                                      "it")
-                cutter = self._cutting[side]
+                cutter = self._cutter(side)
                 try:
                     enc = cutter.encode(*item) if isinstance(item, tuple) else \
                         cutter.encode(item)

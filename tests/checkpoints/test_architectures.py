@@ -304,3 +304,17 @@ def test_sparse_and_rerank_on_the_gpu(tmp_path):
         top_a = a.indices[np.argsort(-a.values)[:10]]
         top_b = b.indices[np.argsort(-b.values)[:10]]
         assert set(top_a) == set(top_b)
+
+
+def test_a_tokenizer_json_of_xlm_roberta_size_loads(tmp_path):
+    """XLM-RoBERTa's tokenizer.json (250k pieces) is 17 MB: a file of that size is read (the
+    cap on what reading a stranger's tokenizer may cost is 64 MiB), and one beyond it refused."""
+    make_family_dir(tmp_path / "hf", "xlm-roberta", "base")
+    path = tmp_path / "hf" / "tokenizer.json"
+    text = path.read_text()
+    path.write_text(text + " " * (17 << 20))  # whitespace: the same JSON, 17 MB larger
+    model = pybert.TextModel.load(tmp_path / "hf")
+    assert model.tokenizer.encode_all(["a text"])[0][0][0] == 0  # <s>
+    path.write_text(text + " " * (65 << 20))
+    with pytest.raises(CheckpointError, match="tokenizer.json"):
+        pybert.TextModel.load(tmp_path / "hf")
