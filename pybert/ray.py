@@ -31,7 +31,7 @@ from .checkpoint.files import fingerprint
 from .config import check_positive_int
 from .engine import default_dtype, resolve_device
 from .job import JOB_TASKS, TEXT_INPUT_SUFFIXES, parse_rows, row_places, task_width
-from .job.files import output_lock
+from .job.files import output_lock, write_text_replacing
 from .text import TextModel
 from .tokenization import check_text
 
@@ -422,9 +422,7 @@ def _prepare_output(output_dir: Path, identity: dict, shards: list[Shard], files
         for name in listed:
             (output_dir / name).unlink(missing_ok=True)
     names = [shard.name for shard in shards]
-    tmp = manifest.with_name(manifest.name + ".tmp")
-    tmp.write_text(json.dumps({"job": identity, "shards": names}, indent=1))
-    os.replace(tmp, manifest)
+    write_text_replacing(manifest, json.dumps({"job": identity, "shards": names}, indent=1))
     for name in names:
         for stale in output_dir.glob(f".{name}.*.tmp"):
             stale.unlink(missing_ok=True)

@@ -104,16 +104,10 @@ class _Batch:
     tokens: torch.Tensor     # (total_tokens,) the rows' ids one after another
     segments: torch.Tensor   # (total_tokens,)
     cu_seqlens: torch.Tensor  # (len(rows) + 1,)
+    sequences: list          # the rows' (ids, segments) as tokenised (what padded calls take)
 
 
 _DONE = object()
-
-
-def _unpacked(batch: _Batch) -> list:
-    """The (ids, segments) of each sequence of a packed batch."""
-    lengths = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).tolist()
-    return list(zip((t.tolist() for t in batch.tokens.split(lengths)),
-                    (s.tolist() for s in batch.segments.split(lengths))))
 
 
 def _pool(packed: torch.Tensor, cu_seqlens: torch.Tensor, pooling: str, normalize: bool,
@@ -388,7 +382,7 @@ class TextModel:
         check_side(truncation_side)
         self.prompted([], prompt_name, prompt)  # a bad prompt name fails here, not in a thread
         if task == "sparse":  # the MLM logits of a batch stay under SPARSE_LOGITS_BYTES
-            batch_tokens = min(batch_tokens, self._sparse_batch_tokens())
+            batch_tokens = min(batch_tokens, self._logit_rows_budget())
         batches: queue.Queue = queue.Queue(maxsize=prefetch)
         stop = threading.Event()
         encode = (lambda chunk, start: self.tokenizer.encode_all(
@@ -440,10 +434,11 @@ class TextModel:
         if task == "sparse":
             if not self.engine.has_mlm:
                 raise ValueError("this model has no MLM head, so it gives no sparse vectors")
-            return lambda b: self.sparse_tokenized(_unpacked(b))
+            return lambda b: self.sparse_tokenized(b.sequences)
         raise ValueError(f"task must be 'embed', 'classify' or 'sparse', got {task!r}")
 
-    def _sparse_batch_tokens(self) -> int:
+    def _logit_rows_budget(self) -> int:
+        """Rows of vocabulary logits (sparse tokens, fill-mask masks) one engine call holds."""
         return max(1, SPARSE_LOGITS_BYTES // (4 * self.engine.config.vocab_size))
 
     def _produce(self, items: Iterator, chunk_size: int, batch_tokens: int, encode,
@@ -471,7 +466,8 @@ class TextModel:
                 if not put(("chunk", chunk_index, len(chunk), len(batches))):
                     return
                 for rows in batches:
-                    if not put(_Batch(chunk_index, rows, *pack_batch(encoded, rows))):
+                    if not put(_Batch(chunk_index, rows, *pack_batch(encoded, rows),
+                                      [encoded[r] for r in rows])):
                         return
             put(_DONE)
         except BaseException as err:  # handed to the consumer, which raises it
@@ -618,7 +614,7 @@ class TextModel:
         if not self.engine.has_mlm:
             raise ValueError("this model has no MLM head, so it gives no sparse vectors")
         out: list = [None] * len(encoded)
-        for rows in plan_batches([len(ids) for ids, _ in encoded], self._sparse_batch_tokens()):
+        for rows in plan_batches([len(ids) for ids, _ in encoded], self._logit_rows_budget()):
             tokens, segments, valid_lens = pad_batch(encoded, rows, self.tokenizer.pad_id)
             positions = torch.arange(tokens.shape[1]).repeat(len(rows), 1)
             positions[positions >= valid_lens[:, None]] = 0  # padding: scored, then ignored
@@ -673,7 +669,7 @@ class TextModel:
         self._check_fill_mask(k)
         masks = self.mask_positions(encoded)
         results: list = [[] for _ in encoded]
-        budget = self._sparse_batch_tokens()  # mask rows whose logits fit the budget
+        budget = self._logit_rows_budget()  # mask rows whose logits fit the budget
         for token_rows in plan_batches([len(ids) for ids, _ in encoded], batch_tokens):
             for rows in plan_batches([max(1, len(masks[r])) for r in token_rows], budget):
                 rows = [token_rows[i] for i in rows]

@@ -275,8 +275,7 @@ class Routes:
         return await self.reply(texts[0] if single else texts)
 
     async def fill_mask(self, request: Request):
-        if not self.engine.has_mlm or self.model.tokenizer.mask_id is None:
-            raise HTTPError(404, "this model has no MLM head", "NotFound")
+        self.need("fill-mask")
         body = await self.body(request)
         texts = texts_of(body.get("inputs"), "inputs", self.config)
         top_k = body.get("top_k", 5)
@@ -293,8 +292,7 @@ class Routes:
                                  for text in results])
 
     async def next_sentence(self, request: Request):
-        if not self.engine.has_nsp:
-            raise HTTPError(404, "this model has no NSP head", "NotFound")
+        self.need("next-sentence")
         body = await self.body(request)
         pairs = texts_of(body.get("inputs"), "inputs", self.config, pairs=True)
         encoded = await self.tokenised(pairs, flag(body, "truncate", False))
