@@ -13,7 +13,7 @@ from . import _C
 
 __all__ = ["BertConfig", "config_from_model", "state_dict_problems", "expected_state_shapes"]
 
-ACTIVATIONS = ("relu", "gelu")
+ACTIVATIONS = ("relu", "gelu", "silu")
 
 
 def check_positive_int(value, name: str) -> int:
@@ -50,6 +50,18 @@ class BertConfig:
     # Hugging Face BERT: GELU in the MLM transform, and a LayerNorm after the embeddings
     mlm_activation: str = "relu"
     embedding_layer_norm: bool = False
+    # The layer's form, for modern encoders (ModernBERT, NomicBERT, GTE); the defaults are
+    # BERT's. Pre-norm layers (x += sublayer(LN(x))) end in a final LayerNorm; a gated FFN's
+    # first linear gives [a | g] and the second reads act(a) * g; rotary positions (a base > 0)
+    # replace the position table; with local_window > 0, the layers i with i % global_every
+    # != 0 attend only to keys within local_window positions (their own rotary base if
+    # local_rotary_base is set).
+    pre_norm: bool = False
+    ffn_gated: bool = False
+    rotary_base: float = 0.0
+    local_rotary_base: float = 0.0
+    local_window: int = 0
+    global_every: int = 1
 
     def __post_init__(self):
         for name in ("vocab_size", "num_hiddens", "ffn_num_hiddens", "num_heads", "num_layers",
@@ -73,9 +85,24 @@ class BertConfig:
             if getattr(self, name) not in ACTIVATIONS:
                 raise ValueError(f"BertConfig.{name} must be one of {ACTIVATIONS}, "
                                  f"got {getattr(self, name)!r}")
-        if not isinstance(self.embedding_layer_norm, bool):
-            raise ValueError(f"BertConfig.embedding_layer_norm must be true or false, got "
-                             f"{self.embedding_layer_norm!r}")
+        for name in ("embedding_layer_norm", "pre_norm", "ffn_gated"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"BertConfig.{name} must be true or false, got "
+                                 f"{getattr(self, name)!r}")
+        for name in ("rotary_base", "local_rotary_base"):
+            base = _real(getattr(self, name), name)
+            if not (math.isfinite(base) and (base == 0.0 or base > 1.0)):
+                raise ValueError(f"BertConfig.{name} must be 0 (none) or a finite number > 1, "
+                                 f"got {getattr(self, name)!r}")
+        if self.rotary_base and self.head_dim % 2:
+            raise ValueError(f"BertConfig: rotary positions need an even head dim, got "
+                             f"{self.head_dim}")
+        if self.rotary_base and self.position_offset:
+            raise ValueError("BertConfig: rotary positions count from 0 (position_offset 0)")
+        value = self.local_window
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"BertConfig.local_window must be an integer >= 0, got {value!r}")
+        check_positive_int(self.global_every, "BertConfig.global_every")
 
     def native(self) -> dict:
         """The config as pybert._C takes it (Engine, weight_shapes): the fields the C++ side
@@ -87,8 +114,9 @@ class BertConfig:
         """Whether d2l's BERT has this form: ReLU activations, no embedding LayerNorm, two
         segments, positions from 0."""
         return (self.ffn_activation, self.mlm_activation, self.embedding_layer_norm,
-                self.type_vocab_size, self.position_offset, self.embedding_size) == \
-            ("relu", "relu", False, 2, 0, 0)
+                self.type_vocab_size, self.position_offset, self.embedding_size, self.pre_norm,
+                self.ffn_gated, self.rotary_base, self.local_window) == \
+            ("relu", "relu", False, 2, 0, 0, False, False, 0.0, 0)
 
     @property
     def head_dim(self) -> int:

@@ -44,10 +44,21 @@ struct CpuBackend {
                      int64_t rows, int64_t hidden, float eps) {
     cpu::add_layernorm(x, residual, gamma, beta, out, rows, hidden, eps);
   }
+  void add_residual_layernorm(const T* delta, T* x, const T* gamma, const T* beta, T* normed,
+                              int64_t rows, int64_t hidden, float eps) {
+    cpu::add_residual_layernorm(delta, x, gamma, beta, normed, rows, hidden, eps);
+  }
+  void rotary_qk(T* qkv, const int32_t* cu_seqlens, int64_t batch, int64_t total_tokens,
+                 int64_t num_heads, int64_t head_dim, const T* cos, const T* sin) {
+    cpu::rotary_qk(qkv, cu_seqlens, batch, num_heads, head_dim, cos, sin);
+  }
+  void gated_activation(const T* in, T* out, int64_t rows, int64_t width, Activation act) {
+    cpu::gated_activation(in, out, rows, width, act);
+  }
   const T* attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
                             int64_t total_tokens, int64_t max_seqlen, int64_t num_heads,
-                            int64_t head_dim) {
-    cpu::attention_varlen(qkv, cu_seqlens, out, batch, max_seqlen, num_heads, head_dim,
+                            int64_t head_dim, int64_t window) {
+    cpu::attention_varlen(qkv, cu_seqlens, out, batch, max_seqlen, num_heads, head_dim, window,
                           attention_batched_max_length);
     return out;
   }

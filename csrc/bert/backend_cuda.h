@@ -41,21 +41,37 @@ struct CudaBackend {
                      int64_t rows, int64_t hidden, float eps) {
     cuda::add_layernorm(x, residual, gamma, beta, out, rows, hidden, eps, stream);
   }
+  void add_residual_layernorm(const T* delta, T* x, const T* gamma, const T* beta, T* normed,
+                              int64_t rows, int64_t hidden, float eps) {
+    cuda::add_residual_layernorm(delta, x, gamma, beta, normed, rows, hidden, eps, stream);
+  }
+  void rotary_qk(T* qkv, const int32_t* cu_seqlens, int64_t batch, int64_t total_tokens,
+                 int64_t num_heads, int64_t head_dim, const T* cos, const T* sin) {
+    cuda::rotary_qk(qkv, cu_seqlens, batch, total_tokens, num_heads, head_dim, cos, sin,
+                    stream);
+  }
+  void gated_activation(const T* in, T* out, int64_t rows, int64_t width, Activation act) {
+    cuda::gated_activation(in, out, rows, width, act, stream);
+  }
   // torch's FlashAttention-2 / memory-efficient kernel where they take the shape (their
-  // output rows stay alive until the next layer's attention replaces them), else ours.
+  // output rows stay alive until the next layer's attention replaces them), else ours. A
+  // windowed layer takes FlashAttention-2's window, or our CUDA-core kernel's (fp32).
   const T* attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
                             int64_t total_tokens, int64_t max_seqlen, int64_t num_heads,
-                            int64_t head_dim) {
+                            int64_t head_dim, int64_t window) {
     const cuda::ScalarCode scalar = cuda::scalar_code<T>();
-    const cuda::AttentionKernel kernel = cuda::choose_attention_kernel(scalar, head_dim);
+    cuda::AttentionKernel kernel = cuda::choose_attention_kernel(scalar, head_dim);
+    if (window > 0 && kernel != cuda::AttentionKernel::kFlash) {
+      kernel = cuda::AttentionKernel::kOwn;
+    }
     if (kernel == cuda::AttentionKernel::kOwn) {
       cuda::attention_varlen(qkv, cu_seqlens, out, batch, max_seqlen, num_heads, head_dim,
-                             stream);
+                             window, stream);
       return out;
     }
     cuda::AttentionResult result = cuda::library_attention_varlen(
         kernel, scalar, qkv, cu_seqlens, batch, total_tokens, max_seqlen, num_heads,
-        head_dim, device_index, stream);
+        head_dim, window, device_index, stream);
     attention_rows = std::move(result.owner);
     return result.rows != nullptr ? static_cast<const T*>(result.rows) : out;
   }

@@ -25,8 +25,16 @@ namespace pybert {
   X(int64_t, embedding_size, 0)   /* embedding width, projected to num_hiddens (ELECTRA); */ \
                                   /* 0: num_hiddens, no projection */                      \
   X(float, layer_norm_eps, 1e-5f)                                                          \
-  X(Activation, ffn_activation, Activation::kReLU) /* ReLU (d2l) or exact GELU (HF) */    \
-  X(Activation, mlm_activation, Activation::kReLU) /* the MLM transform's, likewise */
+  X(Activation, ffn_activation, Activation::kReLU) /* ReLU (d2l), exact GELU (HF), SiLU */ \
+  X(Activation, mlm_activation, Activation::kReLU) /* the MLM transform's, likewise */     \
+  /* The layer's form (modern encoders: ModernBERT, NomicBERT, GTE). */                    \
+  X(bool, pre_norm, false)      /* x += attn(LN1(x)); x += ffn(LN2(x)) (else post-norm) */ \
+  X(bool, ffn_gated, false)     /* ffn1 gives [a | g] (2F wide): ffn2(act(a) * g) */       \
+  X(float, rotary_base, 0.0f)   /* rotary positions' base (theta); 0: a position table */  \
+  X(float, local_rotary_base, 0.0f) /* windowed layers' base; 0: rotary_base */           \
+  X(int64_t, local_window, 0)   /* windowed layers attend |i - j| <= local_window; 0: */   \
+                                /* every layer global */                                   \
+  X(int64_t, global_every, 1)   /* with a window: layer i is global when i % n == 0 */
 
 struct BertConfig {
 #define PYBERT_CONFIG_MEMBER(type, name, default_value) type name = default_value;
@@ -37,6 +45,13 @@ struct BertConfig {
   int64_t embedding_dim() const { return embedding_size > 0 ? embedding_size : num_hiddens; }
   // Rows of the position table: token s of a sequence reads row position_offset + s.
   int64_t position_rows() const { return max_len + position_offset; }
+  bool rotary() const { return rotary_base > 0.0f; }
+  // Rows of a gated FFN's first GEMM: the activated half, then the gate.
+  int64_t ffn_in_rows() const { return ffn_gated ? 2 * ffn_num_hiddens : ffn_num_hiddens; }
+  // The window of layer i's attention (|i - j| <= window), 0 for a global layer.
+  int64_t window_of_layer(int64_t layer) const {
+    return local_window > 0 && layer % global_every != 0 ? local_window : 0;
+  }
 };
 
 // One batch, already validated by the caller: ids in range, 1 <= length <= seq_len <= max_len,

@@ -1,4 +1,7 @@
 // The BERT forward pass, written once over a backend (CPU or CUDA kernels) and a scalar type.
+// The layer's form is data (model.h): post- or pre-norm, plain or gated FFN, absolute or
+// rotary positions, global or windowed attention per layer, absent biases; every encoder
+// family runs this one function.
 //
 // Activations stay packed (real tokens only) from the embedding to the heads, so padding costs
 // nothing in the GEMMs, the LayerNorms or the attention. The caller passes one workspace of
@@ -14,8 +17,8 @@ namespace pybert {
 // The workspace regions, in scalars, each rounded up to 64 scalars so every region starts
 // 128-byte aligned (cuBLASLt picks its fastest kernels only for aligned operands).
 struct WorkspaceLayout {
-  int64_t embedded, x, qkv, context, projected, ffn, mlm_rows, mlm_hidden, cls_rows, pooled,
-      total;
+  int64_t embedded, x, normed, qkv, context, projected, ffn, ffn_gated, mlm_rows, mlm_hidden,
+      cls_rows, pooled, total;
 
   WorkspaceLayout(const BertConfig& c, const BatchInputs& in) {
     const int64_t h = c.num_hiddens, t = in.total_tokens;
@@ -29,10 +32,12 @@ struct WorkspaceLayout {
     // Embeddings narrower than the hidden state, before their projection (ELECTRA-small).
     embedded = region(c.embedding_dim() == h ? 0 : t * c.embedding_dim());
     x = region(t * h);                       // hidden state
+    normed = region(c.pre_norm ? t * h : 0); // pre-norm: the LayerNorm a sublayer reads
     qkv = region(t * 3 * h);                 // fused Q, K, V
     context = region(t * h);                 // attention output
     projected = region(t * h);               // a projection before add+LayerNorm
-    ffn = region(t * c.ffn_num_hiddens);     // FFN inner activations
+    ffn = region(t * c.ffn_in_rows());       // FFN inner activations ([a | g] when gated)
+    ffn_gated = region(c.ffn_gated ? t * c.ffn_num_hiddens : 0);  // act(a) * g
     mlm_rows = region(preds * h);            // MLM: rows at pred_positions
     mlm_hidden = region(preds * h);          // MLM: transformed rows
     cls_rows = region(in.batch * h);         // NSP: <cls> rows
@@ -47,8 +52,9 @@ inline int64_t workspace_elements(const BertConfig& c, const BatchInputs& in) {
 
 // Backend is an object (it may hold a stream, a cuBLASLt handle, ...) whose Scalar type and
 // methods mirror kernels/cpu/kernels.h: gemm_bias_act, embed_packed, add_layernorm,
-// attention_varlen (which returns where it left the context rows), gather_rows,
-// unpack_padded. Returns false when in.stop_requested abandoned the forward between two layers.
+// add_residual_layernorm, rotary_qk, gated_activation, attention_varlen (which returns where
+// it left the context rows), gather_rows, unpack_padded. Returns false when in.stop_requested
+// abandoned the forward between two layers.
 template <typename Backend>
 bool bert_forward(Backend& backend, const BertConfig& c,
                   const BertWeights<typename Backend::Scalar>& w, const BatchInputs& in,
@@ -76,7 +82,10 @@ bool bert_forward(Backend& backend, const BertConfig& c,
   T* embedded = w.embedding_project_weight != nullptr ? workspace + layout.embedded : x;
   backend.embed_packed(PackedIds{in.tokens, in.segments, in.cu_seqlens, in.batch, in.seq_len, t},
                        EmbeddingTables<T>{w.token_embedding, w.segment_embedding,
-                                          w.pos_embedding + c.position_offset * e, e},
+                                          w.pos_embedding != nullptr
+                                              ? w.pos_embedding + c.position_offset * e
+                                              : nullptr,
+                                          e},
                        embedded);
   if (w.embedding_ln_weight != nullptr) {
     backend.add_layernorm(embedded, nullptr, w.embedding_ln_weight, w.embedding_ln_bias,
@@ -86,23 +95,66 @@ bool bert_forward(Backend& backend, const BertConfig& c,
     backend.gemm_bias_act(embedded, w.embedding_project_weight, w.embedding_project_bias, x, t,
                           h, e, Activation::kNone);
   }
-  for (const auto& layer : w.layers) {
+  T* normed = workspace + layout.normed;
+  T* ffn_gated = workspace + layout.ffn_gated;
+  const int64_t f = c.ffn_num_hiddens;
+  const float eps = c.layer_norm_eps;
+  // The rotary tables from the first token's position row on.
+  const int64_t half = c.head_dim() / 2, first_row = c.position_offset * half;
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    const auto& layer = w.layers[static_cast<size_t>(i)];
     if (in.stop_requested && in.stop_requested()) return false;
-    backend.gemm_bias_act(x, layer.qkv_weight, layer.qkv_bias, qkv, t, 3 * h, h,
+    const int64_t window = c.window_of_layer(i);
+    // Pre-norm: the attention reads LN1(x) (a layer without ln1 reads x itself).
+    const T* attention_in = x;
+    if (c.pre_norm && layer.ln1_weight != nullptr) {
+      backend.add_layernorm(x, nullptr, layer.ln1_weight, layer.ln1_bias, normed, t, h, eps);
+      attention_in = normed;
+    }
+    backend.gemm_bias_act(attention_in, layer.qkv_weight, layer.qkv_bias, qkv, t, 3 * h, h,
                           Activation::kNone);
+    if (w.rotary_cos != nullptr) {
+      const bool local = window > 0 && w.local_rotary_cos != nullptr;
+      backend.rotary_qk(qkv, in.cu_seqlens, in.batch, t, c.num_heads, c.head_dim(),
+                        (local ? w.local_rotary_cos : w.rotary_cos) + first_row,
+                        (local ? w.local_rotary_sin : w.rotary_sin) + first_row);
+    }
     // The context rows land in `context`, or in a buffer of the attention library's own.
     const T* attended = backend.attention_varlen(qkv, in.cu_seqlens, context, in.batch, t,
-                                                 in.max_seqlen, c.num_heads, c.head_dim());
+                                                 in.max_seqlen, c.num_heads, c.head_dim(),
+                                                 window);
     backend.gemm_bias_act(attended, layer.out_weight, layer.out_bias, projected, t, h, h,
                           Activation::kNone);
-    backend.add_layernorm(projected, x, layer.ln1_weight, layer.ln1_bias, x, t, h,
-                          c.layer_norm_eps);
-    backend.gemm_bias_act(x, layer.ffn1_weight, layer.ffn1_bias, ffn, t, c.ffn_num_hiddens, h,
-                          c.ffn_activation);
-    backend.gemm_bias_act(ffn, layer.ffn2_weight, layer.ffn2_bias, projected, t, h,
-                          c.ffn_num_hiddens, Activation::kNone);
-    backend.add_layernorm(projected, x, layer.ln2_weight, layer.ln2_bias, x, t, h,
-                          c.layer_norm_eps);
+    // Post-norm: x = LN1(x + attention), and the FFN reads x; pre-norm: x += attention, and
+    // the FFN reads LN2(x).
+    const T* ffn_in = x;
+    if (c.pre_norm) {
+      backend.add_residual_layernorm(projected, x, layer.ln2_weight, layer.ln2_bias, normed, t,
+                                     h, eps);
+      ffn_in = normed;
+    } else {
+      backend.add_layernorm(projected, x, layer.ln1_weight, layer.ln1_bias, x, t, h, eps);
+    }
+    if (c.ffn_gated) {
+      backend.gemm_bias_act(ffn_in, layer.ffn1_weight, layer.ffn1_bias, ffn, t, 2 * f, h,
+                            Activation::kNone);
+      backend.gated_activation(ffn, ffn_gated, t, f, c.ffn_activation);
+      backend.gemm_bias_act(ffn_gated, layer.ffn2_weight, layer.ffn2_bias, projected, t, h, f,
+                            Activation::kNone);
+    } else {
+      backend.gemm_bias_act(ffn_in, layer.ffn1_weight, layer.ffn1_bias, ffn, t, f, h,
+                            c.ffn_activation);
+      backend.gemm_bias_act(ffn, layer.ffn2_weight, layer.ffn2_bias, projected, t, h, f,
+                            Activation::kNone);
+    }
+    if (c.pre_norm) {
+      backend.add_residual_layernorm(projected, x, nullptr, nullptr, nullptr, t, h, eps);
+    } else {
+      backend.add_layernorm(projected, x, layer.ln2_weight, layer.ln2_bias, x, t, h, eps);
+    }
+  }
+  if (w.final_ln_weight != nullptr) {
+    backend.add_layernorm(x, nullptr, w.final_ln_weight, w.final_ln_bias, x, t, h, eps);
   }
   if (out.encoded != nullptr) {
     backend.unpack_padded(x, in.cu_seqlens, out.encoded, in.batch, in.seq_len, h);

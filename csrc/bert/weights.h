@@ -19,53 +19,71 @@
 namespace pybert {
 
 // The parts of a model. kEmbeddings and kLayers are always there; the others are optional and
-// come with all of their weights or none: the embedding LayerNorm (Hugging Face BERT has one,
-// d2l has none), the projection of narrower embeddings to the hidden width (ELECTRA-small;
-// required when embedding_size differs from num_hiddens), the NSP head with its pooler, the
-// MLM head.
-enum class WeightPart { kEmbeddings, kEmbeddingNorm, kEmbeddingProjection, kLayers, kNsp, kMlm };
+// come with all of their required weights or none: the position table (absent with rotary
+// positions), the embedding LayerNorm (Hugging Face BERT has one, d2l has none), the projection
+// of narrower embeddings to the hidden width (ELECTRA-small; required when embedding_size
+// differs from num_hiddens), the rotary cos/sin tables (required with rotary positions; the
+// windowed layers' own when their base differs), the final LayerNorm of a pre-norm encoder,
+// the NSP head with its pooler, the MLM head.
+enum class WeightPart {
+  kEmbeddings, kPositionTable, kEmbeddingNorm, kEmbeddingProjection, kRotary, kLocalRotary,
+  kLayers, kFinalNorm, kNsp, kMlm
+};
+
+// Whether a weight must be there when its part is. Biases are optional one by one (modern
+// encoders drop some or all: an absent bias adds nothing), as is ln1 of a pre-norm layer
+// (ModernBERT's first layer reads the embeddings' LayerNorm directly).
+enum class WeightPresence { kRequired, kOptional };
 
 // The sizes a shape is written in; kOne marks a vector (a 1-d weight).
 enum class WeightDim {
-  kOne, kTwo, kHidden, kThreeHidden, kFfn, kVocab, kTypes, kPositions, kEmbedding
+  kOne, kTwo, kHidden, kThreeHidden, kFfn, kFfnIn, kVocab, kTypes, kPositions, kEmbedding,
+  kHalfHead
 };
 
-// name, part, rows, cols (cols kOne: a vector of `rows` entries)
-#define PYBERT_MODEL_WEIGHTS(X)                                                 \
-  X(token_embedding, kEmbeddings, kVocab, kEmbedding)                           \
-  X(segment_embedding, kEmbeddings, kTypes, kEmbedding)                         \
-  X(pos_embedding, kEmbeddings, kPositions, kEmbedding)                         \
-  X(embedding_ln_weight, kEmbeddingNorm, kEmbedding, kOne)                      \
-  X(embedding_ln_bias, kEmbeddingNorm, kEmbedding, kOne)                        \
-  X(embedding_project_weight, kEmbeddingProjection, kHidden, kEmbedding)        \
-  X(embedding_project_bias, kEmbeddingProjection, kHidden, kOne)                \
-  X(pooler_weight, kNsp, kHidden, kHidden) /* tanh(pooler(cls)) */ \
-  X(pooler_bias, kNsp, kHidden, kOne)                              \
-  X(nsp_weight, kNsp, kTwo, kHidden)                               \
-  X(nsp_bias, kNsp, kTwo, kOne)                                    \
-  X(mlm_dense_weight, kMlm, kHidden, kHidden) /* LN(act(dense)) */ \
-  X(mlm_dense_bias, kMlm, kHidden, kOne)                           \
-  X(mlm_ln_weight, kMlm, kHidden, kOne)                            \
-  X(mlm_ln_bias, kMlm, kHidden, kOne)                              \
-  X(mlm_decoder_weight, kMlm, kVocab, kHidden)                     \
-  X(mlm_decoder_bias, kMlm, kVocab, kOne)
+// name, part, rows, cols (cols kOne: a vector of `rows` entries), presence
+#define PYBERT_MODEL_WEIGHTS(X)                                                         \
+  X(token_embedding, kEmbeddings, kVocab, kEmbedding, kRequired)                        \
+  X(segment_embedding, kEmbeddings, kTypes, kEmbedding, kRequired)                      \
+  X(pos_embedding, kPositionTable, kPositions, kEmbedding, kRequired)                   \
+  X(embedding_ln_weight, kEmbeddingNorm, kEmbedding, kOne, kRequired)                   \
+  X(embedding_ln_bias, kEmbeddingNorm, kEmbedding, kOne, kOptional)                     \
+  X(embedding_project_weight, kEmbeddingProjection, kHidden, kEmbedding, kRequired)     \
+  X(embedding_project_bias, kEmbeddingProjection, kHidden, kOne, kOptional)             \
+  X(rotary_cos, kRotary, kPositions, kHalfHead, kRequired) /* cos(s * base^(-2i/d)) */ \
+  X(rotary_sin, kRotary, kPositions, kHalfHead, kRequired)                              \
+  X(local_rotary_cos, kLocalRotary, kPositions, kHalfHead, kRequired)                   \
+  X(local_rotary_sin, kLocalRotary, kPositions, kHalfHead, kRequired)                   \
+  X(final_ln_weight, kFinalNorm, kHidden, kOne, kRequired)                              \
+  X(final_ln_bias, kFinalNorm, kHidden, kOne, kOptional)                                \
+  X(pooler_weight, kNsp, kHidden, kHidden, kRequired) /* tanh(pooler(cls)) */           \
+  X(pooler_bias, kNsp, kHidden, kOne, kRequired)                                        \
+  X(nsp_weight, kNsp, kTwo, kHidden, kRequired)                                         \
+  X(nsp_bias, kNsp, kTwo, kOne, kRequired)                                              \
+  X(mlm_dense_weight, kMlm, kHidden, kHidden, kRequired) /* LN(act(dense)) */           \
+  X(mlm_dense_bias, kMlm, kHidden, kOne, kOptional)                                     \
+  X(mlm_ln_weight, kMlm, kHidden, kOne, kRequired)                                      \
+  X(mlm_ln_bias, kMlm, kHidden, kOne, kOptional)                                        \
+  X(mlm_decoder_weight, kMlm, kVocab, kHidden, kRequired)                               \
+  X(mlm_decoder_bias, kMlm, kVocab, kOne, kOptional)
 
-// One post-LN encoder block; named "layers.<i>.<name>".
-#define PYBERT_LAYER_WEIGHTS(X)                 \
-  X(qkv_weight, kLayers, kThreeHidden, kHidden) \
-  X(qkv_bias, kLayers, kThreeHidden, kOne)      \
-  X(out_weight, kLayers, kHidden, kHidden)      \
-  X(out_bias, kLayers, kHidden, kOne)           \
-  X(ln1_weight, kLayers, kHidden, kOne)         \
-  X(ln1_bias, kLayers, kHidden, kOne)           \
-  X(ffn1_weight, kLayers, kFfn, kHidden)        \
-  X(ffn1_bias, kLayers, kFfn, kOne)             \
-  X(ffn2_weight, kLayers, kHidden, kFfn)        \
-  X(ffn2_bias, kLayers, kHidden, kOne)          \
-  X(ln2_weight, kLayers, kHidden, kOne)         \
-  X(ln2_bias, kLayers, kHidden, kOne)
+// One encoder block; named "layers.<i>.<name>". Post-norm (BERT): x = LN1(x + attn(x)),
+// x = LN2(x + ffn(x)); pre-norm: x += attn(LN1(x)), x += ffn(LN2(x)).
+#define PYBERT_LAYER_WEIGHTS(X)                            \
+  X(qkv_weight, kLayers, kThreeHidden, kHidden, kRequired) \
+  X(qkv_bias, kLayers, kThreeHidden, kOne, kOptional)      \
+  X(out_weight, kLayers, kHidden, kHidden, kRequired)      \
+  X(out_bias, kLayers, kHidden, kOne, kOptional)           \
+  X(ln1_weight, kLayers, kHidden, kOne, kOptional)         \
+  X(ln1_bias, kLayers, kHidden, kOne, kOptional)           \
+  X(ffn1_weight, kLayers, kFfnIn, kHidden, kRequired)      \
+  X(ffn1_bias, kLayers, kFfnIn, kOne, kOptional)           \
+  X(ffn2_weight, kLayers, kHidden, kFfn, kRequired)        \
+  X(ffn2_bias, kLayers, kHidden, kOne, kOptional)          \
+  X(ln2_weight, kLayers, kHidden, kOne, kRequired)         \
+  X(ln2_bias, kLayers, kHidden, kOne, kOptional)
 
-#define PYBERT_WEIGHT_FIELD(name, part, rows, cols) const T* name = nullptr;
+#define PYBERT_WEIGHT_FIELD(name, part, rows, cols, presence) const T* name = nullptr;
 
 template <typename T>
 struct BertLayerWeights {
@@ -88,32 +106,40 @@ inline int64_t weight_dim_size(WeightDim dim, const BertConfig& c) {
     case WeightDim::kHidden: return c.num_hiddens;
     case WeightDim::kThreeHidden: return 3 * c.num_hiddens;
     case WeightDim::kFfn: return c.ffn_num_hiddens;
+    case WeightDim::kFfnIn: return c.ffn_in_rows();
     case WeightDim::kVocab: return c.vocab_size;
     case WeightDim::kTypes: return c.type_vocab_size;
     case WeightDim::kPositions: return c.position_rows();
     case WeightDim::kEmbedding: return c.embedding_dim();
+    case WeightDim::kHalfHead: return c.head_dim() / 2;
   }
   return 0;
 }
 
-// One weight of a config: its full name, its part, its shape ({rows} or {rows, cols}).
+// One weight of a config: its full name, its part, its shape ({rows} or {rows, cols}), and
+// whether its part needs it.
 struct WeightSpec {
   std::string name;
   WeightPart part;
   std::vector<int64_t> shape;
+  bool optional;
 };
 
 // Calls fn(spec, field) for every weight of `weights` (num_layers of them in config), where
 // field is the `const T*&` the weight's pointer goes to. The layers vector is resized first.
 template <typename T, typename Fn>
 void for_each_weight(const BertConfig& c, BertWeights<T>& weights, Fn&& fn) {
-  auto spec = [&c](std::string name, WeightPart part, WeightDim rows, WeightDim cols) {
+  auto spec = [&c](std::string name, WeightPart part, WeightDim rows, WeightDim cols,
+                   WeightPresence presence) {
     std::vector<int64_t> shape{weight_dim_size(rows, c)};
     if (cols != WeightDim::kOne) shape.push_back(weight_dim_size(cols, c));
-    return WeightSpec{std::move(name), part, std::move(shape)};
+    return WeightSpec{std::move(name), part, std::move(shape),
+                      presence == WeightPresence::kOptional};
   };
-#define PYBERT_VISIT(name, part, rows, cols) \
-  fn(spec(prefix + #name, WeightPart::part, WeightDim::rows, WeightDim::cols), target.name);
+#define PYBERT_VISIT(name, part, rows, cols, presence)                             \
+  fn(spec(prefix + #name, WeightPart::part, WeightDim::rows, WeightDim::cols,      \
+          WeightPresence::presence),                                               \
+     target.name);
   {
     const std::string prefix;
     auto& target = weights;
@@ -141,7 +167,7 @@ void for_each_gemm_weight(const BertConfig& c, const BertWeights<T>& w, Fn&& fn)
   for (const auto& layer : w.layers) {
     visit(layer.qkv_weight, layer.qkv_bias, 3 * h, h);
     visit(layer.out_weight, layer.out_bias, h, h);
-    visit(layer.ffn1_weight, layer.ffn1_bias, c.ffn_num_hiddens, h);
+    visit(layer.ffn1_weight, layer.ffn1_bias, c.ffn_in_rows(), h);
     visit(layer.ffn2_weight, layer.ffn2_bias, h, c.ffn_num_hiddens);
   }
   visit(w.pooler_weight, w.pooler_bias, h, h);
@@ -152,9 +178,13 @@ void for_each_gemm_weight(const BertConfig& c, const BertWeights<T>& w, Fn&& fn)
 inline const char* weight_part_name(WeightPart part) {
   switch (part) {
     case WeightPart::kEmbeddings: return "embeddings";
+    case WeightPart::kPositionTable: return "position_table";
     case WeightPart::kEmbeddingNorm: return "embedding_norm";
     case WeightPart::kEmbeddingProjection: return "embedding_projection";
+    case WeightPart::kRotary: return "rotary";
+    case WeightPart::kLocalRotary: return "local_rotary";
     case WeightPart::kLayers: return "layers";
+    case WeightPart::kFinalNorm: return "final_norm";
     case WeightPart::kNsp: return "nsp";
     case WeightPart::kMlm: return "mlm";
   }

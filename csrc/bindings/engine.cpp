@@ -22,16 +22,20 @@ Engine::Engine(const BertConfig& config, const WeightTensors& weights,
   device_ = first->second.device();
   dtype_ = first->second.scalar_type();
 
-  std::map<WeightPart, std::pair<int, int>> found_of_part;  // (found, expected)
+  // Per part: (required weights found, required weights expected, optional weights found).
+  struct PartCounts {
+    int found = 0, expected = 0, optional_found = 0;
+  };
+  std::map<WeightPart, PartCounts> parts;
   std::set<std::string> known;
   BertWeights<void> layout;
   for_each_weight(config, layout, [&](const WeightSpec& spec, const void*&) {
     known.insert(spec.name);
-    auto& [found, expected] = found_of_part[spec.part];
-    ++expected;
+    PartCounts& counts = parts[spec.part];
+    if (!spec.optional) ++counts.expected;
     auto it = weights.find(spec.name);
     if (it == weights.end()) return;
-    ++found;
+    ++(spec.optional ? counts.optional_found : counts.found);
     const at::Tensor& t = it->second;
     check_tensor(t, spec.name.c_str(), dtype_, static_cast<int64_t>(spec.shape.size()),
                  device_);
@@ -41,19 +45,39 @@ Engine::Engine(const BertConfig& config, const WeightTensors& weights,
   for (const auto& entry : weights) {
     TORCH_CHECK(known.count(entry.first), "unexpected weight '", entry.first, "'");
   }
-  for (const auto& [part, counts] : found_of_part) {
-    const auto [found, expected] = counts;
-    TORCH_CHECK(found == expected || (found == 0 && weight_part_is_optional(part)),
+  for (const auto& [part, counts] : parts) {
+    TORCH_CHECK(counts.found == counts.expected ||
+                    (counts.found == 0 && counts.optional_found == 0 &&
+                     weight_part_is_optional(part)),
                 "the weights of part '", weight_part_name(part), "' must come together: ",
-                found, " of its ", expected, " weights are given");
+                counts.found, " of its ", counts.expected, " required weights are given");
   }
+  auto has = [&parts](WeightPart part) { return parts[part].found > 0; };
   TORCH_CHECK(config.embedding_dim() == config.num_hiddens ||
-                  found_of_part[WeightPart::kEmbeddingProjection].first > 0,
+                  has(WeightPart::kEmbeddingProjection),
               "embedding_size ", config.embedding_size, " differs from num_hiddens ",
               config.num_hiddens, ": the embedding_project weights are needed");
-  has_embedding_norm_ = found_of_part[WeightPart::kEmbeddingNorm].first > 0;
-  has_nsp_ = found_of_part[WeightPart::kNsp].first > 0;
-  has_mlm_ = found_of_part[WeightPart::kMlm].first > 0;
+  TORCH_CHECK(config.rotary() != has(WeightPart::kPositionTable),
+              config.rotary() ? "rotary positions (rotary_base > 0) take no pos_embedding"
+                              : "pos_embedding is needed (rotary_base is 0: absolute positions)");
+  TORCH_CHECK(config.rotary() == has(WeightPart::kRotary),
+              config.rotary() ? "rotary positions need the rotary_cos and rotary_sin tables"
+                              : "rotary tables are given but rotary_base is 0");
+  TORCH_CHECK(!has(WeightPart::kLocalRotary) || config.local_window > 0,
+              "local rotary tables are given but no layer is windowed (local_window is 0)");
+  TORCH_CHECK(!config.pre_norm || has(WeightPart::kFinalNorm),
+              "a pre-norm encoder needs its final LayerNorm (final_ln_weight)");
+  for (int64_t i = 0; i < config.num_layers; ++i) {
+    const std::string layer = "layers." + std::to_string(i) + ".";
+    const bool ln1 = weights.count(layer + "ln1_weight") > 0;
+    TORCH_CHECK(ln1 || config.pre_norm, "weight '", layer,
+                "ln1_weight' is needed (post-norm layers normalise after attention)");
+    TORCH_CHECK(ln1 || !weights.count(layer + "ln1_bias"), "weight '", layer,
+                "ln1_bias' is given without its ln1_weight");
+  }
+  has_embedding_norm_ = has(WeightPart::kEmbeddingNorm);
+  has_nsp_ = has(WeightPart::kNsp);
+  has_mlm_ = has(WeightPart::kMlm);
   weights_ = weights;
   if (device_.is_cpu()) {
     device_engine_ = make_cpu_engine(config_, weights_, dtype_, weight_storage, cpu_plan);

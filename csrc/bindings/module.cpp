@@ -15,6 +15,7 @@ namespace {
 // One config field from a dict's value, by the field's C++ type.
 void read_field(const py::handle& value, int64_t& field) { field = value.cast<int64_t>(); }
 void read_field(const py::handle& value, float& field) { field = value.cast<float>(); }
+void read_field(const py::handle& value, bool& field) { field = value.cast<bool>(); }
 void read_field(const py::handle& value, Activation& field) {
   field = parse_activation(value.cast<std::string>());
 }
@@ -33,6 +34,13 @@ BertConfig config_from_dict(const py::dict& d) {
   }
   TORCH_CHECK(c.position_offset >= 0, "position_offset must be >= 0, got ", c.position_offset);
   TORCH_CHECK(c.embedding_size >= 0, "embedding_size must be >= 0, got ", c.embedding_size);
+  TORCH_CHECK(c.rotary_base >= 0.0f && c.local_rotary_base >= 0.0f,
+              "rotary bases must be >= 0 (0: none)");
+  TORCH_CHECK(c.local_window >= 0 && c.global_every >= 1,
+              "local_window must be >= 0 and global_every >= 1, got ", c.local_window, " and ",
+              c.global_every);
+  TORCH_CHECK(!c.rotary() || c.head_dim() % 2 == 0, "rotary positions need an even head dim, "
+              "got ", c.head_dim());
   return c;
 }
 
@@ -95,14 +103,16 @@ py::list config_fields() {
   return names;
 }
 
-// {name: (shape, part)} for every weight of `config`, in the order of bert/weights.h.
+// {name: (shape, part, optional)} for every weight of `config`, in the order of
+// bert/weights.h.
 py::dict weight_shapes(const py::dict& config_dict) {
   const BertConfig config = config_from_dict(config_dict);
   py::dict shapes;
   BertWeights<void> layout;
   for_each_weight(config, layout, [&](const WeightSpec& spec, const void*&) {
     shapes[py::str(spec.name)] =
-        py::make_tuple(py::tuple(py::cast(spec.shape)), weight_part_name(spec.part));
+        py::make_tuple(py::tuple(py::cast(spec.shape)), weight_part_name(spec.part),
+                       spec.optional);
   });
   return shapes;
 }
@@ -116,7 +126,8 @@ PYBIND11_MODULE(_C, m) {
   m.attr("cuda_available") = pybert::kBuiltWithCuda;
   py::dict activations;
   for (auto act : {pybert::Activation::kNone, pybert::Activation::kReLU,
-                   pybert::Activation::kTanh, pybert::Activation::kGELU}) {
+                   pybert::Activation::kTanh, pybert::Activation::kGELU,
+                   pybert::Activation::kSiLU}) {
     activations[pybert::activation_name(act)] = static_cast<int>(act);
   }
   m.attr("ACTIVATIONS") = activations;

@@ -56,6 +56,31 @@ EmbedArgs check_embed_packed(const at::Tensor& tokens, const at::Tensor& segment
   return args;
 }
 
+int64_t check_rotary_qk(const at::Tensor& qkv, const at::Tensor& cu_seqlens, int64_t num_heads,
+                        const at::Tensor& cos, const at::Tensor& sin) {
+  check_tensor(qkv, "qkv", qkv.scalar_type(), 2, qkv.device());
+  check_tensor(cos, "cos", qkv.scalar_type(), 2, qkv.device());
+  check_tensor(sin, "sin", qkv.scalar_type(), 2, qkv.device());
+  check_tensor(cu_seqlens, "cu_seqlens", at::kInt, 1, qkv.device());
+  TORCH_CHECK(num_heads >= 1 && qkv.size(1) % (6 * num_heads) == 0 && qkv.size(1) > 0,
+              "qkv width ", qkv.size(1), " must be 3 * num_heads * head_dim with an even "
+              "head_dim, num_heads = ", num_heads);
+  const int64_t head_dim = qkv.size(1) / (3 * num_heads);
+  const HostSeqlens seqlens = checked_seqlens(cu_seqlens, qkv.size(0));
+  TORCH_CHECK(cos.sizes() == sin.sizes() && cos.size(1) == head_dim / 2 &&
+                  cos.size(0) >= seqlens.longest,
+              "cos and sin must be (>= the longest sequence, head_dim / 2) = (>= ",
+              seqlens.longest, ", ", head_dim / 2, "), got ", cos.sizes(), " and ",
+              sin.sizes());
+  return head_dim;
+}
+
+Activation check_gated_activation(const at::Tensor& x, int64_t activation) {
+  check_tensor(x, "x", x.scalar_type(), 2, x.device());
+  TORCH_CHECK(x.size(1) % 2 == 0, "x must have an even width ([a | g]), got ", x.size(1));
+  return activation_from_code(activation);
+}
+
 void check_add_layernorm(const at::Tensor& x, const std::optional<at::Tensor>& residual,
                          const at::Tensor& weight, const at::Tensor& bias, double eps) {
   const auto device = x.device();
@@ -76,9 +101,10 @@ void check_add_layernorm(const at::Tensor& x, const std::optional<at::Tensor>& r
 }
 
 AttentionArgs check_attention_varlen(const at::Tensor& qkv, const at::Tensor& cu_seqlens,
-                                     int64_t max_seqlen, int64_t num_heads) {
+                                     int64_t max_seqlen, int64_t num_heads, int64_t window) {
   check_tensor(qkv, "qkv", qkv.scalar_type(), 2, qkv.device());
   check_tensor(cu_seqlens, "cu_seqlens", at::kInt, 1, qkv.device());
+  TORCH_CHECK(window >= 0, "window must be >= 0 (0: none), got ", window);
   TORCH_CHECK(num_heads >= 1 && qkv.size(1) >= 3 * num_heads &&
                   qkv.size(1) % (3 * num_heads) == 0,
               "qkv width ", qkv.size(1), " must be 3 * num_heads * head_dim with num_heads = ",

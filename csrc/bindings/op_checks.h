@@ -18,6 +18,8 @@
   m.impl("embed_packed", &ns::embed_packed);         \
   m.impl("add_layernorm", &ns::add_layernorm);       \
   m.impl("attention_varlen", &ns::attention_varlen); \
+  m.impl("rotary_qk", &ns::rotary_qk);               \
+  m.impl("gated_activation", &ns::gated_activation); \
   m.impl("gather_rows", &ns::gather_rows);           \
   m.impl("unpack_padded", &ns::unpack_padded);
 
@@ -44,12 +46,17 @@ EmbedArgs check_embed_packed(const at::Tensor& tokens, const at::Tensor& segment
 void check_add_layernorm(const at::Tensor& x, const std::optional<at::Tensor>& residual,
                          const at::Tensor& weight, const at::Tensor& bias, double eps);
 
+// Returns the head dim.
+int64_t check_rotary_qk(const at::Tensor& qkv, const at::Tensor& cu_seqlens, int64_t num_heads,
+                        const at::Tensor& cos, const at::Tensor& sin);
+Activation check_gated_activation(const at::Tensor& x, int64_t activation);
+
 struct AttentionArgs {
   int64_t batch, head_dim;
   HostSeqlens seqlens;
 };
 AttentionArgs check_attention_varlen(const at::Tensor& qkv, const at::Tensor& cu_seqlens,
-                                     int64_t max_seqlen, int64_t num_heads);
+                                     int64_t max_seqlen, int64_t num_heads, int64_t window);
 
 struct GatherArgs {
   int64_t batch, num_positions;

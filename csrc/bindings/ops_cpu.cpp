@@ -68,14 +68,38 @@ at::Tensor add_layernorm(const at::Tensor& x, const std::optional<at::Tensor>& r
 // torch has MKL; the engine's choice there); otherwise torch's flash attention (the engine's
 // choice in bfloat16 and beyond 512 tokens).
 at::Tensor attention_varlen(const at::Tensor& qkv, const at::Tensor& cu_seqlens,
-                            int64_t max_seqlen, int64_t num_heads, bool own_kernel) {
-  const AttentionArgs args = check_attention_varlen(qkv, cu_seqlens, max_seqlen, num_heads);
+                            int64_t max_seqlen, int64_t num_heads, bool own_kernel,
+                            int64_t window) {
+  const AttentionArgs args =
+      check_attention_varlen(qkv, cu_seqlens, max_seqlen, num_heads, window);
   at::Tensor out = at::empty({qkv.size(0), qkv.size(1) / 3}, qkv.options());
   dispatch_cpu_scalar(qkv.scalar_type(), "attention_varlen", [&](auto tag) {
     using T = decltype(tag);
     cpu::attention_varlen(ptr<T>(qkv), args.seqlens.cu_seqlens.data_ptr<int32_t>(),
                           ptr<T>(out), args.batch, max_seqlen, num_heads, args.head_dim,
-                          own_kernel ? cpu::kBatchedAttentionMaxLength : 0);
+                          window, own_kernel ? cpu::kBatchedAttentionMaxLength : 0);
+  });
+  return out;
+}
+
+at::Tensor rotary_qk(const at::Tensor& qkv, const at::Tensor& cu_seqlens, int64_t num_heads,
+                     const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t head_dim = check_rotary_qk(qkv, cu_seqlens, num_heads, cos, sin);
+  at::Tensor out = qkv.clone();
+  dispatch_cpu_scalar(qkv.scalar_type(), "rotary_qk", [&](auto tag) {
+    using T = decltype(tag);
+    cpu::rotary_qk(ptr<T>(out), cu_seqlens.data_ptr<int32_t>(), cu_seqlens.size(0) - 1,
+                   num_heads, head_dim, ptr<T>(cos), ptr<T>(sin));
+  });
+  return out;
+}
+
+at::Tensor gated_activation(const at::Tensor& x, int64_t activation) {
+  const Activation act = check_gated_activation(x, activation);
+  at::Tensor out = at::empty({x.size(0), x.size(1) / 2}, x.options());
+  dispatch_cpu_scalar(x.scalar_type(), "gated_activation", [&](auto tag) {
+    using T = decltype(tag);
+    cpu::gated_activation(ptr<T>(x), ptr<T>(out), x.size(0), x.size(1) / 2, act);
   });
   return out;
 }

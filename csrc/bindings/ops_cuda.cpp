@@ -85,22 +85,28 @@ at::Tensor add_layernorm(const at::Tensor& x, const std::optional<at::Tensor>& r
 // The kernel the engine would pick (torch's FlashAttention-2 or memory-efficient kernel where
 // they take the shape), or kernels/cuda's own with own_kernel.
 at::Tensor attention_varlen(const at::Tensor& qkv, const at::Tensor& cu_seqlens,
-                            int64_t max_seqlen, int64_t num_heads, bool own_kernel) {
-  const AttentionArgs args = check_attention_varlen(qkv, cu_seqlens, max_seqlen, num_heads);
+                            int64_t max_seqlen, int64_t num_heads, bool own_kernel,
+                            int64_t window) {
+  const AttentionArgs args =
+      check_attention_varlen(qkv, cu_seqlens, max_seqlen, num_heads, window);
   const c10::DeviceGuard guard(qkv.device());
   const int64_t total_tokens = qkv.size(0), hidden = qkv.size(1) / 3;
   at::Tensor out;
   dispatch_cuda_scalar(qkv.scalar_type(), "attention_varlen", [&](auto tag) {
     using T = decltype(tag);
     const cuda::ScalarCode scalar = cuda::scalar_code<T>();
-    const cuda::AttentionKernel kernel =
+    cuda::AttentionKernel kernel =
         own_kernel ? cuda::AttentionKernel::kOwn
                    : cuda::choose_attention_kernel(scalar, args.head_dim);
+    if (window > 0 && kernel != cuda::AttentionKernel::kFlash) {
+      kernel = cuda::AttentionKernel::kOwn;  // the engine's choice for a windowed layer
+    }
     const cudaStream_t stream = current_cuda_stream(qkv.device());
     if (kernel != cuda::AttentionKernel::kOwn) {
       cuda::AttentionResult result = cuda::library_attention_varlen(
           kernel, scalar, qkv.data_ptr(), cu_seqlens.data_ptr<int32_t>(), args.batch,
-          total_tokens, max_seqlen, num_heads, args.head_dim, qkv.device().index(), stream);
+          total_tokens, max_seqlen, num_heads, args.head_dim, window, qkv.device().index(),
+          stream);
       if (result.rows != nullptr) {
         out = at::from_blob(const_cast<void*>(result.rows), {total_tokens, hidden},
                             [owner = std::move(result.owner)](void*) {}, qkv.options());
@@ -109,7 +115,33 @@ at::Tensor attention_varlen(const at::Tensor& qkv, const at::Tensor& cu_seqlens,
     }
     out = at::empty({total_tokens, hidden}, qkv.options());
     cuda::attention_varlen(ptr<T>(qkv), cu_seqlens.data_ptr<int32_t>(), ptr<T>(out),
-                           args.batch, max_seqlen, num_heads, args.head_dim, stream);
+                           args.batch, max_seqlen, num_heads, args.head_dim, window, stream);
+  });
+  return out;
+}
+
+at::Tensor rotary_qk(const at::Tensor& qkv, const at::Tensor& cu_seqlens, int64_t num_heads,
+                     const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t head_dim = check_rotary_qk(qkv, cu_seqlens, num_heads, cos, sin);
+  const c10::DeviceGuard guard(qkv.device());
+  at::Tensor out = qkv.clone();
+  dispatch_cuda_scalar(qkv.scalar_type(), "rotary_qk", [&](auto tag) {
+    using T = decltype(tag);
+    cuda::rotary_qk(ptr<T>(out), cu_seqlens.data_ptr<int32_t>(), cu_seqlens.size(0) - 1,
+                    qkv.size(0), num_heads, head_dim, ptr<T>(cos), ptr<T>(sin),
+                    current_cuda_stream(qkv.device()));
+  });
+  return out;
+}
+
+at::Tensor gated_activation(const at::Tensor& x, int64_t activation) {
+  const Activation act = check_gated_activation(x, activation);
+  const c10::DeviceGuard guard(x.device());
+  at::Tensor out = at::empty({x.size(0), x.size(1) / 2}, x.options());
+  dispatch_cuda_scalar(x.scalar_type(), "gated_activation", [&](auto tag) {
+    using T = decltype(tag);
+    cuda::gated_activation(ptr<T>(x), ptr<T>(out), x.size(0), x.size(1) / 2, act,
+                           current_cuda_stream(x.device()));
   });
   return out;
 }

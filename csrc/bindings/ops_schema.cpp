@@ -1,6 +1,6 @@
 // The schemas of torch.ops.pybert.*, declared once; each device registers its implementations
 // in its own file (ops_cpu.cpp, ops_cuda.cpp) and pybert/ops.py registers the fake ones.
-// activation is a code of kernels/activation.h: 0 none, 1 relu, 2 tanh, 3 gelu.
+// activation is a code of kernels/activation.h: 0 none, 1 relu, 2 tanh, 3 gelu, 4 silu.
 #include <torch/library.h>
 
 TORCH_LIBRARY(pybert, m) {
@@ -10,8 +10,15 @@ TORCH_LIBRARY(pybert, m) {
   m.def("add_layernorm(Tensor x, Tensor? residual, Tensor weight, Tensor bias, float eps) "
         "-> Tensor");
   // own_kernel: kernels/cuda's attention even where the engine calls torch's (tests, benchmarks).
+  // window > 0: keys with |i - j| <= window only (a sliding window).
   m.def("attention_varlen(Tensor qkv, Tensor cu_seqlens, int max_seqlen, int num_heads, "
-        "bool own_kernel=False) -> Tensor");
+        "bool own_kernel=False, int window=0) -> Tensor");
+  // Rotary positions on the Q and K thirds of packed QKV rows (a rotated copy); cos and sin
+  // are (positions, head_dim / 2).
+  m.def("rotary_qk(Tensor qkv, Tensor cu_seqlens, int num_heads, Tensor cos, Tensor sin) "
+        "-> Tensor");
+  // act(x[:, :F]) * x[:, F:] of x (rows, 2F): a gated FFN's middle.
+  m.def("gated_activation(Tensor x, int activation) -> Tensor");
   m.def("gather_rows(Tensor packed, Tensor cu_seqlens, Tensor? positions) -> Tensor");
   m.def("unpack_padded(Tensor packed, Tensor cu_seqlens, int seq_len) -> Tensor");
 }

@@ -15,15 +15,15 @@ void check_tensor(const at::Tensor& t, const char* name, at::ScalarType dtype, i
 }
 
 namespace {
-constexpr const char* kActivationNames[] = {"none", "relu", "tanh", "gelu"};
-constexpr int64_t kNumActivations = 4;
+constexpr const char* kActivationNames[] = {"none", "relu", "tanh", "gelu", "silu"};
+constexpr int64_t kNumActivations = 5;
 }  // namespace
 
 Activation parse_activation(const std::string& name) {
   for (int64_t code = 0; code < kNumActivations; ++code) {
     if (name == kActivationNames[code]) return static_cast<Activation>(code);
   }
-  TORCH_CHECK(false, "unknown activation '", name, "' (expected none, relu, tanh or gelu)");
+  TORCH_CHECK(false, "unknown activation '", name, "' (expected none, relu, tanh, gelu or silu)");
 }
 
 const char* activation_name(Activation act) {
@@ -32,7 +32,7 @@ const char* activation_name(Activation act) {
 
 Activation activation_from_code(int64_t code) {
   TORCH_CHECK(code >= 0 && code < kNumActivations, "activation must be 0..", kNumActivations - 1,
-              " (none, relu, tanh, gelu), got ", code);
+              " (none, relu, tanh, gelu, silu), got ", code);
   return static_cast<Activation>(code);
 }
 

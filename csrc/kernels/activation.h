@@ -8,6 +8,7 @@ enum class Activation : int {
   kReLU = 1,
   kTanh = 2,
   kGELU = 3,  // exact form: x * Phi(x) with the erf
+  kSiLU = 4,  // x * sigmoid(x) (SwiGLU's gate)
 };
 
 }  // namespace pybert

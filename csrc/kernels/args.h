@@ -22,7 +22,8 @@ template <typename T>
 struct EmbeddingTables {
   const T* token;     // (vocab_size, hidden)
   const T* segment;   // (type_vocab_size, hidden)
-  const T* position;  // (>= the longest sequence, hidden): row s is position s
+  const T* position;  // (>= the longest sequence, hidden): row s is position s; null: none
+                      // (rotary positions act in the attention instead)
   int64_t hidden;
 };
 

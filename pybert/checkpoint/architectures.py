@@ -2,7 +2,7 @@
 config.json reads as a :class:`~pybert.config.BertConfig`, which of its tensors make the packed
 weights, whether it takes token type ids, and the layers of its sequence-classification head.
 
-All of them are BERT's post-norm encoder; they differ at the edges:
+The BERT family's members are BERT's post-norm encoder and differ at the edges:
 
 | family | model_type | positions | token types | MLM head | classifier on the first token |
 |---|---|---|---|---|---|
@@ -12,8 +12,21 @@ All of them are BERT's post-norm encoder; they differ at the edges:
 | ELECTRA | electra | from 0 | yes | (discriminator: none) | classifier.dense (GELU), out_proj |
 
 ELECTRA's embeddings may be narrower than its hidden state (``embedding_size``): they are
-normalised at their width and projected (``embeddings_project``). Anything else (another
-model_type, relative or rotary positions, a decoder) is refused with the reason.
+normalised at their width and projected (``embeddings_project``).
+
+The modern encoders differ in the layer itself, which the engine takes as data (BertConfig's
+pre_norm, ffn_gated, rotary_base, local_window, ...):
+
+| family | model_type | norm | FFN | positions | attention | biases |
+|---|---|---|---|---|---|---|
+| ModernBERT | modernbert | pre-norm, final norm, no LN bias | GeGLU (Wi: [a, g]) | rotary, global/local bases | local window every layer but each global_every-th | none by default |
+| NomicBERT | nomic_bert | post-norm | SwiGLU (fc12 act, fc11 up) | rotary | global | none |
+| GTE (new) | gte, new | post-norm | GeGLU (up_gate_proj: [up, gate]) | rotary | global | all but up/gate |
+
+Transformers 5 writes NomicBERT's and GTE's tensors under their original names (``attn.Wqkv``,
+``mlp.up_gate_proj``); the names of its modules (``q_proj``, ``gate_proj``) are read too.
+Anything else (another model_type, relative positions, rotary scaling, a decoder) is refused
+with the reason.
 """
 
 from __future__ import annotations
@@ -24,7 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import BertConfig
-from ..engine.weights import LAYER, WeightMap
+from ..engine.weights import LAYER, SwapHalves, WeightMap
 from .files import CheckpointError
 
 __all__ = ["Architecture", "ARCHITECTURES", "architecture_of"]
@@ -41,7 +54,12 @@ class Architecture:
     read_config: Callable[[dict, Path], BertConfig]
     token_types: bool                     # does the model read token type ids?
     classifier: tuple[tuple[str, str], ...]  # (module key, activation) per head layer
-    zero_token_types: bool = False        # no token type table: the engine gets one zero row
+    zero_token_types: bool = False        # supply ZERO_TOKEN_TYPES (one zero row) as a source
+
+
+# The key under which a family without a token type table gets one zero row (the engine adds
+# a segment row to every token; adding zeros leaves the embedding exact).
+ZERO_TOKEN_TYPES = "pybert:zero_token_types"
 
 
 def _need(hf: dict, name: str, where: Path):
@@ -207,7 +225,7 @@ DISTILBERT = Architecture(
         rename=_renamer("distilbert."), part_marker={"mlm": "vocab_transform.weight"},
         sources={
             "token_embedding": "embeddings.word_embeddings.weight",
-            "segment_embedding": "embeddings.token_type_embeddings.weight",  # the zero row
+            "segment_embedding": ZERO_TOKEN_TYPES,
             "pos_embedding": "embeddings.position_embeddings.weight",
             "embedding_ln_weight": "embeddings.LayerNorm.weight",
             "embedding_ln_bias": "embeddings.LayerNorm.bias",
@@ -235,7 +253,266 @@ ELECTRA = Architecture(
                                   "embedding_project_weight": "embeddings_project.weight",
                                   "embedding_project_bias": "embeddings_project.bias"}))
 
-ARCHITECTURES = (BERT, ROBERTA, DISTILBERT, ELECTRA)
+
+# ---------------------------------------------------------------------------------------------
+# Modern encoders: rotary positions, gated FFNs, pre-norm, windowed attention, absent biases.
+
+def _hf_activation(name, where: Path, key: str) -> str:
+    """A Hugging Face activation name as the engine's: the exact GELU or SiLU."""
+    if name in ("gelu", "silu", "relu"):
+        return name
+    if name == "swish":
+        return "silu"
+    raise CheckpointError(f"{where}: {key} {str(name)[:40]!r} is not served (the engine computes "
+                          "'gelu', the exact erf form, 'silu' and 'relu')")
+
+
+def _rope_theta(params, where: Path, key: str) -> float:
+    """The base of a default (unscaled) rotary embedding from a rope_parameters dict."""
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{where}: {key} must be an object, got {str(params)[:40]!r}")
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind != "default":
+        raise CheckpointError(f"{where}: rotary scaling {str(kind)[:40]!r} ({key}) is not served "
+                              "(only the default rotary embedding)")
+    theta = params.get("rope_theta")
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 1:
+        raise CheckpointError(f"{where}: {key} has no rope_theta > 1, got {str(theta)[:40]!r}")
+    return float(theta)
+
+
+def _first(hf: dict, where: Path, *names):
+    """The value of the first of ``names`` the config has (a family's old and new spellings)."""
+    for name in names:
+        if name in hf:
+            return hf[name]
+    raise CheckpointError(f"{where}: config.json has no {' or '.join(names)}")
+
+
+def _check_head_dim(hf: dict, where: Path, hidden, heads) -> None:
+    head_dim = hf.get("head_dim")
+    if head_dim is not None and isinstance(hidden, int) and isinstance(heads, int) and heads \
+            and head_dim * heads != hidden:
+        raise CheckpointError(f"{where}: head_dim {head_dim} x {heads} heads is not the hidden "
+                              f"size {hidden} (not served)")
+
+
+def _modernbert_config(hf: dict, where: Path) -> BertConfig:
+    if hf.get("is_decoder") or hf.get("model_type") != "modernbert":
+        raise CheckpointError(f"{where}: a ModernBERT decoder is not served")
+    hidden, heads = _need(hf, "hidden_size", where), _need(hf, "num_attention_heads", where)
+    layers = _need(hf, "num_hidden_layers", where)
+    _check_head_dim(hf, where, hidden, heads)
+    # Layer kinds: transformers 5 lists them; older configs give the period of global layers.
+    every = hf.get("global_attn_every_n_layers", 3)
+    kinds = hf.get("layer_types")
+    if kinds is not None:
+        if not isinstance(kinds, list) or not isinstance(layers, int) or len(kinds) != layers:
+            raise CheckpointError(f"{where}: layer_types must list num_hidden_layers kinds")
+        globals_at = [i for i, k in enumerate(kinds) if k == "full_attention"]
+        if any(k not in ("full_attention", "sliding_attention") for k in kinds):
+            raise CheckpointError(f"{where}: layer_types may hold only full_attention and "
+                                  "sliding_attention")
+        every = globals_at[1] - globals_at[0] if len(globals_at) > 1 else max(layers, 1)
+        if not kinds or [i % every == 0 for i in range(layers)] != \
+                [k == "full_attention" for k in kinds]:
+            raise CheckpointError(f"{where}: layer_types {str(kinds)[:80]} are not a period of "
+                                  "one global layer and local ones from layer 0 (not served)")
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise CheckpointError(f"{where}: global_attn_every_n_layers must be >= 1")
+    local = _need(hf, "local_attention", where)
+    if isinstance(local, bool) or not isinstance(local, int) or local < 2:
+        raise CheckpointError(f"{where}: local_attention must be an integer >= 2")
+    rope = hf.get("rope_parameters")
+    if isinstance(rope, dict) and "full_attention" in rope:
+        global_base = _rope_theta(rope.get("full_attention"), where, "rope_parameters.full")
+        local_base = _rope_theta(rope.get("sliding_attention"), where,
+                                 "rope_parameters.sliding")
+    else:
+        if hf.get("rope_scaling"):
+            raise CheckpointError(f"{where}: rotary scaling (rope_scaling) is not served")
+        global_base = float(hf.get("global_rope_theta", 160000.0))
+        local_base = float(hf.get("local_rope_theta") or global_base)
+    act = _hf_activation(hf.get("hidden_activation", "gelu"), where, "hidden_activation")
+    head_act = _hf_activation(hf.get("classifier_activation", "gelu"), where,
+                              "classifier_activation")
+    return _config(where, vocab_size=_need(hf, "vocab_size", where), num_hiddens=hidden,
+                   ffn_num_hiddens=_need(hf, "intermediate_size", where), num_heads=heads,
+                   num_layers=layers, max_len=_need(hf, "max_position_embeddings", where),
+                   type_vocab_size=1, layer_norm_eps=hf.get("norm_eps", 1e-5),
+                   ffn_activation=act, mlm_activation=head_act, embedding_layer_norm=True,
+                   pre_norm=True, ffn_gated=True, rotary_base=global_base,
+                   local_rotary_base=local_base, local_window=local // 2, global_every=every)
+
+
+def _nomic_config(hf: dict, where: Path) -> BertConfig:
+    # Two spellings: nomic's own (n_embd, rotary_emb_base, activation_function "swiglu") and
+    # transformers' NomicBertConfig (hidden_size, rope_parameters, hidden_act "silu").
+    for key, served in (("rotary_emb_fraction", 1.0), ("rotary_emb_interleaved", False),
+                        ("prenorm", False), ("rotary_scaling_factor", None),
+                        ("use_rms_norm", False)):
+        if key in hf and hf[key] not in (served, None if served is None else served):
+            raise CheckpointError(f"{where}: {key} {str(hf[key])[:40]} is not served "
+                                  f"(only {served})")
+    hidden, heads = _first(hf, where, "hidden_size", "n_embd"), \
+        _first(hf, where, "num_attention_heads", "n_head")
+    _check_head_dim(hf, where, hidden, heads)
+    if "rope_parameters" in hf:
+        base = _rope_theta(hf["rope_parameters"], where, "rope_parameters")
+    else:
+        base = float(hf.get("rotary_emb_base", 1000.0))
+    if "activation_function" in hf:
+        gated = {"swiglu": "silu", "geglu": "gelu"}
+        act = gated.get(hf["activation_function"])
+        if act is None:
+            raise CheckpointError(f"{where}: activation_function "
+                                  f"{str(hf['activation_function'])[:40]!r} is not served "
+                                  "(swiglu, geglu)")
+    else:
+        act = _hf_activation(hf.get("hidden_act", "silu"), where, "hidden_act")
+    return _config(where, vocab_size=_need(hf, "vocab_size", where), num_hiddens=hidden,
+                   ffn_num_hiddens=_first(hf, where, "intermediate_size", "n_inner"),
+                   num_heads=heads, num_layers=_first(hf, where, "num_hidden_layers", "n_layer"),
+                   max_len=_first(hf, where, "max_position_embeddings", "n_positions"),
+                   type_vocab_size=hf.get("type_vocab_size", 2),
+                   layer_norm_eps=_first(hf, where, "layer_norm_eps", "layer_norm_epsilon")
+                   if ("layer_norm_eps" in hf or "layer_norm_epsilon" in hf) else 1e-12,
+                   ffn_activation=act, mlm_activation=act, embedding_layer_norm=True,
+                   ffn_gated=True, rotary_base=base)
+
+
+def _gte_config(hf: dict, where: Path) -> BertConfig:
+    # transformers' GteConfig (rope_parameters) or Alibaba's "new" config (rope_theta,
+    # rope_scaling, a few switches of its own).
+    position = hf.get("position_embedding_type", "rope")
+    if position != "rope":
+        raise CheckpointError(f"{where}: position_embedding_type {str(position)[:40]!r} is not "
+                              "served (GTE: only 'rope')")
+    for key, served in (("layer_norm_type", "layer_norm"), ("logn_attention_scale", False),
+                        ("pack_qkv", True)):
+        if key in hf and hf[key] != served:
+            raise CheckpointError(f"{where}: {key} {str(hf[key])[:40]} is not served "
+                                  f"(only {served})")
+    if "rope_parameters" in hf:
+        base = _rope_theta(hf["rope_parameters"], where, "rope_parameters")
+    else:
+        if hf.get("rope_scaling"):
+            raise CheckpointError(f"{where}: rotary scaling (rope_scaling "
+                                  f"{str(hf['rope_scaling'])[:40]}) is not served")
+        base = float(hf.get("rope_theta", 160000.0))
+    hidden, heads = _need(hf, "hidden_size", where), _need(hf, "num_attention_heads", where)
+    _check_head_dim(hf, where, hidden, heads)
+    types = hf.get("type_vocab_size", 0)
+    return _config(where, vocab_size=_need(hf, "vocab_size", where), num_hiddens=hidden,
+                   ffn_num_hiddens=_need(hf, "intermediate_size", where), num_heads=heads,
+                   num_layers=_need(hf, "num_hidden_layers", where),
+                   max_len=_need(hf, "max_position_embeddings", where),
+                   type_vocab_size=types if isinstance(types, int) and types > 0 else 1,
+                   layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+                   ffn_activation=_hf_activation(hf.get("hidden_act", "gelu"), where,
+                                                 "hidden_act"),
+                   mlm_activation="gelu", embedding_layer_norm=True, ffn_gated=True,
+                   rotary_base=base)
+
+
+def _linear(prefix: str, packed: str, bias: bool = True) -> dict:
+    """A packed weight (and its bias) from one nn.Linear's tensors."""
+    out = {f"{packed}_weight": f"{prefix}.weight"}
+    if bias:
+        out[f"{packed}_bias"] = f"{prefix}.bias"
+    return out
+
+
+def _layer_linear(old: str, new, packed: str) -> dict:
+    """A per-layer packed weight and bias from the on-disk name or, failing it, the module's
+    (transformers' in-memory name, a tuple when it concatenates several)."""
+    def alternatives(part: str) -> list:
+        names = new if isinstance(new, tuple) else (new,)
+        renamed = tuple(f"{n}.{part}" for n in names)
+        return [f"{old}.{part}", renamed if len(renamed) > 1 else renamed[0]]
+    return {f"layers.{LAYER}.{packed}_weight": alternatives("weight"),
+            f"layers.{LAYER}.{packed}_bias": alternatives("bias")}
+
+
+_MB = f"layers.{LAYER}."
+MODERNBERT = Architecture(
+    name="ModernBERT", model_types=("modernbert",), token_types=False, zero_token_types=True,
+    read_config=_modernbert_config, classifier=(),
+    weight_map=WeightMap(
+        name="Hugging Face ModernBERT", layer_key=re.compile(r"layers\.(\d+)\..+"),
+        rename=_renamer("model."), part_marker={"mlm": "head.dense.weight"},
+        sources={
+            "token_embedding": "embeddings.tok_embeddings.weight",
+            "segment_embedding": ZERO_TOKEN_TYPES,
+            **_linear("embeddings.norm", "embedding_ln"),
+            **_linear(_MB + "attn.Wqkv", "layers.{i}.qkv"),
+            **_linear(_MB + "attn.Wo", "layers.{i}.out"),
+            **_linear(_MB + "attn_norm", "layers.{i}.ln1"),   # absent in layer 0
+            **_linear(_MB + "mlp.Wi", "layers.{i}.ffn1"),     # [input | gate]: act(input) * gate
+            **_linear(_MB + "mlp.Wo", "layers.{i}.ffn2"),
+            **_linear(_MB + "mlp_norm", "layers.{i}.ln2"),
+            **_linear("final_norm", "final_ln"),
+            **_mlm_sources("head.dense", "head.norm", "decoder", ["decoder.bias"]),
+            "mlm_decoder_weight": ["decoder.weight", "embeddings.tok_embeddings.weight"],
+        }))
+
+_NOMIC = f"encoder.layers.{LAYER}."
+_NOMIC_NEW = f"layers.{LAYER}."
+NOMIC_BERT = Architecture(
+    name="NomicBERT", model_types=("nomic_bert",), token_types=True, read_config=_nomic_config,
+    classifier=(),
+    weight_map=WeightMap(
+        name="Hugging Face NomicBERT", layer_key=re.compile(r"(?:encoder\.)?layers\.(\d+)\..+"),
+        rename=_renamer("bert."),
+        sources={
+            "token_embedding": "embeddings.word_embeddings.weight",
+            "segment_embedding": "embeddings.token_type_embeddings.weight",
+            "embedding_ln_weight": ["emb_ln.weight", "embeddings.LayerNorm.weight"],
+            "embedding_ln_bias": ["emb_ln.bias", "embeddings.LayerNorm.bias"],
+            **_layer_linear(_NOMIC + "attn.Wqkv", tuple(
+                _NOMIC_NEW + f"self_attn.{n}_proj" for n in "qkv"), "qkv"),
+            **_layer_linear(_NOMIC + "attn.out_proj", _NOMIC_NEW + "self_attn.o_proj", "out"),
+            **_layer_linear(_NOMIC + "norm1", _NOMIC_NEW + "post_attention_layernorm", "ln1"),
+            # fc12 is the gate nomic activates (act(fc12 x) * fc11 x): it goes first.
+            f"layers.{LAYER}.ffn1_weight": [
+                (_NOMIC + "mlp.fc12.weight", _NOMIC + "mlp.fc11.weight"),
+                (_NOMIC_NEW + "mlp.gate_proj.weight", _NOMIC_NEW + "mlp.up_proj.weight")],
+            f"layers.{LAYER}.ffn1_bias": [
+                (_NOMIC + "mlp.fc12.bias", _NOMIC + "mlp.fc11.bias"),
+                (_NOMIC_NEW + "mlp.gate_proj.bias", _NOMIC_NEW + "mlp.up_proj.bias")],
+            **_layer_linear(_NOMIC + "mlp.fc2", _NOMIC_NEW + "mlp.down_proj", "ffn2"),
+            **_layer_linear(_NOMIC + "norm2", _NOMIC_NEW + "post_mlp_layernorm", "ln2"),
+        }))
+
+_GTE = f"encoder.layer.{LAYER}."
+_GTE_NEW = f"layers.{LAYER}."
+GTE = Architecture(
+    name="GTE", model_types=("gte", "new"), token_types=False, zero_token_types=True,
+    read_config=_gte_config, classifier=(),
+    weight_map=WeightMap(
+        name="Hugging Face GTE", layer_key=re.compile(r"(?:encoder\.layer|layers)\.(\d+)\..+"),
+        rename=_renamer("new."),
+        sources={
+            "token_embedding": "embeddings.word_embeddings.weight",
+            # type_vocab_size 0 (gte-*-en-v1.5): no table, one zero row
+            "segment_embedding": ["embeddings.token_type_embeddings.weight", ZERO_TOKEN_TYPES],
+            **_linear("embeddings.LayerNorm", "embedding_ln"),
+            **_layer_linear(_GTE + "attention.qkv_proj", tuple(
+                _GTE_NEW + f"self_attn.{n}_proj" for n in "qkv"), "qkv"),
+            **_layer_linear(_GTE + "attention.o_proj", _GTE_NEW + "self_attn.o_proj", "out"),
+            **_layer_linear(_GTE + "attn_ln", _GTE_NEW + "post_attention_layernorm", "ln1"),
+            # up_gate_proj is [up | gate] with the gate activated: its halves trade places.
+            f"layers.{LAYER}.ffn1_weight": [
+                SwapHalves(_GTE + "mlp.up_gate_proj.weight"),
+                (_GTE_NEW + "mlp.gate_proj.weight", _GTE_NEW + "mlp.up_proj.weight")],
+            f"layers.{LAYER}.ffn1_bias": [
+                SwapHalves(_GTE + "mlp.up_gate_proj.bias"),
+                (_GTE_NEW + "mlp.gate_proj.bias", _GTE_NEW + "mlp.up_proj.bias")],
+            **_layer_linear(_GTE + "mlp.down_proj", _GTE_NEW + "mlp.down_proj", "ffn2"),
+            **_layer_linear(_GTE + "mlp_ln", _GTE_NEW + "post_mlp_layernorm", "ln2"),
+        }))
+
+ARCHITECTURES = (BERT, ROBERTA, DISTILBERT, ELECTRA, MODERNBERT, NOMIC_BERT, GTE)
 MODEL_TYPES = tuple(t for a in ARCHITECTURES for t in a.model_types)
 
 

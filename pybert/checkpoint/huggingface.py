@@ -17,7 +17,7 @@ import torch
 
 from ..config import BertConfig
 from ..engine.weights import WeightsError, pack_weights
-from .architectures import BERT, Architecture, architecture_of
+from .architectures import BERT, ZERO_TOKEN_TYPES, Architecture, architecture_of
 from .contents import Checkpoint, ClassifierSpec, HuggingFaceTokenizerSpec, LinearLayer
 from .files import (MAX_TOKENIZER_BYTES, MAX_VOCAB_BYTES, SAFETENSORS_DTYPES, CheckpointError,
                     SafetensorsHeader, read_json, read_json_of, read_text)
@@ -26,7 +26,6 @@ __all__ = ["is_huggingface_dir", "read_huggingface", "config_from_hf", "pack_hf_
            "HF_WEIGHT_MAP", "score_activation_of"]
 
 HF_WEIGHT_MAP = BERT.weight_map
-_TOKEN_TYPES = "embeddings.token_type_embeddings.weight"
 # sentence-transformers' names of the activations a CrossEncoder applies to its logits.
 _ST_ACTIVATIONS = {"Sigmoid": "sigmoid", "Identity": "identity", "Softmax": "softmax"}
 
@@ -84,9 +83,14 @@ def _classifier_wanted(hf: dict, architecture: Architecture, names: set[str]) ->
     names no architecture) every tensor of the family's classifier is there."""
     listed = hf.get("architectures")
     if isinstance(listed, list) and listed:
-        return any(isinstance(n, str) and n.endswith("ForSequenceClassification")
-                   for n in listed)
-    return all(f"{module}.weight" in names for module, _ in architecture.classifier)
+        wanted = any(isinstance(n, str) and n.endswith("ForSequenceClassification")
+                     for n in listed)
+        if wanted and not architecture.classifier:
+            raise CheckpointError(f"{architecture.name}'s sequence-classification head is not "
+                                  "served (its encoder is: a directory of the base model)")
+        return wanted
+    return bool(architecture.classifier) and \
+        all(f"{module}.weight" in names for module, _ in architecture.classifier)
 
 
 def score_activation_of(hf: dict, num_labels: int, where: Path) -> str:
@@ -160,7 +164,7 @@ def _read_weights(path: Path, headers: list, config: BertConfig, architecture: A
     for name, header in owner.items():
         if header.tensors[name][0] in SAFETENSORS_DTYPES:
             meta[name] = header.meta_state([name])[name]
-    zero_types = {_TOKEN_TYPES: torch.zeros((1, config.num_hiddens))} \
+    zero_types = {ZERO_TOKEN_TYPES: torch.zeros((1, config.num_hiddens))} \
         if architecture.zero_token_types else {}
     used: set[str] = set()
     pack_hf_state_dict({**meta, **zero_types}, config, path, used, architecture)  # shapes only

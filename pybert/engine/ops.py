@@ -12,7 +12,7 @@ from .. import _C
 
 __all__ = ["ACTIVATIONS"]
 
-ACTIVATIONS: dict = dict(_C.ACTIVATIONS)  # {"none": 0, "relu": 1, "tanh": 2, "gelu": 3}
+ACTIVATIONS: dict = dict(_C.ACTIVATIONS)  # {"none": 0, "relu": 1, "tanh": 2, "gelu": 3, "silu": 4}
 
 
 @torch.library.register_fake("pybert::gemm_bias_act")
@@ -31,8 +31,18 @@ def _(x, residual, weight, bias, eps):
 
 
 @torch.library.register_fake("pybert::attention_varlen")
-def _(qkv, cu_seqlens, max_seqlen, num_heads, own_kernel=False):
+def _(qkv, cu_seqlens, max_seqlen, num_heads, own_kernel=False, window=0):
     return qkv.new_empty((qkv.shape[0], qkv.shape[1] // 3))
+
+
+@torch.library.register_fake("pybert::rotary_qk")
+def _(qkv, cu_seqlens, num_heads, cos, sin):
+    return torch.empty_like(qkv)
+
+
+@torch.library.register_fake("pybert::gated_activation")
+def _(x, activation):
+    return x.new_empty((x.shape[0], x.shape[1] // 2))
 
 
 @torch.library.register_fake("pybert::gather_rows")

@@ -3,9 +3,13 @@
 The layout itself (names, parts, shapes) is defined once, in C++ (``csrc/bert/weights.h``), and
 read here through ``pybert._C.weight_shapes``. A checkpoint format is only a table saying which
 of its tensors make each packed weight: one tensor, several concatenated along the first
-dimension (Q, K and V into ``qkv_weight``), or the first present of alternatives (a tied
-decoder). Shapes are checked exactly; only leading dimensions of size 1 may be dropped (d2l's
-``pos_embedding`` is (1, max_len, H)).
+dimension (Q, K and V into ``qkv_weight``), the first present of alternatives (a tied
+decoder; an older on-disk layout), or a tensor whose halves trade places (a fused gated FFN
+stored gate-last). Shapes are checked exactly; only leading dimensions of size 1 may be dropped
+(d2l's ``pos_embedding`` is (1, max_len, H)). Biases are optional one by one: a format without
+a source for one, or a file without its tensor, leaves it out (it adds nothing). The rotary
+cos/sin tables are not read from a file but computed from the config, as the Hugging Face
+models compute them.
 """
 
 from __future__ import annotations
@@ -19,16 +23,48 @@ import torch
 from .. import _C
 from ..config import BertConfig
 
-__all__ = ["weight_shapes", "WeightMap", "pack_weights", "D2L_WEIGHT_MAP", "LAYER"]
+__all__ = ["weight_shapes", "WeightMap", "pack_weights", "D2L_WEIGHT_MAP", "LAYER",
+           "SwapHalves", "rotary_tables"]
 
-# A source: a key, a tuple of keys concatenated along dim 0, or a list of alternative keys.
-Source = Union[str, tuple, list]
+
+@dataclass(frozen=True)
+class SwapHalves:
+    """A source whose tensor's two halves along dim 0 trade places: a fused gated FFN stored
+    as [gate | activated] where the engine takes [activated | gate]."""
+
+    key: str
+
+
+# A source: a key, a tuple of keys concatenated along dim 0, a list of alternatives (each a key
+# or a tuple), or SwapHalves.
+Source = Union[str, tuple, list, SwapHalves]
 LAYER = "{i}"  # stands for the layer index in the keys of per-layer sources
 
 
-def weight_shapes(config: BertConfig) -> dict[str, tuple[tuple[int, ...], str]]:
-    """{name: (shape, part)} of the engine's packed weights for ``config``."""
+def weight_shapes(config: BertConfig) -> dict[str, tuple[tuple[int, ...], str, bool]]:
+    """{name: (shape, part, optional)} of the engine's packed weights for ``config``."""
     return _C.weight_shapes(config.native())
+
+
+def rotary_tables(config: BertConfig) -> dict[str, torch.Tensor]:
+    """The cos and sin tables of rotary positions, (positions, head_dim / 2) each, computed as
+    Hugging Face's rotary embeddings compute them (float32 frequencies and angles), so that the
+    engine rotates by exactly their angles; the windowed layers' own when their base differs."""
+    def tables(base: float) -> tuple[torch.Tensor, torch.Tensor]:
+        d = config.head_dim
+        inv_freq = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+        positions = torch.arange(config.max_len + config.position_offset).float()
+        angles = positions[:, None] * inv_freq[None, :]
+        return angles.cos(), angles.sin()
+
+    if not config.rotary_base:
+        return {}
+    cos, sin = tables(config.rotary_base)
+    out = {"rotary_cos": cos, "rotary_sin": sin}
+    local = config.local_rotary_base
+    if config.local_window and local and local != config.rotary_base:
+        out["local_rotary_cos"], out["local_rotary_sin"] = tables(local)
+    return out
 
 
 @dataclass(frozen=True)
@@ -52,6 +88,10 @@ class WeightsError(ValueError):
 
 
 def _keys_of(source: Source) -> list[str]:
+    if isinstance(source, SwapHalves):
+        return [source.key]
+    if isinstance(source, list):
+        return [k for alternative in source for k in _keys_of(alternative)]
     return [source] if isinstance(source, str) else list(source)
 
 
@@ -66,14 +106,21 @@ def _resolve(source: Source, state: dict, layer: int | None) -> tuple[list[torch
         return template.replace(LAYER, str(layer)) if layer is not None else template
 
     if isinstance(source, list):  # alternatives
-        for template in source:
-            if key_of(template) in state:
-                return [state[key_of(template)]], [key_of(template)]
-        raise KeyError(" or ".join(key_of(t) for t in source))
+        for alternative in source:
+            keys = [key_of(t) for t in _keys_of(alternative)]
+            if all(k in state for k in keys):
+                return _resolve(alternative, state, layer)
+        raise KeyError(" or ".join(key_of(_keys_of(a)[0]) for a in source))
     keys = [key_of(t) for t in _keys_of(source)]
     missing = [k for k in keys if k not in state]
     if missing:
         raise KeyError(missing[0])
+    if isinstance(source, SwapHalves):
+        fused = state[keys[0]]
+        if fused.dim() < 1 or fused.shape[0] % 2:
+            raise KeyError(keys[0])  # reported as unusable below
+        first, second = fused.chunk(2, dim=0)
+        return [torch.cat([second, first])], keys
     return [state[k] for k in keys], keys
 
 
@@ -105,31 +152,42 @@ def pack_weights(state: dict, fmt: WeightMap, config: BertConfig,
                            f"{fmt.name} weights have {layers}")
     shapes = weight_shapes(config)
     by_part: dict[str, list[str]] = {}
-    for name, (_, part) in shapes.items():
+    for name, (_, part, _) in shapes.items():
         by_part.setdefault(part, []).append(name)
+    derived = rotary_tables(config)
     packed = {}
     for part, names in by_part.items():
-        if any(_template(n) not in fmt.sources for n in names):
+        required = [n for n in names if not shapes[n][2]]
+        if all(n in derived for n in names):
+            continue  # computed, not read
+        if any(_template(n) not in fmt.sources for n in required):
             if part in ("embeddings", "layers"):
                 raise WeightsError(f"the {fmt.name} format has no source for {part}")
             continue
         if part not in ("embeddings", "layers"):
             marker = fmt.part_marker.get(part)
             keys = [marker] if marker else [
-                k for n in names for k in _keys_of(fmt.sources[_template(n)])]
+                k for n in required for k in _keys_of(fmt.sources[_template(n)])]
             if not any(_key(k, 0) in state for k in keys):
                 continue
         for name in names:
             layer = int(name.split(".")[1]) if name.startswith("layers.") else None
+            optional = shapes[name][2]
+            source = fmt.sources.get(_template(name))
+            if source is None:
+                continue  # an optional weight the format never has
             try:
-                tensors, keys = _resolve(fmt.sources[_template(name)], state, layer)
+                tensors, keys = _resolve(source, state, layer)
             except KeyError as missing:
+                if optional:
+                    continue
                 raise WeightsError(f"{where}: the {fmt.name} weights lack {missing.args[0]}"
                                    + ("" if part in ("embeddings", "layers") else
                                       f" (needed for the {part} part)")) from None
             packed[name] = _shaped(tensors, keys, shapes[name][0], where)
             if used is not None:
                 used.update(keys)
+    packed.update(derived)
     return packed
 
 

@@ -205,11 +205,12 @@ def test_hf_checkpoint_on_the_gpu(tmp_path, dtype):
     assert rel_l2(nsp, ref_nsp) <= BOUNDS[dtype]
 
 
-@pytest.mark.parametrize("kind,parts", [("pretraining", {"embeddings", "embedding_norm", "layers",
-                                                         "nsp", "mlm"}),
-                                        ("mlm", {"embeddings", "embedding_norm", "layers",
-                                                 "mlm"}),
-                                        ("base", {"embeddings", "embedding_norm", "layers"})])
+_BERT_PARTS = {"embeddings", "position_table", "embedding_norm", "layers"}
+
+
+@pytest.mark.parametrize("kind,parts", [("pretraining", _BERT_PARTS | {"nsp", "mlm"}),
+                                        ("mlm", _BERT_PARTS | {"mlm"}),
+                                        ("base", _BERT_PARTS)])
 def test_the_hf_packer_gives_the_layout_of_weight_shapes(tmp_path, kind, parts):
     from safetensors.torch import load_file
 
@@ -221,5 +222,5 @@ def test_the_hf_packer_gives_the_layout_of_weight_shapes(tmp_path, kind, parts):
     packed = pack_hf_state_dict(load_file(str(tmp_path / "hf" / "model.safetensors")), config,
                                 tmp_path)
     shapes = weight_shapes(config)
-    assert set(packed) == {n for n, (_, part) in shapes.items() if part in parts}
+    assert set(packed) == {n for n, (_, part, _) in shapes.items() if part in parts}
     assert all(tuple(t.shape) == shapes[n][0] for n, t in packed.items())

@@ -18,8 +18,9 @@ def test_the_d2l_packer_gives_the_layout_of_weight_shapes():
     config = CONFIGS["hidden-96-head-dim-32"]
     shapes = weight_shapes(config)
     packed = pack_d2l_state_dict(random_model(config).state_dict(), config)
-    assert set(packed) == {n for n, (_, part) in shapes.items()
-                           if part not in ("embedding_norm", "embedding_projection")}
+    assert set(packed) == {n for n, (_, part, _) in shapes.items()
+                           if part not in ("embedding_norm", "embedding_projection", "rotary",
+                                           "local_rotary", "final_norm")}
     assert {n: tuple(t.shape) for n, t in packed.items()} == \
         {n: shapes[n][0] for n in packed}
     assert len([n for n in shapes if n.startswith("layers.")]) == 12 * config.num_layers

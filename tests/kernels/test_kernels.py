@@ -16,7 +16,7 @@ from helpers import BOUNDS, rel_l2
 
 ops = torch.ops.pybert
 REFERENCE_ACTIVATIONS = {"none": lambda x: x, "relu": torch.relu, "tanh": torch.tanh,
-                         "gelu": F.gelu}
+                         "gelu": F.gelu, "silu": F.silu}
 
 TARGETS = [
     pytest.param(("cpu", torch.float32), id="cpu-fp32"),
@@ -109,14 +109,18 @@ def test_add_layernorm_of_rows_whose_squares_overflow_float(target):
     assert rel_l2(out, ref) <= BOUNDS[target[1]]
 
 
-def reference_attention(qkv, lengths, num_heads):
+def reference_attention(qkv, lengths, num_heads, window=0):
     hidden = qkv.shape[1] // 3
     d = hidden // num_heads
     outs, start = [], 0
     for n in lengths.tolist():
         q, k, v = qkv[start:start + n].double().cpu().split(hidden, dim=1)
         q, k, v = (t.reshape(n, num_heads, d).transpose(0, 1) for t in (q, k, v))
-        p = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(d), dim=-1)
+        scores = q @ k.transpose(1, 2) / math.sqrt(d)
+        if window:
+            distance = (torch.arange(n)[:, None] - torch.arange(n)[None, :]).abs()
+            scores = scores.masked_fill(distance > window, float("-inf"))
+        p = torch.softmax(scores, dim=-1)
         outs.append((p @ v).transpose(0, 1).reshape(n, hidden))
         start += n
     return torch.cat(outs)
@@ -137,6 +141,70 @@ def test_attention_varlen(target, num_heads, head_dim, max_len, own_kernel):
     out = ops.attention_varlen(qkv, cu, max_len, num_heads, own_kernel=own_kernel)
     ref = reference_attention(qkv, lengths, num_heads)
     assert rel_l2(out, ref) <= BOUNDS[target[1]]
+
+
+# A sliding window (ModernBERT's local layers): |i - j| <= window. On the CPU the sequences
+# longer than window + 1 go to the banded kernel (blocks of queries against the keys around
+# them), the rest to the global ones; on the GPU to FlashAttention-2's window or our CUDA-core
+# kernel's (fp32).
+@pytest.mark.parametrize("num_heads,head_dim", [(4, 8), (3, 32), (2, 64), (1, 192)])
+@pytest.mark.parametrize("window,lengths", [(1, [1, 2, 3, 40]), (4, [5, 6, 77, 1]),
+                                            (64, [1, 65, 66, 129, 300, 700]),
+                                            (40, [200, 41, 90])])
+def test_attention_varlen_in_a_window(target, num_heads, head_dim, window, lengths):
+    lengths = torch.tensor(lengths)
+    cu = cu_seqlens_of(lengths, target[0])
+    torch.manual_seed(window + head_dim)
+    qkv = rand(int(cu[-1]), 3 * num_heads * head_dim, target=target)
+    out = ops.attention_varlen(qkv, cu, int(lengths.max()), num_heads, window=window)
+    ref = reference_attention(qkv, lengths, num_heads, window=window)
+    assert rel_l2(out, ref) <= BOUNDS[target[1]]
+    assert rel_l2(ref, reference_attention(qkv, lengths, num_heads)) > 1e-2  # it matters
+
+
+def reference_rotary(qkv, lengths, num_heads, cos, sin):
+    """Hugging Face's rotate-half form on Q and K, position s of each sequence, in float64."""
+    out = qkv.double().cpu().clone()
+    hidden = qkv.shape[1] // 3
+    d = hidden // num_heads
+    start = 0
+    for n in lengths.tolist():
+        c = torch.cat([cos[:n], cos[:n]], -1).double().cpu()[:, None]
+        s = torch.cat([sin[:n], sin[:n]], -1).double().cpu()[:, None]
+        for third in (0, 1):
+            x = out[start:start + n, third * hidden:(third + 1) * hidden].reshape(n, num_heads, d)
+            rotated = torch.cat([-x[..., d // 2:], x[..., :d // 2]], -1)
+            out[start:start + n, third * hidden:(third + 1) * hidden] = \
+                (x * c + rotated * s).reshape(n, hidden)
+        start += n
+    return out
+
+
+@pytest.mark.parametrize("num_heads,head_dim", [(4, 8), (3, 32), (1, 192), (2, 64)])
+def test_rotary_qk(target, num_heads, head_dim):
+    lengths = torch.tensor([1, 17, 5, 40])
+    cu = cu_seqlens_of(lengths, target[0])
+    torch.manual_seed(head_dim)
+    qkv = rand(int(cu[-1]), 3 * num_heads * head_dim, target=target)
+    angles = torch.arange(50.0)[:, None] * 10000.0 ** (-torch.arange(0, head_dim, 2) / head_dim)
+    cos, sin = (f(angles).to(*target) for f in (torch.cos, torch.sin))
+    out = ops.rotary_qk(qkv, cu, num_heads, cos, sin)
+    assert rel_l2(out, reference_rotary(qkv, lengths, num_heads, cos, sin)) <= BOUNDS[target[1]]
+    hidden = num_heads * head_dim
+    assert torch.equal(out[:, 2 * hidden:], qkv[:, 2 * hidden:])  # V untouched
+    with pytest.raises(RuntimeError, match="cos and sin"):
+        ops.rotary_qk(qkv, cu, num_heads, cos[:30], sin[:30])
+
+
+@pytest.mark.parametrize("activation", ["gelu", "silu", "relu"])
+@pytest.mark.parametrize("rows,width", [(1, 1), (7, 96), (33, 1152)])
+def test_gated_activation(target, activation, rows, width):
+    x = rand(rows, 2 * width, target=target)
+    out = ops.gated_activation(x, ACTIVATIONS[activation])
+    ref = REFERENCE_ACTIVATIONS[activation](x.double()[:, :width]) * x.double()[:, width:]
+    assert rel_l2(out, ref) <= BOUNDS[target[1]]
+    with pytest.raises(RuntimeError, match="even width"):
+        ops.gated_activation(x[:, :2 * width - 1].contiguous(), ACTIVATIONS[activation])
 
 
 def test_attention_varlen_groups_sequences_of_one_length(target):

@@ -77,6 +77,7 @@ void apply_activation(at::Tensor& t, Activation act) {
     case Activation::kReLU: t.relu_(); break;
     case Activation::kTanh: t.tanh_(); break;
     case Activation::kGELU: at::gelu_(t); break;
+    case Activation::kSiLU: at::silu_(t); break;
   }
 }
 
@@ -100,6 +101,7 @@ const char* post_op_name(Activation act) {
     case Activation::kReLU: return "relu";
     case Activation::kTanh: return "tanh";
     case Activation::kGELU: return "gelu";
+    case Activation::kSiLU: return "swish";
   }
   return "none";
 }
@@ -473,22 +475,118 @@ void flash_attend_sequences(const T* qkv, const int32_t* cu_seqlens, T* out,
   }
 }
 
+// Sliding-window attention (|i - j| <= window) of the listed sequences, computing the band
+// only: each sequence's queries go in blocks of B, and block j's keys are the B + 2 * window
+// rows around it, so the work is linear in the length. The sequences' rows are copied into one
+// buffer with `window` zero rows before each sequence, the block grid B rows apart across the
+// whole buffer (each sequence's region padded to a multiple of B): then every block's queries
+// and keys are strided views of the one buffer, and one call of torch's flash attention (with
+// an additive mask for the band, the keys outside the sequence and the filler blocks between
+// sequences) computes them all.
+template <typename T>
+void attention_windowed(const T* qkv, const int32_t* cu_seqlens, T* out,
+                        const std::vector<int64_t>& sequences, int64_t window,
+                        int64_t num_heads, int64_t head_dim) {
+  const int64_t hidden = num_heads * head_dim, width = 3 * hidden;
+  const int64_t block = std::min<int64_t>(std::max<int64_t>(window, 32), 256);
+  const int64_t keys = block + 2 * window;
+  // Region of a sequence: window zero rows, its blocks, then zeros to a multiple of block
+  // with at least `window` rows after the last block (the last block's right keys).
+  const int64_t tail = (2 * window + block - 1) / block * block;  // rows after the blocks
+  std::vector<int64_t> region_start, blocks_of;
+  int64_t rows = 0;
+  for (const int64_t b : sequences) {
+    const int64_t length = cu_seqlens[b + 1] - cu_seqlens[b];
+    const int64_t nblocks = (length + block - 1) / block;
+    region_start.push_back(rows);
+    blocks_of.push_back(nblocks);
+    rows += nblocks * block + tail;
+  }
+  const int64_t grid = rows / block;  // blocks on the grid, filler ones included
+  const at::TensorOptions options = options_of<T>();
+  // `keys - block` more rows at the end, so that the last grid block's key view stays inside.
+  at::Tensor buffer = at::zeros({rows + keys, width}, options);
+  T* base = static_cast<T*>(buffer.data_ptr());
+  at::parallel_for(0, int64_t(sequences.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = sequences[size_t(i)];
+      const int64_t length = cu_seqlens[b + 1] - cu_seqlens[b];
+      std::memcpy(base + (region_start[size_t(i)] + window) * width,
+                  qkv + int64_t(cu_seqlens[b]) * width, sizeof(T) * size_t(length * width));
+    }
+  });
+  // Grid block g: queries at buffer rows window + g * B, keys at rows g * B (query row
+  // window + g * B + r sees key row g * B + c, c in [0, keys)).
+  auto view = [&](int64_t column, int64_t first_row, int64_t count) {
+    return at::from_blob(base + first_row * width + column, {grid, num_heads, count, head_dim},
+                         {block * width, head_dim, width, 1}, options);
+  };
+  const at::Tensor q = view(0, window, block), k = view(hidden, 0, keys),
+                   v = view(2 * hidden, 0, keys);
+  // The band: query r of a block sees key c when |(r + window) - c| <= window, and the key
+  // lies inside its sequence; filler blocks see everything (their rows are thrown away).
+  at::Tensor mask = at::zeros({grid, 1, block, keys}, options);
+  T* m = static_cast<T*>(mask.data_ptr());
+  const T blocked = from_float<T>(-INFINITY);
+  std::vector<int64_t> sequence_of_grid(size_t(grid), -1), first_block(sequences.size());
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    first_block[i] = region_start[i] / block;
+    for (int64_t j = 0; j < blocks_of[i]; ++j) sequence_of_grid[size_t(first_block[i] + j)] = int64_t(i);
+  }
+  at::parallel_for(0, grid, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) {
+      const int64_t i = sequence_of_grid[size_t(g)];
+      if (i < 0) continue;
+      const int64_t b = sequences[size_t(i)];
+      const int64_t length = cu_seqlens[b + 1] - cu_seqlens[b];
+      const int64_t first_query = (g - first_block[size_t(i)]) * block;  // in the sequence
+      for (int64_t r = 0; r < block; ++r) {
+        T* row = m + (g * block + r) * keys;
+        for (int64_t c = 0; c < keys; ++c) {
+          const int64_t key = first_query + c - window;  // the key's position in the sequence
+          const bool outside = key < 0 || key >= length || std::abs(r + window - c) > window;
+          if (outside) row[c] = blocked;
+        }
+      }
+    }
+  });
+  const at::Tensor context = std::get<0>(at::_scaled_dot_product_flash_attention_for_cpu(
+      q, k, v, 0.0, false, mask, 1.0 / std::sqrt(double(head_dim))));
+  // context: (grid, heads, B, d); each sequence's real rows go back to `out`.
+  const at::Tensor rows_out = context.transpose(1, 2).reshape({grid * block, hidden});
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    const int64_t b = sequences[i];
+    const int64_t length = cu_seqlens[b + 1] - cu_seqlens[b];
+    at::from_blob(out + int64_t(cu_seqlens[b]) * hidden, {length, hidden}, options)
+        .copy_(rows_out.narrow(0, first_block[i] * block, length));
+  }
+}
+
 }  // namespace
 
 template <typename T>
 void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
-                      int64_t max_seqlen, int64_t num_heads, int64_t head_dim,
+                      int64_t max_seqlen, int64_t num_heads, int64_t head_dim, int64_t window,
                       int64_t batched_max_length) {
   const int64_t batched_limit =
       std::is_same_v<T, float> && attention_batched_available()
           ? std::min(batched_max_length, kBatchedAttentionMaxLength)
           : 0;
-  std::vector<int64_t> batched, flashed;  // an empty slot (length 0) has nothing to attend
+  // An empty slot (length 0) has nothing to attend; a sequence no longer than window + 1 sees
+  // all of itself in the window.
+  std::vector<int64_t> batched, flashed, windowed;
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t length = cu_seqlens[b + 1] - cu_seqlens[b];
     if (length > max_seqlen) throw std::invalid_argument("a sequence exceeds max_seqlen");
     if (length == 0) continue;
+    if (window > 0 && length > window + 1) {
+      windowed.push_back(b);
+      continue;
+    }
     (length <= batched_limit ? batched : flashed).push_back(b);
+  }
+  if (!windowed.empty()) {
+    attention_windowed(qkv, cu_seqlens, out, windowed, window, num_heads, head_dim);
   }
   if constexpr (std::is_same_v<T, float>) {
     if (!batched.empty()) {
@@ -512,7 +610,8 @@ double time_attention(bool batched, int64_t batch, int64_t length, int64_t num_h
   return fastest_seconds(
       [&] {
         attention_varlen(qkv.data_ptr<float>(), cu_seqlens.data(), out.data_ptr<float>(),
-                         batch, length, num_heads, head_dim, batched ? length : 0);
+                         batch, length, num_heads, head_dim, /*window=*/0,
+                         batched ? length : 0);
       },
       repeats);
 }
@@ -532,7 +631,7 @@ void parallel_for(int64_t n, int64_t grain_size,
   template void gemm_bias_act<T>(const T*, const T*, const T*, const PreparedWeight*, T*,    \
                                  int64_t, int64_t, int64_t, Activation);                     \
   template void attention_varlen<T>(const T*, const int32_t*, T*, int64_t, int64_t, int64_t, \
-                                    int64_t, int64_t);
+                                    int64_t, int64_t, int64_t);
 PYBERT_INSTANTIATE(float)
 PYBERT_INSTANTIATE(bfloat16)
 #undef PYBERT_INSTANTIATE

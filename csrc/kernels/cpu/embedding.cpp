@@ -23,9 +23,10 @@ void embed_packed(const PackedIds& ids, const EmbeddingTables<T>& tables, T* out
       const int64_t input = ids.seq_len > 0 ? b * ids.seq_len + s : row;  // padded or packed
       const T* tok = tables.token + ids.tokens[input] * hidden;
       const T* seg = tables.segment + ids.segments[input] * hidden;
-      const T* pos = tables.position + s * hidden;
+      const T* pos = tables.position != nullptr ? tables.position + s * hidden : nullptr;
       for (int64_t i = 0; i < hidden; ++i) {
-        dst[i] = from_float<T>(to_float(tok[i]) + to_float(seg[i]) + to_float(pos[i]));
+        dst[i] = from_float<T>(to_float(tok[i]) + to_float(seg[i]) +
+                             (pos != nullptr ? to_float(pos[i]) : 0.0f));
       }
     }
   });

@@ -96,16 +96,39 @@ template <typename T>
 void embed_packed(const PackedIds& ids, const EmbeddingTables<T>& tables, T* out);
 
 // out[r] = LayerNorm(x[r] + residual[r]) * gamma + beta over rows of width `hidden`.
-// residual may be null (plain LayerNorm). out may alias x or residual.
+// residual may be null (plain LayerNorm), beta too (a LayerNorm without bias). out may alias
+// x or residual.
 template <typename T>
 void add_layernorm(const T* x, const T* residual, const T* gamma, const T* beta, T* out,
                    int64_t rows, int64_t hidden, float eps);
 
+// A pre-norm layer's residual step: x[r] += delta[r], then normed[r] = LayerNorm(x[r]) * gamma
+// + beta (beta may be null; gamma null: the sum only, normed unused).
+template <typename T>
+void add_residual_layernorm(const T* delta, T* x, const T* gamma, const T* beta, T* normed,
+                            int64_t rows, int64_t hidden, float eps);
+
+// Rotary positions, in place on the Q and K thirds of packed QKV rows (layout as in
+// attention_varlen): for token s of its sequence and each head's vector x of head_dim d,
+// x[i] <- x[i] cos[s, i] - x[i + d/2] sin[s, i] and x[i + d/2] <- x[i + d/2] cos[s, i] +
+// x[i] sin[s, i], i < d/2 (the "rotate half" form of Hugging Face's models). cos, sin:
+// (>= the longest sequence, d/2). Spare rows beyond cu_seqlens[batch] are left as they are.
+template <typename T>
+void rotary_qk(T* qkv, const int32_t* cu_seqlens, int64_t batch, int64_t num_heads,
+               int64_t head_dim, const T* cos, const T* sin);
+
+// A gated FFN's middle: out[r, i] = act(in[r, i]) * in[r, width + i]; in: (rows, 2 * width),
+// out: (rows, width).
+template <typename T>
+void gated_activation(const T* in, T* out, int64_t rows, int64_t width, Activation act);
+
 // Multi-head self-attention over packed sequences, keys limited to each sequence's tokens.
 // qkv: (total_tokens, 3 * hidden), columns [Q | K | V], head h owns columns [h*d, (h+1)*d) of
 // each third, d = hidden / num_heads; out: (total_tokens, hidden), heads side by side.
-// out[t, head h] = softmax_j(q_t . k_j / sqrt(d)) v_j over the keys j of t's sequence.
-// Float sequences of up to batched_max_length tokens go to attention_batched where this
+// out[t, head h] = softmax_j(q_t . k_j / sqrt(d)) v_j over the keys j of t's sequence, and
+// with window > 0 only those with |t - j| <= window (a sliding window, ModernBERT's local
+// layers): sequences longer than window + 1 then go to attention_windowed, which computes the
+// band and skips the rest. Float sequences of up to batched_max_length tokens go to attention_batched where this
 // process has it; bfloat16, longer sequences and the rest go to torch's flash attention
 // (AMX/AVX512-BF16 tiles for bfloat16). Which is faster depends on the CPU, so
 // pybert.engine.cpu_plan measures it (on AVX-512, batched was 1.2-2x faster than flash in
@@ -116,6 +139,7 @@ constexpr int64_t kBatchedAttentionMaxLength = 512;
 template <typename T>
 void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
                       int64_t max_seqlen, int64_t num_heads, int64_t head_dim,
+                      int64_t window = 0,
                       int64_t batched_max_length = kBatchedAttentionMaxLength);
 // Seconds attention_varlen takes on `batch` random sequences of `length` tokens, all batched
 // (batched_max_length = length) or all by flash (0): the fastest of `repeats` after a warm-up.

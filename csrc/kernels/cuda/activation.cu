@@ -13,6 +13,7 @@ __global__ void activation_kernel(T* x, int64_t n, Activation act) {
       case Activation::kReLU: y = fmaxf(v, 0.0f); break;
       case Activation::kTanh: y = tanhf(v); break;
       case Activation::kGELU: y = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); break;
+      case Activation::kSiLU: y = v / (1.0f + expf(-v)); break;
       case Activation::kNone: break;
     }
     x[i] = from_float<T>(y);

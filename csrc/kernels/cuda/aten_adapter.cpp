@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -38,9 +39,15 @@ AttentionResult library_attention_varlen(AttentionKernel kernel, ScalarCode scal
                                          const void* qkv, const int32_t* cu_seqlens,
                                          int64_t batch, int64_t total_tokens,
                                          int64_t max_seqlen, int64_t num_heads,
-                                         int64_t head_dim, int device_index,
+                                         int64_t head_dim, int64_t window, int device_index,
                                          cudaStream_t stream) {
   if (batch == 0 || total_tokens == 0 || max_seqlen == 0) return {};
+  if (window > 0 && kernel != AttentionKernel::kFlash) {
+    throw std::invalid_argument("library_attention_varlen: a window needs FlashAttention-2");
+  }
+  // FlashAttention-2's window: keys i - left <= j <= i + right; -1 is none (torch's default
+  // for an absent side).
+  const int64_t side = window > 0 ? window : -1;
   const at::Device device(at::kCUDA, static_cast<c10::DeviceIndex>(device_index));
   const c10::impl::VirtualGuardImpl guard_impl(c10::DeviceType::CUDA);
   if (static_cast<cudaStream_t>(guard_impl.getStream(device).native_handle()) != stream) {
@@ -60,7 +67,8 @@ AttentionResult library_attention_varlen(AttentionKernel kernel, ScalarCode scal
     case AttentionKernel::kFlash:
       out = std::get<0>(at::_flash_attention_forward(q, k, v, cu, cu, max_seqlen, max_seqlen,
                                                      /*dropout_p=*/0.0, /*is_causal=*/false,
-                                                     /*return_debug_mask=*/false));
+                                                     /*return_debug_mask=*/false,
+                                                     /*scale=*/std::nullopt, side, side));
       break;
     case AttentionKernel::kMemoryEfficient:
       // Varlen form: one "batch" of all the tokens, sequences delimited by cu_seqlens.

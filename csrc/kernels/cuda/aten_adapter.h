@@ -47,12 +47,13 @@ struct AttentionResult {
 
 // Runs `kernel` (kFlash or kMemoryEfficient) on torch's current stream of device
 // `device_index`, which must be `stream` (the engine enqueues everything on torch's current
-// stream; a mismatch throws std::invalid_argument rather than racing).
+// stream; a mismatch throws std::invalid_argument rather than racing). window > 0 (keys with
+// |i - j| <= window; FlashAttention-2's window_size_left/right) needs kFlash.
 AttentionResult library_attention_varlen(AttentionKernel kernel, ScalarCode scalar,
                                          const void* qkv, const int32_t* cu_seqlens,
                                          int64_t batch, int64_t total_tokens,
                                          int64_t max_seqlen, int64_t num_heads,
-                                         int64_t head_dim, int device_index,
+                                         int64_t head_dim, int64_t window, int device_index,
                                          cudaStream_t stream);
 
 }  // namespace pybert::cuda

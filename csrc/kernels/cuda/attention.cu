@@ -10,8 +10,9 @@
 //   tiles of 64, computing scores with WMMA (mma.sync) into shared memory, updating a running
 //   max and sum per query (online softmax), and accumulating P.V with WMMA. Scores never
 //   reach global memory, so memory traffic is linear in the sequence length.
-// - attention_simple_kernel (every type and head dim, and fp32): one warp per query, keys in
-//   turn, the same online softmax on the CUDA cores.
+// - attention_simple_kernel (every type and head dim, fp32, and a sliding window): one warp
+//   per query, keys in turn (only those within the window), the same online softmax on the
+//   CUDA cores.
 #include <mma.h>
 
 #include <mutex>
@@ -30,7 +31,7 @@ constexpr int kWarpRows = 16;  // query rows per warp (one WMMA tile high)
 // CUDA-core kernel: warp w of block (x, h, b) computes query x * 4 + w of sequence b, head h.
 template <typename T>
 __global__ void attention_simple_kernel(const T* qkv, const int32_t* cu_seqlens, T* out,
-                                        int num_heads, int head_dim, float scale) {
+                                        int num_heads, int head_dim, float scale, int window) {
   extern __shared__ float simple_smem[];  // per warp: q (head_dim) and acc (head_dim)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int b = blockIdx.z, h = blockIdx.y;
@@ -47,7 +48,10 @@ __global__ void attention_simple_kernel(const T* qkv, const int32_t* cu_seqlens,
   }
   __syncwarp();
   float running_max = -INFINITY, running_sum = 0.0f;
-  for (int j = 0; j < length; ++j) {
+  // A window (|i - j| <= window) limits the keys; 0: all of the sequence.
+  const int first_key = window > 0 ? max(0, i - window) : 0;
+  const int end_key = window > 0 ? min(length, i + window + 1) : length;
+  for (int j = first_key; j < end_key; ++j) {
     const T* k = qkv + (first + j) * stride + hidden + int64_t(h) * head_dim;
     const T* v = k + hidden;
     float dot = 0.0f;
@@ -256,7 +260,7 @@ void launch_tensor_core(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t
 
 template <typename T>
 void launch_simple(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
-                   int64_t max_seqlen, int64_t num_heads, int64_t head_dim,
+                   int64_t max_seqlen, int64_t num_heads, int64_t head_dim, int64_t window,
                    cudaStream_t stream) {
   constexpr int kWarps = 4;
   const size_t shared = size_t(kWarps) * 2 * head_dim * sizeof(float);
@@ -267,7 +271,8 @@ void launch_simple(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batc
   }
   const dim3 grid((max_seqlen + kWarps - 1) / kWarps, num_heads, batch);
   attention_simple_kernel<T><<<grid, kWarps * 32, shared, stream>>>(
-      qkv, cu_seqlens, out, int(num_heads), int(head_dim), 1.0f / sqrtf(float(head_dim)));
+      qkv, cu_seqlens, out, int(num_heads), int(head_dim), 1.0f / sqrtf(float(head_dim)),
+      int(window));
   check_launch("attention_simple_kernel");
 }
 
@@ -278,11 +283,15 @@ constexpr bool kHasTensorCorePath = !std::is_same<T, float>::value;
 
 template <typename T>
 void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
-                      int64_t max_seqlen, int64_t num_heads, int64_t head_dim,
+                      int64_t max_seqlen, int64_t num_heads, int64_t head_dim, int64_t window,
                       cudaStream_t stream) {
   if (batch == 0 || max_seqlen == 0) return;
+  // A window that covers every sequence is no window.
+  if (window + 1 >= max_seqlen) window = 0;
   if constexpr (kHasTensorCorePath<T>) {
-    if (head_dim % 8 == 0 && head_dim <= 256) {
+    // Windowed layers in fp16/bf16 go to FlashAttention-2's window (the engine's choice); the
+    // tensor-core kernel here has none.
+    if (head_dim % 8 == 0 && head_dim <= 256 && window == 0) {
       // 64 query rows per block while the tiles fit comfortably; 32 for wide heads.
       if (head_dim <= 128) {
         launch_tensor_core<T, 64>(qkv, cu_seqlens, out, batch, max_seqlen, num_heads, head_dim,
@@ -294,12 +303,12 @@ void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t b
       return;
     }
   }
-  launch_simple(qkv, cu_seqlens, out, batch, max_seqlen, num_heads, head_dim, stream);
+  launch_simple(qkv, cu_seqlens, out, batch, max_seqlen, num_heads, head_dim, window, stream);
 }
 
 #define PYBERT_INSTANTIATE(T)                                                               \
   template void attention_varlen<T>(const T*, const int32_t*, T*, int64_t, int64_t, int64_t, \
-                                    int64_t, cudaStream_t);
+                                    int64_t, int64_t, cudaStream_t);
 PYBERT_INSTANTIATE(float)
 PYBERT_INSTANTIATE(__half)
 PYBERT_INSTANTIATE(__nv_bfloat16)

@@ -21,9 +21,10 @@ __global__ void embed_packed_kernel(PackedIds ids, EmbeddingTables<T> tables, T*
   const int64_t input = ids.seq_len > 0 ? b * ids.seq_len + s : row;  // padded or packed ids
   const T* tok = tables.token + ids.tokens[input] * hidden;
   const T* seg = tables.segment + ids.segments[input] * hidden;
-  const T* pos = tables.position + s * hidden;
+  const T* pos = tables.position != nullptr ? tables.position + s * hidden : nullptr;
   for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) {
-    dst[i] = from_float<T>(to_float(tok[i]) + to_float(seg[i]) + to_float(pos[i]));
+    dst[i] = from_float<T>(to_float(tok[i]) + to_float(seg[i]) +
+                             (pos != nullptr ? to_float(pos[i]) : 0.0f));
   }
 }
 

@@ -28,17 +28,33 @@ template <typename T>
 void embed_packed(const PackedIds& ids, const EmbeddingTables<T>& tables, T* out,
                   cudaStream_t stream);
 
-// See cpu::add_layernorm (residual may be null; out may alias x or residual).
+// See cpu::add_layernorm (residual and beta may be null; out may alias x or residual).
 template <typename T>
 void add_layernorm(const T* x, const T* residual, const T* gamma, const T* beta, T* out,
                    int64_t rows, int64_t hidden, float eps, cudaStream_t stream);
 
+// See cpu::add_residual_layernorm.
+template <typename T>
+void add_residual_layernorm(const T* delta, T* x, const T* gamma, const T* beta, T* normed,
+                            int64_t rows, int64_t hidden, float eps, cudaStream_t stream);
+
+// See cpu::rotary_qk (total_tokens rows; spare ones beyond cu_seqlens[batch] untouched).
+template <typename T>
+void rotary_qk(T* qkv, const int32_t* cu_seqlens, int64_t batch, int64_t total_tokens,
+               int64_t num_heads, int64_t head_dim, const T* cos, const T* sin,
+               cudaStream_t stream);
+
+// See cpu::gated_activation.
+template <typename T>
+void gated_activation(const T* in, T* out, int64_t rows, int64_t width, Activation act,
+                      cudaStream_t stream);
+
 // See cpu::attention_varlen. Fused: scores live in shared memory and registers, never in
-// global memory. fp16/bf16 with head_dim % 8 == 0 and head_dim <= 256 run on the tensor
-// cores; every other case runs a CUDA-core kernel with the same result.
+// global memory. fp16/bf16 with head_dim % 8 == 0 and head_dim <= 256 and no window run on
+// the tensor cores; every other case runs a CUDA-core kernel with the same result.
 template <typename T>
 void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
-                      int64_t max_seqlen, int64_t num_heads, int64_t head_dim,
+                      int64_t max_seqlen, int64_t num_heads, int64_t head_dim, int64_t window,
                       cudaStream_t stream);
 
 // See cpu::gather_rows.

@@ -1,0 +1,273 @@
+"""Modern encoders (ModernBERT, NomicBERT, GTE): rotary positions, gated FFNs, pre-norm layers,
+absent biases and ModernBERT's windowed layers, against transformers itself. Small random
+models of each family are built here; every sequence's float64 reference is run alone (no
+padding: transformers' eager attention turns a padded row of a sliding-window layer into NaN,
+which its masked softmax then multiplies by zero) and compared with the engine's packed,
+ragged batch, lengths from 1 to beyond the local window."""
+
+import json
+
+import pytest
+import torch
+
+import pybert
+from pybert.checkpoint import CheckpointError
+from pybert.checkpoint.huggingface import read_huggingface
+from pybert.engine import Engine
+
+from helpers import BOUNDS, INT8_ENCODING_BOUND, rel_l2
+
+transformers = pytest.importorskip("transformers")
+from safetensors.torch import save_file  # noqa: E402
+
+from hf_models import family_tokenizer, sentences  # noqa: E402
+
+FAMILIES = ("modernbert", "nomic_bert", "gte")
+LENGTHS = [1, 17, 127, 129, 300, 1000]  # ModernBERT's window here: |i - j| <= 64
+MAX_POSITIONS = 1100
+
+
+def make_modern(path, family, seed=0, tokenizer=None, **options):
+    """A random ``family`` model (its base model, or ForMaskedLM with mlm=True) saved by
+    transformers; the model (eval, eager attention) is returned."""
+    mlm = options.pop("mlm", False)
+    vocab = len(tokenizer) if tokenizer is not None else 120
+    sizes = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                 max_position_embeddings=MAX_POSITIONS, attn_implementation="eager")
+    if family == "modernbert":
+        ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
+                   sep_token_id=2)
+        if tokenizer is not None:
+            ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
+                       eos_token_id=tokenizer.sep_token_id, cls_token_id=tokenizer.cls_token_id,
+                       sep_token_id=tokenizer.sep_token_id)
+        config = transformers.ModernBertConfig(
+            **ids, **{"num_hidden_layers": 4, "local_attention": 128, **sizes, **options})
+        cls = transformers.ModernBertForMaskedLM if mlm else transformers.ModernBertModel
+    elif family == "nomic_bert":
+        config = transformers.NomicBertConfig(**{"num_hidden_layers": 2, **sizes, **options})
+        cls = transformers.NomicBertModel
+    else:
+        config = transformers.GteConfig(**{"num_hidden_layers": 2, **sizes, **options})
+        cls = transformers.GteModel
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    with torch.no_grad():  # norms and biases away from their initial ones and zeros
+        for name, p in model.named_parameters():
+            module = name.rsplit(".", 2)[-2].lower() if name.count(".") else ""
+            if "norm" in module or module.endswith("ln"):
+                p.add_(0.2 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.normal_(0, 0.05)
+    model.save_pretrained(path, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return model
+
+
+def reference(model, ids):
+    """transformers' float64 last hidden state of one unpadded sequence."""
+    model = model.double()
+    base = getattr(model, "model", model)
+    with torch.no_grad():
+        return base(input_ids=torch.tensor([ids])).last_hidden_state[0]
+
+
+def random_sequences(vocab, lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+def engine_rows(engine, sequences):
+    """The engine's hidden states of the sequences, one packed ragged batch."""
+    width = max(map(len, sequences))
+    tokens = torch.zeros((len(sequences), width), dtype=torch.int64)
+    for b, ids in enumerate(sequences):
+        tokens[b, :len(ids)] = torch.tensor(ids)
+    lengths = torch.tensor([len(ids) for ids in sequences])
+    encoded, _, _ = engine(tokens, torch.zeros_like(tokens), lengths)
+    return [encoded[b, :n] for b, n in enumerate(lengths.tolist())]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_matches_transformers_from_1_to_1000_tokens(tmp_path, family):
+    model = make_modern(tmp_path, family)
+    checkpoint = read_huggingface(tmp_path)
+    engine = Engine(checkpoint.config, checkpoint.weights)
+    sequences = random_sequences(model.config.vocab_size, LENGTHS)
+    rows = engine_rows(engine, sequences)
+    for ids, got in zip(sequences, rows):
+        assert rel_l2(got, reference(model, ids)) <= BOUNDS[torch.float32], len(ids)
+
+
+def test_modernbert_layers_are_read_as_data(tmp_path):
+    make_modern(tmp_path, "modernbert")
+    config = read_huggingface(tmp_path).config
+    assert (config.pre_norm, config.ffn_gated, config.local_window, config.global_every) == \
+        (True, True, 64, 3)
+    assert (config.rotary_base, config.local_rotary_base) == (160000.0, 10000.0)
+    weights = read_huggingface(tmp_path).weights
+    assert "layers.0.ln1_weight" not in weights and "layers.1.ln1_weight" in weights
+    assert not any(name.endswith("_bias") for name in weights)  # norm_bias, mlp_bias: False
+
+
+@pytest.mark.parametrize("options", [
+    dict(norm_bias=True, attention_bias=True, mlp_bias=True),
+    dict(local_attention=16, global_attn_every_n_layers=2, hidden_activation="silu"),
+])
+def test_modernbert_variants(tmp_path, options):
+    model = make_modern(tmp_path, "modernbert", seed=1, **options)
+    checkpoint = read_huggingface(tmp_path)
+    engine = Engine(checkpoint.config, checkpoint.weights)
+    sequences = random_sequences(model.config.vocab_size, [9, 40, 200], seed=2)
+    for ids, got in zip(sequences, engine_rows(engine, sequences)):
+        assert rel_l2(got, reference(model, ids)) <= BOUNDS[torch.float32]
+
+
+def test_modernbert_mlm_logits(tmp_path):
+    model = make_modern(tmp_path, "modernbert", mlm=True)
+    checkpoint = read_huggingface(tmp_path)
+    engine = Engine(checkpoint.config, checkpoint.weights)
+    ids = random_sequences(model.config.vocab_size, [150])[0]
+    positions = torch.tensor([[0, 70, 149]])
+    _, mlm, _ = engine(torch.tensor([ids]), torch.zeros((1, 150), dtype=torch.int64),
+                       torch.tensor([150]), positions)
+    with torch.no_grad():
+        logits = model.double()(input_ids=torch.tensor([ids])).logits[0, [0, 70, 149]]
+    assert rel_l2(mlm[0], logits) <= BOUNDS[torch.float32]
+
+
+@pytest.mark.parametrize("family", ["nomic_bert", "gte"])
+def test_module_names_on_disk_are_read_too(tmp_path, family):
+    """transformers writes NomicBERT's and GTE's tensors under their original names; a file of
+    its module names (q_proj, gate_proj, post_attention_layernorm) computes the same."""
+    model = make_modern(tmp_path / "a", family)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "config.json").write_text((tmp_path / "a" / "config.json").read_text())
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(tmp_path / "b" / "model.safetensors"))
+    sequences = random_sequences(model.config.vocab_size, [5, 80])
+    outputs = []
+    for folder in ("a", "b"):
+        checkpoint = read_huggingface(tmp_path / folder)
+        outputs.append(engine_rows(Engine(checkpoint.config, checkpoint.weights), sequences))
+    for a, b, ids in zip(*outputs, sequences):
+        assert torch.equal(a, b)
+        assert rel_l2(a, reference(model, ids)) <= BOUNDS[torch.float32]
+
+
+def test_nomic_own_config_keys(tmp_path):
+    """nomic's own config spelling (n_embd, rotary_emb_base, activation_function 'swiglu')
+    reads as transformers' does."""
+    model = make_modern(tmp_path, "nomic_bert", rope_parameters={"rope_theta": 1000.0,
+                                                                 "rope_type": "default"})
+    hf = json.loads((tmp_path / "config.json").read_text())
+    own = {"model_type": "nomic_bert", "vocab_size": hf["vocab_size"], "n_embd": 64,
+           "n_head": 4, "n_layer": 2, "n_inner": 96, "n_positions": MAX_POSITIONS,
+           "activation_function": "swiglu", "layer_norm_epsilon": 1e-12,
+           "rotary_emb_base": 1000, "rotary_emb_fraction": 1.0, "rotary_emb_interleaved": False,
+           "qkv_proj_bias": False, "mlp_fc1_bias": False, "mlp_fc2_bias": False,
+           "prenorm": False, "type_vocab_size": 2}
+    (tmp_path / "config.json").write_text(json.dumps(own))
+    checkpoint = read_huggingface(tmp_path)
+    ids = random_sequences(model.config.vocab_size, [33])[0]
+    got = engine_rows(Engine(checkpoint.config, checkpoint.weights), [ids])[0]
+    assert rel_l2(got, reference(model, ids)) <= BOUNDS[torch.float32]
+
+
+def test_gte_without_token_types(tmp_path):
+    model = make_modern(tmp_path, "gte", type_vocab_size=0)
+    checkpoint = read_huggingface(tmp_path)
+    ids = random_sequences(model.config.vocab_size, [21])[0]
+    got = engine_rows(Engine(checkpoint.config, checkpoint.weights), [ids])[0]
+    assert rel_l2(got, reference(model, ids)) <= BOUNDS[torch.float32]
+
+
+@pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, BOUNDS[torch.bfloat16]),
+                                         ("int8", INT8_ENCODING_BOUND)])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bf16_and_int8(tmp_path, family, dtype, bound):
+    model = make_modern(tmp_path, family)
+    checkpoint = read_huggingface(tmp_path)
+    options = {"quantize": "int8"} if dtype == "int8" else {"dtype": dtype}
+    engine = Engine(checkpoint.config, checkpoint.weights, **options)
+    sequences = random_sequences(model.config.vocab_size, [1, 60, 300])
+    got = torch.cat(engine_rows(engine, sequences))
+    expected = torch.cat([reference(model, ids) for ids in sequences])
+    assert rel_l2(got, expected) <= bound
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_text_model_with_the_family_tokenizer(tmp_path, family):
+    """Texts in: the directory's tokenizer gives transformers' ids, the encoder its states."""
+    tokenizer = family_tokenizer("bert" if family == "nomic_bert" else "roberta", tmp_path)
+    model = make_modern(tmp_path, family, tokenizer=tokenizer)
+    text_model = pybert.TextModel.load(tmp_path)
+    texts = sentences(6, seed=4)
+    encoded = text_model.tokenizer.encode_all(texts)
+    assert [ids for ids, _ in encoded] == tokenizer(texts)["input_ids"]
+    tokens = text_model.encode(texts, pooling="tokens", return_type="torch")
+    for (ids, _), got in zip(encoded, tokens):
+        assert rel_l2(got, reference(model, ids)) <= BOUNDS[torch.float32]
+    assert text_model.tokenizer.max_len == MAX_POSITIONS
+
+
+@pytest.mark.parametrize("family,changes,message", [
+    ("modernbert", {"rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 2.0,
+                                                           "rope_theta": 1e4},
+                                        "sliding_attention": {"rope_type": "default",
+                                                              "rope_theta": 1e4}}},
+     "rotary scaling"),
+    ("modernbert", {"layer_types": ["sliding_attention", "full_attention",
+                                    "sliding_attention", "full_attention"]}, "layer_types"),
+    ("modernbert", {"architectures": ["ModernBertForSequenceClassification"]},
+     "sequence-classification head is not served"),
+    ("modernbert", {"hidden_activation": "gelu_pytorch_tanh"}, "hidden_activation"),
+    ("gte", {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}},
+     "rotary scaling"),
+    ("gte", {"logn_attention_scale": True}, "logn_attention_scale"),
+    ("nomic_bert", {"rotary_emb_fraction": 0.5}, "rotary_emb_fraction"),
+])
+def test_variants_it_cannot_compute_are_refused(tmp_path, family, changes, message):
+    make_modern(tmp_path, family)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**hf, **changes}))
+    with pytest.raises(CheckpointError, match=message):
+        read_huggingface(tmp_path)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_families_on_the_gpu(tmp_path, family, dtype):
+    """The CUDA engine: rotary, gated and pre-norm kernels, FlashAttention-2's window (fp16,
+    bf16) and the CUDA-core kernel's (fp32), each dtype within its bound against float64."""
+    model = make_modern(tmp_path, family)
+    checkpoint = read_huggingface(tmp_path)
+    engine = Engine(checkpoint.config, checkpoint.weights, device="cuda", dtype=dtype)
+    sequences = random_sequences(model.config.vocab_size, LENGTHS)
+    got = torch.cat(engine_rows(engine, sequences)).cpu()
+    expected = torch.cat([reference(model, ids) for ids in sequences])
+    assert rel_l2(got, expected) <= BOUNDS[dtype]
+
+
+@pytest.mark.parametrize("family", ["modernbert", "nomic_bert"])
+def test_a_sentence_transformers_wrapper(tmp_path, family):
+    """The family inside a sentence-transformers directory (pooling, normalisation, a prompt)
+    gives the vectors sentence-transformers gives."""
+    pytest.importorskip("sentence_transformers")
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Normalize, Pooling, Transformer
+
+    tokenizer = family_tokenizer("bert" if family == "nomic_bert" else "roberta", tmp_path)
+    make_modern(tmp_path / "hf", family, tokenizer=tokenizer)
+    transformer = Transformer(str(tmp_path / "hf"), max_seq_length=256)
+    pooling = Pooling(transformer.get_word_embedding_dimension(), "mean")
+    model = SentenceTransformer(modules=[transformer, pooling, Normalize()],
+                                prompts={"query": "search_query: "})
+    model.save(str(tmp_path / "st"))
+    text_model = pybert.TextModel.load(tmp_path / "st")
+    texts = sentences(5, seed=7)
+    expected = model.encode(texts, prompt_name="query", convert_to_tensor=True)
+    got = text_model.encode(texts, prompt_name="query", return_type="torch")
+    assert rel_l2(got, expected) <= BOUNDS[torch.float32]
