@@ -6,9 +6,11 @@ interleaved (pybert.bench.cpu.time_interleaved). Every contender's output is che
 transformers' at the real tokens before it is timed.
 
 Workloads: 8 x 512 ragged (lengths uniform in [256, 512]), 1 x 2,048 and 1 x 8,192.
+With --device cuda (bf16): transformers with SDPA against pybert bf16 and fp16, at e.g.
+--workloads 32x512,4x8192 (no ONNX Runtime, no int8; CUDA is synchronised around each call).
 
     python benchmarks/bench_modern.py [--repeats 3] [--threads N] [--no-ort] [--layers 22]
-                                      [--workloads 8x512,1x2048,1x8192]
+                                      [--workloads 8x512,1x2048,1x8192] [--device cuda]
 """
 
 import argparse
@@ -53,7 +55,9 @@ def main():
     parser.add_argument("--layers", type=int, default=22)
     parser.add_argument("--no-ort", action="store_true")
     parser.add_argument("--workloads", default="8x512,1x2048,1x8192")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
+    cuda = args.device == "cuda"
     import transformers
 
     if args.threads:
@@ -64,14 +68,21 @@ def main():
     torch.manual_seed(0)
     transformers.ModernBertModel(config).eval().save_pretrained(folder)
     hf = transformers.ModernBertModel.from_pretrained(folder, attn_implementation="sdpa").eval()
-    engines = {"pybert fp32": pybert.load(folder),
-               "pybert bf16": pybert.load(folder, dtype=torch.bfloat16),
-               "pybert int8": pybert.load(folder, quantize="int8")}
+    if cuda:
+        hf = hf.to("cuda", torch.bfloat16)
+        engines = {"pybert bf16": pybert.load(folder, device="cuda", dtype=torch.bfloat16),
+                   "pybert fp16": pybert.load(folder, device="cuda", dtype=torch.float16)}
+    else:
+        engines = {"pybert fp32": pybert.load(folder),
+                   "pybert bf16": pybert.load(folder, dtype=torch.bfloat16),
+                   "pybert int8": pybert.load(folder, quantize="int8")}
     print(f"ModernBERT-base shape, {args.layers} layers, {threads} threads, torch "
           f"{torch.__version__}, transformers {transformers.__version__}")
     for workload in args.workloads.split(","):
         batch, seq_len = map(int, workload.split("x"))
         tokens, lengths, mask = inputs(batch, seq_len)
+        if cuda:
+            tokens, lengths, mask = tokens.cuda(), lengths.cuda(), mask.cuda()
         print(f"{batch} x {seq_len} ({int(lengths.sum())} real tokens)")
         with torch.inference_mode():
             start = time.perf_counter()
@@ -79,16 +90,26 @@ def main():
             print(f"  reference call {time.perf_counter() - start:.2f} s")
         runs = {}
 
+        def synchronised(fn):
+            def call():
+                out = fn()
+                if cuda:
+                    torch.cuda.synchronize()
+                return out
+            return call
+
         def hf_call():
             with torch.inference_mode():
                 return hf(input_ids=tokens, attention_mask=mask).last_hidden_state
-        runs["HF SDPA"] = hf_call
+        runs["HF SDPA"] = synchronised(hf_call)
         segments = torch.zeros_like(tokens)
         for label, engine in engines.items():
-            bound = {"pybert fp32": 1e-4, "pybert bf16": 3e-2, "pybert int8": 5e-2}[label]
-            check(label, engine(tokens, segments, lengths)[0].float(), expected, mask, bound)
-            runs[label] = (lambda e: lambda: e(tokens, segments, lengths))(engine)
-        if not args.no_ort:
+            bound = {"pybert fp32": 1e-4, "pybert bf16": 3e-2, "pybert int8": 5e-2,
+                     "pybert fp16": 3e-2}[label]
+            check(label, engine(tokens, segments, lengths)[0].float(), expected.float(), mask,
+                  bound)
+            runs[label] = synchronised((lambda e: lambda: e(tokens, segments, lengths))(engine))
+        if not args.no_ort and not cuda:
             try:
                 runs["ORT fp32"] = ort_runner(folder, hf, tokens, mask, threads, expected)
             except Exception as err:  # an export that fails is reported, not fatal
