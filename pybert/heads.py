@@ -18,39 +18,66 @@ _ACTIVATIONS = {
     "tanh": torch.tanh,
     "relu": torch.relu,
     "gelu": torch.nn.functional.gelu,  # the exact (erf) form, as BERT's and ELECTRA's
+    "silu": torch.nn.functional.silu,
     "sigmoid": torch.sigmoid,
 }
 
 
 class LinearHead:
-    """activation(x W^T + b), layer after layer, on (N, in_features) float32 rows."""
+    """activation(x W^T + b), each followed by its LayerNorm where it has one, layer after
+    layer, on (N, in_features) float32 rows."""
 
     def __init__(self, layers: Sequence, device: torch.device, what: str = "head"):
         self.layers = []
+        def tensor(t):
+            return None if t is None else t.detach().to(device, torch.float32)
+
         for i, layer in enumerate(layers):
-            weight = layer.weight.detach().to(device, torch.float32)
-            bias = None if layer.bias is None else layer.bias.detach().to(device, torch.float32)
-            if not bool(torch.isfinite(weight).all()) or \
-                    (bias is not None and not bool(torch.isfinite(bias).all())):
+            weight, bias = tensor(layer.weight), tensor(layer.bias)
+            norm = getattr(layer, "norm_weight", None)
+            norm = None if norm is None else (tensor(norm), tensor(layer.norm_bias),
+                                              float(layer.norm_eps))
+            parts = [weight, bias] + ([] if norm is None else list(norm[:2]))
+            if not all(bool(torch.isfinite(p).all()) for p in parts if p is not None):
                 raise ValueError(f"the {what}'s layer {i} holds NaN or infinity")
-            self.layers.append((weight, bias, _ACTIVATIONS[layer.activation]))
+            self.layers.append((weight, bias, _ACTIVATIONS[layer.activation], norm))
         self.out_features = self.layers[-1][0].shape[0] if self.layers else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
-        for weight, bias, activation in self.layers:
+        for weight, bias, activation, norm in self.layers:
             x = activation(torch.nn.functional.linear(x, weight, bias))
+            if norm is not None:
+                x = torch.nn.functional.layer_norm(x, (x.shape[-1],), norm[0], norm[1], norm[2])
         return x
 
 
 @dataclass
 class Classifier:
-    """A sequence classifier: ``head`` on the first token's encoding gives the logits;
-    ``score_activation`` ("identity", "sigmoid", "softmax") turns them into scores."""
+    """A sequence classifier: ``head`` on the first token's encoding (``pooling`` "cls") or
+    the mean of its tokens' ("mean") gives the logits; ``score_activation`` ("identity",
+    "sigmoid", "softmax") turns them into scores."""
 
     head: LinearHead
     labels: tuple[str, ...]
     score_activation: str
+    pooling: str = "cls"
+
+    def logits(self, packed: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """(B, labels) float32 logits from packed encodings (rows of sequence b from
+        cu_seqlens[b] on)."""
+        cu = cu_seqlens.to(packed.device).long()
+        if self.pooling == "mean":
+            lengths = cu[1:] - cu[:-1]
+            owner = torch.repeat_interleave(torch.arange(len(lengths), device=packed.device),
+                                            lengths)
+            rows = packed[:int(cu[-1])].float()
+            pooled = torch.zeros((len(lengths), packed.shape[1]), device=packed.device)
+            pooled.index_add_(0, owner, rows)
+            pooled /= lengths.clamp(min=1)[:, None].float()
+        else:
+            pooled = packed[cu[:-1]]
+        return self.head(pooled)
 
 
 def score(logits: torch.Tensor, activation: str) -> torch.Tensor:

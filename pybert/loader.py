@@ -72,7 +72,7 @@ def load_checkpoint(path, device="cpu", dtype: torch.dtype = torch.float32,
         if checkpoint.classifier is not None:
             spec = checkpoint.classifier
             classifier = Classifier(LinearHead(spec.layers, engine.device, "classifier"),
-                                    spec.labels, spec.score_activation)
+                                    spec.labels, spec.score_activation, spec.pooling)
     except ValueError as err:
         raise CheckpointError(f"{checkpoint.path}: {err}") from None
     return LoadedModel(engine, tokenizer, checkpoint.pooling, checkpoint.normalize,

@@ -565,9 +565,8 @@ class TextModel:
 
     def classify_encodings(self, packed: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
         """(B, labels) float32 logits on the CPU of the classifier on each sequence's first
-        token, from packed encodings."""
-        classifier = self._need_classifier()
-        return classifier.head(packed[cu_seqlens[:-1].to(packed.device)]).cpu()
+        token (or the mean of its tokens, as the classifier pools), from packed encodings."""
+        return self._need_classifier().logits(packed, cu_seqlens).cpu()
 
     def classify(self, texts, raw_scores: bool = False, truncation: str = "warn",
                  batch_tokens: int = 16384, truncation_side: str | None = None) -> np.ndarray:

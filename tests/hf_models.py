@@ -161,3 +161,51 @@ def make_family_dir(path, family: str, task: str = "base", num_labels: int = 1, 
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return model, tokenizer
+
+
+# -- modern encoders (ModernBERT, NomicBERT, GTE) -------------------------------------------------
+
+MODERN_MAX_POSITIONS = 1100
+
+
+def make_modern(path, family, seed=0, tokenizer=None, **options):
+    """A random ``family`` model (its base model, or ForMaskedLM with mlm=True) saved by
+    transformers; the model (eval, eager attention) is returned."""
+    mlm = options.pop("mlm", False)
+    classify = options.pop("classify", False)
+    vocab = len(tokenizer) if tokenizer is not None else 120
+    sizes = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                 max_position_embeddings=MODERN_MAX_POSITIONS, attn_implementation="eager")
+    if family == "modernbert":
+        ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
+                   sep_token_id=2)
+        if tokenizer is not None:
+            ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
+                       eos_token_id=tokenizer.sep_token_id, cls_token_id=tokenizer.cls_token_id,
+                       sep_token_id=tokenizer.sep_token_id)
+        config = transformers.ModernBertConfig(
+            **ids, **{"num_hidden_layers": 4, "local_attention": 128, **sizes, **options})
+        cls = transformers.ModernBertForMaskedLM if mlm else \
+            transformers.ModernBertForSequenceClassification if classify else \
+            transformers.ModernBertModel
+    elif family == "nomic_bert":
+        config = transformers.NomicBertConfig(**{"num_hidden_layers": 2, **sizes, **options})
+        cls = transformers.NomicBertModel
+    else:
+        config = transformers.GteConfig(**{"num_hidden_layers": 2, **sizes, **options})
+        cls = transformers.GteModel
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    with torch.no_grad():  # norms and biases away from their initial ones and zeros
+        for name, p in model.named_parameters():
+            module = name.rsplit(".", 2)[-2].lower() if name.count(".") else ""
+            if "norm" in module or module.endswith("ln"):
+                p.add_(0.2 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.normal_(0, 0.05)
+            elif name.startswith("classifier") or name.startswith("head"):
+                p.normal_(0, 0.3)
+    model.save_pretrained(path, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return model

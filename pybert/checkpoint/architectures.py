@@ -53,8 +53,16 @@ class Architecture:
     weight_map: WeightMap
     read_config: Callable[[dict, Path], BertConfig]
     token_types: bool                     # does the model read token type ids?
-    classifier: tuple[tuple[str, str], ...]  # (module key, activation) per head layer
+    # (module key, activation) per head layer; "@key": the activation config.json names there
+    classifier: tuple[tuple[str, str], ...]
+    # (layer module, its LayerNorm module): a norm after that layer's activation
+    classifier_norm: tuple[str, str] | None = None
     zero_token_types: bool = False        # supply ZERO_TOKEN_TYPES (one zero row) as a source
+
+    def classifier_modules(self) -> list[str]:
+        """Every module of the classifier, its norm included."""
+        return [m for m, _ in self.classifier] + \
+            ([self.classifier_norm[1]] if self.classifier_norm else [])
 
 
 # The key under which a family without a token type table gets one zero row (the engine adds
@@ -437,10 +445,16 @@ def _layer_linear(old: str, new, packed: str) -> dict:
 _MB = f"layers.{LAYER}."
 MODERNBERT = Architecture(
     name="ModernBERT", model_types=("modernbert",), token_types=False, zero_token_types=True,
-    read_config=_modernbert_config, classifier=(),
+    read_config=_modernbert_config,
+    # ModernBertForSequenceClassification: cls or mean pooling (classifier_pooling), then
+    # head (dense, classifier_activation, LayerNorm) and classifier.
+    classifier=(("head.dense", "@classifier_activation"), ("classifier", "identity")),
+    classifier_norm=("head.dense", "head.norm"),
     weight_map=WeightMap(
         name="Hugging Face ModernBERT", layer_key=re.compile(r"layers\.(\d+)\..+"),
-        rename=_renamer("model."), part_marker={"mlm": "head.dense.weight"},
+        # ForMaskedLM and ForSequenceClassification both have a "head": the MLM's decoder
+        # bias (decoder_bias, true in every released model) tells them apart.
+        rename=_renamer("model."), part_marker={"mlm": "decoder.bias"},
         sources={
             "token_embedding": "embeddings.tok_embeddings.weight",
             "segment_embedding": ZERO_TOKEN_TYPES,

@@ -24,7 +24,7 @@ __all__ = ["Checkpoint", "WordTokenizerSpec", "HuggingFaceTokenizerSpec", "Token
            "LinearLayer", "ClassifierSpec", "SparseSpec", "ACTIVATIONS", "SCORE_ACTIVATIONS"]
 
 # The activations a head's linear layer may end with.
-ACTIVATIONS = ("identity", "tanh", "relu", "gelu", "sigmoid")
+ACTIVATIONS = ("identity", "tanh", "relu", "gelu", "silu", "sigmoid")
 # What turns a classifier's logits into the scores it reports.
 SCORE_ACTIVATIONS = ("identity", "sigmoid", "softmax")
 
@@ -56,21 +56,27 @@ TokenizerSpec = Union[WordTokenizerSpec, HuggingFaceTokenizerSpec]
 
 @dataclass(frozen=True)
 class LinearLayer:
-    """y = activation(x W^T + b): one layer of a head (W (out, in), b (out,) or None)."""
+    """y = activation(x W^T + b): one layer of a head (W (out, in), b (out,) or None), then a
+    LayerNorm of y where ``norm_weight`` is given (ModernBERT's classifier head)."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None
     activation: str = "identity"   # one of ACTIVATIONS
+    norm_weight: torch.Tensor | None = None
+    norm_bias: torch.Tensor | None = None
+    norm_eps: float = 1e-5
 
 
 @dataclass(frozen=True)
 class ClassifierSpec:
-    """A sequence classifier on the first token's encoding: its layers, the label of each
-    output and what turns the logits into scores (``score_activation``)."""
+    """A sequence classifier on the first token's encoding (``pooling`` "cls"; ModernBERT's
+    may take the mean of the tokens', "mean"): its layers, the label of each output and what
+    turns the logits into scores (``score_activation``)."""
 
     layers: tuple[LinearLayer, ...]
     labels: tuple[str, ...]
     score_activation: str          # one of SCORE_ACTIVATIONS
+    pooling: str = "cls"           # "cls" or "mean"
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,15 @@ def _classifier(hf: dict, architecture: Architecture, state: dict, where: Path,
                 hidden: int) -> ClassifierSpec:
     """The classifier's layers from ``state`` (renamed keys), checked against the config."""
     layers, width = [], hidden
+    norm_after, norm_module = architecture.classifier_norm or (None, None)
     for module, activation in architecture.classifier:
+        if activation.startswith("@"):  # named by the config
+            key = activation[1:]
+            name = hf.get(key, "gelu")
+            activation = {"swish": "silu"}.get(name, name)
+            if activation not in ("gelu", "relu", "tanh", "silu"):
+                raise CheckpointError(f"{where}: {key} {str(name)[:40]!r} is not served "
+                                      "(gelu, relu, tanh, silu)")
         weight, bias = state.get(f"{module}.weight"), state.get(f"{module}.bias")
         if weight is None:
             raise CheckpointError(f"{where}: config.json names a sequence classifier but the "
@@ -135,7 +143,17 @@ def _classifier(hf: dict, architecture: Architecture, state: dict, where: Path,
                 (bias is not None and tuple(bias.shape) != (weight.shape[0],)):
             raise CheckpointError(f"{where}: {module} has shape {tuple(weight.shape)}, expected "
                                   f"(n, {width}) with a bias of n")
-        layers.append(LinearLayer(weight, bias, activation))
+        norm = {}
+        if module == norm_after:
+            norm_weight = state.get(f"{norm_module}.weight")
+            norm_bias = state.get(f"{norm_module}.bias")
+            if norm_weight is None or tuple(norm_weight.shape) != (weight.shape[0],) or \
+                    (norm_bias is not None and norm_bias.shape != norm_weight.shape):
+                raise CheckpointError(f"{where}: the classifier's {norm_module} is missing or "
+                                      f"not of {weight.shape[0]} entries")
+            norm = dict(norm_weight=norm_weight, norm_bias=norm_bias,
+                        norm_eps=float(hf.get("norm_eps", 1e-5)))
+        layers.append(LinearLayer(weight, bias, activation, **norm))
         width = weight.shape[0]
     labels = hf.get("id2label")
     if isinstance(labels, dict) and labels:
@@ -146,7 +164,11 @@ def _classifier(hf: dict, architecture: Architecture, state: dict, where: Path,
                       for i in range(width))
     else:
         names = tuple(f"LABEL_{i}" for i in range(width))
-    return ClassifierSpec(tuple(layers), names, score_activation_of(hf, width, where))
+    pooling = hf.get("classifier_pooling", "cls")
+    if pooling not in ("cls", "mean"):
+        raise CheckpointError(f"{where}: classifier_pooling {str(pooling)[:40]!r} is not served "
+                              "(cls, mean)")
+    return ClassifierSpec(tuple(layers), names, score_activation_of(hf, width, where), pooling)
 
 
 def _read_weights(path: Path, headers: list, config: BertConfig, architecture: Architecture,
@@ -169,7 +191,7 @@ def _read_weights(path: Path, headers: list, config: BertConfig, architecture: A
     used: set[str] = set()
     pack_hf_state_dict({**meta, **zero_types}, config, path, used, architecture)  # shapes only
     if classifier:
-        used.update(f"{module}.{part}" for module, _ in architecture.classifier
+        used.update(f"{module}.{part}" for module in architecture.classifier_modules()
                     for part in ("weight", "bias"))
     by_file: dict[SafetensorsHeader, list] = {}
     for name in meta:
@@ -179,7 +201,7 @@ def _read_weights(path: Path, headers: list, config: BertConfig, architecture: A
     for header, names in by_file.items():
         state.update(header.load(names))
     heads = {rename(k): v for k, v in state.items()
-             if any(rename(k).startswith(m + ".") for m, _ in architecture.classifier)}
+             if any(rename(k).startswith(m + ".") for m in architecture.classifier_modules())}
     return pack_hf_state_dict(state, config, path, architecture=architecture), heads
 
 

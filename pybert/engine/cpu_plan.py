@@ -141,8 +141,9 @@ def gemm_shapes(config: BertConfig, int8: bool = False) -> dict[tuple[int, int],
     MEASURED_ROWS_INT8); the MLM decoder, which sees only the predicted positions (few rows)
     and is the largest matrix, at the fewest only."""
     h, f = config.num_hiddens, config.ffn_num_hiddens
+    ffn_in = 2 * f if config.ffn_gated else f  # a gated FFN's first GEMM gives [a | g]
     rows = MEASURED_ROWS_INT8 if int8 else MEASURED_ROWS
-    shapes = {shape: rows for shape in ((3 * h, h), (h, h), (f, h), (h, f))}
+    shapes = {shape: rows for shape in ((3 * h, h), (h, h), (ffn_in, h), (h, f))}
     if config.embedding_size not in (0, h):  # ELECTRA-small's embedding projection
         shapes.setdefault((h, config.embedding_size), rows)
     shapes.setdefault((config.vocab_size, h), rows[:1])

@@ -20,49 +20,11 @@ from helpers import BOUNDS, INT8_ENCODING_BOUND, rel_l2
 transformers = pytest.importorskip("transformers")
 from safetensors.torch import save_file  # noqa: E402
 
-from hf_models import family_tokenizer, sentences  # noqa: E402
+from hf_models import MODERN_MAX_POSITIONS as MAX_POSITIONS  # noqa: E402
+from hf_models import family_tokenizer, make_modern, sentences  # noqa: E402
 
 FAMILIES = ("modernbert", "nomic_bert", "gte")
 LENGTHS = [1, 17, 127, 129, 300, 1000]  # ModernBERT's window here: |i - j| <= 64
-MAX_POSITIONS = 1100
-
-
-def make_modern(path, family, seed=0, tokenizer=None, **options):
-    """A random ``family`` model (its base model, or ForMaskedLM with mlm=True) saved by
-    transformers; the model (eval, eager attention) is returned."""
-    mlm = options.pop("mlm", False)
-    vocab = len(tokenizer) if tokenizer is not None else 120
-    sizes = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_attention_heads=4,
-                 max_position_embeddings=MAX_POSITIONS, attn_implementation="eager")
-    if family == "modernbert":
-        ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
-                   sep_token_id=2)
-        if tokenizer is not None:
-            ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
-                       eos_token_id=tokenizer.sep_token_id, cls_token_id=tokenizer.cls_token_id,
-                       sep_token_id=tokenizer.sep_token_id)
-        config = transformers.ModernBertConfig(
-            **ids, **{"num_hidden_layers": 4, "local_attention": 128, **sizes, **options})
-        cls = transformers.ModernBertForMaskedLM if mlm else transformers.ModernBertModel
-    elif family == "nomic_bert":
-        config = transformers.NomicBertConfig(**{"num_hidden_layers": 2, **sizes, **options})
-        cls = transformers.NomicBertModel
-    else:
-        config = transformers.GteConfig(**{"num_hidden_layers": 2, **sizes, **options})
-        cls = transformers.GteModel
-    torch.manual_seed(seed)
-    model = cls(config).eval()
-    with torch.no_grad():  # norms and biases away from their initial ones and zeros
-        for name, p in model.named_parameters():
-            module = name.rsplit(".", 2)[-2].lower() if name.count(".") else ""
-            if "norm" in module or module.endswith("ln"):
-                p.add_(0.2 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.normal_(0, 0.05)
-    model.save_pretrained(path, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(path)
-    return model
 
 
 def reference(model, ids):
@@ -135,6 +97,26 @@ def test_modernbert_mlm_logits(tmp_path):
     with torch.no_grad():
         logits = model.double()(input_ids=torch.tensor([ids])).logits[0, [0, 70, 149]]
     assert rel_l2(mlm[0], logits) <= BOUNDS[torch.float32]
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_modernbert_sequence_classifier(tmp_path, pooling):
+    """ModernBertForSequenceClassification: cls or mean pooling, then dense, activation,
+    LayerNorm and the classifier, as transformers computes them (each text alone)."""
+    tokenizer = family_tokenizer("roberta", tmp_path)
+    model = make_modern(tmp_path, "modernbert", tokenizer=tokenizer, classify=True,
+                        num_labels=3, classifier_pooling=pooling, classifier_bias=True)
+    text_model = pybert.TextModel.load(tmp_path)
+    assert "classify" in text_model.tasks and "fill-mask" not in text_model.tasks
+    texts = sentences(4, seed=5) + [" ".join(sentences(40, seed=6))[:3000]]
+    logits = torch.from_numpy(text_model.classify(texts, raw_scores=True))
+    model = model.double()
+    for text, got in zip(texts, logits):
+        ids = tokenizer(text, truncation=True, max_length=MAX_POSITIONS)["input_ids"]
+        with torch.no_grad():
+            expected = model(input_ids=torch.tensor([ids])).logits[0]
+        assert rel_l2(got, expected) <= BOUNDS[torch.float32]
+    assert len(tokenizer(texts[-1])["input_ids"]) > 200  # beyond the local window
 
 
 @pytest.mark.parametrize("family", ["nomic_bert", "gte"])
@@ -221,6 +203,8 @@ def test_text_model_with_the_family_tokenizer(tmp_path, family):
     ("modernbert", {"layer_types": ["sliding_attention", "full_attention",
                                     "sliding_attention", "full_attention"]}, "layer_types"),
     ("modernbert", {"architectures": ["ModernBertForSequenceClassification"]},
+     "lack head.dense.weight"),
+    ("nomic_bert", {"architectures": ["NomicBertForSequenceClassification"]},
      "sequence-classification head is not served"),
     ("modernbert", {"hidden_activation": "gelu_pytorch_tanh"}, "hidden_activation"),
     ("gte", {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}},
@@ -271,3 +255,42 @@ def test_a_sentence_transformers_wrapper(tmp_path, family):
     expected = model.encode(texts, prompt_name="query", convert_to_tensor=True)
     got = text_model.encode(texts, prompt_name="query", return_type="torch")
     assert rel_l2(got, expected) <= BOUNDS[torch.float32]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_modernbert_cross_encoder_reranks_as_sentence_transformers(tmp_path):
+    """A reranker of gte-reranker-modernbert's form: a CrossEncoder over a one-label
+    ModernBertForSequenceClassification (short pairs: inside the local window, where the
+    reference's padded rows stay finite)."""
+    pytest.importorskip("sentence_transformers")
+    from sentence_transformers import CrossEncoder
+
+    tokenizer = family_tokenizer("roberta", tmp_path / "hf")
+    make_modern(tmp_path / "hf", "modernbert", tokenizer=tokenizer, classify=True,
+                num_labels=1, classifier_pooling="mean")
+    reference = CrossEncoder(str(tmp_path / "hf"), device="cpu", local_files_only=True)
+    reference.save(str(tmp_path / "ce"))
+    texts = [" ".join(t.split()[:8]) for t in sentences(9, seed=8)]
+    query, documents = texts[0], texts[1:]
+    expected = reference.rank(query, documents, batch_size=4)
+    ranked = pybert.TextModel.load(tmp_path / "ce").rerank(query, documents)
+    assert [r["index"] for r in ranked] == [r["corpus_id"] for r in expected]
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(ranked, expected)) <= 1e-4
+
+
+def test_the_batch_job_encodes_long_texts(tmp_path):
+    """`pybert encode`'s job over a ModernBERT with texts beyond its local window: the rows
+    the Python API gives, in input order."""
+    import numpy as np
+
+    from pybert.job import run_encode_job
+
+    make_modern(tmp_path / "m", "modernbert", tokenizer=family_tokenizer("roberta", tmp_path))
+    texts = sentences(6, seed=13) + [" ".join(sentences(30, seed=14))[:2400]] * 2
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
+    engine = pybert.load(tmp_path / "m")
+    result = run_encode_job(engine, tmp_path / "in.txt", tmp_path / "out.npy", "m",
+                            pooling="mean", batch_tokens=1200, chunk_size=3, progress=False)
+    assert result["rows"] == len(texts)
+    expected = pybert.TextModel.load(tmp_path / "m").encode(texts, pooling="mean")
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=1e-5, atol=1e-6)

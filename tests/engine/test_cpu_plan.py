@@ -221,3 +221,14 @@ def test_a_measured_plan_serves_the_engine():
     assert pybert.Engine.from_model(net).cpu_plan.source == "cached"
     with pytest.raises(ValueError, match="cpu_plan must be"):
         pybert.Engine.from_model(net, cpu_plan="fastest")
+
+
+def test_a_gated_ffn_is_timed_at_its_own_shape():
+    """A gated FFN's first GEMM gives [a | g], 2F rows: the plan times that shape (a plan
+    keyed by (F, H) would leave it on the default path)."""
+    import dataclasses
+
+    gated = dataclasses.replace(CONFIG, ffn_gated=True, ffn_activation="silu")
+    h, f = gated.num_hiddens, gated.ffn_num_hiddens
+    shapes = cpu_plan.gemm_shapes(gated)
+    assert (2 * f, h) in shapes and (f, h) not in shapes and (h, f) in shapes

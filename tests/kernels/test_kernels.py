@@ -150,7 +150,8 @@ def test_attention_varlen(target, num_heads, head_dim, max_len, own_kernel):
 @pytest.mark.parametrize("num_heads,head_dim", [(4, 8), (3, 32), (2, 64), (1, 192)])
 @pytest.mark.parametrize("window,lengths", [(1, [1, 2, 3, 40]), (4, [5, 6, 77, 1]),
                                             (64, [1, 65, 66, 129, 300, 700]),
-                                            (40, [200, 41, 90])])
+                                            (40, [200, 41, 90]),
+                                            (1500, [3000, 1600, 20])])  # masks in chunks
 def test_attention_varlen_in_a_window(target, num_heads, head_dim, window, lengths):
     lengths = torch.tensor(lengths)
     cu = cu_seqlens_of(lengths, target[0])

@@ -107,3 +107,24 @@ def test_sparse_tokens_dimensions_and_tokenizer_routes(splade):
     assert status == 200 and text == model.tokenizer.decode(ids)
     status, missing, _ = request(server, "POST", "/rerank", {"query": "q", "texts": ["a"]})
     assert status == 404 and "does not serve rerank" in missing["error"]
+
+
+def test_a_modern_encoder_is_served(tmp_path):
+    """A ModernBERT embedder (rotary, windowed layers) behind the server: /embed and /info
+    as the Python API computes them, texts longer than its local window included."""
+    from hf_models import family_tokenizer, make_modern
+
+    folder = tmp_path / "modernbert"
+    make_modern(folder, "modernbert", tokenizer=family_tokenizer("roberta", tmp_path))
+    server = Server(folder)
+    try:
+        texts = TEXTS[:3] + [" ".join(sentences(30, seed=12))[:2500]]
+        status, vectors, _ = request(server, "POST", "/embed", {"inputs": texts})
+        assert status == 200
+        expected = pybert.TextModel.load(folder).encode(texts, return_type="torch")
+        assert rel_l2(torch.tensor(vectors), expected) <= 1e-5
+        status, info, _ = request(server, "GET", "/info")
+        assert status == 200 and info["architecture"] == "ModernBERT"
+        assert info["max_input_length"] == 1100
+    finally:
+        server.stop()

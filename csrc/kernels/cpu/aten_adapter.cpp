@@ -480,9 +480,9 @@ void flash_attend_sequences(const T* qkv, const int32_t* cu_seqlens, T* out,
 // rows around it, so the work is linear in the length. The sequences' rows are copied into one
 // buffer with `window` zero rows before each sequence, the block grid B rows apart across the
 // whole buffer (each sequence's region padded to a multiple of B): then every block's queries
-// and keys are strided views of the one buffer, and one call of torch's flash attention (with
-// an additive mask for the band, the keys outside the sequence and the filler blocks between
-// sequences) computes them all.
+// and keys are strided views of the one buffer, and torch's flash attention (with an additive
+// mask for the band, the keys outside the sequence and the filler blocks between sequences)
+// computes them a chunk of the grid at a time.
 template <typename T>
 void attention_windowed(const T* qkv, const int32_t* cu_seqlens, T* out,
                         const std::vector<int64_t>& sequences, int64_t window,
@@ -523,42 +523,59 @@ void attention_windowed(const T* qkv, const int32_t* cu_seqlens, T* out,
   };
   const at::Tensor q = view(0, window, block), k = view(hidden, 0, keys),
                    v = view(2 * hidden, 0, keys);
-  // The band: query r of a block sees key c when |(r + window) - c| <= window, and the key
-  // lies inside its sequence; filler blocks see everything (their rows are thrown away).
-  at::Tensor mask = at::zeros({grid, 1, block, keys}, options);
-  T* m = static_cast<T*>(mask.data_ptr());
-  const T blocked = from_float<T>(-INFINITY);
   std::vector<int64_t> sequence_of_grid(size_t(grid), -1), first_block(sequences.size());
   for (size_t i = 0; i < sequences.size(); ++i) {
     first_block[i] = region_start[i] / block;
-    for (int64_t j = 0; j < blocks_of[i]; ++j) sequence_of_grid[size_t(first_block[i] + j)] = int64_t(i);
+    for (int64_t j = 0; j < blocks_of[i]; ++j) {
+      sequence_of_grid[size_t(first_block[i] + j)] = int64_t(i);
+    }
   }
-  at::parallel_for(0, grid, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t g = begin; g < end; ++g) {
-      const int64_t i = sequence_of_grid[size_t(g)];
-      if (i < 0) continue;
-      const int64_t b = sequences[size_t(i)];
-      const int64_t length = cu_seqlens[b + 1] - cu_seqlens[b];
-      const int64_t first_query = (g - first_block[size_t(i)]) * block;  // in the sequence
-      for (int64_t r = 0; r < block; ++r) {
-        T* row = m + (g * block + r) * keys;
-        for (int64_t c = 0; c < keys; ++c) {
-          const int64_t key = first_query + c - window;  // the key's position in the sequence
-          const bool outside = key < 0 || key >= length || std::abs(r + window - c) > window;
-          if (outside) row[c] = blocked;
+  // The grid goes to flash attention in chunks whose masks stay within kWindowMaskBytes (a
+  // wide window's mask would otherwise grow as length x window).
+  constexpr int64_t kWindowMaskBytes = 32 << 20;
+  const int64_t mask_bytes_per_block = block * keys * int64_t(sizeof(T));
+  const int64_t chunk = std::max<int64_t>(1, kWindowMaskBytes / mask_bytes_per_block);
+  const T blocked = from_float<T>(-INFINITY);
+  const double scale = 1.0 / std::sqrt(double(head_dim));
+  for (int64_t g0 = 0; g0 < grid; g0 += chunk) {
+    const int64_t n = std::min(chunk, grid - g0);
+    // The band: query r of a block sees key c when |(r + window) - c| <= window, and the key
+    // lies inside its sequence; filler blocks see everything (their rows are thrown away).
+    at::Tensor mask = at::zeros({n, 1, block, keys}, options);
+    T* m = static_cast<T*>(mask.data_ptr());
+    at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t local = begin; local < end; ++local) {
+        const int64_t i = sequence_of_grid[size_t(g0 + local)];
+        if (i < 0) continue;
+        const int64_t b = sequences[size_t(i)];
+        const int64_t length = cu_seqlens[b + 1] - cu_seqlens[b];
+        const int64_t first_query = (g0 + local - first_block[size_t(i)]) * block;
+        for (int64_t r = 0; r < block; ++r) {
+          T* row = m + (local * block + r) * keys;
+          for (int64_t c = 0; c < keys; ++c) {
+            const int64_t key = first_query + c - window;  // its position in the sequence
+            if (key < 0 || key >= length || std::abs(r + window - c) > window) row[c] = blocked;
+          }
         }
       }
-    }
-  });
-  const at::Tensor context = std::get<0>(at::_scaled_dot_product_flash_attention_for_cpu(
-      q, k, v, 0.0, false, mask, 1.0 / std::sqrt(double(head_dim))));
-  // context: (grid, heads, B, d); each sequence's real rows go back to `out`.
-  const at::Tensor rows_out = context.transpose(1, 2).reshape({grid * block, hidden});
-  for (size_t i = 0; i < sequences.size(); ++i) {
-    const int64_t b = sequences[i];
-    const int64_t length = cu_seqlens[b + 1] - cu_seqlens[b];
-    at::from_blob(out + int64_t(cu_seqlens[b]) * hidden, {length, hidden}, options)
-        .copy_(rows_out.narrow(0, first_block[i] * block, length));
+    });
+    const at::Tensor context = std::get<0>(at::_scaled_dot_product_flash_attention_for_cpu(
+        q.narrow(0, g0, n), k.narrow(0, g0, n), v.narrow(0, g0, n), 0.0, false, mask, scale));
+    // (n, heads, B, d) -> rows (n * B, hidden); each block's real rows go back to `out`.
+    const at::Tensor rows = context.transpose(1, 2).contiguous();
+    const T* attended = static_cast<const T*>(rows.data_ptr());
+    at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t local = begin; local < end; ++local) {
+        const int64_t i = sequence_of_grid[size_t(g0 + local)];
+        if (i < 0) continue;
+        const int64_t b = sequences[size_t(i)];
+        const int64_t length = cu_seqlens[b + 1] - cu_seqlens[b];
+        const int64_t first_query = (g0 + local - first_block[size_t(i)]) * block;
+        const int64_t real = std::min(block, length - first_query);
+        std::memcpy(out + (int64_t(cu_seqlens[b]) + first_query) * hidden,
+                    attended + local * block * hidden, sizeof(T) * size_t(real * hidden));
+      }
+    });
   }
 }
 

@@ -55,7 +55,9 @@ inline void normalize_row(const float* __restrict row, const T* __restrict gamma
                           T* __restrict out) {
   if (beta == nullptr) {
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i) out[i] = from_float<T>((row[i] - mean) * rstd * to_float(gamma[i]));
+    for (int64_t i = 0; i < n; ++i) {
+      out[i] = from_float<T>((row[i] - mean) * rstd * to_float(gamma[i]));
+    }
     return;
   }
 #pragma omp simd
@@ -82,9 +84,7 @@ std::pair<double, double> mean_and_variance_in_double(const float* v, int64_t n)
   return {mean, squares / double(n)};
 }
 
-}  // namespace
-
-// LayerNorm of `row` (float, `hidden` wide) into out.
+// LayerNorm of `row` (float, `hidden` wide, summing to `sum`) into out.
 template <typename T>
 void normalize(const float* row, const T* gamma, const T* beta, T* out, int64_t hidden,
                float eps, float sum) {
@@ -103,6 +103,8 @@ void normalize(const float* row, const T* gamma, const T* beta, T* out, int64_t 
   }
   normalize_row(row, gamma, beta, mean, rstd, hidden, out);
 }
+
+}  // namespace
 
 template <typename T>
 void add_layernorm(const T* x, const T* residual, const T* gamma, const T* beta, T* out,
