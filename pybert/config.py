@@ -14,6 +14,9 @@ from . import _C
 __all__ = ["BertConfig", "config_from_model", "state_dict_problems", "expected_state_shapes"]
 
 ACTIVATIONS = ("relu", "gelu", "silu")
+# The longest sequence a rotary model may claim: its cos/sin tables are computed from the
+# config (max_len x head_dim floats each), not read from a file whose size bounds them.
+MAX_ROTARY_POSITIONS = 1 << 17
 
 
 def check_positive_int(value, name: str) -> int:
@@ -99,6 +102,9 @@ class BertConfig:
                              f"{self.head_dim}")
         if self.rotary_base and self.position_offset:
             raise ValueError("BertConfig: rotary positions count from 0 (position_offset 0)")
+        if self.rotary_base and self.max_len > MAX_ROTARY_POSITIONS:
+            raise ValueError(f"BertConfig.max_len {self.max_len} is beyond the "
+                             f"{MAX_ROTARY_POSITIONS} positions served with rotary positions")
         value = self.local_window
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"BertConfig.local_window must be an integer >= 0, got {value!r}")

@@ -190,10 +190,10 @@ def make_modern(path, family, seed=0, tokenizer=None, **options):
             transformers.ModernBertModel
     elif family == "nomic_bert":
         config = transformers.NomicBertConfig(**{"num_hidden_layers": 2, **sizes, **options})
-        cls = transformers.NomicBertModel
+        cls = transformers.NomicBertForMaskedLM if mlm else transformers.NomicBertModel
     else:
         config = transformers.GteConfig(**{"num_hidden_layers": 2, **sizes, **options})
-        cls = transformers.GteModel
+        cls = transformers.GteForMaskedLM if mlm else transformers.GteModel
     torch.manual_seed(seed)
     model = cls(config).eval()
     with torch.no_grad():  # norms and biases away from their initial ones and zeros

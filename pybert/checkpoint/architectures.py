@@ -23,6 +23,9 @@ pre_norm, ffn_gated, rotary_base, local_window, ...):
 | NomicBERT | nomic_bert | post-norm | SwiGLU (fc12 act, fc11 up) | rotary | global | none |
 | GTE (new) | gte, new | post-norm | GeGLU (up_gate_proj: [up, gate]) | rotary | global | all but up/gate |
 
+Their MLM heads (ModernBertForMaskedLM's head and decoder, NomicBertForMaskedLM's
+cls.predictions, GteForMaskedLM's lm_head) are read, and ModernBertForSequenceClassification's
+classifier (cls or mean pooling, dense, activation, LayerNorm, classifier).
 Transformers 5 writes NomicBERT's and GTE's tensors under their original names (``attn.Wqkv``,
 ``mlp.up_gate_proj``); the names of its modules (``q_proj``, ``gate_proj``) are read too.
 Anything else (another model_type, relative positions, rotary scaling, a decoder) is refused
@@ -154,9 +157,13 @@ def _distilbert_config(hf: dict, where: Path) -> BertConfig:
                    embedding_layer_norm=True)
 
 
-def _renamer(prefix: str) -> Callable[[str], str]:
+def _renamer(*prefixes: str) -> Callable[[str], str]:
+    """Keys without the base model's prefix (the first of ``prefixes`` a key has)."""
     def rename(key: str) -> str:
-        key = key[len(prefix):] if key.startswith(prefix) else key
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                break
         return key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta",
                                                                           "LayerNorm.bias")
     return rename
@@ -275,6 +282,15 @@ def _hf_activation(name, where: Path, key: str) -> str:
                           "'gelu', the exact erf form, 'silu' and 'relu')")
 
 
+def _theta(value, where: Path, key: str) -> float:
+    """A rotary base from config.json: a number > 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 1 or \
+            value == float("inf"):
+        raise CheckpointError(f"{where}: {key} must be a finite number > 1, got "
+                              f"{str(value)[:40]!r}")
+    return float(value)
+
+
 def _rope_theta(params, where: Path, key: str) -> float:
     """The base of a default (unscaled) rotary embedding from a rope_parameters dict."""
     if not isinstance(params, dict):
@@ -283,10 +299,7 @@ def _rope_theta(params, where: Path, key: str) -> float:
     if kind != "default":
         raise CheckpointError(f"{where}: rotary scaling {str(kind)[:40]!r} ({key}) is not served "
                               "(only the default rotary embedding)")
-    theta = params.get("rope_theta")
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 1:
-        raise CheckpointError(f"{where}: {key} has no rope_theta > 1, got {str(theta)[:40]!r}")
-    return float(theta)
+    return _theta(params.get("rope_theta"), where, f"{key}.rope_theta")
 
 
 def _first(hf: dict, where: Path, *names):
@@ -339,8 +352,9 @@ def _modernbert_config(hf: dict, where: Path) -> BertConfig:
     else:
         if hf.get("rope_scaling"):
             raise CheckpointError(f"{where}: rotary scaling (rope_scaling) is not served")
-        global_base = float(hf.get("global_rope_theta", 160000.0))
-        local_base = float(hf.get("local_rope_theta") or global_base)
+        global_base = _theta(hf.get("global_rope_theta", 160000.0), where, "global_rope_theta")
+        local_base = _theta(hf.get("local_rope_theta") or global_base, where,
+                            "local_rope_theta")
     act = _hf_activation(hf.get("hidden_activation", "gelu"), where, "hidden_activation")
     head_act = _hf_activation(hf.get("classifier_activation", "gelu"), where,
                               "classifier_activation")
@@ -368,7 +382,7 @@ def _nomic_config(hf: dict, where: Path) -> BertConfig:
     if "rope_parameters" in hf:
         base = _rope_theta(hf["rope_parameters"], where, "rope_parameters")
     else:
-        base = float(hf.get("rotary_emb_base", 1000.0))
+        base = _theta(hf.get("rotary_emb_base", 1000.0), where, "rotary_emb_base")
     if "activation_function" in hf:
         gated = {"swiglu": "silu", "geglu": "gelu"}
         act = gated.get(hf["activation_function"])
@@ -407,7 +421,7 @@ def _gte_config(hf: dict, where: Path) -> BertConfig:
         if hf.get("rope_scaling"):
             raise CheckpointError(f"{where}: rotary scaling (rope_scaling "
                                   f"{str(hf['rope_scaling'])[:40]}) is not served")
-        base = float(hf.get("rope_theta", 160000.0))
+        base = _theta(hf.get("rope_theta", 160000.0), where, "rope_theta")
     hidden, heads = _need(hf, "hidden_size", where), _need(hf, "num_attention_heads", where)
     _check_head_dim(hf, where, hidden, heads)
     types = hf.get("type_vocab_size", 0)
@@ -477,8 +491,14 @@ NOMIC_BERT = Architecture(
     classifier=(),
     weight_map=WeightMap(
         name="Hugging Face NomicBERT", layer_key=re.compile(r"(?:encoder\.)?layers\.(\d+)\..+"),
-        rename=_renamer("bert."),
+        # NomicBertForMaskedLM saves its encoder under "nomic_bert.", nomic's own code under
+        # "bert."; the MLM head is BERT's, its LayerNorm named layer_norm.
+        rename=_renamer("nomic_bert.", "bert."),
+        part_marker={"mlm": "cls.predictions.transform.dense.weight"},
         sources={
+            **_mlm_sources("cls.predictions.transform.dense",
+                           "cls.predictions.transform.layer_norm", "cls.predictions.decoder",
+                           ["cls.predictions.bias", "cls.predictions.decoder.bias"]),
             "token_embedding": "embeddings.word_embeddings.weight",
             "segment_embedding": "embeddings.token_type_embeddings.weight",
             "embedding_ln_weight": ["emb_ln.weight", "embeddings.LayerNorm.weight"],
@@ -505,8 +525,14 @@ GTE = Architecture(
     read_config=_gte_config, classifier=(),
     weight_map=WeightMap(
         name="Hugging Face GTE", layer_key=re.compile(r"(?:encoder\.layer|layers)\.(\d+)\..+"),
-        rename=_renamer("new."),
+        # Alibaba's code saves its encoder under "new.", transformers' GteForMaskedLM under
+        # "gte."; the MLM head is lm_head (dense, GELU, norm, decoder tied to the embeddings).
+        rename=_renamer("new.", "gte."), part_marker={"mlm": "lm_head.dense.weight"},
         sources={
+            **_mlm_sources("lm_head.dense", "lm_head.norm", "lm_head.decoder",
+                           ["lm_head.decoder.bias", "lm_head.bias"]),
+            "mlm_ln_weight": ["lm_head.norm.weight", "lm_head.layer_norm.weight"],
+            "mlm_ln_bias": ["lm_head.norm.bias", "lm_head.layer_norm.bias"],
             "token_embedding": "embeddings.word_embeddings.weight",
             # type_vocab_size 0 (gte-*-en-v1.5): no table, one zero row
             "segment_embedding": ["embeddings.token_type_embeddings.weight", ZERO_TOKEN_TYPES],

@@ -30,9 +30,8 @@ LENGTHS = [1, 17, 127, 129, 300, 1000]  # ModernBERT's window here: |i - j| <= 6
 def reference(model, ids):
     """transformers' float64 last hidden state of one unpadded sequence."""
     model = model.double()
-    base = getattr(model, "model", model)
     with torch.no_grad():
-        return base(input_ids=torch.tensor([ids])).last_hidden_state[0]
+        return model.base_model(input_ids=torch.tensor([ids])).last_hidden_state[0]
 
 
 def random_sequences(vocab, lengths, seed=0):
@@ -86,8 +85,9 @@ def test_modernbert_variants(tmp_path, options):
         assert rel_l2(got, reference(model, ids)) <= BOUNDS[torch.float32]
 
 
-def test_modernbert_mlm_logits(tmp_path):
-    model = make_modern(tmp_path, "modernbert", mlm=True)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mlm_logits(tmp_path, family):
+    model = make_modern(tmp_path, family, mlm=True)
     checkpoint = read_huggingface(tmp_path)
     engine = Engine(checkpoint.config, checkpoint.weights)
     ids = random_sequences(model.config.vocab_size, [150])[0]
@@ -211,6 +211,11 @@ def test_text_model_with_the_family_tokenizer(tmp_path, family):
      "rotary scaling"),
     ("gte", {"logn_attention_scale": True}, "logn_attention_scale"),
     ("nomic_bert", {"rotary_emb_fraction": 0.5}, "rotary_emb_fraction"),
+    ("nomic_bert", {"rope_parameters": {"rope_theta": "big", "rope_type": "default"}},
+     "rope_theta must be a finite number"),
+    ("modernbert", {"local_attention": -4}, "local_attention"),
+    ("gte", {"num_attention_heads": 5}, "multiple of num_heads"),
+    ("gte", {"max_position_embeddings": 10**9}, "positions served with rotary"),
 ])
 def test_variants_it_cannot_compute_are_refused(tmp_path, family, changes, message):
     make_modern(tmp_path, family)

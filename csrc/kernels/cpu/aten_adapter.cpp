@@ -616,6 +616,23 @@ void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t b
   }
 }
 
+template <typename T>
+void gated_activation(const T* in, T* out, int64_t rows, int64_t width, Activation act) {
+  if (rows == 0 || width == 0) return;
+  const at::TensorOptions options = options_of<T>();
+  const at::Tensor both = at::from_blob(const_cast<T*>(in), {rows, 2 * width}, options);
+  at::Tensor y = at::from_blob(out, {rows, width}, options);
+  const at::Tensor a = both.narrow(1, 0, width), g = both.narrow(1, width, width);
+  switch (act) {
+    case Activation::kNone: y.copy_(a); break;
+    case Activation::kReLU: at::relu_out(y, a); break;
+    case Activation::kTanh: at::tanh_out(y, a); break;
+    case Activation::kGELU: at::gelu_out(y, a); break;  // exact (erf) form
+    case Activation::kSiLU: at::silu_out(y, a); break;
+  }
+  y.mul_(g);
+}
+
 double time_attention(bool batched, int64_t batch, int64_t length, int64_t num_heads,
                       int64_t head_dim, int repeats) {
   if (batched && !attention_batched_available()) return -1.0;
@@ -648,7 +665,8 @@ void parallel_for(int64_t n, int64_t grain_size,
   template void gemm_bias_act<T>(const T*, const T*, const T*, const PreparedWeight*, T*,    \
                                  int64_t, int64_t, int64_t, Activation);                     \
   template void attention_varlen<T>(const T*, const int32_t*, T*, int64_t, int64_t, int64_t, \
-                                    int64_t, int64_t, int64_t);
+                                    int64_t, int64_t, int64_t);                              \
+  template void gated_activation<T>(const T*, T*, int64_t, int64_t, Activation);
 PYBERT_INSTANTIATE(float)
 PYBERT_INSTANTIATE(bfloat16)
 #undef PYBERT_INSTANTIATE

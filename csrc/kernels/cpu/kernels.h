@@ -118,7 +118,7 @@ void rotary_qk(T* qkv, const int32_t* cu_seqlens, int64_t batch, int64_t num_hea
                int64_t head_dim, const T* cos, const T* sin);
 
 // A gated FFN's middle: out[r, i] = act(in[r, i]) * in[r, width + i]; in: (rows, 2 * width),
-// out: (rows, width).
+// out: (rows, width). Computed by torch's vectorised activations (aten_adapter.cpp).
 template <typename T>
 void gated_activation(const T* in, T* out, int64_t rows, int64_t width, Activation act);
 
