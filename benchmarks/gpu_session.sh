@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU work for one device call (10 minutes at most a call): run the stages named, in order.
 #   bash benchmarks/gpu_session.sh [build] [cudatest] [test] [memcheck] [kernels] [bench]
-#                                  [texts] [pretrain]
+#                                  [modern] [texts] [pretrain]
 # Default: build test memcheck. Logs go to $OUT (or ./gpu-out). Each stage is cut off after
 # STAGE_TIMEOUT seconds (default 300), so one hung stage cannot eat the whole call.
 #
@@ -14,6 +14,8 @@
 # kernels   benchmarks/bench_kernels.py: each op against its peers, one forward's breakdown
 # bench     benchmarks/bench_gpu.py (torch.compile's max-autotune alone takes minutes; pass
 #           e.g. --peers through BENCH_GPU_ARGS)
+# modern    benchmarks/bench_modern.py --device cuda: ModernBERT-base's shape in bf16 against
+#           transformers (SDPA) at 32 x 512 and 4 x 8,192 (issue 26's GPU target)
 # texts     benchmarks/bench_texts.py (pass --texts through BENCH_TEXTS_ARGS)
 # pretrain  a GPU pretraining run on .device-data/wikitext-2 (a carried copy of the data)
 set -uo pipefail
@@ -60,6 +62,9 @@ for stage in "${stages[@]}"; do
       # shellcheck disable=SC2086
       timeout "$limit" "$python" benchmarks/bench_gpu.py --json "$out/bench.json" \
         ${BENCH_GPU_ARGS:-} 2>&1 | tee "$out/bench.log" ;;
+    modern)
+      timeout "$limit" "$python" benchmarks/bench_modern.py --device cuda --repeats 5 \
+        --workloads 32x512,4x8192 2>&1 | tee "$out/modern.log" ;;
     texts)
       # shellcheck disable=SC2086
       "$python" benchmarks/bench_texts.py ${BENCH_TEXTS_ARGS:-} 2>&1 | tee "$out/texts.log" ;;

@@ -172,7 +172,9 @@ def pack_weights(state: dict, fmt: WeightMap, config: BertConfig,
                 continue
         for name in names:
             layer = int(name.split(".")[1]) if name.startswith("layers.") else None
-            optional = shapes[name][2]
+            # ln1 may be absent only from a pre-norm layer (the engine checks the same).
+            optional = shapes[name][2] and not (name.endswith(".ln1_weight")
+                                                and not config.pre_norm)
             source = fmt.sources.get(_template(name))
             if source is None:
                 continue  # an optional weight the format never has

@@ -224,3 +224,17 @@ def test_the_hf_packer_gives_the_layout_of_weight_shapes(tmp_path, kind, parts):
     shapes = weight_shapes(config)
     assert set(packed) == {n for n, (_, part, _) in shapes.items() if part in parts}
     assert all(tuple(t.shape) == shapes[n][0] for n, t in packed.items())
+
+
+def test_a_post_norm_layer_without_its_first_layernorm_is_refused(tmp_path):
+    """Biases may be absent one by one, and ln1 of a pre-norm layer; a post-norm BERT layer
+    without its attention LayerNorm is a broken file, refused by name."""
+    from safetensors.torch import load_file, save_file
+
+    make_hf_dir(tmp_path / "hf", kind="base")
+    path = tmp_path / "hf" / "model.safetensors"
+    state = load_file(str(path))
+    key = next(k for k in state if k.endswith("layer.1.attention.output.LayerNorm.weight"))
+    save_file({k: v for k, v in state.items() if k != key}, str(path))
+    with pytest.raises(CheckpointError, match="attention.output.LayerNorm.weight"):
+        pybert.load(tmp_path / "hf")

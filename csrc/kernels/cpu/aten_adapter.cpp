@@ -475,103 +475,114 @@ void flash_attend_sequences(const T* qkv, const int32_t* cu_seqlens, T* out,
   }
 }
 
+// Where attention_windowed lays out its sequences: block is the number of queries per grid
+// block, keys the key rows each block sees (block + 2 * window); sequence i's region starts at
+// buffer row first_block[i] * block with `window` zero rows, its blocks, then zeros up to a
+// multiple of block with at least `window` rows after the last block (its right keys).
+struct WindowGrid {
+  int64_t window, block, keys, grid;
+  std::vector<int64_t> first_block, sequence_of_block;  // -1: a filler block between regions
+
+  WindowGrid(const int32_t* cu_seqlens, const std::vector<int64_t>& sequences, int64_t w)
+      : window(w), block(std::min<int64_t>(std::max<int64_t>(w, 32), 256)), keys(block + 2 * w) {
+    const int64_t tail = (2 * window + block - 1) / block;  // filler blocks after a sequence
+    int64_t next = 0;
+    for (size_t i = 0; i < sequences.size(); ++i) {
+      const int64_t b = sequences[i];
+      const int64_t blocks = (cu_seqlens[b + 1] - cu_seqlens[b] + block - 1) / block;
+      first_block.push_back(next);
+      sequence_of_block.insert(sequence_of_block.end(), size_t(blocks), int64_t(i));
+      sequence_of_block.insert(sequence_of_block.end(), size_t(tail), -1);
+      next += blocks + tail;
+    }
+    grid = next;
+  }
+  // Sequence i's first query row of grid block g.
+  int64_t first_query(int64_t g, int64_t i) const {
+    return (g - first_block[size_t(i)]) * block;
+  }
+};
+
+// The additive mask of grid blocks [g0, g0 + n): query r of a block sees key c when
+// |(r + window) - c| <= window and the key lies inside its sequence; filler blocks see
+// everything (their rows are thrown away).
+template <typename T>
+at::Tensor window_mask(const WindowGrid& layout, const int32_t* cu_seqlens,
+                       const std::vector<int64_t>& sequences, int64_t g0, int64_t n) {
+  const int64_t block = layout.block, keys = layout.keys, window = layout.window;
+  at::Tensor mask = at::zeros({n, 1, block, keys}, options_of<T>());
+  T* m = static_cast<T*>(mask.data_ptr());
+  const T blocked = from_float<T>(-INFINITY);
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t local = begin; local < end; ++local) {
+      const int64_t i = layout.sequence_of_block[size_t(g0 + local)];
+      if (i < 0) continue;
+      const int64_t b = sequences[size_t(i)];
+      const int64_t length = cu_seqlens[b + 1] - cu_seqlens[b];
+      const int64_t first_query = layout.first_query(g0 + local, i);
+      for (int64_t r = 0; r < block; ++r) {
+        T* row = m + (local * block + r) * keys;
+        for (int64_t c = 0; c < keys; ++c) {
+          const int64_t key = first_query + c - window;  // its position in the sequence
+          if (key < 0 || key >= length || std::abs(r + window - c) > window) row[c] = blocked;
+        }
+      }
+    }
+  });
+  return mask;
+}
+
 // Sliding-window attention (|i - j| <= window) of the listed sequences, computing the band
-// only: each sequence's queries go in blocks of B, and block j's keys are the B + 2 * window
-// rows around it, so the work is linear in the length. The sequences' rows are copied into one
-// buffer with `window` zero rows before each sequence, the block grid B rows apart across the
-// whole buffer (each sequence's region padded to a multiple of B): then every block's queries
-// and keys are strided views of the one buffer, and torch's flash attention (with an additive
-// mask for the band, the keys outside the sequence and the filler blocks between sequences)
-// computes them a chunk of the grid at a time.
+// only: each sequence's queries go in blocks, and a block's keys are the rows around it, so
+// the work is linear in the length. The sequences' rows are copied into one buffer laid out
+// as WindowGrid says, so that every block's queries and keys are strided views of it; torch's
+// flash attention (with window_mask) computes them a chunk of the grid at a time, the chunk's
+// mask within kWindowMaskBytes (a wide window's would otherwise grow as length x window).
 template <typename T>
 void attention_windowed(const T* qkv, const int32_t* cu_seqlens, T* out,
                         const std::vector<int64_t>& sequences, int64_t window,
                         int64_t num_heads, int64_t head_dim) {
+  constexpr int64_t kWindowMaskBytes = 32 << 20;
   const int64_t hidden = num_heads * head_dim, width = 3 * hidden;
-  const int64_t block = std::min<int64_t>(std::max<int64_t>(window, 32), 256);
-  const int64_t keys = block + 2 * window;
-  // Region of a sequence: window zero rows, its blocks, then zeros to a multiple of block
-  // with at least `window` rows after the last block (the last block's right keys).
-  const int64_t tail = (2 * window + block - 1) / block * block;  // rows after the blocks
-  std::vector<int64_t> region_start, blocks_of;
-  int64_t rows = 0;
-  for (const int64_t b : sequences) {
-    const int64_t length = cu_seqlens[b + 1] - cu_seqlens[b];
-    const int64_t nblocks = (length + block - 1) / block;
-    region_start.push_back(rows);
-    blocks_of.push_back(nblocks);
-    rows += nblocks * block + tail;
-  }
-  const int64_t grid = rows / block;  // blocks on the grid, filler ones included
+  const WindowGrid layout(cu_seqlens, sequences, window);
+  const int64_t block = layout.block, keys = layout.keys, grid = layout.grid;
   const at::TensorOptions options = options_of<T>();
-  // `keys - block` more rows at the end, so that the last grid block's key view stays inside.
-  at::Tensor buffer = at::zeros({rows + keys, width}, options);
+  // keys - block more rows at the end: the last grid block's key view stays inside.
+  at::Tensor buffer = at::zeros({grid * block + keys, width}, options);
   T* base = static_cast<T*>(buffer.data_ptr());
   at::parallel_for(0, int64_t(sequences.size()), 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = sequences[size_t(i)];
-      const int64_t length = cu_seqlens[b + 1] - cu_seqlens[b];
-      std::memcpy(base + (region_start[size_t(i)] + window) * width,
-                  qkv + int64_t(cu_seqlens[b]) * width, sizeof(T) * size_t(length * width));
+      std::memcpy(base + (layout.first_block[size_t(i)] * block + window) * width,
+                  qkv + int64_t(cu_seqlens[b]) * width,
+                  sizeof(T) * size_t((cu_seqlens[b + 1] - cu_seqlens[b]) * width));
     }
   });
-  // Grid block g: queries at buffer rows window + g * B, keys at rows g * B (query row
-  // window + g * B + r sees key row g * B + c, c in [0, keys)).
+  // Grid block g: queries at buffer rows window + g * block, keys from row g * block on.
   auto view = [&](int64_t column, int64_t first_row, int64_t count) {
     return at::from_blob(base + first_row * width + column, {grid, num_heads, count, head_dim},
                          {block * width, head_dim, width, 1}, options);
   };
   const at::Tensor q = view(0, window, block), k = view(hidden, 0, keys),
                    v = view(2 * hidden, 0, keys);
-  std::vector<int64_t> sequence_of_grid(size_t(grid), -1), first_block(sequences.size());
-  for (size_t i = 0; i < sequences.size(); ++i) {
-    first_block[i] = region_start[i] / block;
-    for (int64_t j = 0; j < blocks_of[i]; ++j) {
-      sequence_of_grid[size_t(first_block[i] + j)] = int64_t(i);
-    }
-  }
-  // The grid goes to flash attention in chunks whose masks stay within kWindowMaskBytes (a
-  // wide window's mask would otherwise grow as length x window).
-  constexpr int64_t kWindowMaskBytes = 32 << 20;
-  const int64_t mask_bytes_per_block = block * keys * int64_t(sizeof(T));
-  const int64_t chunk = std::max<int64_t>(1, kWindowMaskBytes / mask_bytes_per_block);
-  const T blocked = from_float<T>(-INFINITY);
+  const int64_t chunk =
+      std::max<int64_t>(1, kWindowMaskBytes / (block * keys * int64_t(sizeof(T))));
   const double scale = 1.0 / std::sqrt(double(head_dim));
   for (int64_t g0 = 0; g0 < grid; g0 += chunk) {
     const int64_t n = std::min(chunk, grid - g0);
-    // The band: query r of a block sees key c when |(r + window) - c| <= window, and the key
-    // lies inside its sequence; filler blocks see everything (their rows are thrown away).
-    at::Tensor mask = at::zeros({n, 1, block, keys}, options);
-    T* m = static_cast<T*>(mask.data_ptr());
-    at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t local = begin; local < end; ++local) {
-        const int64_t i = sequence_of_grid[size_t(g0 + local)];
-        if (i < 0) continue;
-        const int64_t b = sequences[size_t(i)];
-        const int64_t length = cu_seqlens[b + 1] - cu_seqlens[b];
-        const int64_t first_query = (g0 + local - first_block[size_t(i)]) * block;
-        for (int64_t r = 0; r < block; ++r) {
-          T* row = m + (local * block + r) * keys;
-          for (int64_t c = 0; c < keys; ++c) {
-            const int64_t key = first_query + c - window;  // its position in the sequence
-            if (key < 0 || key >= length || std::abs(r + window - c) > window) row[c] = blocked;
-          }
-        }
-      }
-    });
     const at::Tensor context = std::get<0>(at::_scaled_dot_product_flash_attention_for_cpu(
-        q.narrow(0, g0, n), k.narrow(0, g0, n), v.narrow(0, g0, n), 0.0, false, mask, scale));
-    // (n, heads, B, d) -> rows (n * B, hidden); each block's real rows go back to `out`.
+        q.narrow(0, g0, n), k.narrow(0, g0, n), v.narrow(0, g0, n), 0.0, false,
+        window_mask<T>(layout, cu_seqlens, sequences, g0, n), scale));
+    // (n, heads, block, d) -> rows (n * block, hidden); each block's real rows go to `out`.
     const at::Tensor rows = context.transpose(1, 2).contiguous();
     const T* attended = static_cast<const T*>(rows.data_ptr());
     at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
       for (int64_t local = begin; local < end; ++local) {
-        const int64_t i = sequence_of_grid[size_t(g0 + local)];
+        const int64_t i = layout.sequence_of_block[size_t(g0 + local)];
         if (i < 0) continue;
         const int64_t b = sequences[size_t(i)];
-        const int64_t length = cu_seqlens[b + 1] - cu_seqlens[b];
-        const int64_t first_query = (g0 + local - first_block[size_t(i)]) * block;
-        const int64_t real = std::min(block, length - first_query);
+        const int64_t first_query = layout.first_query(g0 + local, i);
+        const int64_t real = std::min(block, cu_seqlens[b + 1] - cu_seqlens[b] - first_query);
         std::memcpy(out + (int64_t(cu_seqlens[b]) + first_query) * hidden,
                     attended + local * block * hidden, sizeof(T) * size_t(real * hidden));
       }
