@@ -62,6 +62,7 @@ class BertConfig:
     pre_norm: bool = False
     ffn_gated: bool = False
     rotary_base: float = 0.0
+    rotary_ntk_factor: float = 1.0  # GTE's fixed NTK scaling (Python only: it shapes the tables)
     local_rotary_base: float = 0.0
     local_window: int = 0
     global_every: int = 1
@@ -97,6 +98,10 @@ class BertConfig:
             if not (math.isfinite(base) and (base == 0.0 or base > 1.0)):
                 raise ValueError(f"BertConfig.{name} must be 0 (none) or a finite number > 1, "
                                  f"got {getattr(self, name)!r}")
+        ntk = _real(self.rotary_ntk_factor, "rotary_ntk_factor")
+        if not (math.isfinite(ntk) and ntk >= 1.0):
+            raise ValueError(f"BertConfig.rotary_ntk_factor must be a finite number >= 1, got "
+                             f"{self.rotary_ntk_factor!r}")
         if self.rotary_base and self.head_dim % 2:
             raise ValueError(f"BertConfig: rotary positions need an even head dim, got "
                              f"{self.head_dim}")

@@ -28,8 +28,10 @@ cls.predictions, GteForMaskedLM's lm_head) are read, and ModernBertForSequenceCl
 classifier (cls or mean pooling, dense, activation, LayerNorm, classifier).
 Transformers 5 writes NomicBERT's and GTE's tensors under their original names (``attn.Wqkv``,
 ``mlp.up_gate_proj``); the names of its modules (``q_proj``, ``gate_proj``) are read too.
-Anything else (another model_type, relative positions, rotary scaling, a decoder) is refused
-with the reason.
+Rotary scaling: transformers' dynamic NTK computes as the default within max_len; Alibaba's
+GTE configs' fixed NTK (``rope_scaling`` {"type": "ntk"}) is computed (``rotary_ntk_factor``).
+Anything else (another model_type, relative positions, other rotary scaling, a decoder) is
+refused with the reason.
 """
 
 from __future__ import annotations
@@ -292,13 +294,16 @@ def _theta(value, where: Path, key: str) -> float:
 
 
 def _rope_theta(params, where: Path, key: str) -> float:
-    """The base of a default (unscaled) rotary embedding from a rope_parameters dict."""
+    """The base of a rotary embedding from a rope_parameters dict: the default one, or
+    transformers' dynamic NTK scaling, which changes the frequencies only for sequences longer
+    than max_position_embeddings (never served: max_len is that) and so computes as the
+    default."""
     if not isinstance(params, dict):
         raise CheckpointError(f"{where}: {key} must be an object, got {str(params)[:40]!r}")
     kind = params.get("rope_type", params.get("type", "default"))
-    if kind != "default":
+    if kind not in ("default", "dynamic"):
         raise CheckpointError(f"{where}: rotary scaling {str(kind)[:40]!r} ({key}) is not served "
-                              "(only the default rotary embedding)")
+                              "(the default rotary embedding and dynamic NTK are)")
     return _theta(params.get("rope_theta"), where, f"{key}.rope_theta")
 
 
@@ -379,7 +384,7 @@ def _nomic_config(hf: dict, where: Path) -> BertConfig:
     hidden, heads = _first(hf, where, "hidden_size", "n_embd"), \
         _first(hf, where, "num_attention_heads", "n_head")
     _check_head_dim(hf, where, hidden, heads)
-    if "rope_parameters" in hf:
+    if hf.get("rope_parameters") is not None:
         base = _rope_theta(hf["rope_parameters"], where, "rope_parameters")
     else:
         base = _theta(hf.get("rotary_emb_base", 1000.0), where, "rotary_emb_base")
@@ -415,13 +420,12 @@ def _gte_config(hf: dict, where: Path) -> BertConfig:
         if key in hf and hf[key] != served:
             raise CheckpointError(f"{where}: {key} {str(hf[key])[:40]} is not served "
                                   f"(only {served})")
-    if "rope_parameters" in hf:
+    ntk = 1.0
+    if hf.get("rope_parameters") is not None:
         base = _rope_theta(hf["rope_parameters"], where, "rope_parameters")
     else:
-        if hf.get("rope_scaling"):
-            raise CheckpointError(f"{where}: rotary scaling (rope_scaling "
-                                  f"{str(hf['rope_scaling'])[:40]}) is not served")
         base = _theta(hf.get("rope_theta", 160000.0), where, "rope_theta")
+        ntk = _gte_ntk_factor(hf.get("rope_scaling"), where)
     hidden, heads = _need(hf, "hidden_size", where), _need(hf, "num_attention_heads", where)
     _check_head_dim(hf, where, hidden, heads)
     types = hf.get("type_vocab_size", 0)
@@ -434,7 +438,26 @@ def _gte_config(hf: dict, where: Path) -> BertConfig:
                    ffn_activation=_hf_activation(hf.get("hidden_act", "gelu"), where,
                                                  "hidden_act"),
                    mlm_activation="gelu", embedding_layer_norm=True, ffn_gated=True,
-                   rotary_base=base)
+                   rotary_base=base, rotary_ntk_factor=ntk)
+
+
+def _gte_ntk_factor(scaling, where: Path) -> float:
+    """Alibaba's GTE code's rope_scaling {"type": "ntk", "factor": f} (gte-*-en-v1.5,
+    gte-multilingual): fixed NTK scaling, the frequencies of base * f divided by f^(2/d) at
+    every length (its NTKScalingRotaryEmbedding builds its cache for max_position_embeddings
+    x f positions, which always takes the scaled branch). None: no scaling."""
+    if scaling is None:
+        return 1.0
+    if not isinstance(scaling, dict) or scaling.get("type") != "ntk" or \
+            scaling.get("mixed_b") is not None:
+        raise CheckpointError(f"{where}: rope_scaling {str(scaling)[:60]} is not served (only "
+                              "GTE's fixed NTK scaling, {'type': 'ntk', 'factor': f})")
+    factor = scaling.get("factor")
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or \
+            not 1.0 <= factor <= 1e6:
+        raise CheckpointError(f"{where}: rope_scaling factor must be a number in [1, 1e6], "
+                              f"got {str(factor)[:40]!r}")
+    return float(factor)
 
 
 def _linear(prefix: str, packed: str, bias: bool = True) -> dict:

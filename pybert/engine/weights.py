@@ -50,16 +50,18 @@ def rotary_tables(config: BertConfig) -> dict[str, torch.Tensor]:
     """The cos and sin tables of rotary positions, (positions, head_dim / 2) each, computed as
     Hugging Face's rotary embeddings compute them (float32 frequencies and angles), so that the
     engine rotates by exactly their angles; the windowed layers' own when their base differs."""
-    def tables(base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def tables(base: float, ntk: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         d = config.head_dim
-        inv_freq = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+        inv_freq = 1.0 / ((base * ntk) ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+        if ntk != 1.0:  # GTE's fixed NTK scaling (pybert.checkpoint.architectures)
+            inv_freq = inv_freq / ntk ** (2 / d)
         positions = torch.arange(config.max_len + config.position_offset).float()
         angles = positions[:, None] * inv_freq[None, :]
         return angles.cos(), angles.sin()
 
     if not config.rotary_base:
         return {}
-    cos, sin = tables(config.rotary_base)
+    cos, sin = tables(config.rotary_base, config.rotary_ntk_factor)
     out = {"rotary_cos": cos, "rotary_sin": sin}
     local = config.local_rotary_base
     if config.local_window and local and local != config.rotary_base:

@@ -157,6 +157,41 @@ def test_nomic_own_config_keys(tmp_path):
     assert rel_l2(got, reference(model, ids)) <= BOUNDS[torch.float32]
 
 
+def test_dynamic_ntk_scaling_is_the_default_within_max_len(tmp_path):
+    """transformers' dynamic NTK scaling changes the frequencies only beyond
+    max_position_embeddings, which is the longest input served."""
+    model = make_modern(tmp_path, "gte", rope_parameters={"rope_type": "dynamic", "factor": 2.0,
+                                                          "rope_theta": 20000.0})
+    checkpoint = read_huggingface(tmp_path)
+    sequences = random_sequences(model.config.vocab_size, [3, 1000])
+    for ids, got in zip(sequences, engine_rows(Engine(checkpoint.config, checkpoint.weights),
+                                               sequences)):
+        assert rel_l2(got, reference(model, ids)) <= BOUNDS[torch.float32]
+
+
+def test_alibabas_gte_config_with_fixed_ntk_scaling(tmp_path):
+    """gte-*-en-v1.5's own config (model_type "new", rope_theta, rope_scaling {"type": "ntk",
+    "factor": 2}): Alibaba's NTKScalingRotaryEmbedding always scales, frequencies of
+    base * factor divided by factor^(2/d). The reference is transformers' GteModel with those
+    frequencies (its architecture is the same)."""
+    model = make_modern(tmp_path, "gte", type_vocab_size=0)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    hf.pop("rope_parameters")
+    hf.update(model_type="new", architectures=["NewModel"], rope_theta=500000,
+              rope_scaling={"type": "ntk", "factor": 2.0}, position_embedding_type="rope",
+              layer_norm_type="layer_norm", pack_qkv=True, logn_attention_scale=False)
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    d = 64 // 4
+    inv_freq = 1.0 / ((500000 * 2.0) ** (torch.arange(0, d, 2).float() / d)) / 2.0 ** (2 / d)
+    model.rotary_emb.inv_freq = inv_freq
+    checkpoint = read_huggingface(tmp_path)
+    assert checkpoint.config.rotary_ntk_factor == 2.0
+    sequences = random_sequences(model.config.vocab_size, [5, 700])
+    for ids, got in zip(sequences, engine_rows(Engine(checkpoint.config, checkpoint.weights),
+                                               sequences)):
+        assert rel_l2(got, reference(model, ids)) <= BOUNDS[torch.float32]
+
+
 def test_gte_without_token_types(tmp_path):
     model = make_modern(tmp_path, "gte", type_vocab_size=0)
     checkpoint = read_huggingface(tmp_path)
@@ -207,8 +242,10 @@ def test_text_model_with_the_family_tokenizer(tmp_path, family):
     ("nomic_bert", {"architectures": ["NomicBertForSequenceClassification"]},
      "sequence-classification head is not served"),
     ("modernbert", {"hidden_activation": "gelu_pytorch_tanh"}, "hidden_activation"),
-    ("gte", {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}},
+    ("gte", {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}},
      "rotary scaling"),
+    ("gte", {"model_type": "new", "rope_theta": 1e4, "rope_parameters": None,
+             "rope_scaling": {"type": "ntk", "factor": 2.0, "mixed_b": 0.5}}, "rope_scaling"),
     ("gte", {"logn_attention_scale": True}, "logn_attention_scale"),
     ("nomic_bert", {"rotary_emb_fraction": 0.5}, "rotary_emb_fraction"),
     ("nomic_bert", {"rope_parameters": {"rope_theta": "big", "rope_type": "default"}},
