@@ -6,6 +6,8 @@ Environment:
   PYBERT_CUDA_ARCHS      CUDA architectures, default "80;90".
   PYBERT_SANITIZE=1      instrument the extension with AddressSanitizer and UBSan (run Python
                          with the sanitizer runtime preloaded: see scripts/sanitize.sh).
+  PYBERT_GENERIC_CPU=1   compile the CPU kernels' baseline code only (no AVX2 / AVX-512 clones):
+                         what a CPU without them runs (scripts/sanitize.sh tests it).
   PYBERT_WERROR=1        warnings in pybert's own code are errors (CI sets it).
   MAX_JOBS               parallel compile jobs.
 
@@ -89,6 +91,7 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_BUILD_TYPE={'Debug' if self.debug else 'Release'}",
             f"-DPYBERT_CUDA={'ON' if use_cuda else 'OFF'}",
             f"-DPYBERT_SANITIZE={_flag('PYBERT_SANITIZE')}",
+            f"-DPYBERT_GENERIC_CPU={_flag('PYBERT_GENERIC_CPU')}",
             f"-DPYBERT_WERROR={_flag('PYBERT_WERROR')}",
         ]
         if "PYBERT_CUDA_ARCHS" in os.environ:

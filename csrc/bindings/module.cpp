@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "engine.h"
+#include "kernels/cpu/simd.h"
 #include "tensor_checks.h"
 
 namespace pybert {
@@ -124,6 +125,9 @@ PYBIND11_MODULE(_C, m) {
   using pybert::Engine;
   m.doc() = "pybert's C++/CUDA engine (see pybert.Engine for the Python API)";
   m.attr("cuda_available") = pybert::kBuiltWithCuda;
+  // Whether the CPU kernels' hot loops have AVX2 / AVX-512 clones (not in a PYBERT_GENERIC_CPU
+  // build, nor off x86-64 Linux with GCC).
+  m.attr("cpu_simd_clones") = bool(PYBERT_HAS_SIMD_CLONES);
   py::dict activations;
   for (auto act : {pybert::Activation::kNone, pybert::Activation::kReLU,
                    pybert::Activation::kTanh, pybert::Activation::kGELU,
