@@ -103,12 +103,13 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPU: int8 weights, activations quantised per call")
 
 
-def _load_text_model(args):
-    """The TextModel that --model, --device, --dtype and --quantize describe."""
+def _load_text_model(args, device: str | None = None):
+    """The TextModel that --model, --device (or ``device``), --dtype and --quantize
+    describe."""
     from .engine import default_dtype, resolve_device
     from .text import TextModel
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device if device is None else device)
     return TextModel.load(args.model, device=device, dtype=default_dtype(device, args.dtype),
                           quantize=args.quantize)
 
@@ -211,12 +212,24 @@ def _serve(args) -> int:
                              api_key=args.api_key or os.environ.get("PYBERT_API_KEY") or None,
                              model_id=args.model_id or os.path.basename(
                                  os.path.normpath(args.model)))
-        model = _load_text_model(args)
+        models = [_load_text_model(args, device) for device in _serve_devices(args)]
     except (FileNotFoundError, ValueError, TypeError) as err:
         print(f"pybert serve: {err}", file=sys.stderr)
         return 2
-    serve(model, host=args.host, port=args.port, config=config, log_level=args.log_level)
+    serve(models[0], host=args.host, port=args.port, config=config, log_level=args.log_level,
+          replicas=models[1:])
     return 0
+
+
+def _serve_devices(args) -> list[str]:
+    """--devices as a list (one engine and batcher each), else --device alone."""
+    if args.devices is None:
+        return [args.device]
+    devices = [d.strip() for d in args.devices.split(",")]
+    if not all(devices) or len(devices) > 64:
+        raise ValueError(f"--devices must list 1 to 64 devices, comma-separated, got "
+                         f"{args.devices[:80]!r}")
+    return devices
 
 
 def _bench(args, rest) -> int:
@@ -308,6 +321,9 @@ def _add_serve_command(commands) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--devices", help="serve on several devices, e.g. cuda:0,cuda:1: one "
+                                          "engine and batcher each, a request going to the "
+                                          "least loaded (replaces --device)")
     parser.add_argument("--api-key", help="require this bearer token on every route but "
                                           "/health (default: $PYBERT_API_KEY, or none)")
     parser.add_argument("--model-id", help="the name /info and /v1/embeddings report")

@@ -6,10 +6,11 @@ HTTP), ``http`` (errors and request checks), ``metrics`` (Prometheus), ``routes`
 per route), ``app`` (the Starlette app and ``serve``). ``create_app`` and ``serve`` import the
 extra when first used, so the limits and the batcher import without it (the CLI's help)."""
 
-from .batcher import Batcher, QueueFull, RequestTooLarge
+from .batcher import Batcher, BatcherPool, QueueFull, RequestTooLarge
 from .config import ServeConfig
 
-__all__ = ["Batcher", "QueueFull", "RequestTooLarge", "ServeConfig", "create_app", "serve"]
+__all__ = ["Batcher", "BatcherPool", "QueueFull", "RequestTooLarge", "ServeConfig", "create_app",
+           "serve"]
 
 
 def __getattr__(name):

@@ -5,7 +5,8 @@ One process serves one :class:`~pybert.text.TextModel` on a Starlette app under 
 - Hugging Face text-embeddings-inference's ``POST /embed`` and OpenAI's
   ``POST /v1/embeddings``; ``POST /fill-mask`` and ``POST /next-sentence`` for models with the
   MLM and NSP heads; ``GET /health``, ``GET /info`` and ``GET /metrics`` (Prometheus).
-- Requests are tokenised off the event loop, then queued; one batcher thread packs the
+- Requests are tokenised off the event loop, then queued; one batcher thread (per device,
+  with ``--devices``: a request goes to the least loaded) packs the
   sequences of as many queued requests as fit a token budget (waiting at most
   ``max_wait_ms`` for more once it has some) into one engine call and hands each request its
   rows. A full queue answers 503 with Retry-After instead of growing without bound; a client
@@ -27,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .batcher import Batcher
+from .batcher import Batcher, BatcherPool
 from .config import ServeConfig
 from .http import ClientGone, HTTPError, check_api_key, error_body
 from .metrics import Metrics
@@ -64,10 +65,13 @@ def _endpoint(path: str, handler, config: ServeConfig, metrics: Metrics):
     return endpoint
 
 
-def create_app(model, config: ServeConfig | None = None) -> Starlette:
-    """The Starlette app serving ``model`` (a TextModel); ``app.state.batcher`` is its batcher."""
+def create_app(model, config: ServeConfig | None = None, replicas=()) -> Starlette:
+    """The Starlette app serving ``model`` (a TextModel); ``app.state.batcher`` is its batcher.
+    ``replicas``: more TextModels of the same checkpoint on other devices, each with its own
+    batcher (a BatcherPool spreads the requests by queue depth)."""
     config = config or ServeConfig()
-    batcher = Batcher(model, config)
+    batchers = [Batcher(m, config) for m in (model, *replicas)]
+    batcher = batchers[0] if len(batchers) == 1 else BatcherPool(batchers)
     metrics = Metrics(lambda: batcher.queued_sequences)
     batcher.observe_batch = metrics.observe_batch
     routes = Routes(model, config, batcher, metrics)
@@ -118,8 +122,9 @@ def _raise_open_file_limit(wanted: int) -> None:
 
 
 def serve(model, host: str = "127.0.0.1", port: int = 8080, config: ServeConfig | None = None,
-          log_level: str = "info") -> None:
-    """Run the server until SIGTERM or Ctrl-C; requests in flight are finished first."""
+          log_level: str = "info", replicas=()) -> None:
+    """Run the server until SIGTERM or Ctrl-C; requests in flight are finished first.
+    ``replicas``: the same model on more devices (see create_app)."""
     import uvicorn
 
     config = config or ServeConfig()
@@ -129,7 +134,7 @@ def serve(model, host: str = "127.0.0.1", port: int = 8080, config: ServeConfig 
     _raise_open_file_limit(config.max_connections)
     # uvicorn closes idle kept-alive connections after idle_timeout_s and answers 503 beyond
     # max_connections; a request's body must keep arriving (body_timeout_s, read_json).
-    uvicorn.run(create_app(model, config), host=host, port=port, log_level=log_level,
+    uvicorn.run(create_app(model, config, replicas), host=host, port=port, log_level=log_level,
                 timeout_graceful_shutdown=60, access_log=False,
                 timeout_keep_alive=config.idle_timeout_s,
                 limit_concurrency=config.max_connections)

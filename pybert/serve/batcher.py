@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .config import ServeConfig
 
-__all__ = ["Batcher", "QueueFull", "RequestTooLarge", "TASKS"]
+__all__ = ["Batcher", "BatcherPool", "QueueFull", "RequestTooLarge", "TASKS"]
 
 
 class QueueFull(Exception):
@@ -71,6 +71,12 @@ class Batcher:
         self._stopping = False
         self.queued_sequences = 0
         self._thread = threading.Thread(target=self._run, name="pybert-batcher", daemon=True)
+
+    replicas = 1  # engines behind this batcher (a BatcherPool has several)
+
+    @property
+    def devices(self) -> list[str]:
+        return [str(self.model.engine.device)] if hasattr(self.model, "engine") else []
 
     def start(self) -> None:
         self._thread.start()
@@ -156,3 +162,57 @@ class Batcher:
             error = None
         for job, result in zip(jobs, results):
             job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+
+
+class BatcherPool:
+    """One batcher per engine, each on its own device (``pybert serve --devices
+    cuda:0,cuda:1``), behind Batcher's interface: a request goes to the batcher with the fewest
+    queued sequences, ties taken in turn, so that devices that are all idle or all equally
+    busy share the requests; each batcher then packs its own queue into its engine's calls."""
+
+    def __init__(self, batchers: list[Batcher]):
+        if not batchers:
+            raise ValueError("a BatcherPool needs at least one batcher")
+        self.batchers = list(batchers)
+        self._turn = 0
+        self._lock = threading.Lock()
+
+    @property
+    def replicas(self) -> int:
+        return len(self.batchers)
+
+    @property
+    def devices(self) -> list[str]:
+        return [device for batcher in self.batchers for device in batcher.devices]
+
+    @property
+    def queued_sequences(self) -> int:
+        return sum(batcher.queued_sequences for batcher in self.batchers)
+
+    @property
+    def observe_batch(self):
+        return self.batchers[0].observe_batch
+
+    @observe_batch.setter
+    def observe_batch(self, fn) -> None:
+        for batcher in self.batchers:
+            batcher.observe_batch = fn
+
+    def start(self) -> None:
+        for batcher in self.batchers:
+            batcher.start()
+
+    def stop(self) -> None:
+        for batcher in self.batchers:
+            batcher.stop()
+
+    def submit(self, encoded: list, loop: asyncio.AbstractEventLoop, task: str = "embed",
+               options: dict | None = None) -> asyncio.Future:
+        """Batcher.submit on the least loaded batcher (the one with the most room: if it is
+        full, all are)."""
+        with self._lock:
+            turn = self._turn
+            self._turn = (turn + 1) % len(self.batchers)
+        order = self.batchers[turn:] + self.batchers[:turn]
+        chosen = min(order, key=lambda batcher: batcher.queued_sequences)
+        return chosen.submit(encoded, loop, task, options)

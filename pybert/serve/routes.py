@@ -152,8 +152,11 @@ class Routes:
         return dimensions, prompt_name, side.lower()
 
     async def warm_up(self) -> None:
-        """One batch through tokenizer, batcher and engine, then ``ready``."""
-        await self.batched(None, await self.tokenised(["warm up"], truncate=True))
+        """One batch through tokenizer, batcher and each engine, then ``ready`` (the batches
+        of a pool of idle batchers go to each in turn)."""
+        encoded = await self.tokenised(["warm up"], truncate=True)
+        for _ in range(self.batcher.replicas):
+            await self.batched(None, encoded)
         self.ready = True
 
     # -- the routes ------------------------------------------------------------------------
@@ -314,7 +317,8 @@ class Routes:
             "prompts": self.model.prompts,
             "labels": list(self.model.classifier.labels) if self.model.classifier else None,
             "has_mlm": engine.has_mlm, "has_nsp": engine.has_nsp,
-            "device": str(engine.device), "dtype": str(engine.dtype).replace("torch.", ""),
+            "device": str(engine.device), "devices": self.batcher.devices,
+            "dtype": str(engine.dtype).replace("torch.", ""),
             "quantize": engine.quantize,
             "cpu_plan": engine.cpu_plan.summary() if engine.cpu_plan is not None else None,
             "max_batch_tokens": config.batch_tokens, "max_client_batch_size": config.max_inputs,

@@ -295,3 +295,73 @@ def test_the_batcher_drops_the_work_of_clients_that_left():
 
     asyncio.run(scenario())
     assert calls == [1, 1]  # the cancelled request's two sequences never ran
+
+
+def test_a_pool_sends_requests_to_the_least_loaded_batcher():
+    """`--devices`: one batcher per engine; a request goes to the batcher with the fewest
+    queued sequences, ties in turn, and each answers with its own engine's rows."""
+    import asyncio
+
+    from pybert.serve import Batcher, BatcherPool, ServeConfig
+
+    busy = threading.Event()
+
+    class Engine:
+        def __init__(self, value, wait=None):
+            self.value, self.wait, self.calls = value, wait, 0
+
+        def run_tasks(self, requests):
+            self.calls += 1
+            if self.wait is not None:
+                self.wait.wait(10)
+            return [torch.full((len(encoded), 2), self.value) for _, encoded, *_ in requests]
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        config = ServeConfig(batch_tokens=2, max_wait_ms=0)
+        first, second = Engine(1.0, wait=busy), Engine(2.0)
+        pool = BatcherPool([Batcher(first, config), Batcher(second, config)])
+        assert pool.replicas == 2
+        pool.start()
+        # Ties go in turn: the first request to batcher 0 (which then blocks), the next to 1.
+        blocked = pool.submit([([1, 2], [0, 0])], loop)
+        await asyncio.sleep(0.1)
+        assert (await pool.submit([([1], [0])], loop))[0, 0] == 2.0
+        # Batcher 0 is busy but its queue is empty: queue depth alone decides, so fill it.
+        queued = pool.submit([([1, 2], [0, 0])], loop)  # turn 0: queued behind the blocked call
+        await asyncio.sleep(0.1)
+        answers = [await pool.submit([([3], [0])], loop) for _ in range(3)]
+        assert all(a[0, 0] == 2.0 for a in answers)  # the loaded batcher is skipped
+        busy.set()
+        assert (await blocked)[0, 0] == 1.0 and (await queued)[0, 0] == 1.0
+        await loop.run_in_executor(None, pool.stop)
+        return first.calls, second.calls
+
+    assert asyncio.run(scenario()) == (2, 4)
+
+
+def test_serving_on_two_devices(text_checkpoint, model):
+    """`pybert serve --devices cpu,cpu`: two engines behind one server, /info lists them, and
+    concurrent clients get the answers one engine gives."""
+    server = Server(text_checkpoint, "--devices", "cpu,cpu")
+    try:
+        status, info, _ = request(server, "GET", "/info")
+        assert status == 200 and info["devices"] == ["cpu", "cpu"]
+        texts = [f"the {w} of a list" for w in ("sort", "copy", "index", "count")]
+        results = {}
+
+        def client(i):
+            results[i] = request(server, "POST", "/embed", {"inputs": texts[i:i + 2]})
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for i in range(3):
+            status, vectors, _ = results[i]
+            assert status == 200
+            expected = torch.from_numpy(model.encode(texts[i:i + 2]))
+            assert rel_l2(torch.tensor(vectors), expected) <= 1e-6
+    finally:
+        server.stop()
