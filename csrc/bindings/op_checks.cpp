@@ -82,16 +82,17 @@ Activation check_gated_activation(const at::Tensor& x, int64_t activation) {
 }
 
 void check_add_layernorm(const at::Tensor& x, const std::optional<at::Tensor>& residual,
-                         const at::Tensor& weight, const at::Tensor& bias, double eps) {
+                         const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                         double eps) {
   const auto device = x.device();
   const auto dtype = x.scalar_type();
   check_tensor(x, "x", dtype, 2, device);
   check_tensor(weight, "weight", dtype, 1, device);
-  check_tensor(bias, "bias", dtype, 1, device);
+  if (bias.has_value()) check_tensor(*bias, "bias", dtype, 1, device);
   TORCH_CHECK(x.size(1) >= 1, "x must have rows of at least one value, got shape ", x.sizes());
-  TORCH_CHECK(weight.size(0) == x.size(1) && bias.size(0) == x.size(1),
+  TORCH_CHECK(weight.size(0) == x.size(1) && (!bias.has_value() || bias->size(0) == x.size(1)),
               "weight and bias must have ", x.size(1), " entries, got ", weight.size(0),
-              " and ", bias.size(0));
+              " and ", bias.has_value() ? bias->size(0) : 0);
   TORCH_CHECK(std::isfinite(eps) && eps >= 0.0, "eps must be finite and >= 0, got ", eps);
   if (residual.has_value()) {
     check_tensor(*residual, "residual", dtype, 2, device);

@@ -17,6 +17,7 @@
   m.impl("gemm_bias_act", &ns::gemm_bias_act);       \
   m.impl("embed_packed", &ns::embed_packed);         \
   m.impl("add_layernorm", &ns::add_layernorm);       \
+  m.impl("add_residual_layernorm", &ns::add_residual_layernorm); \
   m.impl("attention_varlen", &ns::attention_varlen); \
   m.impl("rotary_qk", &ns::rotary_qk);               \
   m.impl("gated_activation", &ns::gated_activation); \
@@ -44,7 +45,8 @@ EmbedArgs check_embed_packed(const at::Tensor& tokens, const at::Tensor& segment
                              const at::Tensor& pos_table);
 
 void check_add_layernorm(const at::Tensor& x, const std::optional<at::Tensor>& residual,
-                         const at::Tensor& weight, const at::Tensor& bias, double eps);
+                         const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                         double eps);
 
 // Returns the head dim.
 int64_t check_rotary_qk(const at::Tensor& qkv, const at::Tensor& cu_seqlens, int64_t num_heads,

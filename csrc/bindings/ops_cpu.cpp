@@ -2,6 +2,8 @@
 // validated host copies of their index arguments.
 #include <torch/library.h>
 
+#include <tuple>
+
 #include "kernels/cpu/kernels.h"
 #include "op_checks.h"
 
@@ -53,15 +55,33 @@ at::Tensor embed_packed(const at::Tensor& tokens, const at::Tensor& segments,
 }
 
 at::Tensor add_layernorm(const at::Tensor& x, const std::optional<at::Tensor>& residual,
-                         const at::Tensor& weight, const at::Tensor& bias, double eps) {
+                         const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                         double eps) {
   check_add_layernorm(x, residual, weight, bias, eps);
   at::Tensor out = at::empty_like(x);
   dispatch_cpu_scalar(x.scalar_type(), "add_layernorm", [&](auto tag) {
     using T = decltype(tag);
-    cpu::add_layernorm(ptr<T>(x), ptr_or_null<T>(residual), ptr<T>(weight), ptr<T>(bias),
-                       ptr<T>(out), x.size(0), x.size(1), static_cast<float>(eps));
+    cpu::add_layernorm(ptr<T>(x), ptr_or_null<T>(residual), ptr<T>(weight),
+                       ptr_or_null<T>(bias), ptr<T>(out), x.size(0), x.size(1),
+                       static_cast<float>(eps));
   });
   return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> add_residual_layernorm(const at::Tensor& delta,
+                                                          const at::Tensor& x,
+                                                          const at::Tensor& weight,
+                                                          const std::optional<at::Tensor>& bias,
+                                                          double eps) {
+  check_add_layernorm(x, delta, weight, bias, eps);
+  at::Tensor sum = x.clone(), normed = at::empty_like(x);
+  dispatch_cpu_scalar(x.scalar_type(), "add_residual_layernorm", [&](auto tag) {
+    using T = decltype(tag);
+    cpu::add_residual_layernorm(ptr<T>(delta), ptr<T>(sum), ptr<T>(weight),
+                                ptr_or_null<T>(bias), ptr<T>(normed), x.size(0), x.size(1),
+                                static_cast<float>(eps));
+  });
+  return {sum, normed};
 }
 
 // own_kernel: the batched-GEMM attention for float sequences of up to 512 tokens (where this

@@ -4,6 +4,8 @@
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
+#include <tuple>
+
 #include <memory>
 #include <mutex>
 #include <unordered_map>
@@ -69,17 +71,35 @@ at::Tensor embed_packed(const at::Tensor& tokens, const at::Tensor& segments,
 }
 
 at::Tensor add_layernorm(const at::Tensor& x, const std::optional<at::Tensor>& residual,
-                         const at::Tensor& weight, const at::Tensor& bias, double eps) {
+                         const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                         double eps) {
   check_add_layernorm(x, residual, weight, bias, eps);
   const c10::DeviceGuard guard(x.device());
   at::Tensor out = at::empty_like(x);
   dispatch_cuda_scalar(x.scalar_type(), "add_layernorm", [&](auto tag) {
     using T = decltype(tag);
-    cuda::add_layernorm(ptr<T>(x), ptr_or_null<T>(residual), ptr<T>(weight), ptr<T>(bias),
-                        ptr<T>(out), x.size(0), x.size(1), static_cast<float>(eps),
-                        current_cuda_stream(x.device()));
+    cuda::add_layernorm(ptr<T>(x), ptr_or_null<T>(residual), ptr<T>(weight),
+                        ptr_or_null<T>(bias), ptr<T>(out), x.size(0), x.size(1),
+                        static_cast<float>(eps), current_cuda_stream(x.device()));
   });
   return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> add_residual_layernorm(const at::Tensor& delta,
+                                                          const at::Tensor& x,
+                                                          const at::Tensor& weight,
+                                                          const std::optional<at::Tensor>& bias,
+                                                          double eps) {
+  check_add_layernorm(x, delta, weight, bias, eps);
+  const c10::DeviceGuard guard(x.device());
+  at::Tensor sum = x.clone(), normed = at::empty_like(x);
+  dispatch_cuda_scalar(x.scalar_type(), "add_residual_layernorm", [&](auto tag) {
+    using T = decltype(tag);
+    cuda::add_residual_layernorm(ptr<T>(delta), ptr<T>(sum), ptr<T>(weight),
+                                 ptr_or_null<T>(bias), ptr<T>(normed), x.size(0), x.size(1),
+                                 static_cast<float>(eps), current_cuda_stream(x.device()));
+  });
+  return {sum, normed};
 }
 
 // The kernel the engine would pick (torch's FlashAttention-2 or memory-efficient kernel where

@@ -7,8 +7,11 @@ TORCH_LIBRARY(pybert, m) {
   m.def("gemm_bias_act(Tensor a, Tensor weight, Tensor? bias, int activation) -> Tensor");
   m.def("embed_packed(Tensor tokens, Tensor segments, Tensor cu_seqlens, int total_tokens, "
         "Tensor token_table, Tensor segment_table, Tensor pos_table) -> Tensor");
-  m.def("add_layernorm(Tensor x, Tensor? residual, Tensor weight, Tensor bias, float eps) "
+  m.def("add_layernorm(Tensor x, Tensor? residual, Tensor weight, Tensor? bias, float eps) "
         "-> Tensor");
+  // A pre-norm residual step: (x + delta, LayerNorm(x + delta)), the inputs left as they are.
+  m.def("add_residual_layernorm(Tensor delta, Tensor x, Tensor weight, Tensor? bias, "
+        "float eps) -> (Tensor, Tensor)");
   // own_kernel: kernels/cuda's attention even where the engine calls torch's (tests, benchmarks).
   // window > 0: keys with |i - j| <= window only (a sliding window).
   m.def("attention_varlen(Tensor qkv, Tensor cu_seqlens, int max_seqlen, int num_heads, "

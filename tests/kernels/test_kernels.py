@@ -80,6 +80,25 @@ def test_add_layernorm(target, hidden, with_residual):
     assert rel_l2(out, ref) <= BOUNDS[target[1]]
 
 
+@pytest.mark.parametrize("hidden", [96, 768, 1000])
+def test_layernorm_without_bias_and_the_pre_norm_residual(target, hidden):
+    """A LayerNorm without bias (ModernBERT's), and the pre-norm step: x + delta kept, then
+    its LayerNorm (which reads the sum as stored, rounded to the type)."""
+    x = rand(21, hidden, target=target, scale=2.0, shift=1.0)
+    delta = rand(21, hidden, target=target)
+    weight = rand(hidden, target=target, scale=0.1, shift=1.0)
+    out = ops.add_layernorm(x, None, weight, None, 1e-5)
+    ref = F.layer_norm(x.double(), (hidden,), weight.double(), None, 1e-5)
+    assert rel_l2(out, ref) <= BOUNDS[target[1]]
+    for bias in (None, rand(hidden, target=target)):
+        total, normed = ops.add_residual_layernorm(delta, x, weight, bias, 1e-5)
+        expected = x.double() + delta.double()
+        assert rel_l2(total, expected) <= BOUNDS[target[1]]
+        ref = F.layer_norm(total.double(), (hidden,), weight.double(),
+                           None if bias is None else bias.double(), 1e-5)
+        assert rel_l2(normed, ref) <= BOUNDS[target[1]]
+
+
 def test_add_layernorm_of_unaligned_rows(target):
     """Rows that do not start on a 16-byte boundary (a view one element into its storage) take
     the kernel that needs no alignment, with the same result."""
