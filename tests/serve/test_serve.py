@@ -370,5 +370,6 @@ def test_serving_on_two_devices(text_checkpoint, model):
 def test_a_bad_device_list_is_refused(text_checkpoint):
     result = subprocess.run([sys.executable, "-m", "pybert", "serve", "--model",
                              str(text_checkpoint), "--devices", "cpu,,cpu"],
-                            capture_output=True, text=True, timeout=120)
+                            cwd=text_checkpoint.parent, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 2 and "--devices must list" in result.stderr
