@@ -63,22 +63,6 @@ class Classifier:
     score_activation: str
     pooling: str = "cls"
 
-    def logits(self, packed: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
-        """(B, labels) float32 logits from packed encodings (rows of sequence b from
-        cu_seqlens[b] on)."""
-        cu = cu_seqlens.to(packed.device).long()
-        if self.pooling == "mean":
-            lengths = cu[1:] - cu[:-1]
-            owner = torch.repeat_interleave(torch.arange(len(lengths), device=packed.device),
-                                            lengths)
-            rows = packed[:int(cu[-1])].float()
-            pooled = torch.zeros((len(lengths), packed.shape[1]), device=packed.device)
-            pooled.index_add_(0, owner, rows)
-            pooled /= lengths.clamp(min=1)[:, None].float()
-        else:
-            pooled = packed[cu[:-1]]
-        return self.head(pooled)
-
 
 def score(logits: torch.Tensor, activation: str) -> torch.Tensor:
     """A classifier's scores from its (N, labels) logits."""

@@ -115,22 +115,26 @@ def _pool(packed: torch.Tensor, cu_seqlens: torch.Tensor, pooling: str, normaliz
     """From packed encodings (total_tokens, H): (B, D) pooled vectors, through ``dense`` (a
     LinearHead) if given, cut to their first ``dimensions`` values if given, then L2-normalised
     if ``normalize``; or a list of (len_b, H) per-token encodings. float32 on the CPU."""
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
     if pooling == "tokens":
+        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
         return list(packed.float().cpu().split(lengths))
-    starts = cu_seqlens[:-1].to(packed.device)
+    return _after_pooling(_pooled(packed, cu_seqlens, pooling), normalize, dense, dimensions)
+
+
+def _pooled(packed: torch.Tensor, cu_seqlens: torch.Tensor, pooling: str) -> torch.Tensor:
+    """(B, H) float32 on the encodings' device: each sequence's first row ("cls") or the mean
+    of its rows ("mean")."""
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
     if pooling == "cls":
-        pooled = packed[starts].float()
-    else:
-        # Summed in float64: float32 sums of large finite encodings (~3e37) would overflow
-        # where their mean does not.
-        owner = torch.repeat_interleave(torch.arange(len(lengths), device=packed.device),
-                                        torch.tensor(lengths, device=packed.device))
-        sums = torch.zeros((len(lengths), packed.shape[1]), device=packed.device,
-                           dtype=torch.float64).index_add_(0, owner, packed.double())
-        lengths = torch.tensor(lengths, device=packed.device, dtype=torch.float64)
-        pooled = (sums / lengths[:, None]).float()
-    return _after_pooling(pooled, normalize, dense, dimensions)
+        return packed[cu_seqlens[:-1].to(packed.device)].float()
+    # Summed in float64: float32 sums of large finite encodings (~3e37) would overflow where
+    # their mean does not.
+    owner = torch.repeat_interleave(torch.arange(len(lengths), device=packed.device),
+                                    torch.tensor(lengths, device=packed.device))
+    sums = torch.zeros((len(lengths), packed.shape[1]), device=packed.device,
+                       dtype=torch.float64).index_add_(0, owner, packed.double())
+    lengths = torch.tensor(lengths, device=packed.device, dtype=torch.float64)
+    return (sums / lengths[:, None]).float()
 
 
 def _after_pooling(pooled: torch.Tensor, normalize: bool, dense=None,
@@ -566,7 +570,8 @@ class TextModel:
     def classify_encodings(self, packed: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
         """(B, labels) float32 logits on the CPU of the classifier on each sequence's first
         token (or the mean of its tokens, as the classifier pools), from packed encodings."""
-        return self._need_classifier().logits(packed, cu_seqlens).cpu()
+        classifier = self._need_classifier()
+        return classifier.head(_pooled(packed, cu_seqlens, classifier.pooling)).cpu()
 
     def classify(self, texts, raw_scores: bool = False, truncation: str = "warn",
                  batch_tokens: int = 16384, truncation_side: str | None = None) -> np.ndarray:

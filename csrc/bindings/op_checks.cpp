@@ -56,8 +56,8 @@ EmbedArgs check_embed_packed(const at::Tensor& tokens, const at::Tensor& segment
   return args;
 }
 
-int64_t check_rotary_qk(const at::Tensor& qkv, const at::Tensor& cu_seqlens, int64_t num_heads,
-                        const at::Tensor& cos, const at::Tensor& sin) {
+AttentionArgs check_rotary_qk(const at::Tensor& qkv, const at::Tensor& cu_seqlens,
+                              int64_t num_heads, const at::Tensor& cos, const at::Tensor& sin) {
   check_tensor(qkv, "qkv", qkv.scalar_type(), 2, qkv.device());
   check_tensor(cos, "cos", qkv.scalar_type(), 2, qkv.device());
   check_tensor(sin, "sin", qkv.scalar_type(), 2, qkv.device());
@@ -65,14 +65,16 @@ int64_t check_rotary_qk(const at::Tensor& qkv, const at::Tensor& cu_seqlens, int
   TORCH_CHECK(num_heads >= 1 && qkv.size(1) % (6 * num_heads) == 0 && qkv.size(1) > 0,
               "qkv width ", qkv.size(1), " must be 3 * num_heads * head_dim with an even "
               "head_dim, num_heads = ", num_heads);
-  const int64_t head_dim = qkv.size(1) / (3 * num_heads);
-  const HostSeqlens seqlens = checked_seqlens(cu_seqlens, qkv.size(0));
-  TORCH_CHECK(cos.sizes() == sin.sizes() && cos.size(1) == head_dim / 2 &&
-                  cos.size(0) >= seqlens.longest,
+  AttentionArgs args;
+  args.head_dim = qkv.size(1) / (3 * num_heads);
+  args.seqlens = checked_seqlens(cu_seqlens, qkv.size(0));
+  args.batch = args.seqlens.batch;
+  TORCH_CHECK(cos.sizes() == sin.sizes() && cos.size(1) == args.head_dim / 2 &&
+                  cos.size(0) >= args.seqlens.longest,
               "cos and sin must be (>= the longest sequence, head_dim / 2) = (>= ",
-              seqlens.longest, ", ", head_dim / 2, "), got ", cos.sizes(), " and ",
+              args.seqlens.longest, ", ", args.head_dim / 2, "), got ", cos.sizes(), " and ",
               sin.sizes());
-  return head_dim;
+  return args;
 }
 
 Activation check_gated_activation(const at::Tensor& x, int64_t activation) {

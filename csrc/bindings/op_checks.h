@@ -48,9 +48,6 @@ void check_add_layernorm(const at::Tensor& x, const std::optional<at::Tensor>& r
                          const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                          double eps);
 
-// Returns the head dim.
-int64_t check_rotary_qk(const at::Tensor& qkv, const at::Tensor& cu_seqlens, int64_t num_heads,
-                        const at::Tensor& cos, const at::Tensor& sin);
 Activation check_gated_activation(const at::Tensor& x, int64_t activation);
 
 struct AttentionArgs {
@@ -59,6 +56,9 @@ struct AttentionArgs {
 };
 AttentionArgs check_attention_varlen(const at::Tensor& qkv, const at::Tensor& cu_seqlens,
                                      int64_t max_seqlen, int64_t num_heads, int64_t window);
+// The same arguments of packed QKV rows for rotary_qk, with its cos and sin tables.
+AttentionArgs check_rotary_qk(const at::Tensor& qkv, const at::Tensor& cu_seqlens,
+                              int64_t num_heads, const at::Tensor& cos, const at::Tensor& sin);
 
 struct GatherArgs {
   int64_t batch, num_positions;

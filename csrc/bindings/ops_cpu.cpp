@@ -104,12 +104,12 @@ at::Tensor attention_varlen(const at::Tensor& qkv, const at::Tensor& cu_seqlens,
 
 at::Tensor rotary_qk(const at::Tensor& qkv, const at::Tensor& cu_seqlens, int64_t num_heads,
                      const at::Tensor& cos, const at::Tensor& sin) {
-  const int64_t head_dim = check_rotary_qk(qkv, cu_seqlens, num_heads, cos, sin);
+  const AttentionArgs args = check_rotary_qk(qkv, cu_seqlens, num_heads, cos, sin);
   at::Tensor out = qkv.clone();
   dispatch_cpu_scalar(qkv.scalar_type(), "rotary_qk", [&](auto tag) {
     using T = decltype(tag);
-    cpu::rotary_qk(ptr<T>(out), cu_seqlens.data_ptr<int32_t>(), cu_seqlens.size(0) - 1,
-                   num_heads, head_dim, ptr<T>(cos), ptr<T>(sin));
+    cpu::rotary_qk(ptr<T>(out), args.seqlens.cu_seqlens.data_ptr<int32_t>(), args.batch,
+                   num_heads, args.head_dim, ptr<T>(cos), ptr<T>(sin));
   });
   return out;
 }

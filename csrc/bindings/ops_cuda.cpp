@@ -4,10 +4,9 @@
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
-#include <tuple>
-
 #include <memory>
 #include <mutex>
+#include <tuple>
 #include <unordered_map>
 
 #include "cuda_dispatch.h"
@@ -142,13 +141,13 @@ at::Tensor attention_varlen(const at::Tensor& qkv, const at::Tensor& cu_seqlens,
 
 at::Tensor rotary_qk(const at::Tensor& qkv, const at::Tensor& cu_seqlens, int64_t num_heads,
                      const at::Tensor& cos, const at::Tensor& sin) {
-  const int64_t head_dim = check_rotary_qk(qkv, cu_seqlens, num_heads, cos, sin);
+  const AttentionArgs args = check_rotary_qk(qkv, cu_seqlens, num_heads, cos, sin);
   const c10::DeviceGuard guard(qkv.device());
   at::Tensor out = qkv.clone();
   dispatch_cuda_scalar(qkv.scalar_type(), "rotary_qk", [&](auto tag) {
     using T = decltype(tag);
-    cuda::rotary_qk(ptr<T>(out), cu_seqlens.data_ptr<int32_t>(), cu_seqlens.size(0) - 1,
-                    qkv.size(0), num_heads, head_dim, ptr<T>(cos), ptr<T>(sin),
+    cuda::rotary_qk(ptr<T>(out), cu_seqlens.data_ptr<int32_t>(), args.batch, qkv.size(0),
+                    num_heads, args.head_dim, ptr<T>(cos), ptr<T>(sin),
                     current_cuda_stream(qkv.device()));
   });
   return out;

@@ -45,7 +45,7 @@ from ..config import BertConfig
 from ..engine.weights import LAYER, SwapHalves, WeightMap
 from .files import CheckpointError
 
-__all__ = ["Architecture", "ARCHITECTURES", "architecture_of"]
+__all__ = ["Architecture", "ARCHITECTURES", "architecture_of", "hf_activation"]
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,13 @@ class Architecture:
 ZERO_TOKEN_TYPES = "pybert:zero_token_types"
 
 
-def _need(hf: dict, name: str, where: Path):
-    if name not in hf:
-        raise CheckpointError(f"{where}: config.json has no {name}")
-    return hf[name]
+def _need(hf: dict, name: str, where: Path, *spellings: str):
+    """The config's value of ``name``, or of the first of its other ``spellings`` it has (a
+    family's old and new key names)."""
+    for key in (name, *spellings):
+        if key in hf:
+            return hf[key]
+    raise CheckpointError(f"{where}: config.json has no {' or '.join((name, *spellings))}")
 
 
 def _activation(hf: dict, key: str, where: Path, default: str = "gelu") -> str:
@@ -274,7 +277,7 @@ ELECTRA = Architecture(
 # ---------------------------------------------------------------------------------------------
 # Modern encoders: rotary positions, gated FFNs, pre-norm, windowed attention, absent biases.
 
-def _hf_activation(name, where: Path, key: str) -> str:
+def hf_activation(name, where: Path, key: str) -> str:
     """A Hugging Face activation name as the engine's: the exact GELU or SiLU."""
     if name in ("gelu", "silu", "relu"):
         return name
@@ -305,14 +308,6 @@ def _rope_theta(params, where: Path, key: str) -> float:
         raise CheckpointError(f"{where}: rotary scaling {str(kind)[:40]!r} ({key}) is not served "
                               "(the default rotary embedding and dynamic NTK are)")
     return _theta(params.get("rope_theta"), where, f"{key}.rope_theta")
-
-
-def _first(hf: dict, where: Path, *names):
-    """The value of the first of ``names`` the config has (a family's old and new spellings)."""
-    for name in names:
-        if name in hf:
-            return hf[name]
-    raise CheckpointError(f"{where}: config.json has no {' or '.join(names)}")
 
 
 def _check_head_dim(hf: dict, where: Path, hidden, heads) -> None:
@@ -360,8 +355,8 @@ def _modernbert_config(hf: dict, where: Path) -> BertConfig:
         global_base = _theta(hf.get("global_rope_theta", 160000.0), where, "global_rope_theta")
         local_base = _theta(hf.get("local_rope_theta") or global_base, where,
                             "local_rope_theta")
-    act = _hf_activation(hf.get("hidden_activation", "gelu"), where, "hidden_activation")
-    head_act = _hf_activation(hf.get("classifier_activation", "gelu"), where,
+    act = hf_activation(hf.get("hidden_activation", "gelu"), where, "hidden_activation")
+    head_act = hf_activation(hf.get("classifier_activation", "gelu"), where,
                               "classifier_activation")
     return _config(where, vocab_size=_need(hf, "vocab_size", where), num_hiddens=hidden,
                    ffn_num_hiddens=_need(hf, "intermediate_size", where), num_heads=heads,
@@ -378,11 +373,11 @@ def _nomic_config(hf: dict, where: Path) -> BertConfig:
     for key, served in (("rotary_emb_fraction", 1.0), ("rotary_emb_interleaved", False),
                         ("prenorm", False), ("rotary_scaling_factor", None),
                         ("use_rms_norm", False)):
-        if key in hf and hf[key] not in (served, None if served is None else served):
+        if key in hf and hf[key] != served:
             raise CheckpointError(f"{where}: {key} {str(hf[key])[:40]} is not served "
                                   f"(only {served})")
-    hidden, heads = _first(hf, where, "hidden_size", "n_embd"), \
-        _first(hf, where, "num_attention_heads", "n_head")
+    hidden, heads = _need(hf, "hidden_size", where, "n_embd"), \
+        _need(hf, "num_attention_heads", where, "n_head")
     _check_head_dim(hf, where, hidden, heads)
     if hf.get("rope_parameters") is not None:
         base = _rope_theta(hf["rope_parameters"], where, "rope_parameters")
@@ -390,20 +385,20 @@ def _nomic_config(hf: dict, where: Path) -> BertConfig:
         base = _theta(hf.get("rotary_emb_base", 1000.0), where, "rotary_emb_base")
     if "activation_function" in hf:
         gated = {"swiglu": "silu", "geglu": "gelu"}
-        act = gated.get(hf["activation_function"])
+        name = hf["activation_function"]
+        act = gated.get(name) if isinstance(name, str) else None
         if act is None:
             raise CheckpointError(f"{where}: activation_function "
-                                  f"{str(hf['activation_function'])[:40]!r} is not served "
+                                  f"{str(name)[:40]!r} is not served "
                                   "(swiglu, geglu)")
     else:
-        act = _hf_activation(hf.get("hidden_act", "silu"), where, "hidden_act")
+        act = hf_activation(hf.get("hidden_act", "silu"), where, "hidden_act")
     return _config(where, vocab_size=_need(hf, "vocab_size", where), num_hiddens=hidden,
-                   ffn_num_hiddens=_first(hf, where, "intermediate_size", "n_inner"),
-                   num_heads=heads, num_layers=_first(hf, where, "num_hidden_layers", "n_layer"),
-                   max_len=_first(hf, where, "max_position_embeddings", "n_positions"),
+                   ffn_num_hiddens=_need(hf, "intermediate_size", where, "n_inner"),
+                   num_heads=heads, num_layers=_need(hf, "num_hidden_layers", where, "n_layer"),
+                   max_len=_need(hf, "max_position_embeddings", where, "n_positions"),
                    type_vocab_size=hf.get("type_vocab_size", 2),
-                   layer_norm_eps=_first(hf, where, "layer_norm_eps", "layer_norm_epsilon")
-                   if ("layer_norm_eps" in hf or "layer_norm_epsilon" in hf) else 1e-12,
+                   layer_norm_eps=hf.get("layer_norm_eps", hf.get("layer_norm_epsilon", 1e-12)),
                    ffn_activation=act, mlm_activation=act, embedding_layer_norm=True,
                    ffn_gated=True, rotary_base=base)
 
@@ -435,7 +430,7 @@ def _gte_config(hf: dict, where: Path) -> BertConfig:
                    max_len=_need(hf, "max_position_embeddings", where),
                    type_vocab_size=types if isinstance(types, int) and types > 0 else 1,
                    layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-                   ffn_activation=_hf_activation(hf.get("hidden_act", "gelu"), where,
+                   ffn_activation=hf_activation(hf.get("hidden_act", "gelu"), where,
                                                  "hidden_act"),
                    mlm_activation="gelu", embedding_layer_norm=True, ffn_gated=True,
                    rotary_base=base, rotary_ntk_factor=ntk)

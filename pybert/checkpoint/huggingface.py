@@ -17,7 +17,8 @@ import torch
 
 from ..config import BertConfig
 from ..engine.weights import WeightsError, pack_weights
-from .architectures import BERT, ZERO_TOKEN_TYPES, Architecture, architecture_of
+from .architectures import (BERT, ZERO_TOKEN_TYPES, Architecture, architecture_of,
+                            hf_activation)
 from .contents import Checkpoint, ClassifierSpec, HuggingFaceTokenizerSpec, LinearLayer
 from .files import (MAX_TOKENIZER_BYTES, MAX_VOCAB_BYTES, SAFETENSORS_DTYPES, CheckpointError,
                     SafetensorsHeader, read_json, read_json_of, read_text)
@@ -129,12 +130,7 @@ def _classifier(hf: dict, architecture: Architecture, state: dict, where: Path,
     norm_after, norm_module = architecture.classifier_norm or (None, None)
     for module, activation in architecture.classifier:
         if activation.startswith("@"):  # named by the config
-            key = activation[1:]
-            name = hf.get(key, "gelu")
-            activation = {"swish": "silu"}.get(name, name)
-            if activation not in ("gelu", "relu", "tanh", "silu"):
-                raise CheckpointError(f"{where}: {key} {str(name)[:40]!r} is not served "
-                                      "(gelu, relu, tanh, silu)")
+            activation = hf_activation(hf.get(activation[1:], "gelu"), where, activation[1:])
         weight, bias = state.get(f"{module}.weight"), state.get(f"{module}.bias")
         if weight is None:
             raise CheckpointError(f"{where}: config.json names a sequence classifier but the "

@@ -71,13 +71,16 @@ at::Tensor call_for_tensor(const c10::OperatorHandle& op, torch::jit::Stack stac
   return stack.at(0).toTensor();
 }
 
-void apply_activation(at::Tensor& t, Activation act) {
+// out = act(in) by torch's vectorised kernels; `in` may be `out` (in place).
+void apply_activation(at::Tensor& out, const at::Tensor& in, Activation act) {
   switch (act) {
-    case Activation::kNone: break;
-    case Activation::kReLU: t.relu_(); break;
-    case Activation::kTanh: t.tanh_(); break;
-    case Activation::kGELU: at::gelu_(t); break;
-    case Activation::kSiLU: at::silu_(t); break;
+    case Activation::kNone:
+      if (!out.is_same(in)) out.copy_(in);
+      break;
+    case Activation::kReLU: at::relu_out(out, in); break;
+    case Activation::kTanh: at::tanh_out(out, in); break;
+    case Activation::kGELU: at::gelu_out(out, in); break;  // the exact (erf) form
+    case Activation::kSiLU: at::silu_out(out, in); break;
   }
 }
 
@@ -277,7 +280,7 @@ void int8_gemm(const float* a, const PreparedWeight& prepared, float* out, int64
                       prepared.bias.defined() ? prepared.bias.data_ptr<float>() : nullptr, out,
                       m, n);
   at::Tensor out_t = wrap(out, {m, n});
-  apply_activation(out_t, act);
+  apply_activation(out_t, out_t, act);
 }
 
 }  // namespace
@@ -298,7 +301,7 @@ void gemm_bias_act(const T* a, const T* weight, const T* bias, const PreparedWei
         if (bias != nullptr) out_t.copy_(wrap(bias, {1, n}).expand({m, n}));
         packed_sgemm(a, prepared->mkl_packed.data_ptr(), out, m, n, k,
                      bias != nullptr ? 1.0f : 0.0f);
-        apply_activation(out_t, act);
+        apply_activation(out_t, out_t, act);
         return;
       }
       break;
@@ -321,7 +324,7 @@ void gemm_bias_act(const T* a, const T* weight, const T* bias, const PreparedWei
   } else {
     at::mm_out(out_t, a_t, w_t.t());
   }
-  apply_activation(out_t, act);
+  apply_activation(out_t, out_t, act);
 }
 
 namespace {
@@ -633,15 +636,8 @@ void gated_activation(const T* in, T* out, int64_t rows, int64_t width, Activati
   const at::TensorOptions options = options_of<T>();
   const at::Tensor both = at::from_blob(const_cast<T*>(in), {rows, 2 * width}, options);
   at::Tensor y = at::from_blob(out, {rows, width}, options);
-  const at::Tensor a = both.narrow(1, 0, width), g = both.narrow(1, width, width);
-  switch (act) {
-    case Activation::kNone: y.copy_(a); break;
-    case Activation::kReLU: at::relu_out(y, a); break;
-    case Activation::kTanh: at::tanh_out(y, a); break;
-    case Activation::kGELU: at::gelu_out(y, a); break;  // exact (erf) form
-    case Activation::kSiLU: at::silu_out(y, a); break;
-  }
-  y.mul_(g);
+  apply_activation(y, both.narrow(1, 0, width), act);
+  y.mul_(both.narrow(1, width, width));
 }
 
 double time_attention(bool batched, int64_t batch, int64_t length, int64_t num_heads,

@@ -129,10 +129,10 @@ void gated_activation(const T* in, T* out, int64_t rows, int64_t width, Activati
 // with window > 0 only those with |t - j| <= window (a sliding window, ModernBERT's local
 // layers): sequences longer than window + 1 then go to attention_windowed, which computes the
 // band and skips the rest. Float sequences of up to batched_max_length tokens go to
-// attention_batched where this process has it; bfloat16, longer sequences and the rest go to torch's flash attention
-// (AMX/AVX512-BF16 tiles for bfloat16). Which is faster depends on the CPU, so
-// pybert.engine.cpu_plan measures it (on AVX-512, batched was 1.2-2x faster than flash in
-// float up to 384 tokens and as fast at 512: benchmarks/RESULTS.md). batched_max_length is
+// attention_batched where this process has it; bfloat16, longer sequences and the rest go to
+// torch's flash attention (AMX/AVX512-BF16 tiles for bfloat16). Which is faster depends on
+// the CPU, so pybert.engine.cpu_plan measures it (on AVX-512, batched was 1.2-2x faster than
+// flash in float up to 384 tokens and as fast at 512: benchmarks/RESULTS.md). batched_max_length is
 // capped at kBatchedAttentionMaxLength: attention_batched holds a sequence's whole L x L
 // scores per head (1 MB at 512 tokens, BERT's longest); flash's tiles suit longer ones.
 constexpr int64_t kBatchedAttentionMaxLength = 512;

@@ -1,20 +1,9 @@
-// Rotary positions on Q and K of packed QKV rows, and a gated FFN's act(a) * g: the CUDA twins
-// of kernels/cpu/rotary.cpp (same contracts, see cpu::rotary_qk and cpu::gated_activation).
+// Rotary positions on Q and K of packed QKV rows: the CUDA twin of kernels/cpu/rotary.cpp
+// (cpu::rotary_qk's contract).
 #include "common.cuh"
 
 namespace pybert::cuda {
 namespace {
-
-__device__ __forceinline__ float activate(float v, Activation act) {
-  switch (act) {
-    case Activation::kNone: return v;
-    case Activation::kReLU: return fmaxf(v, 0.0f);
-    case Activation::kTanh: return tanhf(v);
-    case Activation::kGELU: return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
-    case Activation::kSiLU: return v / (1.0f + expf(-v));
-  }
-  return v;
-}
 
 // One block per packed row; thread i of the row's 2 * num_heads * (d / 2) pairs rotates
 // (x[i], x[i + d/2]) of one head's Q or K vector.
@@ -37,18 +26,6 @@ __global__ void rotary_qk_kernel(T* qkv, const int32_t* cu_seqlens, int batch, i
   }
 }
 
-template <typename T>
-__global__ void gated_activation_kernel(const T* in, T* out, int64_t rows, int64_t width,
-                                        Activation act) {
-  const int64_t n = rows * width;
-  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
-       e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = e / width, i = e % width;
-    const T* a = in + r * 2 * width;
-    out[e] = from_float<T>(activate(to_float(a[i]), act) * to_float(a[width + i]));
-  }
-}
-
 }  // namespace
 
 template <typename T>
@@ -61,21 +38,9 @@ void rotary_qk(T* qkv, const int32_t* cu_seqlens, int64_t batch, int64_t total_t
   check_launch("rotary_qk");
 }
 
-template <typename T>
-void gated_activation(const T* in, T* out, int64_t rows, int64_t width, Activation act,
-                      cudaStream_t stream) {
-  const int64_t n = rows * width;
-  if (n == 0) return;
-  const int64_t blocks = (n + 255) / 256 < 65535 ? (n + 255) / 256 : 65535;
-  gated_activation_kernel<T><<<blocks, 256, 0, stream>>>(in, out, rows, width, act);
-  check_launch("gated_activation");
-}
-
 #define PYBERT_INSTANTIATE(T)                                                                \
   template void rotary_qk<T>(T*, const int32_t*, int64_t, int64_t, int64_t, int64_t,        \
-                             const T*, const T*, cudaStream_t);                              \
-  template void gated_activation<T>(const T*, T*, int64_t, int64_t, Activation,             \
-                                    cudaStream_t);
+                             const T*, const T*, cudaStream_t);
 PYBERT_INSTANTIATE(float)
 PYBERT_INSTANTIATE(__half)
 PYBERT_INSTANTIATE(__nv_bfloat16)
