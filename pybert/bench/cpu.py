@@ -15,8 +15,9 @@ all on the same Hugging Face checkpoint (random weights, saved once) except the 
   has bf16 instructions; int8 is ``quantize="int8"``)
 
 Every contender runs with the same number of intra-op threads (torch.set_num_threads and ORT's
-intra_op_num_threads; ORT's inter-op pool at 1), timed in two passes, in order and in
-reverse (``time_interleaved``), so that a noisy spell of a shared machine costs each alike.
+intra_op_num_threads; ORT's inter-op pool at 1), timed in rounds, in order and in reverse
+(``time_interleaved``), so that a noisy spell of a shared machine costs each alike; each ratio
+is the median of its rounds' ratios.
 Peers whose package is not installed are skipped and said so.
 """
 
@@ -36,7 +37,8 @@ from ..engine.cpu_plan import ALL_ROWS
 from ..text import TextModel
 
 __all__ = ["CPU_WORKLOADS", "CpuWorkload", "int8_accuracy", "run_cpu_benchmark",
-           "run_cpu_texts_benchmark", "time_interleaved", "wikitext_sentences"]
+           "median_seconds", "round_ratios", "run_cpu_texts_benchmark", "time_interleaved",
+           "wikitext_sentences"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,25 +64,41 @@ CPU_WORKLOADS = (
 )
 
 
-def time_interleaved(runs: dict, repeats: int, warmup: int = 2) -> dict:
-    """Median seconds of each of ``runs`` (label -> fn) over ``repeats`` calls, made in two
-    passes: the contenders in order, then in reverse, each time a block of calls after
-    ``warmup`` untimed ones. Blocks, because thread pools spin a while after their work
-    (ONNX Runtime's, OpenMP's) and would slow a contender that follows call by call; two
-    orders, because a shared machine drifts, and a contender timed only early or only late
-    would be judged on its spell."""
-    times = {label: [] for label in runs}
-    first = (repeats + 1) // 2
-    for order, count in ((list(runs), first), (list(runs)[::-1], repeats - first)):
-        for label in order:
+def time_interleaved(runs: dict, repeats: int, warmup: int = 2, rounds: int = 2) -> dict:
+    """Seconds of each of ``runs`` (label -> fn): per label, the median call of each round
+    (``repeats`` calls in all, in ``rounds`` rounds, no more rounds than calls). A round times
+    every contender in turn, a block of calls each after ``warmup`` untimed ones, in order, the
+    next round in reverse. Blocks, because thread pools spin a while after their work (ONNX
+    Runtime's, OpenMP's) and would slow a contender that follows call by call; rounds in
+    alternating order, because a shared machine drifts (on a cloud VM one contender's time
+    moved by a third within minutes, benchmarks/RESULTS.md): a ratio of two contenders taken
+    within a round compares them in the same spell, and its spread over the rounds shows how
+    far the machine moved."""
+    rounds = max(1, min(rounds, repeats))
+    per_round = {label: [] for label in runs}
+    for r in range(rounds):
+        count = repeats // rounds + (1 if r < repeats % rounds else 0)
+        for label in list(runs) if r % 2 == 0 else list(runs)[::-1]:
             fn = runs[label]
-            for _ in range(warmup if count else 0):
+            for _ in range(warmup):
                 fn()
+            calls = []
             for _ in range(count):
                 start = time.perf_counter()
                 fn()
-                times[label].append(time.perf_counter() - start)
-    return {label: statistics.median(values) for label, values in times.items()}
+                calls.append(time.perf_counter() - start)
+            per_round[label].append(statistics.median(calls))
+    return per_round
+
+
+def median_seconds(per_round: dict) -> dict:
+    """label -> the median of its rounds (time_interleaved's result as one number each)."""
+    return {label: statistics.median(values) for label, values in per_round.items()}
+
+
+def round_ratios(per_round: dict, ours: str, theirs: str) -> list[float]:
+    """ours / theirs in each round of time_interleaved's result."""
+    return [a / b for a, b in zip(per_round[ours], per_round[theirs])]
 
 
 def _inputs(workload: CpuWorkload, vocab_size: int, seed: int = 0):
@@ -267,15 +285,19 @@ def describe_plan(plan) -> str:
 
 
 def run_cpu_benchmark(workloads=CPU_WORKLOADS, repeats: int = 10, compile_peer: bool = True,
-                      ort_peer: bool = True, threads: int | None = None) -> list[dict]:
-    """Times every contender on every workload; prints a table per workload and returns one
-    dict per workload: {"workload", "<contender>_ms", ..., ratios}."""
+                      ort_peer: bool = True, threads: int | None = None,
+                      rounds: int = 2) -> list[dict]:
+    """Times every contender on every workload (``repeats`` calls each, in ``rounds`` rounds:
+    see time_interleaved); prints a table per workload and returns one dict per workload:
+    {"workload", "<contender>_ms", ..., each ratio (the median of its rounds' ratios), and
+    "<ratio> (rounds)": the ratio in each round}."""
     if threads is not None:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
     # Which pybert runs matters: a script run from a checkout imports an installed copy unless
     # the checkout is on the path (PYTHONPATH=. after an in-place build).
-    print(f"CPU benchmark: {threads} threads, median of {repeats}, torch {torch.__version__}, "
+    print(f"CPU benchmark: {threads} threads, {repeats} calls in {max(1, min(rounds, repeats))} "
+          f"rounds, torch {torch.__version__}, "
           f"pybert from {Path(__file__).resolve().parent}")
     rows, skipped = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -286,24 +308,28 @@ def run_cpu_benchmark(workloads=CPU_WORKLOADS, repeats: int = 10, compile_peer: 
             example = _inputs(workload, _HF_SHAPES[workload.model]["vocab_size"])
             runs = _contenders(workload, folder, example, threads, compile_peer, ort_peer,
                                skipped)
-            ms = {label: seconds * 1e3
-                  for label, seconds in time_interleaved(runs, repeats).items()}
+            per_round = time_interleaved(runs, repeats, rounds=rounds)
+            ms = {label: seconds * 1e3 for label, seconds in median_seconds(per_round).items()}
             row = {"workload": workload.name, **{f"{k}_ms": v for k, v in ms.items()}}
-            peers_fp32 = [v for k, v in ms.items() if not k.startswith("pybert")
-                          and k != "ORT int8"]
+            peers_fp32 = [k for k in ms if not k.startswith("pybert") and k != "ORT int8"]
+            best_peer = min(peers_fp32, key=ms.get)
             ratios = {"pybert fp32 / ORT fp32": ("pybert fp32", "ORT fp32"),
                       "pybert bf16 / ORT fp32": ("pybert bf16", "ORT fp32"),
-                      "pybert int8 / ORT int8": ("pybert int8", "ORT int8")}
-            for name, (ours, theirs) in ratios.items():
-                if ours in ms and theirs in ms:
-                    row[name] = ms[ours] / ms[theirs]
-            row["pybert fp32 / best fp32 peer"] = ms["pybert fp32"] / min(peers_fp32)
+                      "pybert int8 / ORT int8": ("pybert int8", "ORT int8"),
+                      "pybert fp32 / best fp32 peer": ("pybert fp32", best_peer)}
             print(f"\n{workload.name}")
             for label, value in ms.items():
                 print(f"  {label:<26} {value:9.2f} ms")
-            for name in list(ratios) + ["pybert fp32 / best fp32 peer"]:
-                if name in row:
-                    print(f"  {name:<30} {row[name]:.2f}")
+            for name, (ours, theirs) in ratios.items():
+                if ours not in ms or theirs not in ms:
+                    continue
+                # The median of the rounds' ratios: each compares the two in the same spell.
+                each = round_ratios(per_round, ours, theirs)
+                row[name] = statistics.median(each)
+                row[f"{name} (rounds)"] = each
+                spread = f"   ({min(each):.2f}-{max(each):.2f} over {len(each)} rounds)" \
+                    if len(each) > 2 else ""
+                print(f"  {name:<30} {row[name]:.2f}{spread}")
             rows.append(row)
     for note in dict.fromkeys(skipped):
         print(f"skipped: {note}")
@@ -417,7 +443,7 @@ def run_cpu_texts_benchmark(model_path, texts: list[str], repeats: int = 3,
             runs[label] = lambda text_model=text_model: text_model.encode(texts)
             bounds[label] = bound
         _check_against_first(runs, bounds)
-        seconds = time_interleaved(runs, repeats, warmup=0)
+        seconds = median_seconds(time_interleaved(runs, repeats, warmup=0))
     rates = {label: len(texts) / value for label, value in seconds.items()}
     print(f"\ntexts in, vectors out: {len(texts)} texts, {model_path.name}, {threads} threads")
     for label, rate in rates.items():

@@ -3,7 +3,8 @@ code path (a tiny workload, so that the benchmark cannot rot unnoticed)."""
 
 import pytest
 
-from pybert.bench.cpu import CpuWorkload, int8_accuracy, run_cpu_benchmark, wikitext_sentences
+from pybert.bench.cpu import (CpuWorkload, int8_accuracy, median_seconds, round_ratios,
+                              run_cpu_benchmark, time_interleaved, wikitext_sentences)
 
 from helpers import WIKITEXT
 
@@ -34,3 +35,28 @@ def test_cpu_benchmark_runs_every_local_contender(capsys):
         assert row[f"{label}_ms"] > 0
     assert row["pybert fp32 / best fp32 peer"] > 0
     assert "pybert fp32" in capsys.readouterr().out
+
+
+def test_time_interleaved_splits_the_calls_into_rounds_of_alternating_order():
+    """Every contender gets `repeats` timed calls in all, spread over the rounds, each block
+    after its warm-up calls; the rounds alternate the order; the result is one median per
+    round, and a ratio is taken round by round."""
+    calls = []
+    runs = {label: (lambda label=label: calls.append(label)) for label in ("a", "b", "c")}
+    per_round = time_interleaved(runs, repeats=7, warmup=1, rounds=3)
+    assert {label: len(values) for label, values in per_round.items()} == {"a": 3, "b": 3,
+                                                                            "c": 3}
+    # 7 timed calls in rounds of 3, 2 and 2, each block after one warm-up call; the second
+    # round in reverse order
+    assert calls == (["a"] * 4 + ["b"] * 4 + ["c"] * 4 + ["c"] * 3 + ["b"] * 3 + ["a"] * 3
+                     + ["a"] * 3 + ["b"] * 3 + ["c"] * 3)
+    assert all(seconds >= 0 for values in per_round.values() for seconds in values)
+    # fewer calls than rounds: one round per call
+    assert len(time_interleaved(runs, repeats=1, warmup=0, rounds=4)["a"]) == 1
+
+
+def test_round_ratios_and_medians_are_taken_per_round():
+    per_round = {"ours": [1.0, 3.0, 2.0], "theirs": [2.0, 2.0, 8.0]}
+    assert round_ratios(per_round, "ours", "theirs") == [0.5, 1.5, 0.25]
+    assert median_seconds(per_round) == {"ours": 2.0, "theirs": 2.0}
+
