@@ -14,7 +14,8 @@ range says how far the machine moved during the run.
 import argparse
 from pathlib import Path
 
-from pybert.bench.cpu import run_cpu_benchmark, run_cpu_texts_benchmark, wikitext_sentences
+from pybert.bench.cpu import (BENCHMARK_ROUNDS, run_cpu_benchmark,
+                              run_cpu_texts_benchmark, wikitext_sentences)
 
 WIKITEXT_TEST = Path(__file__).resolve().parents[2] / "shared/data/wikitext-2/wiki.test.tokens"
 
@@ -34,7 +35,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=12, help="timed calls per contender")
-    parser.add_argument("--rounds", type=int, default=4,
+    parser.add_argument("--rounds", type=int, default=BENCHMARK_ROUNDS,
                         help="rounds the calls are split into (alternating order)")
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads for every contender (default: torch's)")

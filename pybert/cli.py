@@ -249,8 +249,7 @@ def _bench(args, rest) -> int:
         batch, seq_len = args.batch or 8, args.seq_len or 128
         workloads = (CpuWorkload(f"BERT-base, {batch} x {seq_len}", "bert-base", batch,
                                  seq_len),)
-    run_cpu_benchmark(workloads, repeats=args.repeats, compile_peer=not args.no_compile,
-                      rounds=4)
+    run_cpu_benchmark(workloads, repeats=args.repeats, compile_peer=not args.no_compile)
     return 0
 
 

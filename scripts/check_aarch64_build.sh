@@ -31,7 +31,8 @@ import concurrent.futures, json, os, shlex, subprocess, sys
 work, cxx, jobs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 objects = os.path.abspath(os.path.join(work, "objects"))
 os.makedirs(objects, exist_ok=True)
-entries = json.load(open(os.path.join(work, "cmake", "compile_commands.json")))
+with open(os.path.join(work, "cmake", "compile_commands.json")) as commands:
+    entries = json.load(commands)
 
 
 def compile_for_aarch64(entry):
