@@ -58,7 +58,7 @@ def attention_contenders(qkv: torch.Tensor, lengths: list[int]):
     q, k, v = view[:, 0], view[:, 1], view[:, 2]
     runs = {"pybert": lambda: torch.ops.pybert.attention_varlen(qkv, cu, max_len, HEADS),
             "pybert-own-kernel": lambda: torch.ops.pybert.attention_varlen(
-                qkv, cu, max_len, HEADS, own_kernel=True)}
+                qkv, cu, max_len, HEADS, kernel="own")}
     if qkv.dtype != torch.float32:
         runs["fa2-varlen"] = lambda: torch.ops.aten._flash_attention_forward(
             q, k, v, cu, cu, max_len, max_len, 0.0, False, False)[0].view(total, HIDDEN)

@@ -15,18 +15,20 @@ namespace pybert {
 using PreparedWeights = std::unordered_map<const void*, cpu::PreparedWeightPtr>;
 
 // What pybert.engine.cpu_plan measured on this machine: each GEMM weight shape's paths by row
-// count (keyed by (n, k); a shape not listed gets the default) and the longest float sequence
-// the batched attention takes.
+// count (keyed by (n, k); a shape not listed gets the default), the float attention's kernel
+// and the longest sequence it takes (longer ones: torch's flash attention).
 struct CpuPlan {
   std::map<std::pair<int64_t, int64_t>, cpu::GemmChoice> gemm;
-  int64_t attention_batched_max_length = cpu::kBatchedAttentionMaxLength;
+  cpu::AttentionPath attention_kernel = cpu::AttentionPath::kMkl;
+  int64_t attention_max_length = cpu::kAttentionKernelMaxLength;
 };
 
 template <typename T>
 struct CpuBackend {
   using Scalar = T;
   const PreparedWeights* prepared = nullptr;
-  int64_t attention_batched_max_length = cpu::kBatchedAttentionMaxLength;
+  cpu::AttentionPath attention_kernel = cpu::AttentionPath::kMkl;
+  int64_t attention_max_length = cpu::kAttentionKernelMaxLength;
 
   void gemm_bias_act(const T* a, const T* w, const T* bias, T* out, int64_t m, int64_t n,
                      int64_t k, Activation act) {
@@ -59,7 +61,7 @@ struct CpuBackend {
                             int64_t total_tokens, int64_t max_seqlen, int64_t num_heads,
                             int64_t head_dim, int64_t window) {
     cpu::attention_varlen(qkv, cu_seqlens, out, batch, max_seqlen, num_heads, head_dim, window,
-                          attention_batched_max_length);
+                          attention_kernel, attention_max_length);
     return out;
   }
   void gather_rows(const T* packed, const int32_t* cu_seqlens, const int64_t* positions,

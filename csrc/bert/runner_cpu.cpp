@@ -24,7 +24,7 @@ template <typename T>
 bool bert_forward_cpu(const BertConfig& config, const BertWeights<T>& weights,
                       const PreparedWeights& prepared, const CpuPlan& plan,
                       const BatchInputs& inputs, const BatchOutputs<T>& outputs, T* workspace) {
-  CpuBackend<T> backend{&prepared, plan.attention_batched_max_length};
+  CpuBackend<T> backend{&prepared, plan.attention_kernel, plan.attention_max_length};
   // The attention writes the context rows of real tokens only: spare rows (capacity beyond
   // cu_seqlens[batch]) get zeros, so that they stay finite in a reused workspace.
   const WorkspaceLayout layout(config, inputs);

@@ -46,13 +46,19 @@ BertConfig config_from_dict(const py::dict& d) {
 }
 
 // A CPU plan as pybert.engine.cpu_plan writes it: {"gemm": {(n, k): [(max_rows, path), ...]},
-// "attention_batched_max_length": int}, paths as GemmPath's values; None: the defaults.
+// "attention_kernel": path, "attention_max_length": int}, paths as GemmPath's and
+// AttentionPath's values; None: the defaults.
 CpuPlan cpu_plan_from(const py::object& plan) {
   CpuPlan parsed;
   if (plan.is_none()) return parsed;
   const py::dict d = plan.cast<py::dict>();
-  if (d.contains("attention_batched_max_length")) {
-    parsed.attention_batched_max_length = d["attention_batched_max_length"].cast<int64_t>();
+  if (d.contains("attention_kernel")) {
+    const int path = d["attention_kernel"].cast<int>();
+    TORCH_CHECK_VALUE(path >= 0 && path < cpu::kAttentionPaths, "unknown attention path ", path);
+    parsed.attention_kernel = static_cast<cpu::AttentionPath>(path);
+  }
+  if (d.contains("attention_max_length")) {
+    parsed.attention_max_length = d["attention_max_length"].cast<int64_t>();
   }
   if (!d.contains("gemm")) return parsed;
   for (const auto& [shape, choice] : d["gemm"].cast<py::dict>()) {
@@ -147,19 +153,37 @@ PYBIND11_MODULE(_C, m) {
         "seconds of one CPU GEMM by each path for each row count (negative: not available)");
   m.def("cpu_gemm_path_available", &pybert::cpu_gemm_path_available, py::arg("path"),
         py::arg("dtype"), "whether this machine can run a CPU GEMM path in a dtype");
+  py::dict attention_paths;
+  attention_paths["flash"] = static_cast<int>(pybert::cpu::AttentionPath::kFlash);
+  attention_paths["mkl"] = static_cast<int>(pybert::cpu::AttentionPath::kMkl);
+  attention_paths["own"] = static_cast<int>(pybert::cpu::AttentionPath::kOwn);
+  m.attr("CPU_ATTENTION_PATHS") = attention_paths;
+  m.def(
+      "cpu_attention_path_available",
+      [](int path) {
+        TORCH_CHECK_VALUE(path >= 0 && path < pybert::cpu::kAttentionPaths,
+                          "unknown attention path ", path);
+        return pybert::cpu::attention_path_available(
+            static_cast<pybert::cpu::AttentionPath>(path));
+      },
+      py::arg("path"), "whether this machine can run a CPU attention path");
+  m.def("cpu_attention_isa", &pybert::cpu::attention_tiled_isa,
+        "the vectors the own CPU attention kernel runs in: avx512, avx2 or baseline");
   m.def(
       "time_cpu_attention",
-      [](bool batched, int64_t batch, int64_t length, int64_t num_heads, int64_t head_dim,
+      [](int path, int64_t batch, int64_t length, int64_t num_heads, int64_t head_dim,
          int repeats) {
+        TORCH_CHECK_VALUE(path >= 0 && path < pybert::cpu::kAttentionPaths,
+                          "unknown attention path ", path);
         TORCH_CHECK_VALUE(batch >= 1 && length >= 1 && num_heads >= 1 && head_dim >= 1,
                           "attention sizes must be >= 1");
         py::gil_scoped_release release;
-        return pybert::cpu::time_attention(batched, batch, length, num_heads, head_dim,
-                                           repeats);
+        return pybert::cpu::time_attention(static_cast<pybert::cpu::AttentionPath>(path), batch,
+                                           length, num_heads, head_dim, repeats);
       },
-      py::arg("batched"), py::arg("batch"), py::arg("length"), py::arg("num_heads"),
+      py::arg("path"), py::arg("batch"), py::arg("length"), py::arg("num_heads"),
       py::arg("head_dim"), py::arg("repeats") = 3,
-      "seconds of the float CPU attention, batched or by flash (negative: not available)");
+      "seconds of the float CPU attention by one path (negative: not available)");
   m.def("weight_shapes", &pybert::weight_shapes, py::arg("config"),
         "{name: (shape, part)} of the engine's packed weights for a config dict");
   py::class_<Engine>(m, "Engine")

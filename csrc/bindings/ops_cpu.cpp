@@ -84,20 +84,30 @@ std::tuple<at::Tensor, at::Tensor> add_residual_layernorm(const at::Tensor& delt
   return {sum, normed};
 }
 
-// own_kernel: the batched-GEMM attention for float sequences of up to 512 tokens (where this
-// torch has MKL; the engine's choice there); otherwise torch's flash attention (the engine's
-// choice in bfloat16 and beyond 512 tokens).
+cpu::AttentionPath attention_path_named(c10::string_view kernel) {
+  if (kernel == "torch") return cpu::AttentionPath::kFlash;
+  if (kernel == "own") return cpu::AttentionPath::kOwn;
+  TORCH_CHECK(kernel == "mkl", "attention kernel must be \"torch\", \"own\" or \"mkl\", got \"",
+              kernel, "\"");
+  TORCH_CHECK(cpu::attention_path_available(cpu::AttentionPath::kMkl),
+              "attention kernel \"mkl\": this torch has no MKL");
+  return cpu::AttentionPath::kMkl;
+}
+
+// kernel: "own" (the tiled kernel) or "mkl" (MKL's batched sgemm) for float sequences of up to
+// 512 tokens, the rest by torch's flash attention, which "torch" sends every sequence to.
 at::Tensor attention_varlen(const at::Tensor& qkv, const at::Tensor& cu_seqlens,
-                            int64_t max_seqlen, int64_t num_heads, bool own_kernel,
+                            int64_t max_seqlen, int64_t num_heads, c10::string_view kernel,
                             int64_t window) {
   const AttentionArgs args =
       check_attention_varlen(qkv, cu_seqlens, max_seqlen, num_heads, window);
+  const cpu::AttentionPath path = attention_path_named(kernel);
   at::Tensor out = at::empty({qkv.size(0), qkv.size(1) / 3}, qkv.options());
   dispatch_cpu_scalar(qkv.scalar_type(), "attention_varlen", [&](auto tag) {
     using T = decltype(tag);
     cpu::attention_varlen(ptr<T>(qkv), args.seqlens.cu_seqlens.data_ptr<int32_t>(),
                           ptr<T>(out), args.batch, max_seqlen, num_heads, args.head_dim,
-                          window, own_kernel ? cpu::kBatchedAttentionMaxLength : 0);
+                          window, path);
   });
   return out;
 }

@@ -101,13 +101,16 @@ std::tuple<at::Tensor, at::Tensor> add_residual_layernorm(const at::Tensor& delt
   return {sum, normed};
 }
 
-// The kernel the engine would pick (torch's FlashAttention-2 or memory-efficient kernel where
-// they take the shape), or kernels/cuda's own with own_kernel.
+// kernel "torch": the kernel the engine would pick (torch's FlashAttention-2 or memory-efficient
+// kernel where they take the shape); "own": kernels/cuda's.
 at::Tensor attention_varlen(const at::Tensor& qkv, const at::Tensor& cu_seqlens,
-                            int64_t max_seqlen, int64_t num_heads, bool own_kernel,
+                            int64_t max_seqlen, int64_t num_heads, c10::string_view kernel,
                             int64_t window) {
   const AttentionArgs args =
       check_attention_varlen(qkv, cu_seqlens, max_seqlen, num_heads, window);
+  TORCH_CHECK(kernel == "torch" || kernel == "own",
+              "attention kernel must be \"torch\" or \"own\" on CUDA, got \"", kernel, "\"");
+  const bool own_kernel = kernel == "own";
   const c10::DeviceGuard guard(qkv.device());
   const int64_t total_tokens = qkv.size(0), hidden = qkv.size(1) / 3;
   at::Tensor out;

@@ -12,10 +12,14 @@ TORCH_LIBRARY(pybert, m) {
   // A pre-norm residual step: (x + delta, LayerNorm(x + delta)), the inputs left as they are.
   m.def("add_residual_layernorm(Tensor delta, Tensor x, Tensor weight, Tensor? bias, "
         "float eps) -> (Tensor, Tensor)");
-  // own_kernel: kernels/cuda's attention even where the engine calls torch's (tests, benchmarks).
+  // kernel (tests, benchmarks): "torch", the library kernel the engine calls by default
+  // (flash attention on the CPU; on the GPU FlashAttention-2 or the memory-efficient kernel
+  // where they take the shape); "own", pybert's own (kernels/cpu's tiled kernel, kernels/cuda's
+  // attention); on the CPU also "mkl", MKL's batched sgemm. The CPU's own and mkl kernels are
+  // float's, for sequences of up to 512 tokens; bfloat16 and longer sequences take flash.
   // window > 0: keys with |i - j| <= window only (a sliding window).
   m.def("attention_varlen(Tensor qkv, Tensor cu_seqlens, int max_seqlen, int num_heads, "
-        "bool own_kernel=False, int window=0) -> Tensor");
+        "str kernel=\"torch\", int window=0) -> Tensor");
   // Rotary positions on the Q and K thirds of packed QKV rows (a rotated copy); cos and sin
   // are (positions, head_dim / 2).
   m.def("rotary_qk(Tensor qkv, Tensor cu_seqlens, int num_heads, Tensor cos, Tensor sin) "

@@ -274,7 +274,8 @@ def _contenders(workload: CpuWorkload, folder: Path, example, threads: int,
 
 
 def describe_plan(plan) -> str:
-    """A CPU plan in one line: each GEMM shape's paths by row count, the attention's limit."""
+    """A CPU plan in one line: each GEMM shape's paths by row count, the attention's kernel
+    and limit."""
     if plan is None:
         return "no CPU plan"
     shapes = "; ".join(
@@ -283,8 +284,15 @@ def describe_plan(plan) -> str:
         for (n, k), choice in plan.gemm.items())
     return (f"plan {plan.source} ({plan.cpu['model']}, {' '.join(plan.cpu['isa'])}): "
             f"{shapes or ('int8 GEMMs' if plan.dtype == 'int8' else 'default GEMMs')}; "
-            f"float attention batched up to "
-            f"{plan.attention_batched_max_length} tokens")
+            + describe_attention(plan))
+
+
+def describe_attention(plan) -> str:
+    kernel = plan.attention_kernel
+    if kernel == "flash":
+        return "float attention by flash"
+    named = f"own ({plan.cpu['kernel_isa']})" if kernel == "own" else kernel
+    return f"float attention by {named} up to {plan.attention_max_length} tokens, flash beyond"
 
 
 def run_cpu_benchmark(workloads=CPU_WORKLOADS, repeats: int = 10, compile_peer: bool = True,

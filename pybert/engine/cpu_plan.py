@@ -1,6 +1,7 @@
-"""The CPU engine's plan: which library each weight GEMM goes to at each row count, and up to
-which length the float attention runs as batched GEMMs rather than torch's flash attention,
-chosen by timing the candidates on the machine that runs.
+"""The CPU engine's plan: which library each weight GEMM goes to at each row count, which kernel
+runs the float attention (MKL's batched GEMMs or pybert's own tiled kernel) and up to which
+length rather than torch's flash attention, chosen by timing the candidates on the machine that
+runs.
 
 The fastest path is a property of the CPU, not of the library's name: MKL runs AMD processors
 on its AVX2 code (half of what oneDNN gets from the same cores on an EPYC), oneDNN's bfloat16
@@ -17,7 +18,7 @@ whichever is fastest per shape and row count: on a CPU without VNNI (an AVX2 EPY
 GEMM is slower than the float ones at small row counts, and the float path is then both
 faster and exact.
 
-``PYBERT_CPU_GEMM=aten|mkl|onednn|int8`` and ``PYBERT_CPU_ATTENTION=batched|flash`` force a path
+``PYBERT_CPU_GEMM=aten|mkl|onednn|int8`` and ``PYBERT_CPU_ATTENTION=mkl|own|flash`` force a path
 (for tests and bug reports); ``Engine(..., cpu_plan="default")`` (or
 ``PYBERT_CPU_PLAN=default``) takes the built-in defaults without measuring.
 """
@@ -40,10 +41,13 @@ from .. import _C
 from ..config import BertConfig
 
 __all__ = ["CpuPlan", "plan_cpu", "default_plan", "cpu_identity", "GEMM_PATHS", "FLOAT_PATHS",
-           "MEASURED_ROWS", "MEASURED_ROWS_INT8", "MEASURED_LENGTHS", "ALL_ROWS"]
+           "ATTENTION_PATHS", "MEASURED_ROWS", "MEASURED_ROWS_INT8", "MEASURED_LENGTHS",
+           "ALL_ROWS"]
 
 GEMM_PATHS = tuple(_C.CPU_GEMM_PATHS)       # "aten", "mkl", "onednn", "int8"
 FLOAT_PATHS = tuple(p for p in GEMM_PATHS if p != "int8")  # what a float engine may take
+ATTENTION_PATHS = tuple(_C.CPU_ATTENTION_PATHS)  # "flash", "mkl", "own"
+ATTENTION_KERNELS = tuple(p for p in ATTENTION_PATHS if p != "flash")  # short float sequences
 MEASURED_ROWS = (16, 128)                   # a GEMM's row counts timed per weight shape
 # An int8 engine's too, and a large batch's: dynamic quantisation costs a pass over the
 # activations, which larger GEMMs amortise, so int8 may win only there.
@@ -51,16 +55,17 @@ MEASURED_ROWS_INT8 = (16, 128, 512)
 MAX_TIMED_COLUMNS = 4096                    # a wider weight (the MLM decoder) is timed at this n
 MEASURED_LENGTHS = (32, 128, 256)           # sequence lengths timed for the attention
 ATTENTION_BATCH = 2                         # sequences per attention timing
-BATCHED_ATTENTION_MAX = 512                 # kBatchedAttentionMaxLength in kernels/cpu
+ATTENTION_KERNEL_MAX = 512                  # kAttentionKernelMaxLength in kernels/cpu
 REPEATS = 2                                 # timed calls per candidate, after a warm-up
 ALL_ROWS = 2**63 - 1                        # a bucket's max_rows that covers every row count
 
 # (paths, row counts, n, k, dtype) -> seconds per path and row count, negative where a path
-# is not available; and (batched, batch, length, heads, head_dim) -> seconds; and
-# (path, dtype) -> whether this machine has the path. Tests pass fakes.
+# is not available; and (attention path, batch, length, heads, head_dim) -> seconds, negative
+# where the path is not available; and (path, dtype) -> whether this machine has the GEMM path.
+# Tests pass fakes.
 GemmTimer = Callable[[tuple, tuple, int, int, str], list]
 PathCheck = Callable[[str, str], bool]
-AttentionTimer = Callable[[bool, int, int, int, int], float]
+AttentionTimer = Callable[[str, int, int, int, int], float]
 
 
 def _time_gemm(paths: tuple, rows: tuple, n: int, k: int, dtype: str) -> list:
@@ -72,46 +77,57 @@ def _path_available(path: str, dtype: str) -> bool:
     return _C.cpu_gemm_path_available(_C.CPU_GEMM_PATHS[path], dtype)
 
 
-def _time_attention(batched: bool, batch: int, length: int, heads: int, head_dim: int) -> float:
-    return _C.time_cpu_attention(batched, batch, length, heads, head_dim, REPEATS)
+def _attention_available(path: str) -> bool:
+    return _C.cpu_attention_path_available(_C.CPU_ATTENTION_PATHS[path])
+
+
+def _time_attention(path: str, batch: int, length: int, heads: int, head_dim: int) -> float:
+    return _C.time_cpu_attention(_C.CPU_ATTENTION_PATHS[path], batch, length, heads, head_dim,
+                                 REPEATS)
 
 
 @dataclass
 class CpuPlan:
     """What an engine on this CPU uses: ``gemm`` maps each weight shape (n, k) to its paths by
     row count, ``[(max_rows, path), ...]`` (the last entry covers every larger count);
-    ``attention_batched_max_length`` is the longest float sequence the batched attention
-    takes (0: every one goes to flash). ``source``: "measured", "cached", "forced" or
-    "default"."""
+    ``attention_kernel`` ("mkl" or "own") takes the float sequences of up to
+    ``attention_max_length`` tokens, torch's flash attention the rest ("flash" and 0: every
+    one). ``source``: "measured", "cached", "forced" or "default"."""
 
     cpu: dict
     dtype: str
     gemm: dict = field(default_factory=dict)
-    attention_batched_max_length: int = BATCHED_ATTENTION_MAX
+    attention_kernel: str = "mkl"
+    attention_max_length: int = ATTENTION_KERNEL_MAX
     source: str = "default"
 
     def native(self) -> dict:
-        """The plan as pybert._C.Engine takes it (paths as GemmPath's values)."""
+        """The plan as pybert._C.Engine takes it (paths as GemmPath's and AttentionPath's
+        values)."""
         return {"gemm": {tuple(shape): [(int(rows), _C.CPU_GEMM_PATHS[path])
                                         for rows, path in choice]
                          for shape, choice in self.gemm.items()},
-                "attention_batched_max_length": int(self.attention_batched_max_length)}
+                "attention_kernel": _C.CPU_ATTENTION_PATHS[self.attention_kernel],
+                "attention_max_length": int(self.attention_max_length)}
 
     def summary(self) -> dict:
-        """JSON-ready: the CPU seen, the path per shape and row bucket, the attention limit."""
+        """JSON-ready: the CPU seen, the path per shape and row bucket, the attention's."""
         return {"cpu": self.cpu, "dtype": self.dtype, "source": self.source,
                 "gemm": {f"{n}x{k}": [[rows if rows < ALL_ROWS else "more", path]
                                       for rows, path in choice]
                          for (n, k), choice in self.gemm.items()},
-                "attention_batched_max_length": self.attention_batched_max_length}
+                "attention": {"kernel": self.attention_kernel,
+                              "max_length": self.attention_max_length}}
 
 
 def cpu_identity() -> dict:
     """The CPU as a plan's cache key sees it: its model name, its ISA flags (those that decide
-    a GEMM's speed), torch's version and the threads an engine runs on."""
+    a GEMM's speed), the vectors the own attention kernel runs in, torch's version and the
+    threads an engine runs on."""
     model, isa = _cpu_model_and_isa()
     return {"model": model, "isa": list(isa), "machine": platform.machine(),
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+            "kernel_isa": _C.cpu_attention_isa(), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
 
 
 @functools.lru_cache(maxsize=1)
@@ -179,17 +195,25 @@ def choose_gemm(n: int, k: int, dtype: str, paths, timer: GemmTimer,
 
 
 def choose_attention(heads: int, head_dim: int, timer: AttentionTimer,
-                     lengths=MEASURED_LENGTHS) -> int:
-    """The longest float sequence to batch: batched wins up to the first measured length
-    where flash is faster (the limit falls between the two), BATCHED_ATTENTION_MAX if it
-    wins at every length, 0 if it loses at the first."""
+                     lengths=MEASURED_LENGTHS) -> tuple[str, int]:
+    """(kernel, max_length): of the kernels this process has ("mkl", "own"), the one with the
+    smaller geometric mean time over the measured lengths; it takes the sequences up to the
+    first measured length where flash is faster (the limit falls between the two), every one
+    up to ATTENTION_KERNEL_MAX if it wins at every length; ("flash", 0) if it loses at the
+    first."""
+    def times(path):
+        return [timer(path, ATTENTION_BATCH, length, heads, head_dim) for length in lengths]
+    kernels = {path: seconds for path in ATTENTION_KERNELS
+               if min(seconds := times(path)) > 0}
+    if not kernels:
+        return "flash", 0
+    kernel = min(kernels, key=lambda path: sum(math.log(t) for t in kernels[path]))
+    flash = times("flash")
     limits = _bucket_limits(lengths)
-    for i, length in enumerate(lengths):
-        batched = timer(True, ATTENTION_BATCH, length, heads, head_dim)
-        flash = timer(False, ATTENTION_BATCH, length, heads, head_dim)
-        if batched < 0 or batched > flash:
-            return 0 if i == 0 else limits[i - 1]
-    return BATCHED_ATTENTION_MAX
+    for i, seconds in enumerate(kernels[kernel]):
+        if flash[i] > 0 and seconds > flash[i]:
+            return ("flash", 0) if i == 0 else (kernel, limits[i - 1])
+    return kernel, ATTENTION_KERNEL_MAX
 
 
 class _PlanCache:
@@ -249,6 +273,15 @@ class _PlanCache:
 CACHE = _PlanCache()
 
 
+def _is_attention_choice(value) -> bool:
+    """Whether a cached value is an attention choice [kernel, max_length] (anything else, an
+    older or damaged cache, is measured again)."""
+    return isinstance(value, list) and len(value) == 2 and (
+        value[0] in ATTENTION_KERNELS and isinstance(value[1], int)
+        and not isinstance(value[1], bool) and 0 < value[1] <= ATTENTION_KERNEL_MAX
+        or value == ["flash", 0])
+
+
 def _is_choice(value) -> bool:
     """Whether a cached value is a GEMM choice ([(max_rows, path), ...]); anything else (an
     older or damaged cache) is measured again."""
@@ -268,8 +301,10 @@ def _forced(name: str, allowed) -> str | None:
 
 def default_plan(dtype: str) -> CpuPlan:
     """The built-in choice, measured on an AVX-512/AMX Xeon: prepacked weights up to 256 rows
-    (MKL in float, oneDNN in bfloat16), ATen beyond; float attention batched up to 512."""
-    return CpuPlan(cpu_identity(), dtype)
+    (MKL in float, oneDNN in bfloat16), ATen beyond; float attention by MKL's batched GEMMs
+    up to 512 tokens (by the own kernel where this torch has no MKL)."""
+    kernel = "mkl" if _attention_available("mkl") else "own"
+    return CpuPlan(cpu_identity(), dtype, attention_kernel=kernel)
 
 
 def plan_cpu(config: BertConfig, dtype: torch.dtype, int8: bool = False,
@@ -283,7 +318,7 @@ def plan_cpu(config: BertConfig, dtype: torch.dtype, int8: bool = False,
     cpu = cpu_identity()
     plan = CpuPlan(cpu, "int8" if int8 else name, source="cached")
     forced_gemm = _forced("PYBERT_CPU_GEMM", GEMM_PATHS)
-    forced_attention = _forced("PYBERT_CPU_ATTENTION", ("batched", "flash"))
+    forced_attention = _forced("PYBERT_CPU_ATTENTION", ATTENTION_PATHS)
     gemm_timer = gemm_timer or _time_gemm
     attention_timer = attention_timer or _time_attention
     available = [p for p in (GEMM_PATHS if int8 else FLOAT_PATHS)
@@ -304,19 +339,21 @@ def plan_cpu(config: BertConfig, dtype: torch.dtype, int8: bool = False,
             measured = True
         plan.gemm[(n, k)] = [(int(limit), str(path)) for limit, path in choice]
     if name != "float32":
-        plan.attention_batched_max_length = 0  # bfloat16 attention is flash's
+        choice = ["flash", 0]  # bfloat16 attention is flash's
     elif forced_attention is not None:
-        plan.attention_batched_max_length = BATCHED_ATTENTION_MAX \
-            if forced_attention == "batched" else 0
+        if not _attention_available(forced_attention):
+            raise ValueError(f"PYBERT_CPU_ATTENTION={forced_attention}: that kernel is not "
+                             "available on this machine")
+        choice = ["flash", 0] if forced_attention == "flash" else \
+            [forced_attention, ATTENTION_KERNEL_MAX]
     else:
         key = json.dumps(["attention", cpu, config.num_heads, config.head_dim])
-        limit = CACHE.get(key)
-        if isinstance(limit, bool) or not isinstance(limit, int) or \
-                not 0 <= limit <= BATCHED_ATTENTION_MAX:
-            limit = choose_attention(config.num_heads, config.head_dim, attention_timer)
-            CACHE.put(key, limit)
+        choice = CACHE.get(key)
+        if not _is_attention_choice(choice):
+            choice = list(choose_attention(config.num_heads, config.head_dim, attention_timer))
+            CACHE.put(key, choice)
             measured = True
-        plan.attention_batched_max_length = int(limit)
+    plan.attention_kernel, plan.attention_max_length = str(choice[0]), int(choice[1])
     plan.source = "forced" if forced_gemm or forced_attention else \
         "measured" if measured else "cached"
     return plan

@@ -30,12 +30,14 @@ def own_cache(tmp_path, monkeypatch):
     cpu_plan.CACHE.clear_memory()
 
 
-def forced_plan(dtype: str, gemm: str, batched_max_length: int) -> CpuPlan:
-    """Every weight shape of CONFIG on `gemm` at every row count."""
+def forced_plan(dtype: str, gemm: str, attention: str) -> CpuPlan:
+    """Every weight shape of CONFIG on `gemm` at every row count, every sequence's attention
+    on `attention`."""
     shapes = cpu_plan.gemm_shapes(CONFIG)
     return CpuPlan(cpu_plan.cpu_identity(), dtype,
                    gemm={shape: [(ALL_ROWS, gemm)] for shape in shapes},
-                   attention_batched_max_length=batched_max_length, source="forced")
+                   attention_kernel=attention,
+                   attention_max_length=0 if attention == "flash" else 512, source="forced")
 
 
 AVAILABLE_FP32 = [p for p in cpu_plan.FLOAT_PATHS if _C.cpu_gemm_path_available(
@@ -43,14 +45,17 @@ AVAILABLE_FP32 = [p for p in cpu_plan.FLOAT_PATHS if _C.cpu_gemm_path_available(
 AVAILABLE_BF16 = [p for p in cpu_plan.FLOAT_PATHS if _C.cpu_gemm_path_available(
     _C.CPU_GEMM_PATHS[p], "bfloat16")]
 INT8_AVAILABLE = _C.cpu_gemm_path_available(_C.CPU_GEMM_PATHS["int8"], "float32")
+MKL_ATTENTION = _C.cpu_attention_path_available(_C.CPU_ATTENTION_PATHS["mkl"])
 
 
 @pytest.mark.parametrize("gemm", cpu_plan.FLOAT_PATHS)
-@pytest.mark.parametrize("attention", [0, 512], ids=["flash", "batched"])
+@pytest.mark.parametrize("attention", cpu_plan.ATTENTION_PATHS)
 @pytest.mark.parametrize("rows", [3, 60, 300])
 def test_every_fp32_path_gives_the_float64_results(gemm, attention, rows):
     if gemm not in AVAILABLE_FP32:
         pytest.skip(f"{gemm} is not available in float32 on this machine")
+    if attention == "mkl" and not MKL_ATTENTION:
+        pytest.skip("this torch has no MKL")
     net = random_model(CONFIG, seed=rows)
     engine = pybert.Engine.from_model(net, cpu_plan=forced_plan("float32", gemm, attention))
     batch = max(3, -(-rows // 60))
@@ -75,7 +80,7 @@ def test_an_int8_engine_runs_every_path(gemm):
     tokens, segments, valid_lens, pred = random_batch(CONFIG, 4, 30, seed=11)
     ref = reference_forward(net, tokens, segments, valid_lens, pred)
     engine = pybert.Engine.from_model(net, quantize="int8",
-                                      cpu_plan=forced_plan("int8", gemm, 512))
+                                      cpu_plan=forced_plan("int8", gemm, "own"))
     encoded, _, _ = engine(tokens, segments, valid_lens, pred)
     mask = valid_mask(valid_lens, 4, 30)
     bound = INT8_ENCODING_BOUND if gemm == "int8" else FP32_BOUND
@@ -114,7 +119,7 @@ def test_every_bf16_path_stays_within_the_bf16_bound(gemm):
         pytest.skip(f"{gemm} is not available in bfloat16 on this machine")
     net = random_model(CONFIG, seed=2)
     engine = pybert.Engine.from_model(net, dtype=torch.bfloat16,
-                                      cpu_plan=forced_plan("bfloat16", gemm, 0))
+                                      cpu_plan=forced_plan("bfloat16", gemm, "flash"))
     tokens, segments, valid_lens, pred = random_batch(CONFIG, 4, 30, seed=2)
     encoded, mlm, _ = engine(tokens, segments, valid_lens, pred)
     ref_encoded, ref_mlm, _ = reference_forward(net, tokens, segments, valid_lens, pred)
@@ -155,13 +160,33 @@ def test_an_absent_path_is_skipped_not_an_error():
 
 
 def test_the_attention_limit_falls_where_flash_starts_winning():
-    def timer(batch_wins_up_to):
-        return lambda batched, batch, length, heads, d: \
-            (1.0 if length <= batch_wins_up_to else 3.0) if batched else 2.0
-    assert choose_attention(4, 32, timer(10_000)) == 512
-    assert choose_attention(4, 32, timer(128)) == 181  # between 128 (won) and 256 (lost)
-    assert choose_attention(4, 32, timer(0)) == 0
-    assert choose_attention(4, 32, lambda batched, *rest: -1.0 if batched else 1.0) == 0
+    def timer(kernel_wins_up_to):
+        return lambda path, batch, length, heads, d: \
+            2.0 if path == "flash" else (1.0 if length <= kernel_wins_up_to else 3.0)
+    assert choose_attention(4, 32, timer(10_000))[1] == 512
+    assert choose_attention(4, 32, timer(128))[1] == 181  # between 128 (won) and 256 (lost)
+    assert choose_attention(4, 32, timer(0)) == ("flash", 0)
+
+
+def test_the_attention_kernel_is_the_faster_of_those_present():
+    """Of MKL's batched GEMMs and the own kernel, the faster over the measured lengths (each
+    length counting alike, not the longest most); an absent MKL is skipped."""
+    def timer(mkl_factor):
+        def seconds(path, batch, length, heads, d):
+            base = length * length * 1e-9
+            return {"flash": 10 * base, "own": base, "mkl": mkl_factor * base}[path]
+        return seconds
+    assert choose_attention(4, 32, timer(0.5)) == ("mkl", 512)
+    assert choose_attention(4, 32, timer(2.0)) == ("own", 512)
+    # MKL faster at 256 tokens by more than it loses at 32 and 128 in seconds, not in ratio.
+    lopsided = lambda path, batch, length, heads, d: \
+        {"flash": 1.0, "own": 0.1 if length < 256 else 0.5,
+         "mkl": 0.3 if length < 256 else 0.2}[path]
+    assert choose_attention(4, 32, lopsided) == ("own", 512)
+    absent = lambda path, *rest: -1.0 if path == "mkl" else (1.0 if path == "own" else 2.0)
+    assert choose_attention(4, 32, absent) == ("own", 512)
+    nothing = lambda path, *rest: 1.0 if path == "flash" else -1.0
+    assert choose_attention(4, 32, nothing) == ("flash", 0)
 
 
 def test_a_plan_is_measured_once_then_cached_in_the_process_and_on_disk(tmp_path):
@@ -196,10 +221,19 @@ def test_forcing_by_environment(monkeypatch):
     monkeypatch.setenv("PYBERT_CPU_ATTENTION", "flash")
     engine = pybert.Engine.from_model(random_model(CONFIG))
     plan = engine.cpu_plan
-    assert plan.source == "forced" and plan.attention_batched_max_length == 0
+    assert plan.source == "forced" and plan.attention_kernel == "flash"
+    assert plan.attention_max_length == 0
     assert {path for choice in plan.gemm.values() for _, path in choice} == {"aten"}
     summary = plan.summary()
     assert summary["cpu"]["threads"] == torch.get_num_threads() and summary["gemm"]
+    monkeypatch.setenv("PYBERT_CPU_ATTENTION", "own")
+    plan = pybert.Engine.from_model(random_model(CONFIG)).cpu_plan
+    assert (plan.attention_kernel, plan.attention_max_length) == ("own", 512)
+    assert plan.summary()["attention"] == {"kernel": "own", "max_length": 512}
+    monkeypatch.setenv("PYBERT_CPU_ATTENTION", "batched")
+    with pytest.raises(ValueError, match="PYBERT_CPU_ATTENTION='batched'"):
+        pybert.Engine.from_model(random_model(CONFIG))
+    monkeypatch.setenv("PYBERT_CPU_ATTENTION", "flash")
     monkeypatch.setenv("PYBERT_CPU_GEMM", "fortran")
     with pytest.raises(ValueError, match="PYBERT_CPU_GEMM='fortran'"):
         pybert.Engine.from_model(random_model(CONFIG))

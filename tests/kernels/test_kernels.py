@@ -2,13 +2,18 @@
 the CPU kernels in fp32 and bf16, and (marked cuda, skipped without a GPU) the CUDA kernels
 in fp32, fp16 and bf16."""
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import pybert  # noqa: F401  (registers the ops)
+from pybert import _C
 
 from pybert.engine.ops import ACTIVATIONS
 
@@ -29,6 +34,21 @@ TARGETS = [
 
 @pytest.fixture(params=TARGETS)
 def target(request):
+    return request.param
+
+
+# The attention's kernels: "torch" (flash attention on the CPU; FlashAttention-2 or the
+# memory-efficient kernel on the GPU), "own" (kernels/cpu's tiled kernel, kernels/cuda's
+# attention) and, on the CPU where torch has MKL, "mkl" (its batched sgemm). The CPU's own and
+# mkl kernels are float's: in bf16 they hand every sequence to flash.
+ATTENTION_KERNELS = ["torch", "own", "mkl"]
+MKL_ATTENTION = _C.cpu_attention_path_available(_C.CPU_ATTENTION_PATHS["mkl"])
+
+
+@pytest.fixture(params=ATTENTION_KERNELS)
+def attention_kernel(request, target):
+    if request.param == "mkl" and (target[0] != "cpu" or not MKL_ATTENTION):
+        pytest.skip("MKL's attention: CPU only, where torch has MKL")
     return request.param
 
 
@@ -147,17 +167,15 @@ def reference_attention(qkv, lengths, num_heads, window=0):
 
 # head dims: 8, 32, 64 and 192 (the book's example); 40 (a multiple of 8, not of 16) and 256 at
 # the edges of FlashAttention-2's and our tensor-core kernel's range; 20 on our CUDA-core
-# kernel in fp16/bf16 (the memory-efficient kernel's in fp32). own_kernel runs our CUDA kernels
-# where the engine would call torch's; on the CPU it runs the batched-GEMM attention (fp32: the
-# engine's choice), and without it torch's flash attention runs (bf16: the engine's choice).
+# kernel in fp16/bf16 (the memory-efficient kernel's in fp32). Lengths: 1, 17 and 130 (across
+# the CPU kernel's 64-query blocks and its register tiles of 4-8 rows and 16-32 columns).
 @pytest.mark.parametrize("num_heads,head_dim", [(4, 8), (3, 32), (2, 64), (4, 192), (2, 40),
                                                 (1, 256), (1, 20)])
 @pytest.mark.parametrize("max_len", [1, 17, 130])
-@pytest.mark.parametrize("own_kernel", [False, True], ids=["engine-choice", "own-kernel"])
-def test_attention_varlen(target, num_heads, head_dim, max_len, own_kernel):
+def test_attention_varlen(target, num_heads, head_dim, max_len, attention_kernel):
     cu, lengths = random_cu_seqlens(5, max_len, seed=max_len + head_dim, device=target[0])
     qkv = rand(int(cu[-1]), 3 * num_heads * head_dim, target=target)
-    out = ops.attention_varlen(qkv, cu, max_len, num_heads, own_kernel=own_kernel)
+    out = ops.attention_varlen(qkv, cu, max_len, num_heads, kernel=attention_kernel)
     ref = reference_attention(qkv, lengths, num_heads)
     assert rel_l2(out, ref) <= BOUNDS[target[1]]
 
@@ -240,44 +258,96 @@ def test_attention_varlen_groups_sequences_of_one_length(target):
     assert rel_l2(out, reference_attention(qkv, lengths, 2)) <= BOUNDS[target[1]]
 
 
-@pytest.mark.parametrize("own_kernel", [False, True], ids=["engine-choice", "own-kernel"])
-def test_attention_varlen_of_many_short_sequences(target, own_kernel):
-    """The CPU's batched-GEMM attention: enough sequences that each thread's share takes
-    several rounds of its score buffer, three heads so that a thread's share can begin or end
-    inside a sequence, lengths from 1 to 120 (score rows of 1 to 8 lanes of 16, whole and
-    partial), and scores spread wide enough (scale 4) that most softmax weights underflow."""
+def test_attention_varlen_of_many_short_sequences(target, attention_kernel):
+    """The CPU's float kernels: enough sequences that each thread's share takes several
+    rounds of MKL's score buffer, three heads so that a thread's share can begin or end inside
+    a sequence, lengths from 1 to 120 (score rows of 1 to 8 lanes of 16, whole and partial;
+    one or two query blocks of the own kernel), and scores spread wide enough (scale 4) that
+    most softmax weights underflow."""
     g = torch.Generator().manual_seed(11)
     lengths = torch.randint(1, 121, (301,), generator=g)
     lengths[:3] = torch.tensor([96, 97, 1])
     cu = cu_seqlens_of(lengths)
     qkv = rand(int(cu[-1]), 3 * 3 * 24, target=target, scale=4.0)
-    out = ops.attention_varlen(qkv, cu.to(target[0]), 120, 3, own_kernel=own_kernel)
+    out = ops.attention_varlen(qkv, cu.to(target[0]), 120, 3, kernel=attention_kernel)
     assert rel_l2(out, reference_attention(qkv, lengths, 3)) <= BOUNDS[target[1]]
 
 
-def test_attention_varlen_beyond_the_batched_limit(target):
+def test_attention_varlen_beyond_the_kernels_limit(target, attention_kernel):
     """Sequences longer than 512 tokens (a model with a longer position table) go to flash
-    attention beside shorter ones in the batched-GEMM attention, in one call."""
-    lengths = torch.tensor([600, 3, 513, 512, 40])
+    attention beside shorter ones in the CPU's float kernels, in one call (512: the own
+    kernel's eight query blocks)."""
+    lengths = torch.tensor([600, 3, 513, 512, 40, 300])
     cu = cu_seqlens_of(lengths)
     qkv = rand(int(cu[-1]), 3 * 2 * 16, target=target)
-    out = ops.attention_varlen(qkv, cu.to(target[0]), 600, 2, own_kernel=True)
+    out = ops.attention_varlen(qkv, cu.to(target[0]), 600, 2, kernel=attention_kernel)
     assert rel_l2(out, reference_attention(qkv, lengths, 2)) <= BOUNDS[target[1]]
 
 
-@pytest.mark.parametrize("own_kernel", [False, True], ids=["engine-choice", "own-kernel"])
-def test_attention_varlen_passes_nan_on(target, own_kernel):
+def test_attention_varlen_passes_nan_on(target, attention_kernel):
     """A NaN in one sequence's keys makes that sequence's context NaN (for the forward's
     finiteness check to report), not a finite guess, and leaves the others alone."""
     lengths = torch.tensor([5, 7, 6] * 6)
     cu = cu_seqlens_of(lengths)
     qkv = rand(int(cu[-1]), 3 * 2 * 8, target=target)
     qkv[int(cu[1]) + 3, 16 + 2] = float("nan")  # sequence 1, a key of head 0
-    out = ops.attention_varlen(qkv, cu.to(target[0]), 7, 2, own_kernel=own_kernel).cpu()
+    out = ops.attention_varlen(qkv, cu.to(target[0]), 7, 2, kernel=attention_kernel).cpu()
     rows_of_1 = slice(int(cu[1]), int(cu[2]))
     assert bool(torch.isnan(out[rows_of_1, :8]).all())
     others = torch.cat([out[: int(cu[1])], out[int(cu[2]):]])
     assert bool(torch.isfinite(others).all())
+
+
+def test_an_overflowing_score_makes_its_row_nan(target, attention_kernel):
+    """q . k beyond float's range (scores of -1e50): the CPU's float kernels make that
+    query's context NaN, for the forward's check to report, whichever sign the overflowing sum
+    ended with (a fused multiply-add can end at -inf where the true score is positive, and a
+    weight of 0 would then be a silent wrong answer); the other queries stay finite."""
+    if target != ("cpu", torch.float32) or attention_kernel == "torch":
+        pytest.skip("the CPU's own and MKL kernels in float")
+    qkv = rand(4, 3 * 2 * 8, target=target)
+    qkv[0, :8] = 1e25            # query 0, head 0
+    qkv[2, 16:24] = -1e25        # key 2, head 0: q0 . k2 = -8e50
+    cu = cu_seqlens_of(torch.tensor([4]))
+    out = ops.attention_varlen(qkv, cu, 4, 2, kernel=attention_kernel)
+    assert bool(torch.isnan(out[0, :8]).all())
+    assert bool(torch.isfinite(out[1:]).all()) and bool(torch.isfinite(out[0, 8:]).all())
+
+
+ISA_SCRIPT = """
+import json, math, sys
+import torch
+sys.path[:0] = sys.argv[1:3]
+from test_kernels import cu_seqlens_of, reference_attention
+from helpers import rel_l2
+from pybert import _C
+errors = []
+for heads, d, lengths in [(4, 8, [1, 17, 130]), (3, 32, [64, 65, 5]), (2, 64, [512, 33]),
+                          (4, 192, [40, 1, 77]), (1, 20, [9, 100])]:
+    torch.manual_seed(d)
+    lengths = torch.tensor(lengths)
+    cu = cu_seqlens_of(lengths)
+    qkv = torch.randn(int(cu[-1]), 3 * heads * d)
+    out = torch.ops.pybert.attention_varlen(qkv, cu, int(lengths.max()), heads, kernel="own")
+    errors.append(rel_l2(out, reference_attention(qkv, lengths, heads)))
+print(json.dumps({"isa": _C.cpu_attention_isa(), "errors": errors}))
+"""
+
+
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+def test_the_own_attention_kernel_in_each_isa(isa):
+    """The own CPU kernel's products are compiled per ISA level and chosen by the CPU when the
+    library loads; PYBERT_ATTENTION_ISA caps the choice, so that the variants an AVX2-only or
+    older CPU (or NEON, as baseline) would run are tested on this one, in a fresh process."""
+    env = dict(os.environ, PYBERT_ATTENTION_ISA=isa)
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", ISA_SCRIPT, os.path.join(tests, "kernels"),
+                           tests], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=os.path.join(tests, "kernels"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["isa"] in (("avx2", "baseline") if isa == "avx2" else ("baseline",))
+    assert max(result["errors"]) <= BOUNDS[torch.float32], result
 
 
 def test_embed_packed(target):
@@ -349,7 +419,7 @@ def opcheck_cases(target):
         (ops.add_layernorm, (rand(4, 8, target=target), None, rand(8, target=target),
                              rand(8, target=target), 1e-5)),
         (ops.attention_varlen, (rand(t, 48, target=target), cu, 6, 2)),
-        (ops.attention_varlen, (rand(t, 48, target=target), cu, 6, 2, True)),
+        (ops.attention_varlen, (rand(t, 48, target=target), cu, 6, 2, "own")),
         (ops.unpack_padded, (rand(t, 8, target=target), cu, 6)),
         (ops.gather_rows, (rand(t, 8, target=target), cu, None)),
         (ops.gather_rows, (rand(t, 8, target=target), cu, positions)),
@@ -382,6 +452,10 @@ def test_torch_compile_traces_the_ops():
 
 
 @pytest.mark.parametrize("call,match", [
+    # an attention kernel that does not exist
+    (lambda: ops.attention_varlen(torch.randn(5, 12), torch.tensor([0, 5], dtype=torch.int32),
+                                  5, 2, kernel="fortran"),
+     "attention kernel must be"),
     # empty or malformed cu_seqlens: refused, never a crash
     (lambda: ops.attention_varlen(torch.randn(0, 12), torch.zeros(0, dtype=torch.int32), 1, 2),
      "cu_seqlens must have batch"),

@@ -598,14 +598,16 @@ void attention_windowed(const T* qkv, const int32_t* cu_seqlens, T* out,
 template <typename T>
 void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
                       int64_t max_seqlen, int64_t num_heads, int64_t head_dim, int64_t window,
-                      int64_t batched_max_length) {
-  const int64_t batched_limit =
-      std::is_same_v<T, float> && attention_batched_available()
-          ? std::min(batched_max_length, kBatchedAttentionMaxLength)
-          : 0;
+                      AttentionPath kernel, int64_t kernel_max_length) {
+  if (kernel == AttentionPath::kMkl && !attention_path_available(kernel)) {
+    kernel = AttentionPath::kOwn;  // a torch without MKL: the own kernel does the same work
+  }
+  const int64_t kernel_limit = std::is_same_v<T, float> && kernel != AttentionPath::kFlash
+                                   ? std::min(kernel_max_length, kAttentionKernelMaxLength)
+                                   : 0;
   // An empty slot (length 0) has nothing to attend; a sequence no longer than window + 1 sees
   // all of itself in the window.
-  std::vector<int64_t> batched, flashed, windowed;
+  std::vector<int64_t> by_kernel, flashed, windowed;
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t length = cu_seqlens[b + 1] - cu_seqlens[b];
     if (length > max_seqlen) throw std::invalid_argument("a sequence exceeds max_seqlen");
@@ -614,15 +616,16 @@ void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t b
       windowed.push_back(b);
       continue;
     }
-    (length <= batched_limit ? batched : flashed).push_back(b);
+    (length <= kernel_limit ? by_kernel : flashed).push_back(b);
   }
   if (!windowed.empty()) {
     attention_windowed(qkv, cu_seqlens, out, windowed, window, num_heads, head_dim);
   }
   if constexpr (std::is_same_v<T, float>) {
-    if (!batched.empty()) {
-      attention_batched(qkv, cu_seqlens, batched.data(), int64_t(batched.size()), out,
-                        num_heads, head_dim);
+    if (!by_kernel.empty()) {
+      (kernel == AttentionPath::kMkl ? attention_batched : attention_tiled)(
+          qkv, cu_seqlens, by_kernel.data(), int64_t(by_kernel.size()), out, num_heads,
+          head_dim);
     }
   }
   if (!flashed.empty()) {
@@ -640,9 +643,9 @@ void gated_activation(const T* in, T* out, int64_t rows, int64_t width, Activati
   y.mul_(both.narrow(1, width, width));
 }
 
-double time_attention(bool batched, int64_t batch, int64_t length, int64_t num_heads,
+double time_attention(AttentionPath path, int64_t batch, int64_t length, int64_t num_heads,
                       int64_t head_dim, int repeats) {
-  if (batched && !attention_batched_available()) return -1.0;
+  if (!attention_path_available(path)) return -1.0;
   const int64_t hidden = num_heads * head_dim;
   const at::Tensor qkv = timing_operand({batch * length, 3 * hidden}, 1.0);
   at::Tensor out = at::empty({batch * length, hidden});
@@ -651,8 +654,7 @@ double time_attention(bool batched, int64_t batch, int64_t length, int64_t num_h
   return fastest_seconds(
       [&] {
         attention_varlen(qkv.data_ptr<float>(), cu_seqlens.data(), out.data_ptr<float>(),
-                         batch, length, num_heads, head_dim, /*window=*/0,
-                         batched ? length : 0);
+                         batch, length, num_heads, head_dim, /*window=*/0, path, length);
       },
       repeats);
 }
@@ -672,7 +674,7 @@ void parallel_for(int64_t n, int64_t grain_size,
   template void gemm_bias_act<T>(const T*, const T*, const T*, const PreparedWeight*, T*,    \
                                  int64_t, int64_t, int64_t, Activation);                     \
   template void attention_varlen<T>(const T*, const int32_t*, T*, int64_t, int64_t, int64_t, \
-                                    int64_t, int64_t, int64_t);                              \
+                                    int64_t, int64_t, AttentionPath, int64_t);               \
   template void gated_activation<T>(const T*, T*, int64_t, int64_t, Activation);
 PYBERT_INSTANTIATE(float)
 PYBERT_INSTANTIATE(bfloat16)

@@ -7,7 +7,8 @@
 // T is float or bfloat16 (bfloat16.h); every reduction and every elementwise formula is
 // computed in float. The GEMMs go to torch's own CPU kernels (MKL and oneDNN), as does the
 // attention in bfloat16 (its flash attention): aten_adapter.cpp, the one file here that sees
-// torch. The float attention's small GEMMs go to MKL's batched call (mkl.h).
+// torch. The float attention runs in MKL's batched call (mkl.h) or in the own tiled kernel
+// (attention.cpp), whichever the plan measured faster.
 #pragma once
 
 #include <cstdint>
@@ -122,37 +123,52 @@ void rotary_qk(T* qkv, const int32_t* cu_seqlens, int64_t batch, int64_t num_hea
 template <typename T>
 void gated_activation(const T* in, T* out, int64_t rows, int64_t width, Activation act);
 
+// The ways the float attention of a sequence can run. Which is fastest depends on the CPU and
+// the length (MKL runs AMD processors on its AVX2 code; torch's flash attention pays a fixed
+// cost per (sequence, head)), so pybert.engine.cpu_plan measures them on the machine that runs.
+enum class AttentionPath : int {
+  kFlash = 0,  // torch's flash attention (aten_adapter.cpp)
+  kMkl = 1,    // many (sequence, head) pairs' products in MKL's batched sgemm (attention.cpp)
+  kOwn = 2,    // pybert's own tiled kernel: plain C++, vectorised per ISA (attention.cpp)
+};
+constexpr int kAttentionPaths = 3;
+
 // Multi-head self-attention over packed sequences, keys limited to each sequence's tokens.
 // qkv: (total_tokens, 3 * hidden), columns [Q | K | V], head h owns columns [h*d, (h+1)*d) of
 // each third, d = hidden / num_heads; out: (total_tokens, hidden), heads side by side.
 // out[t, head h] = softmax_j(q_t . k_j / sqrt(d)) v_j over the keys j of t's sequence, and
 // with window > 0 only those with |t - j| <= window (a sliding window, ModernBERT's local
 // layers): sequences longer than window + 1 then go to attention_windowed, which computes the
-// band and skips the rest. Float sequences of up to batched_max_length tokens go to
-// attention_batched where this process has it; bfloat16, longer sequences and the rest go to
-// torch's flash attention (AMX/AVX512-BF16 tiles for bfloat16). Which is faster depends on
-// the CPU, so pybert.engine.cpu_plan measures it (on AVX-512, batched was 1.2-2x faster than
-// flash in float up to 384 tokens and as fast at 512: benchmarks/RESULTS.md). batched_max_length is
-// capped at kBatchedAttentionMaxLength: attention_batched holds a sequence's whole L x L
-// scores per head (1 MB at 512 tokens, BERT's longest); flash's tiles suit longer ones.
-constexpr int64_t kBatchedAttentionMaxLength = 512;
+// band and skips the rest. Float sequences of up to kernel_max_length tokens go to `kernel`
+// (kMkl where this process has MKL, else kOwn); bfloat16, longer sequences and the rest go
+// to torch's flash attention (AMX/AVX512-BF16 tiles for bfloat16). kernel_max_length is
+// capped at kAttentionKernelMaxLength: beyond BERT's 512 positions flash's tiles suit long
+// sequences better, and attention_batched holds a sequence's whole L x L scores per head.
+constexpr int64_t kAttentionKernelMaxLength = 512;
 template <typename T>
 void attention_varlen(const T* qkv, const int32_t* cu_seqlens, T* out, int64_t batch,
                       int64_t max_seqlen, int64_t num_heads, int64_t head_dim,
-                      int64_t window = 0,
-                      int64_t batched_max_length = kBatchedAttentionMaxLength);
-// Seconds attention_varlen takes on `batch` random sequences of `length` tokens, all batched
-// (batched_max_length = length) or all by flash (0): the fastest of `repeats` after a warm-up.
-double time_attention(bool batched, int64_t batch, int64_t length, int64_t num_heads,
+                      int64_t window = 0, AttentionPath kernel = AttentionPath::kMkl,
+                      int64_t kernel_max_length = kAttentionKernelMaxLength);
+// Whether `path` can run in this process (kMkl needs MKL; the others always can).
+bool attention_path_available(AttentionPath path);
+// Seconds attention_varlen takes on `batch` random float sequences of `length` tokens, all
+// by `path`: the fastest of `repeats` after a warm-up; negative where `path` is not available.
+double time_attention(AttentionPath path, int64_t batch, int64_t length, int64_t num_heads,
                       int64_t head_dim, int repeats);
 
 // attention_varlen's arithmetic for the `count` sequences listed in `sequences` (indices b of
 // cu_seqlens; the other rows of out are left as they are), each (sequence, head)'s products
-// batched with others' into few BLAS calls (attention.cpp). Needs attention_batched_available().
+// batched with others' into few BLAS calls. Needs attention_path_available(kMkl).
 void attention_batched(const float* qkv, const int32_t* cu_seqlens, const int64_t* sequences,
                        int64_t count, float* out, int64_t num_heads, int64_t head_dim);
-// Whether this process has the batched BLAS call (MKL's) attention_batched needs.
-bool attention_batched_available();
+// The same arithmetic by pybert's own kernel: per (sequence, head), blocks of queries against
+// all the keys, the products in register tiles (no library).
+void attention_tiled(const float* qkv, const int32_t* cu_seqlens, const int64_t* sequences,
+                     int64_t count, float* out, int64_t num_heads, int64_t head_dim);
+// The vectors attention_tiled's products run in on this CPU: "avx512", "avx2" or "baseline"
+// (SSE2 on x86-64, NEON on aarch64); PYBERT_ATTENTION_ISA=avx2|baseline caps it (tests).
+const char* attention_tiled_isa();
 
 // out[b * num_positions + p] = packed[cu_seqlens[b] + positions[b, p]] (rows of width hidden).
 // positions: (batch, num_positions), each in [0, length of sequence b); null means position 0
