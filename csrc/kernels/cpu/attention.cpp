@@ -289,9 +289,9 @@ void multiply_baseline(const float* a, int64_t lda, const float* b, int64_t ldb,
 // PYBERT_ATTENTION_ISA=avx2|baseline caps the choice (below what the CPU has, never above):
 // each variant is then tested on one machine.
 Multiply multiply_for_this_cpu() {
+#if PYBERT_HAS_SIMD_CLONES
   const char* cap = std::getenv("PYBERT_ATTENTION_ISA");
   const std::string_view wanted = cap == nullptr ? "" : cap;
-#if PYBERT_HAS_SIMD_CLONES
   const bool avx2_or_less = wanted == "avx2" || wanted == "baseline";
   if (!avx2_or_less && __builtin_cpu_supports("x86-64-v4")) return {multiply_avx512, "avx512"};
   if (wanted != "baseline" && __builtin_cpu_supports("x86-64-v3")) return {multiply_avx2, "avx2"};
