@@ -339,7 +339,10 @@ def test_the_own_attention_kernel_in_each_isa(isa):
     """The own CPU kernel's products are compiled per ISA level and chosen by the CPU when the
     library loads; PYBERT_ATTENTION_ISA caps the choice, so that the variants an AVX2-only or
     older CPU (or NEON, as baseline) would run are tested on this one, in a fresh process."""
-    env = dict(os.environ, PYBERT_ATTENTION_ISA=isa)
+    # The subprocess imports the pybert this process imported, wherever that came from.
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(pybert.__file__)))
+    env = dict(os.environ, PYBERT_ATTENTION_ISA=isa,
+               PYTHONPATH=os.pathsep.join([package_parent, os.environ.get("PYTHONPATH", "")]))
     tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run([sys.executable, "-c", ISA_SCRIPT, os.path.join(tests, "kernels"),
                            tests], env=env, capture_output=True, text=True, timeout=300,

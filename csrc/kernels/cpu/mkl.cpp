@@ -16,6 +16,10 @@ void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k
 void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k,
                          const float* a, int lda, const float* b, int ldb, float beta, float* c,
                          int ldc) __attribute__((weak));
+// Only looked up, never called: that the cblas_* symbols above are MKL's. Another BLAS may
+// export a function of the same name and another contract: OpenBLAS 0.3.30, in torch 2.9's
+// aarch64 wheels, exports cblas_sgemm_batch, and called as MKL's it crashed (under qemu).
+void MKL_Get_Version_String(char* buffer, int length) __attribute__((weak));
 }
 
 namespace pybert::cpu {
@@ -24,9 +28,11 @@ constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;  // CBLAS_LAYOUT, C
 constexpr int kPacked = 151, kBMatrix = 162;                   // CBLAS_STORAGE, CBLAS_IDENTIFIER
 // The row count MKL is told when packing: it does not change the packed form (see mkl.h).
 constexpr int kNominalRows = 128;
+
+bool process_has_mkl() { return MKL_Get_Version_String != nullptr; }
 }  // namespace
 
-bool SgemmBatch::available() { return cblas_sgemm_batch != nullptr; }
+bool SgemmBatch::available() { return process_has_mkl() && cblas_sgemm_batch != nullptr; }
 
 void SgemmBatch::clear() {
   for (auto* v : {&transpose_a_, &transpose_b_, &m_, &n_, &k_, &lda_, &ldb_, &ldc_,
@@ -72,8 +78,8 @@ void SgemmBatch::run() {
 }
 
 bool packed_sgemm_available() {
-  return cblas_sgemm_pack_get_size != nullptr && cblas_sgemm_pack != nullptr &&
-         cblas_sgemm_compute != nullptr;
+  return process_has_mkl() && cblas_sgemm_pack_get_size != nullptr &&
+         cblas_sgemm_pack != nullptr && cblas_sgemm_compute != nullptr;
 }
 
 size_t packed_sgemm_bytes(int64_t n, int64_t k) {

@@ -3,7 +3,8 @@
 // (cblas_sgemm_pack / cblas_sgemm_compute). torch's x86-64 wheels link MKL in and export these;
 // they are reached through weak symbols, so under a torch without MKL (other CPUs, other
 // builds) they are absent, the *_available() functions say false, and callers take another
-// path.
+// path. A symbol of the same name from another BLAS does not count: MKL's own version
+// function must be there too.
 #pragma once
 
 #include <cstddef>

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Build pybert._C for aarch64 and run tests on it under qemu-user emulation: the closest this
+# project gets to an Arm machine without one. Slow (torch's import takes ~30 s emulated, the
+# kernels' tests ~10 min), so it is not part of CI; run it by hand, as root on Debian 12:
+#
+#   bash scripts/run_aarch64_qemu.sh [pytest arguments]   (default: the CPU kernels' tests)
+#
+# What it does, in $PYBERT_AARCH64_ROOT (default /tmp/pybert-aarch64):
+# 1. Debian's arm64 CPython 3.11 (debootstrap --foreign: the packages unpacked, nothing run),
+#    and aarch64 wheels from PyPI in site/: torch $PYBERT_AARCH64_TORCH (default 2.9.1, the
+#    last release whose PyPI aarch64 wheel is a CPU build: OpenBLAS and oneDNN over the Arm
+#    Compute Library, no MKL), numpy, safetensors, tokenizers, pytest.
+# 2. The extension cross-compiled with aarch64-linux-gnu-g++: CMake's compile commands of this
+#    machine's build (scripts/check_aarch64_build.sh makes them), replayed against the aarch64
+#    torch's and Python's headers, then linked against its libraries.
+# 3. pytest on a copy of pybert/ and tests/ by the emulated Python (binfmt_misc registered
+#    for aarch64 where the kernel allows it, so that tests starting a subprocess work too).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+root=${PYBERT_AARCH64_ROOT:-/tmp/pybert-aarch64}
+torch_version=${PYBERT_AARCH64_TORCH:-2.9.1}
+pip=${PIP:-$repo/.venv/bin/pip}
+mkdir -p "$root"
+
+need=()
+command -v qemu-aarch64-static > /dev/null || need+=(qemu-user-static)
+command -v debootstrap > /dev/null || need+=(debootstrap)
+command -v aarch64-linux-gnu-g++ > /dev/null || need+=(g++-aarch64-linux-gnu)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && apt-get install -y -qq "${need[@]}" > /dev/null
+fi
+
+sysroot=$root/sysroot
+if [ ! -x "$sysroot/usr/bin/python3.11" ]; then
+  debootstrap --foreign --arch=arm64 --variant=minbase \
+    --include=python3.11,libpython3.11-stdlib,libpython3.11-dev,libgomp1 \
+    bookworm "$sysroot" http://deb.debian.org/debian > "$root/debootstrap.log"
+  for deb in "$sysroot"/var/cache/apt/archives/*.deb; do dpkg-deb -x "$deb" "$sysroot"; done
+fi
+export QEMU_LD_PREFIX=$sysroot
+python_arm=$root/python
+cat > "$python_arm" <<EOF
+#!/bin/bash
+export PYTHONPATH=$root/site\${PYTHONPATH:+:\$PYTHONPATH}
+exec qemu-aarch64-static -L $sysroot $sysroot/usr/bin/python3.11 "\$@"
+EOF
+chmod +x "$python_arm"
+# Tests that start a subprocess run sys.executable, an aarch64 binary: binfmt_misc hands it
+# to qemu (with QEMU_LD_PREFIX for its libraries). Where it cannot be registered, those
+# tests fail and the others still run.
+if [ -w /proc/sys/fs/binfmt_misc/register ] || mount binfmt_misc -t binfmt_misc \
+    /proc/sys/fs/binfmt_misc 2> /dev/null; then
+  [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] ||
+    cat /usr/lib/binfmt.d/qemu-aarch64.conf > /proc/sys/fs/binfmt_misc/register 2> /dev/null ||
+    echo "run_aarch64_qemu: could not register qemu for aarch64 binaries" >&2
+fi
+
+if [ ! -d "$root/site/torch" ]; then
+  "$pip" install -q --target "$root/site" --no-deps --only-binary=:all: --python-version 3.11 \
+    --implementation cp --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64 \
+    --platform manylinux_2_17_aarch64 "torch==$torch_version" numpy safetensors tokenizers \
+    tqdm filelock typing-extensions sympy mpmath networkx jinja2 markupsafe fsspec pytest \
+    pluggy iniconfig packaging pygments hypothesis attrs sortedcontainers huggingface-hub \
+    pyyaml requests idna urllib3 certifi charset-normalizer
+fi
+
+[ -f build/aarch64-check/cmake/compile_commands.json ] || bash scripts/check_aarch64_build.sh
+"$repo/.venv/bin/python" - "$repo" "$root" <<'PY'
+import concurrent.futures, glob, json, os, shlex, subprocess, sys
+
+repo, root = sys.argv[1:3]
+import torch
+host_torch = os.path.dirname(torch.__file__)
+arm_torch = os.path.join(root, "site", "torch")
+objects = os.path.join(root, "objects")
+os.makedirs(objects, exist_ok=True)
+with open(os.path.join(repo, "build/aarch64-check/cmake/compile_commands.json")) as f:
+    entries = json.load(f)
+import pybind11
+extra = [f"-I{root}/sysroot/usr/include/python3.11", f"-I{pybind11.get_include()}",
+         "-idirafter", f"{root}/sysroot/usr/include"]
+
+
+def compile_for_aarch64(entry):
+    args = [a.replace(host_torch, arm_torch) for a in shlex.split(entry["command"])]
+    args[0] = "aarch64-linux-gnu-g++"
+    obj = os.path.join(objects, os.path.basename(entry["file"]) + ".o")
+    args[args.index("-o") + 1] = obj
+    done = subprocess.run(args + extra, cwd=entry["directory"], capture_output=True, text=True)
+    return entry["file"], done.returncode, done.stdout + done.stderr, obj
+
+
+built = []
+with concurrent.futures.ThreadPoolExecutor(int(os.environ.get("MAX_JOBS", "2"))) as pool:
+    for source, code, output, obj in pool.map(compile_for_aarch64, entries):
+        if code:
+            sys.exit(f"run_aarch64_qemu: {source} does not compile:\n{output}")
+        built.append(obj)
+# Torch's own OpenMP runtime (its wheel bundles one), so that one thread pool runs both.
+gomp = glob.glob(os.path.join(root, "site", "torch.libs", "libgomp-*.so*"))
+module = os.path.join(root, "_C.cpython-311-aarch64-linux-gnu.so")
+link = ["aarch64-linux-gnu-g++", "-shared", "-o", module, *built, f"-L{arm_torch}/lib",
+        "-Wl,--no-as-needed", "-ltorch_python", "-ltorch", "-ltorch_cpu", "-lc10", *gomp,
+        "-Wl,--as-needed"]
+done = subprocess.run(link, capture_output=True, text=True)
+if done.returncode:
+    sys.exit(f"run_aarch64_qemu: the link failed:\n{done.stderr}")
+print(f"run_aarch64_qemu: built {module} from {len(built)} sources")
+PY
+
+stage=$root/stage
+rm -rf "$stage" && mkdir -p "$stage"
+git ls-files pybert tests pyproject.toml | tar cf - -T - | tar xf - -C "$stage"
+cp "$root/_C.cpython-311-aarch64-linux-gnu.so" "$stage/pybert/"
+cd "$stage"
+if [ $# -eq 0 ]; then
+  set -- tests/kernels -k "cpu or isa or opcheck or every_argument"
+fi
+exec "$python_arm" -m pytest -q -p no:cacheprovider "$@"
