@@ -10,9 +10,8 @@
 #    and aarch64 wheels from PyPI in site/: torch $PYBERT_AARCH64_TORCH (default 2.9.1, the
 #    last release whose PyPI aarch64 wheel is a CPU build: OpenBLAS and oneDNN over the Arm
 #    Compute Library, no MKL), numpy, safetensors, tokenizers, pytest.
-# 2. The extension cross-compiled with aarch64-linux-gnu-g++: CMake's compile commands of this
-#    machine's build (scripts/check_aarch64_build.sh makes them), replayed against the aarch64
-#    torch's and Python's headers, then linked against its libraries.
+# 2. The extension cross-compiled by scripts/check_aarch64_build.sh against the aarch64 torch's
+#    and Python's headers, then linked against the aarch64 torch's libraries.
 # 3. pytest on a copy of pybert/ and tests/ by the emulated Python (binfmt_misc registered
 #    for aarch64 where the kernel allows it, so that tests starting a subprocess work too).
 set -euo pipefail
@@ -65,49 +64,15 @@ if [ ! -d "$root/site/torch" ]; then
     pyyaml requests idna urllib3 certifi charset-normalizer
 fi
 
-[ -f build/aarch64-check/cmake/compile_commands.json ] || bash scripts/check_aarch64_build.sh
-"$repo/.venv/bin/python" - "$repo" "$root" <<'PY'
-import concurrent.futures, glob, json, os, shlex, subprocess, sys
-
-repo, root = sys.argv[1:3]
-import torch
-host_torch = os.path.dirname(torch.__file__)
-arm_torch = os.path.join(root, "site", "torch")
-objects = os.path.join(root, "objects")
-os.makedirs(objects, exist_ok=True)
-with open(os.path.join(repo, "build/aarch64-check/cmake/compile_commands.json")) as f:
-    entries = json.load(f)
-import pybind11
-extra = [f"-I{root}/sysroot/usr/include/python3.11", f"-I{pybind11.get_include()}",
-         "-idirafter", f"{root}/sysroot/usr/include"]
-
-
-def compile_for_aarch64(entry):
-    args = [a.replace(host_torch, arm_torch) for a in shlex.split(entry["command"])]
-    args[0] = "aarch64-linux-gnu-g++"
-    obj = os.path.join(objects, os.path.basename(entry["file"]) + ".o")
-    args[args.index("-o") + 1] = obj
-    done = subprocess.run(args + extra, cwd=entry["directory"], capture_output=True, text=True)
-    return entry["file"], done.returncode, done.stdout + done.stderr, obj
-
-
-built = []
-with concurrent.futures.ThreadPoolExecutor(int(os.environ.get("MAX_JOBS", "2"))) as pool:
-    for source, code, output, obj in pool.map(compile_for_aarch64, entries):
-        if code:
-            sys.exit(f"run_aarch64_qemu: {source} does not compile:\n{output}")
-        built.append(obj)
+PYBERT_AARCH64_TORCH=$root/site/torch PYBERT_AARCH64_CXXFLAGS="-I$sysroot/usr/include/python3.11 \
+  -idirafter $sysroot/usr/include" bash scripts/check_aarch64_build.sh > "$root/compile.log" ||
+  { cat "$root/compile.log"; exit 1; }
 # Torch's own OpenMP runtime (its wheel bundles one), so that one thread pool runs both.
-gomp = glob.glob(os.path.join(root, "site", "torch.libs", "libgomp-*.so*"))
-module = os.path.join(root, "_C.cpython-311-aarch64-linux-gnu.so")
-link = ["aarch64-linux-gnu-g++", "-shared", "-o", module, *built, f"-L{arm_torch}/lib",
-        "-Wl,--no-as-needed", "-ltorch_python", "-ltorch", "-ltorch_cpu", "-lc10", *gomp,
-        "-Wl,--as-needed"]
-done = subprocess.run(link, capture_output=True, text=True)
-if done.returncode:
-    sys.exit(f"run_aarch64_qemu: the link failed:\n{done.stderr}")
-print(f"run_aarch64_qemu: built {module} from {len(built)} sources")
-PY
+module=$root/_C.cpython-311-aarch64-linux-gnu.so
+aarch64-linux-gnu-g++ -shared -o "$module" build/aarch64-check/objects/*.o \
+  -L"$root/site/torch/lib" -Wl,--no-as-needed -ltorch_python -ltorch -ltorch_cpu -lc10 \
+  "$root"/site/torch.libs/libgomp-*.so* -Wl,--as-needed
+echo "run_aarch64_qemu: built $module"
 
 stage=$root/stage
 rm -rf "$stage" && mkdir -p "$stage"

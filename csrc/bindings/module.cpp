@@ -45,6 +45,12 @@ BertConfig config_from_dict(const py::dict& d) {
   return c;
 }
 
+// One of CPU_ATTENTION_PATHS' values as the kernels' enum.
+cpu::AttentionPath attention_path_of(int path) {
+  TORCH_CHECK_VALUE(path >= 0 && path < cpu::kAttentionPaths, "unknown attention path ", path);
+  return static_cast<cpu::AttentionPath>(path);
+}
+
 // A CPU plan as pybert.engine.cpu_plan writes it: {"gemm": {(n, k): [(max_rows, path), ...]},
 // "attention_kernel": path, "attention_max_length": int}, paths as GemmPath's and
 // AttentionPath's values; None: the defaults.
@@ -53,9 +59,7 @@ CpuPlan cpu_plan_from(const py::object& plan) {
   if (plan.is_none()) return parsed;
   const py::dict d = plan.cast<py::dict>();
   if (d.contains("attention_kernel")) {
-    const int path = d["attention_kernel"].cast<int>();
-    TORCH_CHECK_VALUE(path >= 0 && path < cpu::kAttentionPaths, "unknown attention path ", path);
-    parsed.attention_kernel = static_cast<cpu::AttentionPath>(path);
+    parsed.attention_kernel = attention_path_of(d["attention_kernel"].cast<int>());
   }
   if (d.contains("attention_max_length")) {
     parsed.attention_max_length = d["attention_max_length"].cast<int64_t>();
@@ -161,10 +165,7 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "cpu_attention_path_available",
       [](int path) {
-        TORCH_CHECK_VALUE(path >= 0 && path < pybert::cpu::kAttentionPaths,
-                          "unknown attention path ", path);
-        return pybert::cpu::attention_path_available(
-            static_cast<pybert::cpu::AttentionPath>(path));
+        return pybert::cpu::attention_path_available(pybert::attention_path_of(path));
       },
       py::arg("path"), "whether this machine can run a CPU attention path");
   m.def("cpu_attention_isa", &pybert::cpu::attention_tiled_isa,
@@ -173,13 +174,11 @@ PYBIND11_MODULE(_C, m) {
       "time_cpu_attention",
       [](int path, int64_t batch, int64_t length, int64_t num_heads, int64_t head_dim,
          int repeats) {
-        TORCH_CHECK_VALUE(path >= 0 && path < pybert::cpu::kAttentionPaths,
-                          "unknown attention path ", path);
+        const pybert::cpu::AttentionPath chosen = pybert::attention_path_of(path);
         TORCH_CHECK_VALUE(batch >= 1 && length >= 1 && num_heads >= 1 && head_dim >= 1,
                           "attention sizes must be >= 1");
         py::gil_scoped_release release;
-        return pybert::cpu::time_attention(static_cast<pybert::cpu::AttentionPath>(path), batch,
-                                           length, num_heads, head_dim, repeats);
+        return pybert::cpu::time_attention(chosen, batch, length, num_heads, head_dim, repeats);
       },
       py::arg("path"), py::arg("batch"), py::arg("length"), py::arg("num_heads"),
       py::arg("head_dim"), py::arg("repeats") = 3,

@@ -7,7 +7,7 @@
 //   into the output rows (the BLAS takes row strides); S lives in a per-thread buffer sized
 //   to stay in L2.
 // - attention_tiled: no library. Per (sequence, head, block of up to 64 queries) S's block,
-//   its softmax and its share of O, the products in register tiles (tile_product); K^T and V
+//   its softmax and its share of O, the products in register tiles (multiply); K^T and V
 //   copied once per (sequence, head) and thread into padded buffers that stay in L2. MKL runs
 //   AMD processors on its AVX2 code and is absent from other torch builds (aarch64): this
 //   kernel is what those get, vectorised for the CPU's own ISA.
@@ -345,11 +345,11 @@ void attention_tiled(const float* qkv, const int32_t* cu_seqlens, const int64_t*
         scores.resize(size_t(kQueryBlock * stride));
       }
       kMultiply.fn(q + first_query * qkv_width, qkv_width, keys_t.data(), keys_stride,
-                scores.data(), stride, queries, stride, head_dim, scale);
+                   scores.data(), stride, queries, stride, head_dim, scale);
       softmax_rows(scores.data(), queries, length, stride);
       kMultiply.fn(scores.data(), stride, values.data(), padded_dim,
-                out + (start + first_query) * hidden + h * head_dim, hidden, queries, head_dim,
-                length, 1.0f);
+                   out + (start + first_query) * hidden + h * head_dim, hidden, queries,
+                   head_dim, length, 1.0f);
     }
   });
 }
