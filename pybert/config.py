@@ -19,10 +19,17 @@ ACTIVATIONS = ("relu", "gelu", "silu")
 MAX_ROTARY_POSITIONS = 1 << 17
 
 
-def check_positive_int(value, name: str) -> int:
-    """``value`` if it is an int >= 1 (not a bool, not a float); ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+# The largest integer the C++ side takes (int64_t); a larger one from a JSON file or a caller
+# would fail in pybind11's conversion with no word of which field.
+INT64_MAX = (1 << 63) - 1
+
+
+def check_int(value, name: str, minimum: int = 1) -> int:
+    """``value`` if it is an int (not a bool, not a float) in [minimum, INT64_MAX]; ValueError
+    naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= INT64_MAX:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {kind} below 2**63, got {str(value)[:40]!r}")
     return value
 
 
@@ -69,12 +76,10 @@ class BertConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "num_hiddens", "ffn_num_hiddens", "num_heads", "num_layers",
-                     "max_len", "type_vocab_size"):
-            check_positive_int(getattr(self, name), f"BertConfig.{name}")
-        for name in ("position_offset", "embedding_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"BertConfig.{name} must be an integer >= 0, got {value!r}")
+                     "max_len", "type_vocab_size", "global_every"):
+            check_int(getattr(self, name), f"BertConfig.{name}")
+        for name in ("position_offset", "embedding_size", "local_window"):
+            check_int(getattr(self, name), f"BertConfig.{name}", minimum=0)
         if self.num_hiddens % self.num_heads:
             raise ValueError(f"BertConfig.num_hiddens ({self.num_hiddens}) must be a multiple of "
                              f"num_heads ({self.num_heads})")
@@ -110,10 +115,6 @@ class BertConfig:
         if self.rotary_base and self.max_len > MAX_ROTARY_POSITIONS:
             raise ValueError(f"BertConfig.max_len {self.max_len} is beyond the "
                              f"{MAX_ROTARY_POSITIONS} positions served with rotary positions")
-        value = self.local_window
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"BertConfig.local_window must be an integer >= 0, got {value!r}")
-        check_positive_int(self.global_every, "BertConfig.global_every")
 
     def native(self) -> dict:
         """The config as pybert._C takes it (Engine, weight_shapes): the fields the C++ side

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint.files import fingerprint
-from .config import check_positive_int
+from .config import check_int
 from .engine import default_dtype, resolve_device
 from .job import JOB_TASKS, TEXT_INPUT_SUFFIXES, parse_rows, row_places, task_width
 from .job.files import output_lock, write_text_replacing
@@ -508,8 +508,8 @@ def run_ray_job(model: str, inputs, output_dir, address: str | None = None,
     actors (default: the cluster's CPUs). Finished shards are skipped, so rerunning the same
     command after a crash finishes the job; ``overwrite`` starts again. ``writer`` is the actor
     class (ShardWriter; tests pass one that dies on purpose)."""
-    check_positive_int(rows_per_shard, "rows_per_shard")
-    check_positive_int(batch_tokens, "batch_tokens")
+    check_int(rows_per_shard, "rows_per_shard")
+    check_int(batch_tokens, "batch_tokens")
     if task not in JOB_TASKS:
         raise ValueError(f"task must be one of {JOB_TASKS}, got {task!r}")
     files = _input_files(inputs)

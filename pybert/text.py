@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .checkpoint import SparseSpec
-from .config import check_positive_int
+from .config import check_int
 from .engine import Engine
 from .heads import l2_normalize, score, sparse_pool
 from .loader import LoadedModel, load_checkpoint
@@ -55,7 +55,7 @@ def plan_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     """Indices grouped into batches: sorted by length (longest first), each batch holding at
     most ``batch_tokens`` padded tokens (batch size x its longest length); a sequence longer
     than the budget gets a batch of its own."""
-    check_positive_int(batch_tokens, "batch_tokens")
+    check_int(batch_tokens, "batch_tokens")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches, current, longest = [], [], 0
     for i in order:
@@ -333,7 +333,7 @@ class TextModel:
         pooling = pooling or self.pooling
         if pooling not in POOLINGS[:2]:
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
-        check_positive_int(batch_tokens, "batch_tokens")
+        check_int(batch_tokens, "batch_tokens")
         self.check_dimensions(dimensions)
         single = isinstance(texts, str)
         items = self.prompted([texts] if single else list(texts), prompt_name, prompt)
@@ -380,8 +380,8 @@ class TextModel:
         tensor of scores per text (logits with ``raw_scores``), "sparse" a SparseVector per
         text. Texts are tokenised on a worker thread while the engine runs."""
         compute = self._task_compute(task, pooling, dimensions, raw_scores)
-        check_positive_int(chunk_size, "chunk_size")
-        check_positive_int(batch_tokens, "batch_tokens")
+        check_int(chunk_size, "chunk_size")
+        check_int(batch_tokens, "batch_tokens")
         check_truncation(truncation)
         check_side(truncation_side)
         self.prompted([], prompt_name, prompt)  # a bad prompt name fails here, not in a thread

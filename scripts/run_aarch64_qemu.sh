@@ -22,13 +22,7 @@ torch_version=${PYBERT_AARCH64_TORCH:-2.9.1}
 pip=${PIP:-$repo/.venv/bin/pip}
 mkdir -p "$root"
 
-need=()
-command -v qemu-aarch64-static > /dev/null || need+=(qemu-user-static)
-command -v debootstrap > /dev/null || need+=(debootstrap)
-command -v aarch64-linux-gnu-g++ > /dev/null || need+=(g++-aarch64-linux-gnu)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && apt-get install -y -qq "${need[@]}" > /dev/null
-fi
+bash scripts/install_debian_packages.sh qemu-user-static debootstrap g++-aarch64-linux-gnu
 
 sysroot=$root/sysroot
 if [ ! -x "$sysroot/usr/bin/python3.11" ]; then

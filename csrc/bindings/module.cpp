@@ -51,6 +51,12 @@ cpu::AttentionPath attention_path_of(int path) {
   return static_cast<cpu::AttentionPath>(path);
 }
 
+// One of CPU_GEMM_PATHS' values as the kernels' enum.
+cpu::GemmPath gemm_path_of(int path) {
+  TORCH_CHECK_VALUE(path >= 0 && path < cpu::kGemmPaths, "unknown GEMM path ", path);
+  return static_cast<cpu::GemmPath>(path);
+}
+
 // A CPU plan as pybert.engine.cpu_plan writes it: {"gemm": {(n, k): [(max_rows, path), ...]},
 // "attention_kernel": path, "attention_max_length": int}, paths as GemmPath's and
 // AttentionPath's values; None: the defaults.
@@ -70,8 +76,7 @@ CpuPlan cpu_plan_from(const py::object& plan) {
     cpu::GemmChoice& entries = parsed.gemm[{n, k}];
     for (const auto& [max_rows, path] :
          choice.cast<std::vector<std::pair<int64_t, int>>>()) {
-      TORCH_CHECK_VALUE(path >= 0 && path < cpu::kGemmPaths, "unknown GEMM path ", path);
-      entries.emplace_back(max_rows, static_cast<cpu::GemmPath>(path));
+      entries.emplace_back(max_rows, gemm_path_of(path));
     }
   }
   return parsed;
@@ -84,10 +89,7 @@ std::vector<std::vector<double>> time_cpu_gemm(const std::vector<int>& paths,
                                                int64_t k, const std::string& dtype,
                                                int repeats) {
   std::vector<cpu::GemmPath> chosen;
-  for (int path : paths) {
-    TORCH_CHECK_VALUE(path >= 0 && path < cpu::kGemmPaths, "unknown GEMM path ", path);
-    chosen.push_back(static_cast<cpu::GemmPath>(path));
-  }
+  for (int path : paths) chosen.push_back(gemm_path_of(path));
   TORCH_CHECK_VALUE(n >= 1 && k >= 1, "GEMM sizes must be >= 1");
   for (int64_t m : rows) TORCH_CHECK_VALUE(m >= 1, "GEMM rows must be >= 1, got ", m);
   TORCH_CHECK_VALUE(dtype == "float32" || dtype == "bfloat16",
@@ -99,8 +101,7 @@ std::vector<std::vector<double>> time_cpu_gemm(const std::vector<int>& paths,
 
 // Whether this machine can run a GEMM path (GemmPath's value) in `dtype`.
 bool cpu_gemm_path_available(int path, const std::string& dtype) {
-  TORCH_CHECK_VALUE(path >= 0 && path < cpu::kGemmPaths, "unknown GEMM path ", path);
-  const auto chosen = static_cast<cpu::GemmPath>(path);
+  const cpu::GemmPath chosen = gemm_path_of(path);
   return dtype == "bfloat16" ? cpu::gemm_path_available<cpu::bfloat16>(chosen)
                              : cpu::gemm_path_available<float>(chosen);
 }

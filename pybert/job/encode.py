@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import check_positive_int
+from ..config import check_int
 from ..text import POOLINGS, text_model_of
 from ..tokenization import check_text, check_truncation
 from .files import output_lock, write_text_replacing
@@ -260,8 +260,8 @@ def run_encode_job(model, input_path, output_path, model_id: str, pooling: str |
     if pooling not in POOLINGS[:2]:
         raise ValueError(f"a batch job pools each text to one vector: pooling must be cls or "
                          f"mean, got {pooling!r}")
-    check_positive_int(batch_tokens, "batch_tokens")
-    check_positive_int(chunk_size, "chunk_size")
+    check_int(batch_tokens, "batch_tokens")
+    check_int(chunk_size, "chunk_size")
     check_truncation(truncation)
     width = task_width(model, task, dimensions)
     model.prompted([], prompt_name)  # an unknown prompt name fails before any work

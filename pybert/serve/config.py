@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import check_positive_int
+from ..config import check_int
 
 __all__ = ["ServeConfig"]
 
@@ -32,7 +32,7 @@ class ServeConfig:
         for name in ("batch_tokens", "max_queue", "max_inputs", "max_text_bytes",
                      "max_body_bytes", "max_masks", "max_reply_bytes", "max_buffered_bytes",
                      "max_connections"):
-            check_positive_int(getattr(self, name), name)
+            check_int(getattr(self, name), name)
         if not 0 <= self.max_wait_ms <= 10_000:
             raise ValueError(f"max_wait_ms must be in [0, 10000], got {self.max_wait_ms!r}")
         for name in ("body_timeout_s", "idle_timeout_s"):

@@ -63,6 +63,11 @@ def write_header(path, header: dict, data_bytes: int = 0, sparse_size: int | Non
     (dict(ffn_activation="gelu"), "ReLU activations"),
     (dict(embedding_layer_norm="yes"), "embedding_layer_norm must be true or false"),
     (dict(num_layers=2.0), "num_layers must be a positive integer"),
+    # Beyond int64_t, what the C++ side takes (found by test_fuzz's checkpoint loader).
+    (dict(global_every=2 ** 63), r"global_every must be a positive integer below 2\*\*63"),
+    (dict(vocab_size=2 ** 64), r"vocab_size must be a positive integer below 2\*\*63"),
+    (dict(local_window=2 ** 63), "local_window must be an integer >= 0"),
+    (dict(position_offset=-1), "position_offset must be an integer >= 0"),
 ])
 def test_bad_config_fields(saved, fields, match):
     edit_config(saved, **fields)

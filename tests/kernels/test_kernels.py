@@ -188,7 +188,9 @@ def test_attention_varlen(target, num_heads, head_dim, max_len, attention_kernel
 @pytest.mark.parametrize("window,lengths", [(1, [1, 2, 3, 40]), (4, [5, 6, 77, 1]),
                                             (64, [1, 65, 66, 129, 300, 700]),
                                             (40, [200, 41, 90]),
-                                            (1500, [3000, 1600, 20])])  # masks in chunks
+                                            # masks in chunks
+                                            pytest.param(1500, [3000, 1600, 20],
+                                                         marks=pytest.mark.slow)])
 def test_attention_varlen_in_a_window(target, num_heads, head_dim, window, lengths):
     lengths = torch.tensor(lengths)
     cu = cu_seqlens_of(lengths, target[0])
@@ -429,6 +431,7 @@ def opcheck_cases(target):
     ]
 
 
+@pytest.mark.slow
 def test_opcheck(target):
     """Every op passes all of torch.library.opcheck's checks: schema, autograd registration,
     fake tensor and AOT dispatch (what torch.compile relies on)."""
