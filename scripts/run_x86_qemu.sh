@@ -47,8 +47,9 @@ emulated() {
 for model in "${models[@]}"; do
   echo "== $model (qemu-x86_64-static -cpu $model) =="
   # What the emulated CPU looks like to each dispatcher, and a refusal to go on where it still
-  # has AVX-512 (the run would prove nothing about CPUs without it).
-  emulated "$model" - <<'EOF'
+  # has AVX-512 (the run would prove nothing about CPUs without it). -P here and pytest's own
+  # script below (not -m pytest): the checkout's pybert/ must not shadow an installed one.
+  emulated "$model" -P - <<'EOF'
 import torch
 import pybert._C as C
 capability = torch.backends.cpu.get_cpu_capability()
@@ -57,6 +58,5 @@ print(f"torch {torch.__version__}: {capability} kernels; pybert attention tiles:
 if capability.startswith("AVX512") or C.cpu_attention_isa() == "avx512":
     raise SystemExit("the emulated CPU has AVX-512: not the CPU asked for")
 EOF
-  # pytest's own script, not -m pytest: the checkout's pybert/ must not shadow an installed one.
   emulated "$model" "$(dirname "$python")/pytest" "$@"
 done
