@@ -29,7 +29,7 @@ def check_int(value, name: str, minimum: int = 1) -> int:
     naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= INT64_MAX:
         kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"{name} must be {kind} below 2**63, got {str(value)[:40]!r}")
+        raise ValueError(f"{name} must be {kind} below 2**63, got {repr(value)[:40]}")
     return value
 
 

@@ -603,9 +603,8 @@ class TextModel:
         if bad:
             raise TypeError(f"documents[{bad[0]}] must be a str, got "
                             f"{type(documents[bad[0]]).__name__}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)
-                                  or top_k < 1):
-            raise ValueError(f"top_k must be an int >= 1 or None, got {top_k!r}")
+        if top_k is not None:
+            check_int(top_k, "top_k")
         scores = self.classify([(query, d) for d in documents], raw_scores, truncation,
                                batch_tokens, truncation_side)[:, 0]
         order = np.argsort(-scores, kind="stable")[:top_k]
