@@ -36,7 +36,7 @@ from ..config import BertConfig
 from ..engine.cpu_plan import ALL_ROWS
 from ..text import TextModel
 
-__all__ = ["BENCHMARK_ROUNDS", "CPU_WORKLOADS", "CpuWorkload", "int8_accuracy",
+__all__ = ["BENCHMARK_ROUNDS", "CPU_WORKLOADS", "CpuWorkload", "embedding_agreement", "int8_accuracy",
            "median_seconds", "round_ratios", "run_cpu_benchmark", "run_cpu_texts_benchmark",
            "time_interleaved", "wikitext_sentences"]
 
@@ -483,30 +483,37 @@ def wikitext_sentences(path, count: int, min_words: int = 5) -> list[str]:
 
 
 def int8_accuracy(model_path, sentences: list[str], queries: list[str], top: int = 5) -> dict:
-    """How close ``quantize="int8"`` stays to float32 on a sentence-embedding checkpoint: the
-    cosine similarity of each sentence's two embeddings (min and mean), and two retrievals over
-    ``sentences``, each query ranking all of them: ``queries`` (unrelated sentences, so the
-    top results are near-ties), and the first half of each of the first len(queries)
-    sentences (whose own sentence should come first). For each: the share of queries whose
-    best result is the same in int8 as in float32, and whose top ``top`` come in the same
-    order."""
+    """How close ``quantize="int8"`` stays to float32 on a sentence-embedding checkpoint
+    (see :func:`embedding_agreement`)."""
+    fp32 = TextModel.load(model_path)
+    int8 = TextModel.load(model_path, quantize="int8")
+    return embedding_agreement(fp32.encode, int8.encode, sentences, queries, top)
+
+
+def embedding_agreement(encode_reference, encode_candidate, sentences: list[str],
+                        queries: list[str], top: int = 5) -> dict:
+    """How close a candidate precision's embeddings (``encode_candidate``: texts to an (N, D)
+    array) stay to the reference's: the cosine similarity of each sentence's two embeddings
+    (min and mean), and two retrievals over ``sentences``, each query ranking all of them:
+    ``queries`` (unrelated sentences, so the top results are near-ties), and the first half of
+    each of the first len(queries) sentences (whose own sentence should come first). For each:
+    the share of queries whose best result is the same in both, and whose top ``top`` come in
+    the same order."""
     import numpy as np
 
     def unit(x):
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
-    fp32 = TextModel.load(model_path)
-    int8 = TextModel.load(model_path, quantize="int8")
-    docs_fp32, docs_int8 = unit(fp32.encode(sentences)), unit(int8.encode(sentences))
-    cosine = (docs_fp32 * docs_int8).sum(axis=1)
+    docs_ref, docs_new = unit(encode_reference(sentences)), unit(encode_candidate(sentences))
+    cosine = (docs_ref * docs_new).sum(axis=1)
     result = {"sentences": len(sentences), "queries": len(queries),
               "min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}
     halves = [" ".join(s.split()[:max(2, len(s.split()) // 2)])
               for s in sentences[:len(queries)]]
     for name, texts in (("unrelated", queries), ("half-sentence", halves)):
-        ranks_fp32 = np.argsort(-(unit(fp32.encode(texts)) @ docs_fp32.T), axis=1)[:, :top]
-        ranks_int8 = np.argsort(-(unit(int8.encode(texts)) @ docs_int8.T), axis=1)[:, :top]
-        result[f"{name}: same top1"] = float((ranks_fp32[:, 0] == ranks_int8[:, 0]).mean())
+        ranks_ref = np.argsort(-(unit(encode_reference(texts)) @ docs_ref.T), axis=1)[:, :top]
+        ranks_new = np.argsort(-(unit(encode_candidate(texts)) @ docs_new.T), axis=1)[:, :top]
+        result[f"{name}: same top1"] = float((ranks_ref[:, 0] == ranks_new[:, 0]).mean())
         result[f"{name}: same top{top} order"] = float(
-            (ranks_fp32 == ranks_int8).all(axis=1).mean())
+            (ranks_ref == ranks_new).all(axis=1).mean())
     return result

@@ -7,9 +7,26 @@ import torch
 
 from .. import _C
 
-__all__ = ["resolve_device", "default_dtype", "DTYPE_NAMES"]
+__all__ = ["resolve_device", "default_dtype", "DTYPE_NAMES", "CUDA_LAST_RUN"]
 
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
+
+# What a GPU last said of the CUDA engine, shown by the README and /info. Update it when the
+# GPU session (benchmarks/gpu_session.sh) runs again on a newer commit.
+CUDA_LAST_RUN = {
+    "commit": "6c9fb5f",
+    "date": "2026-11-26",
+    "device": "NVIDIA H100 80GB HBM3",
+    "passed": "CUDA tests (fp32/fp16/bf16 parity), compute-sanitizer memcheck, benchmark",
+    "compiled_only_since": [
+        "prepared-weight seam (WeightStorage, GemmWeight, prepare_cuda_weights, the GEMM "
+        "plan cache keyed by weight type) and kernels/cuda/aten_adapter.cpp",
+        "ELECTRA's embedding projection and the families' GPU tests",
+        "modern layers: rotary.cu, add_residual_layernorm, LayerNorm without bias, "
+        "windowed attention (own kernel and FlashAttention-2's window)",
+        "pybert serve --devices with CUDA engines",
+    ],
+}
 
 
 def resolve_device(name="auto", *, needs_engine: bool = True, local_rank: int = 0) -> torch.device:

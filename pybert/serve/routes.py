@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from .batcher import Batcher, QueueFull, RequestTooLarge
 from .config import ServeConfig
+from ..engine.devices import CUDA_LAST_RUN
 from ..heads import l2_normalize, score
 from .http import BodyBudget, ClientGone, HTTPError, flag, is_pair, read_json, texts_of
 from .metrics import Metrics
@@ -322,7 +323,8 @@ class Routes:
             "quantize": engine.quantize,
             "cpu_plan": engine.cpu_plan.summary() if engine.cpu_plan is not None else None,
             "max_batch_tokens": config.batch_tokens, "max_client_batch_size": config.max_inputs,
-            "max_text_bytes": config.max_text_bytes})
+            "max_text_bytes": config.max_text_bytes,
+            "cuda_last_run_on_gpu": CUDA_LAST_RUN})
 
     async def prometheus(self, request: Request):
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
