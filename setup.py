@@ -114,5 +114,6 @@ torch_requirement = f"torch=={torch_version.split('+')[0]}"
 setup(
     ext_modules=[CMakeExtension("pybert._C")],
     cmdclass={"build_ext": CMakeBuild},
-    install_requires=[torch_requirement, "numpy", "safetensors", "tokenizers", "tqdm"],
+    install_requires=[torch_requirement, "numpy", "safetensors", "tokenizers", "tqdm",
+                      "huggingface_hub>=0.26"],
 )

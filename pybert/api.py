@@ -5,24 +5,26 @@ from __future__ import annotations
 
 import collections.abc
 import functools
-from pathlib import Path
 
 import torch
 
 from .engine import Engine
+from .checkpoint import locate
 from .loader import load_checkpoint
 from .text import TextModel, text_model_of
 
 __all__ = ["load", "encode"]
 
 
-def load(path, device="cpu", dtype: torch.dtype = torch.float32, **engine_options) -> Engine:
+def load(path, device="cpu", dtype: torch.dtype = torch.float32, revision: str | None = None,
+         **engine_options) -> Engine:
     """An :class:`~pybert.Engine` serving the checkpoint at ``path``: a pybert checkpoint, a
-    Hugging Face BERT directory or a sentence-transformers model directory. When the
-    checkpoint has a vocabulary, ``engine.text_model`` (see :class:`pybert.TextModel`) turns
-    texts into vectors. ``engine_options``: cuda_graphs, max_graphs, quantize,
-    cpu_plan."""
-    loaded = load_checkpoint(path, device, dtype, **engine_options)
+    Hugging Face encoder or a sentence-transformers model, as a directory or as a Hugging Face
+    hub id ("sentence-transformers/all-MiniLM-L6-v2", at ``revision``; fetched into the hub's
+    cache). When the checkpoint has a vocabulary, ``engine.text_model`` (see
+    :class:`pybert.TextModel`) turns texts into vectors. ``engine_options``: cuda_graphs,
+    max_graphs, quantize, cpu_plan."""
+    loaded = load_checkpoint(path, device, dtype, revision, **engine_options)
     if loaded.tokenizer is not None:
         TextModel.of_loaded(loaded)
     return loaded.engine
@@ -33,8 +35,8 @@ def encode(model, inputs, segments=None, valid_lens=None, *, device="cpu",
            truncation="warn"):
     """Encode token ids or texts.
 
-    ``model`` is a :class:`TextModel`, an :class:`Engine` or the path of a checkpoint
-    directory (loaded with ``device`` and ``dtype``, once: later calls reuse it). ``inputs``
+    ``model`` is a :class:`TextModel`, an :class:`Engine`, the path of a checkpoint
+    directory or a Hugging Face hub id (loaded with ``device`` and ``dtype``, once: later calls reuse it). ``inputs``
     is either
 
     - token ids (B, S) with optional ``segments`` and ``valid_lens``: returns the encodings
@@ -72,7 +74,7 @@ def encode(model, inputs, segments=None, valid_lens=None, *, device="cpu",
 def _cached_load(path, device, dtype) -> Engine:
     """pybert.encode(path, ...) in a loop loads the checkpoint once: engines are cached by
     path, device and dtype, and reloaded when the checkpoint's files change."""
-    root = Path(path).resolve()
+    root = locate(path).resolve()
     stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size)
                   for p in sorted(root.glob("*")) if p.is_file()) if root.is_dir() else ()
     return _load_cached(str(root), stamp, str(device), dtype)

@@ -11,11 +11,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
-from .engine.devices import DTYPE_NAMES
-
 __all__ = ["main"]
+
+# TEI's launcher flags that name things pybert has no use for: accepted (a TEI launch line
+# starts pybert unchanged) and said to be ignored at start.
+_TEI_IGNORED = ("--otlp-endpoint", "--otlp-service-name", "--prometheus-port", "--uds-path",
+                "--cors-allow-origin", "--max-batch-requests")
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +81,7 @@ def _pretrain(args) -> int:
                       "checkpoint": str(result.checkpoint)}, indent=1))
     if not os.path.exists(os.path.join(config.out, "loss.png")):
         print("loss.png was not drawn: matplotlib is the plot extra (pip install "
-              "\"pybert[plot]\")", file=sys.stderr)
+              "\"pybert-engine[plot]\")", file=sys.stderr)
     model = TextModel.load(result.checkpoint, device="cpu", dtype=torch.float32)
     samples = masked_word_samples(model, result.corpus.test)
     lines = []
@@ -91,27 +95,39 @@ def _pretrain(args) -> int:
     return 0
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments that choose a model and how the engine runs it (encode, serve)."""
-    parser.add_argument("--model", required=True,
-                        help="a pybert, Hugging Face BERT or sentence-transformers checkpoint "
-                             "directory")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--dtype", choices=DTYPE_NAMES,
-                        help="default: float16 on a GPU, float32 on the CPU")
+def _add_model_arguments(parser: argparse.ArgumentParser, tei: bool = False) -> None:
+    """The arguments that choose a model and how the engine runs it (encode, serve); ``tei``:
+    text-embeddings-inference's spelling too (--model-id, and its environment variables)."""
+    from .engine.devices import runnable_dtypes
+
+    names = ("--model-id", "--model") if tei else ("--model", "--model-id")
+    parser.add_argument(*names, dest="model", required=not (tei and os.environ.get("MODEL_ID")),
+                        default=os.environ.get("MODEL_ID") if tei else None,
+                        help="a Hugging Face hub id (e.g. sentence-transformers/all-MiniLM-L6-v2, "
+                             "fetched into the hub's cache) or a pybert, Hugging Face or "
+                             "sentence-transformers directory" + (" ($MODEL_ID)" if tei else ""))
+    parser.add_argument("--revision", default=os.environ.get("REVISION") if tei else None,
+                        help="with a hub id: the branch, tag or commit (default: main)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N "
+                                                         "(default: %(default)s)")
+    dtypes = runnable_dtypes()
+    parser.add_argument("--dtype", choices=("auto",) + dtypes,
+                        help="default: float16 on a GPU, float32 on the CPU (the numbers of "
+                             "sentence-transformers and TEI); auto: on the CPU, bfloat16 where "
+                             "it measures faster than float32 on this machine, else float32")
     parser.add_argument("--quantize", choices=("int8",),
                         help="CPU: int8 weights, activations quantised per call")
 
 
 def _load_text_model(args, device: str | None = None):
-    """The TextModel that --model, --device (or ``device``), --dtype and --quantize
-    describe."""
+    """The TextModel that --model, --revision, --device (or ``device``), --dtype and
+    --quantize describe."""
     from .engine import default_dtype, resolve_device
     from .text import TextModel
 
     device = resolve_device(args.device if device is None else device)
     return TextModel.load(args.model, device=device, dtype=default_dtype(device, args.dtype),
-                          quantize=args.quantize)
+                          quantize=args.quantize, revision=args.revision)
 
 
 def _encode(args) -> int:
@@ -125,8 +141,11 @@ def _encode(args) -> int:
               file=sys.stderr)
         return 2
     try:
+        from .checkpoint import locate
         from .checkpoint.files import fingerprint
 
+        args.model = str(locate(args.model, args.revision))  # a hub id: fetched once, here
+        args.revision = None
         model = _load_text_model(args)
         # The job is keyed on the checkpoint's content, not its path: a checkpoint replaced at
         # the same path is another job; ./ckpt and ckpt/ are the same one.
@@ -142,7 +161,7 @@ def _encode(args) -> int:
         print("\npybert encode: interrupted; the rows done so far are kept. Run the same "
               "command again to continue.", file=sys.stderr)
         return 130
-    except (FileExistsError, FileNotFoundError, ValueError, TypeError) as err:
+    except (FileExistsError, FileNotFoundError, PermissionError, ValueError, TypeError) as err:
         print(f"pybert encode: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a full disk, a read-only folder: the job can be resumed
@@ -156,7 +175,7 @@ def _encode_on_ray(args) -> int:
     try:
         import ray  # noqa: F401
     except ImportError:
-        print("pybert encode --ray needs Ray: pip install \"pybert[ray]\"", file=sys.stderr)
+        print("pybert encode --ray needs Ray: pip install \"pybert-engine[ray]\"", file=sys.stderr)
         return 2
     from .ray import run_ray_job
 
@@ -170,15 +189,17 @@ def _encode_on_ray(args) -> int:
                               pooling=args.pooling, truncation=args.truncation,
                               batch_tokens=args.batch_tokens,
                               rows_per_shard=args.rows_per_shard, actors=args.actors,
-                              device=args.device, dtype=args.dtype, overwrite=args.overwrite,
+                              device=args.device,
+                              dtype=args.dtype,
+                              overwrite=args.overwrite,
                               quantize=args.quantize, task=args.task,
                               prompt_name=args.prompt_name, dimensions=args.dimensions,
-                              raw_scores=args.raw_scores)
+                              raw_scores=args.raw_scores, revision=args.revision)
     except KeyboardInterrupt:
         print("\npybert encode: interrupted; the finished shards are kept. Run the same "
               "command again to continue.", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, TypeError) as err:
+    except (FileNotFoundError, PermissionError, ValueError, TypeError) as err:
         print(f"pybert encode: {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary))
@@ -186,21 +207,34 @@ def _encode_on_ray(args) -> int:
 
 
 def _serve(args) -> int:
-    import os
-
     try:
         from starlette import __version__  # noqa: F401
         import uvicorn  # noqa: F401
         import prometheus_client  # noqa: F401
     except ImportError:
-        print("pybert serve needs its extra: pip install \"pybert[serve]\" (starlette, "
+        print("pybert serve needs its extra: pip install \"pybert-engine[serve]\" (starlette, "
               "uvicorn, prometheus-client)", file=sys.stderr)
         return 2
+    from .checkpoint import is_hub_id
     from .serve import ServeConfig, serve
 
+    if args.hf_token:
+        os.environ["HF_TOKEN"] = args.hf_token
+    if args.huggingface_hub_cache:
+        os.environ["HF_HUB_CACHE"] = args.huggingface_hub_cache
+    ignored = [flag for flag in _TEI_IGNORED
+               if getattr(args, flag[2:].replace("-", "_")) is not None]
+    if ignored:
+        print(f"pybert serve: ignoring {', '.join(ignored)} (text-embeddings-inference "
+              "options pybert has no use for)", file=sys.stderr)
     try:
+        if args.dense_path is not None:
+            raise ValueError("--dense-path is not supported: pybert applies the Dense modules "
+                             "the model's modules.json names")
         if not 0 <= args.port <= 65535:
             raise ValueError(f"--port must be in [0, 65535], got {args.port}")
+        name = args.served_model_name or (args.model if is_hub_id(args.model) else
+                                          os.path.basename(os.path.normpath(args.model)))
         config = ServeConfig(batch_tokens=args.batch_tokens, max_wait_ms=args.max_wait_ms,
                              max_queue=args.max_queue, max_inputs=args.max_inputs,
                              max_text_bytes=args.max_text_bytes,
@@ -210,10 +244,13 @@ def _serve(args) -> int:
                              body_timeout_s=args.body_timeout, idle_timeout_s=args.idle_timeout,
                              max_connections=args.max_connections,
                              api_key=args.api_key or os.environ.get("PYBERT_API_KEY") or None,
-                             model_id=args.model_id or os.path.basename(
-                                 os.path.normpath(args.model)))
+                             model_id=name, auto_truncate=args.auto_truncate,
+                             json_output=args.json_output)
         models = [_load_text_model(args, device) for device in _serve_devices(args)]
-    except (FileNotFoundError, ValueError, TypeError) as err:
+        for model in models:
+            model.configure(pooling=args.pooling, default_prompt_name=args.default_prompt_name,
+                            default_prompt=args.default_prompt)
+    except (FileNotFoundError, PermissionError, ValueError, TypeError) as err:
         print(f"pybert serve: {err}", file=sys.stderr)
         return 2
     serve(models[0], host=args.host, port=args.port, config=config, log_level=args.log_level,
@@ -253,21 +290,11 @@ def _bench(args, rest) -> int:
     return 0
 
 
-def _add_pretrain_command(commands) -> None:
-    parser = commands.add_parser("pretrain", help="pretrain a BERT (MLM + NSP)")
+def _pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     _add_train_arguments(parser)
-    parser.set_defaults(run=_pretrain)
 
 
-def _add_encode_command(commands) -> None:
-    parser = commands.add_parser(
-        "encode", help="embed every text of a file (a batch job that resumes)",
-        description="Embed each row of --input (.txt: a text per line, a tab between the two "
-                    "texts of a pair; .jsonl: a string, a [a, b] pair or {\"text\": ...}) into "
-                    "--output (.npy, .safetensors or .parquet), in input order; or score it "
-                    "with the model's classifier (--task classify), or write its SPLADE "
-                    "vectors (--task sparse, to .parquet). An interrupted job continues where "
-                    "it stopped when run again with the same arguments.")
+def _encode_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_arguments(parser)
     parser.add_argument("--input", required=True, nargs="+",
                         help="a .txt or .jsonl file; with --ray, any number of .txt, .jsonl "
@@ -300,91 +327,178 @@ def _add_encode_command(commands) -> None:
     parser.add_argument("--raw-scores", action="store_true",
                         help="with --task classify: the logits, not the scores")
     parser.add_argument("--batch-tokens", type=int, default=16384,
-                        help="padded tokens per batch")
+                        help="padded tokens per engine batch (default: %(default)s)")
     parser.add_argument("--chunk-size", type=int, default=4096,
-                        help="rows read, sorted and committed together")
+                        help="rows read, sorted and committed together (default: "
+                             "%(default)s)")
     parser.add_argument("--truncation", choices=("warn", "error"), default="warn")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a finished output or a partial one")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
-    parser.set_defaults(run=_encode)
 
 
-def _add_serve_command(commands) -> None:
-    parser = commands.add_parser(
-        "serve", help="serve embeddings over HTTP with dynamic batching",
-        description="Serve a model over HTTP: POST /embed (text-embeddings-inference), POST "
-                    "/v1/embeddings (OpenAI), POST /fill-mask, POST /next-sentence, GET "
-                    "/health, /info, /metrics. Concurrent requests are packed into shared "
-                    "engine calls. SIGTERM finishes the requests in flight, then exits.")
-    _add_model_arguments(parser)
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default: loopback only)")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--devices", help="serve on several devices, e.g. cuda:0,cuda:1: one "
-                                          "engine and batcher each, a request going to the "
-                                          "least loaded (replaces --device)")
-    parser.add_argument("--api-key", help="require this bearer token on every route but "
-                                          "/health (default: $PYBERT_API_KEY, or none)")
-    parser.add_argument("--model-id", help="the name /info and /v1/embeddings report")
-    parser.add_argument("--batch-tokens", type=int, default=16384,
-                        help="tokens per packed engine call")
-    parser.add_argument("--max-wait-ms", type=float, default=2.0,
-                        help="how long a batch waits for more requests")
-    parser.add_argument("--max-queue", type=int, default=4096,
-                        help="sequences queued at most (beyond: 503 + Retry-After)")
-    parser.add_argument("--max-inputs", type=int, default=256, help="texts per request")
-    parser.add_argument("--max-text-bytes", type=int, default=65536,
-                        help="UTF-8 bytes per text")
+# Every route of pybert serve, for its --help (the table is pybert.serve.routes.Routes.table).
+SERVE_ROUTES = """routes:
+  POST /embed            text-embeddings-inference: vectors of texts
+  POST /embed_all        TEI: every token's vector
+  POST /embed_sparse     TEI: SPLADE's sparse vectors (a masked-LM or SparseEncoder model)
+  POST /predict          TEI: a sequence classifier's scores of texts or pairs
+  POST /rerank           TEI: a cross-encoder's scores of (query, text) pairs
+  POST /tokenize         TEI: tokens with their offsets
+  POST /decode           TEI: token ids back to text
+  POST /v1/embeddings    OpenAI's embeddings API (its Python client works)
+  POST /fill-mask        the MLM head's words at each mask token
+  POST /next-sentence    the NSP head's probability that b follows a
+  GET  /health, /info, /metrics (Prometheus)
+
+The text-embeddings-inference launcher's flags are taken with their meanings: a TEI launch
+line starts pybert with the program's name changed (--hostname, --port, --model-id,
+--revision, --max-batch-tokens, --max-client-batch-size, --max-concurrent-requests,
+--auto-truncate, --payload-limit, --api-key, --pooling, --default-prompt-name,
+--default-prompt, --served-model-name, --json-output, --hf-token, --huggingface-hub-cache).
+Two defaults differ on purpose: pybert listens on 127.0.0.1 (TEI: 0.0.0.0; pass --hostname
+0.0.0.0 to be reached from other machines), and takes 256 texts per request (TEI: 32)."""
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     from .serve.config import ServeConfig
 
     defaults = ServeConfig()
-    parser.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes,
-                        help="bytes of one request's body (beyond: 413)")
+    env = os.environ.get
+    _add_model_arguments(parser, tei=True)
+    parser.add_argument("--hostname", "--host", dest="host", default="127.0.0.1",
+                        help="address to listen on (default: %(default)s, loopback only)")
+    parser.add_argument("--port", type=int, default=int(env("PORT", "3000")),
+                        help="($PORT; default: %(default)s, as TEI's)")
+    parser.add_argument("--devices", help="serve on several devices, e.g. cuda:0,cuda:1: one "
+                                          "engine and batcher each, a request going to the "
+                                          "least loaded (replaces --device)")
+    parser.add_argument("--api-key", default=env("API_KEY"),
+                        help="require this bearer token on every route but /health "
+                             "($API_KEY or $PYBERT_API_KEY; default: none)")
+    parser.add_argument("--served-model-name", default=env("SERVED_MODEL_NAME"),
+                        help="the name /info and /v1/embeddings report (default: the model id, "
+                             "or the directory's name)")
+    parser.add_argument("--pooling", choices=("cls", "mean"), default=env("POOLING"),
+                        help="override the model's pooling (default: the model's own)")
+    parser.add_argument("--default-prompt-name", default=env("DEFAULT_PROMPT_NAME"),
+                        help="the model's prompt (sentence-transformers prompts) prepended to "
+                             "every text that names none")
+    parser.add_argument("--default-prompt", default=env("DEFAULT_PROMPT"),
+                        help="a prompt string prepended to every text that names none")
+    parser.add_argument("--dense-path", default=env("DENSE_PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--auto-truncate", action="store_true",
+                        default=env("AUTO_TRUNCATE", "").lower() in ("1", "true"),
+                        help="cut over-long inputs when a request does not say \"truncate\" "
+                             "(default: refuse them with 413)")
+    parser.add_argument("--max-batch-tokens", "--batch-tokens", dest="batch_tokens", type=int,
+                        default=int(env("MAX_BATCH_TOKENS", defaults.batch_tokens)),
+                        help="tokens per packed engine call (default: %(default)s)")
+    parser.add_argument("--max-client-batch-size", "--max-inputs", dest="max_inputs", type=int,
+                        default=int(env("MAX_CLIENT_BATCH_SIZE", defaults.max_inputs)),
+                        help="texts per request (default: %(default)s)")
+    parser.add_argument("--max-concurrent-requests", "--max-connections",
+                        dest="max_connections", type=int,
+                        default=int(env("MAX_CONCURRENT_REQUESTS", defaults.max_connections)),
+                        help="concurrent connections and requests (beyond: 503; default: "
+                             "%(default)s)")
+    parser.add_argument("--payload-limit", "--max-body-bytes", dest="max_body_bytes", type=int,
+                        default=int(env("PAYLOAD_LIMIT", defaults.max_body_bytes)),
+                        help="bytes of one request's body (beyond: 413; default: %(default)s)")
+    parser.add_argument("--json-output", action="store_true",
+                        default=env("JSON_OUTPUT", "").lower() in ("1", "true"),
+                        help="log (the start line and the access log) as JSON lines")
+    parser.add_argument("--hf-token", "--hf-api-token", default=None,
+                        help="a Hugging Face token for gated or private models (default: "
+                             "$HF_TOKEN)")
+    parser.add_argument("--huggingface-hub-cache", default=None,
+                        help="the hub cache to load models from (default: $HF_HUB_CACHE)")
+    parser.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
+                        help="how long a batch waits for more requests (default: %(default)s)")
+    parser.add_argument("--max-queue", type=int, default=defaults.max_queue,
+                        help="sequences queued at most (beyond: 503 + Retry-After; default: "
+                             "%(default)s)")
+    parser.add_argument("--max-text-bytes", type=int, default=defaults.max_text_bytes,
+                        help="UTF-8 bytes per text (default: %(default)s)")
     parser.add_argument("--max-masks", type=int, default=defaults.max_masks,
-                        help="mask tokens per /fill-mask request (beyond: 413)")
+                        help="mask tokens per /fill-mask request (beyond: 413; default: "
+                             "%(default)s)")
     parser.add_argument("--max-reply-bytes", type=int, default=defaults.max_reply_bytes,
-                        help="bytes of one reply (beyond: 413)")
+                        help="bytes of one reply (beyond: 413; default: %(default)s)")
     parser.add_argument("--max-buffered-bytes", type=int, default=defaults.max_buffered_bytes,
                         help="bytes of request bodies held at once, all connections together "
-                             "(beyond: 503)")
+                             "(beyond: 503; default: %(default)s)")
     parser.add_argument("--body-timeout", type=float, default=defaults.body_timeout_s,
                         help="seconds to wait for the next piece of a request's body "
-                             "(beyond: 408)")
+                             "(beyond: 408; default: %(default)s)")
     parser.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s,
-                        help="seconds a kept-alive connection may wait for its next request")
-    parser.add_argument("--max-connections", type=int, default=defaults.max_connections,
-                        help="concurrent connections and requests (beyond: 503)")
+                        help="seconds a kept-alive connection may wait for its next request "
+                             "(default: %(default)s)")
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"))
-    parser.set_defaults(run=_serve)
+    for flag in _TEI_IGNORED:
+        parser.add_argument(flag, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--disable-spans", action="store_const", const=True, default=None,
+                        dest="disable_spans", help=argparse.SUPPRESS)
 
 
-def _add_bench_command(commands) -> None:
-    parser = commands.add_parser(
-        "bench", help="time the engine against its peers on the same inputs",
-        description="On a GPU (--device cuda, the default where one is present): the BERT-base "
-                    "fp16 benchmark against Hugging Face, torch.compile and TransformerEncoder; "
-                    "its options (--peers, --workloads, --repeats, --json) pass through. On the "
-                    "CPU: the engine in fp32, bf16 and int8 against the d2l and Hugging Face "
-                    "eager models, torch.compile and ONNX Runtime (where installed), on the "
-                    "book config at 512 x 64 and BERT-base at 8 x 128 and 1 x 128, or on "
-                    "BERT-base at --batch x --seq-len.")
+def _bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--seq-len", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
-    parser.set_defaults(run=_bench)
+
+
+# name: (help, description, arguments, run)
+COMMANDS = {
+    "pretrain": ("pretrain a BERT (MLM + NSP)", None, _pretrain_arguments, _pretrain),
+    "encode": ("embed every text of a file (a batch job that resumes)",
+               "Embed each row of --input (.txt: a text per line, a tab between the two texts "
+               "of a pair; .jsonl: a string, a [a, b] pair or {\"text\": ...}) into --output "
+               "(.npy, .safetensors or .parquet), in input order; or score it with the model's "
+               "classifier (--task classify), or write its SPLADE vectors (--task sparse, to "
+               ".parquet). An interrupted job continues where it stopped when run again with "
+               "the same arguments.", _encode_arguments, _encode),
+    "serve": ("serve a model over HTTP (text-embeddings-inference's and OpenAI's APIs)",
+              "Serve a model over HTTP with dynamic batching: concurrent requests are packed "
+              "into shared engine calls. SIGTERM finishes the requests in flight, then exits.",
+              _serve_arguments, _serve),
+    "bench": ("time the engine against its peers on the same inputs",
+              "On a GPU (--device cuda, the default where one is present): the BERT-base fp16 "
+              "benchmark against Hugging Face, torch.compile and TransformerEncoder; its "
+              "options (--peers, --workloads, --repeats, --json) pass through. On the CPU: the "
+              "engine in fp32, bf16 and int8 against the d2l and Hugging Face eager models, "
+              "torch.compile and ONNX Runtime (where installed), on the book config at 512 x "
+              "64 and BERT-base at 8 x 128 and 1 x 128, or on BERT-base at --batch x "
+              "--seq-len.", _bench_arguments, _bench),
+}
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line for a person at a terminal (not the module and line that
+    raised it)."""
+    print(f"pybert: {category.__name__}: {message}", file=sys.stderr if file is None else file)
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    import warnings
+
+    warnings.showwarning = _show_warning
     parser = argparse.ArgumentParser(prog="pybert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    for add_command in (_add_pretrain_command, _add_encode_command, _add_serve_command,
-                        _add_bench_command):
-        add_command(commands)
+    # Only the command asked for builds its arguments (some import torch): `pybert --help`
+    # stays fast.
+    chosen = next((a for a in argv if a in COMMANDS), None)
+    for name, (help_text, description, add_arguments, run) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=description,
+                                  epilog=SERVE_ROUTES if name == "serve" else None,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name == chosen:
+            add_arguments(sub)
+        sub.set_defaults(run=run)
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":  # the GPU benchmark's own options pass through
         return args.run(args, rest)

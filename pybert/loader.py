@@ -54,11 +54,11 @@ def build_tokenizer(spec, max_len: int, where="the checkpoint"):
 
 
 def load_checkpoint(path, device="cpu", dtype: torch.dtype = torch.float32,
-                    **engine_options) -> LoadedModel:
-    """Read the checkpoint at ``path`` (pybert, Hugging Face BERT or sentence-transformers)
-    and build its engine and tokenizer. ``engine_options``: cuda_graphs, max_graphs, quantize,
-    cpu_plan."""
-    checkpoint: Checkpoint = read_checkpoint(path)
+                    revision: str | None = None, **engine_options) -> LoadedModel:
+    """Read the checkpoint at ``path`` (pybert, Hugging Face BERT or sentence-transformers; a
+    directory or a Hugging Face hub id, at ``revision``) and build its engine and tokenizer.
+    ``engine_options``: cuda_graphs, max_graphs, quantize, cpu_plan."""
+    checkpoint: Checkpoint = read_checkpoint(path, revision)
     tokenizer = None
     if checkpoint.tokenizer is not None:  # before the engine: it is the cheaper check
         tokenizer = build_tokenizer(checkpoint.tokenizer, checkpoint.config.max_len,

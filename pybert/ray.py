@@ -11,7 +11,7 @@
   repeated. Rows that cannot be read (invalid UTF-8, bad JSON, a missing field) get a null
   vector and their error in the ``error`` column, and are counted in the summary.
 
-Ray is an optional extra: ``pip install "pybert[ray]"``.
+Ray is an optional extra: ``pip install "pybert-engine[ray]"``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import locate
 from .checkpoint.files import fingerprint
 from .config import check_int
 from .engine import default_dtype, resolve_device
@@ -42,10 +43,10 @@ MANIFEST = "_pybert_job.json"
 _SHARD_NAME = re.compile(r"\d{5}-[A-Za-z0-9_-]*-\d{12}-\d{12}\.parquet")
 
 
-def _load(model, device, dtype, quantize=None):
+def _load(model, device, dtype, quantize=None, revision=None):
     device = resolve_device(device)
     return TextModel.load(model, device=device, dtype=default_dtype(device, dtype),
-                          quantize=quantize)
+                          quantize=quantize, revision=revision)
 
 
 def _vector_column(vectors: np.ndarray, ok: list[bool], dim: int):
@@ -307,8 +308,8 @@ class ShardWriter:
                  pooling: str | None = None, truncation: str = "warn",
                  batch_tokens: int = 16384, quantize: str | None = None, task: str = "embed",
                  prompt_name: str | None = None, dimensions: int | None = None,
-                 raw_scores: bool = False):
-        self.model = _load(model, device, dtype, quantize)
+                 raw_scores: bool = False, revision: str | None = None):
+        self.model = _load(model, device, dtype, quantize, revision)
         self.output_dir = Path(output_dir)
         self.pooling, self.truncation, self.batch_tokens = pooling, truncation, batch_tokens
         self.task, self.prompt_name = task, prompt_name
@@ -497,7 +498,7 @@ def run_ray_job(model: str, inputs, output_dir, address: str | None = None,
                 overwrite: bool = False, writer=ShardWriter,
                 quantize: str | None = None, task: str = "embed",
                 prompt_name: str | None = None, dimensions: int | None = None,
-                raw_scores: bool = False) -> dict:
+                raw_scores: bool = False, revision: str | None = None) -> dict:
     """Run ``task`` on every row of ``inputs`` (files or folders of .txt, .jsonl, .parquet)
     into Parquet shards in ``output_dir`` on a Ray cluster (``address``: "auto", an address,
     or None for a local one started for the run), and return a summary. Tasks as
@@ -505,7 +506,9 @@ def run_ray_job(model: str, inputs, output_dir, address: str | None = None,
     ("indices", "values").
 
     One actor per GPU when the cluster has GPUs (``gpus_per_actor`` 1), else ``actors`` CPU
-    actors (default: the cluster's CPUs). Finished shards are skipped, so rerunning the same
+    actors (default: the cluster's CPUs). ``model``: a directory every node can read, or a
+    Hugging Face hub id (at ``revision``), which the actors load at the commit the driver
+    resolved. Finished shards are skipped, so rerunning the same
     command after a crash finishes the job; ``overwrite`` starts again. ``writer`` is the actor
     class (ShardWriter; tests pass one that dies on purpose)."""
     check_int(rows_per_shard, "rows_per_shard")
@@ -522,17 +525,20 @@ def run_ray_job(model: str, inputs, output_dir, address: str | None = None,
                                       ("raw_scores", raw_scores))
                     if v not in (None, False, "embed")})
     shards = plan_shards(files, rows_per_shard)
+    local = locate(model, revision)
+    if not Path(model).exists():  # a hub id: every actor loads the same commit
+        revision = local.name
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(output_dir):  # a second job on this output refuses at once
         # Keyed on the checkpoint's content: one replaced at the same path is another job.
-        _prepare_output(output_dir, _job_identity("sha256:" + fingerprint(model), files,
+        _prepare_output(output_dir, _job_identity("sha256:" + fingerprint(local), files,
                                                   options), shards, files, overwrite)
         return _run_shards(output_dir, shards, address, writer, actors, gpus_per_actor,
                            dict(model=str(model), output_dir=str(output_dir), device=device,
                                 dtype=dtype, pooling=pooling, truncation=truncation,
                                 batch_tokens=batch_tokens, quantize=quantize, task=task,
                                 prompt_name=prompt_name, dimensions=dimensions,
-                                raw_scores=raw_scores))
+                                raw_scores=raw_scores, revision=revision))
 
 
 def _run_shards(output_dir: Path, shards: list[Shard], address, writer, actors,

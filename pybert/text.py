@@ -18,7 +18,8 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -30,7 +31,7 @@ from .config import check_int
 from .engine import Engine
 from .heads import l2_normalize, score, sparse_pool
 from .loader import LoadedModel, load_checkpoint
-from .tokenization import Vocab, WordTokenizer, check_side, check_truncation
+from .tokenization import TruncationCount, Vocab, WordTokenizer, check_side, check_truncation
 
 __all__ = ["TextModel", "SparseVector", "text_model_of", "plan_batches", "pack_batch",
            "pad_batch", "POOLINGS"]
@@ -180,16 +181,57 @@ class TextModel:
         self.classifier = classifier        # a pybert.heads.Classifier, or None
         # SPLADE's pooling: the checkpoint's, or max of log(1 + relu) for any MLM model.
         self.sparse = sparse or SparseSpec()
+        # A SparseEncoder (SPLADE) checkpoint: its vectors are encode_sparse's; encode()
+        # gives its dense ones only when asked for a pooling.
+        self.sparse_model = sparse is not None
         self.prompts = dict(prompts or {})
         self.default_prompt_name = default_prompt_name
+        self.default_prompt = None  # a prompt text for every text that names none
         self.architecture = architecture
+
+    def configure(self, pooling: str | None = None, default_prompt_name: str | None = None,
+                  default_prompt: str | None = None) -> None:
+        """Override the checkpoint's pooling ("cls" or "mean") and default prompt: one of its
+        prompts by name, or a prompt text (not both). None leaves a setting as it is."""
+        if pooling is not None:
+            if pooling not in POOLINGS[:2]:
+                raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+            self.pooling = pooling
+        if default_prompt_name is not None and default_prompt is not None:
+            raise ValueError("give a default prompt name or a default prompt, not both")
+        if default_prompt_name is not None:
+            if default_prompt_name not in self.prompts:
+                raise ValueError(f"default prompt name {default_prompt_name!r} is not one of "
+                                 f"this model's prompts {sorted(self.prompts)}")
+            self.default_prompt_name, self.default_prompt = default_prompt_name, None
+        if default_prompt is not None:
+            if not isinstance(default_prompt, str):
+                raise TypeError(f"default_prompt must be a str, got "
+                                f"{type(default_prompt).__name__}")
+            self.default_prompt, self.default_prompt_name = default_prompt, None
+
+    def pooling_of(self, pooling: str | None) -> str:
+        """``pooling``, or (None) the model's own; a sparse (SPLADE) model has none to give:
+        its vectors are encode_sparse's, and dense ones must be asked for by name."""
+        if pooling is None and self.sparse_model:
+            raise ValueError("this is a sparse (SPLADE) model: its vectors come from "
+                             "encode_sparse(); pass pooling='cls' or 'mean' to get dense "
+                             "vectors no one trained it for")
+        return pooling or self.pooling
+
+    @property
+    def max_input_length(self) -> int:
+        """The longest input in tokens, special tokens included: the model's max_len, or the
+        shorter limit its tokenizer or sentence-transformers config sets."""
+        return self.tokenizer.max_len
 
     @classmethod
     def load(cls, path, device="cpu", dtype: torch.dtype = torch.float32,
-             **engine_options) -> "TextModel":
-        """The text model of a checkpoint directory (it must have a vocabulary); its engine's
-        ``text_model`` is this model."""
-        loaded = load_checkpoint(path, device, dtype, **engine_options)
+             revision: str | None = None, **engine_options) -> "TextModel":
+        """The text model of a checkpoint (a directory, or a Hugging Face hub id such as
+        "sentence-transformers/all-MiniLM-L6-v2" at ``revision``; it must have a vocabulary);
+        its engine's ``text_model`` is this model."""
+        loaded = load_checkpoint(path, device, dtype, revision, **engine_options)
         if loaded.tokenizer is None:
             raise ValueError(f"checkpoint {path} has no vocabulary (vocab.txt or "
                              "tokenizer.json), so it cannot tokenise text")
@@ -262,6 +304,8 @@ class TextModel:
                 raise ValueError(f"prompt_name {prompt_name!r} is not one of this model's "
                                  f"prompts {sorted(self.prompts)}")
             prompt = self.prompts[prompt_name]
+        elif prompt is None and self.default_prompt is not None:
+            prompt = self.default_prompt
         elif prompt is None and self.default_prompt_name is not None:
             prompt = self.prompts[self.default_prompt_name]
         if prompt is not None and not isinstance(prompt, str):
@@ -301,7 +345,7 @@ class TextModel:
         (default: the tokenizer's). return_type "numpy" or "torch"."""
         if return_type not in ("numpy", "torch"):
             raise ValueError(f"return_type must be 'numpy' or 'torch', got {return_type!r}")
-        pooling = pooling or self.pooling
+        pooling = self.pooling_of(pooling)
         single = isinstance(texts, str)
         items = [texts] if single else list(texts)
         rows = [row for chunk in self.iter_encode(items, pooling, batch_tokens,
@@ -330,7 +374,7 @@ class TextModel:
         tokens costs about n / (max_len - overlap) windows. Texts only (no pairs)."""
         if return_type not in ("numpy", "torch"):
             raise ValueError(f"return_type must be 'numpy' or 'torch', got {return_type!r}")
-        pooling = pooling or self.pooling
+        pooling = self.pooling_of(pooling)
         if pooling not in POOLINGS[:2]:
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
         check_int(batch_tokens, "batch_tokens")
@@ -374,11 +418,14 @@ class TextModel:
                   batch_tokens: int = 16384, chunk_size: int = 4096, truncation: str = "warn",
                   prefetch: int = 4, prompt_name: str | None = None, prompt: str | None = None,
                   dimensions: int | None = None, truncation_side: str | None = None,
-                  raw_scores: bool = False) -> Iterator[list]:
+                  raw_scores: bool = False, truncated: TruncationCount | None = None,
+                  on_batch: Callable[[int], None] | None = None) -> Iterator[list]:
         """Yield the results of ``task`` for each chunk of ``texts``, in input order, a chunk
         at a time (bounded memory): "embed" as :meth:`iter_encode`, "classify" a (labels,)
         tensor of scores per text (logits with ``raw_scores``), "sparse" a SparseVector per
-        text. Texts are tokenised on a worker thread while the engine runs."""
+        text. Texts are tokenised on a worker thread while the engine runs. The texts cut to
+        max_len are counted in ``truncated`` (without one: one warning at the end);
+        ``on_batch(rows)`` is called after each engine batch (a progress bar's step)."""
         compute = self._task_compute(task, pooling, dimensions, raw_scores)
         check_int(chunk_size, "chunk_size")
         check_int(batch_tokens, "batch_tokens")
@@ -389,8 +436,10 @@ class TextModel:
             batch_tokens = min(batch_tokens, self._logit_rows_budget())
         batches: queue.Queue = queue.Queue(maxsize=prefetch)
         stop = threading.Event()
+        count = TruncationCount() if truncated is None else truncated
         encode = (lambda chunk, start: self.tokenizer.encode_all(
-            self.prompted(chunk, prompt_name, prompt), truncation, start, truncation_side))
+            self.prompted(chunk, prompt_name, prompt), truncation, start, truncation_side,
+            count))
         worker = threading.Thread(target=self._produce, daemon=True, name="pybert-tokenize",
                                   args=(iter(texts), chunk_size, batch_tokens, encode,
                                         batches, stop))
@@ -412,6 +461,8 @@ class TextModel:
                     state = pending[item.chunk]
                     for j, r in enumerate(item.rows):
                         state["rows"][r] = results[j]
+                    if on_batch is not None:
+                        on_batch(len(item.rows))
                     state["left"] -= 1
                 while next_chunk in pending and pending[next_chunk]["left"] == 0:
                     yield pending.pop(next_chunk)["rows"]
@@ -419,12 +470,14 @@ class TextModel:
         finally:
             stop.set()
             worker.join(timeout=5)
+        if truncated is None and count.summary() is not None:
+            warnings.warn(count.summary(), stacklevel=2)
 
     def _task_compute(self, task: str, pooling: str | None, dimensions: int | None,
                       raw_scores: bool):
         """What one packed batch of ``task`` computes (checked here, before any work)."""
         if task == "embed":
-            pooling = pooling or self.pooling
+            pooling = self.pooling_of(pooling)
             if pooling not in POOLINGS:
                 raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
             self.check_dimensions(dimensions)

@@ -13,9 +13,10 @@ The engine knows nothing of text or of checkpoint files.
 
 from . import ops  # noqa: F401  (fake kernels for torch.compile)
 from .devices import default_dtype, resolve_device
-from .engine import CPU_DTYPES, CUDA_DTYPES, QUANTIZATIONS, Engine, pack_d2l_state_dict
+from .engine import CPU_DTYPES, CUDA_DTYPES, QUANTIZATIONS, Engine, SlowPrecisionWarning, \
+    pack_d2l_state_dict
 from .weights import D2L_WEIGHT_MAP, WeightMap, WeightsError, pack_weights, weight_shapes
 
-__all__ = ["Engine", "CPU_DTYPES", "CUDA_DTYPES", "QUANTIZATIONS", "D2L_WEIGHT_MAP",
+__all__ = ["Engine", "SlowPrecisionWarning", "CPU_DTYPES", "CUDA_DTYPES", "QUANTIZATIONS", "D2L_WEIGHT_MAP",
            "WeightMap", "WeightsError", "pack_weights", "pack_d2l_state_dict", "weight_shapes",
            "default_dtype", "resolve_device"]

@@ -40,7 +40,7 @@ import torch
 from .. import _C
 from ..config import BertConfig
 
-__all__ = ["CpuPlan", "plan_cpu", "default_plan", "cpu_identity", "GEMM_PATHS", "FLOAT_PATHS",
+__all__ = ["CpuPlan", "plan_cpu", "time_ratio", "default_plan", "cpu_identity", "GEMM_PATHS", "FLOAT_PATHS",
            "ATTENTION_PATHS", "MEASURED_ROWS", "MEASURED_ROWS_INT8", "MEASURED_LENGTHS",
            "ALL_ROWS"]
 
@@ -100,6 +100,8 @@ class CpuPlan:
     attention_kernel: str = "mkl"
     attention_max_length: int = ATTENTION_KERNEL_MAX
     source: str = "default"
+    # A bfloat16 or int8 plan: its GEMMs' time over float32's on this CPU (time_ratio).
+    time_vs_float32: float | None = None
 
     def native(self) -> dict:
         """The plan as pybert._C.Engine takes it (paths as GemmPath's and AttentionPath's
@@ -117,7 +119,8 @@ class CpuPlan:
                                       for rows, path in choice]
                          for (n, k), choice in self.gemm.items()},
                 "attention": {"kernel": self.attention_kernel,
-                              "max_length": self.attention_max_length}}
+                              "max_length": self.attention_max_length},
+                "time_vs_float32": self.time_vs_float32}
 
 
 def cpu_identity() -> dict:
@@ -354,6 +357,41 @@ def plan_cpu(config: BertConfig, dtype: torch.dtype, int8: bool = False,
             CACHE.put(key, choice)
             measured = True
     plan.attention_kernel, plan.attention_max_length = str(choice[0]), int(choice[1])
+    if int8 or name != "float32":
+        plan.time_vs_float32 = time_ratio(config, plan.dtype, gemm_timer, path_available)
     plan.source = "forced" if forced_gemm or forced_attention else \
         "measured" if measured else "cached"
     return plan
+
+
+def time_ratio(config: BertConfig, precision: str, gemm_timer: GemmTimer | None = None,
+               path_available: PathCheck | None = None) -> float | None:
+    """How long ``precision``'s GEMMs ("bfloat16", or "int8" weights) take on this CPU
+    against float32's: the fastest available path of each on the model's largest layer
+    weight (the FFN's first), the geometric mean over MEASURED_ROWS; > 1 is slower. None
+    where the precision has no path here. Measured once per CPU and shape, then cached."""
+    n, k = (2 if config.ffn_gated else 1) * config.ffn_num_hiddens, config.num_hiddens
+    key = json.dumps(["time_ratio", cpu_identity(), precision, n, k])
+    cached = CACHE.get(key)
+    if isinstance(cached, (int, float)) and not isinstance(cached, bool) and cached > 0:
+        return float(cached)
+    timer, available = gemm_timer or _time_gemm, path_available or _path_available
+
+    def best(paths, dtype):
+        paths = tuple(p for p in paths if available(p, dtype))
+        if not paths:
+            return None
+        seconds = timer(paths, MEASURED_ROWS, min(n, MAX_TIMED_COLUMNS), k, dtype)
+        at_rows = [min((s[i] for s in seconds if s[i] > 0), default=None)
+                   for i in range(len(MEASURED_ROWS))]
+        return None if None in at_rows else at_rows
+
+    candidate = best(("int8",), "float32") if precision == "int8" else \
+        best(FLOAT_PATHS, precision)
+    reference = best(FLOAT_PATHS, "float32")
+    if candidate is None or reference is None:
+        return None
+    ratio = math.exp(sum(math.log(c / r) for c, r in zip(candidate, reference))
+                     / len(MEASURED_ROWS))
+    CACHE.put(key, ratio)
+    return ratio

@@ -7,7 +7,8 @@ import torch
 
 from .. import _C
 
-__all__ = ["resolve_device", "default_dtype", "DTYPE_NAMES", "CUDA_LAST_RUN"]
+__all__ = ["resolve_device", "default_dtype", "runnable_dtypes", "DTYPE_NAMES",
+           "CUDA_LAST_RUN"]
 
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 
@@ -51,13 +52,28 @@ def resolve_device(name="auto", *, needs_engine: bool = True, local_rank: int = 
     return device
 
 
-def default_dtype(device, dtype=None) -> torch.dtype:
-    """``dtype`` (a torch.dtype, a name from DTYPE_NAMES, or None) as a torch.dtype; None is
-    float16 on a GPU and float32 on the CPU."""
-    if dtype is None:
-        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
+def default_dtype(device, dtype=None):
+    """``dtype`` (a torch.dtype, a name from DTYPE_NAMES, "auto" or None) as a torch.dtype;
+    None is float16 on a GPU and float32 on the CPU; "auto" is float16 on a GPU and stays
+    "auto" for a CPU engine, which measures whether bfloat16 is faster here
+    (pybert.engine.auto_dtype)."""
+    cuda = torch.device(device).type == "cuda"
+    if dtype is None or (dtype == "auto" and cuda):
+        return torch.float16 if cuda else torch.float32
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
     if dtype not in DTYPE_NAMES:
-        raise ValueError(f"dtype must be one of {DTYPE_NAMES}, got {dtype!r}")
+        raise ValueError(f"dtype must be auto or one of {DTYPE_NAMES}, got {dtype!r}")
+    if dtype not in runnable_dtypes(device):
+        raise ValueError(f"dtype {dtype} does not run on {torch.device(device)}: "
+                         f"choose auto or one of {runnable_dtypes(device)}")
     return getattr(torch, dtype)
+
+
+def runnable_dtypes(device=None) -> tuple[str, ...]:
+    """The dtypes an engine on ``device`` computes in (None: on any device of this
+    machine): float32 and bfloat16 on the CPU, float16 too on a GPU this build runs."""
+    gpu = torch.cuda.is_available() and _C.cuda_available
+    if device is not None:
+        gpu = torch.device(device).type == "cuda"
+    return DTYPE_NAMES if gpu else ("float32", "bfloat16")

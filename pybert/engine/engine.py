@@ -14,22 +14,28 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import warnings
 
 import torch
 
 from .. import _C
 from ..config import BertConfig, config_from_model, state_dict_problems
-from .cpu_plan import CpuPlan, default_plan, plan_cpu
+from .cpu_plan import CpuPlan, default_plan, plan_cpu, time_ratio
 from .inputs import PackedBatch, device_packed_batch, packed_batch, padded_batch
 from .weights import D2L_WEIGHT_MAP, pack_weights
 
-__all__ = ["Engine", "pack_d2l_state_dict", "CPU_DTYPES", "CUDA_DTYPES", "QUANTIZATIONS",
+__all__ = ["Engine", "SlowPrecisionWarning", "auto_dtype", "pack_d2l_state_dict", "CPU_DTYPES", "CUDA_DTYPES", "QUANTIZATIONS",
            "WEIGHT_DTYPES"]
 
 CPU_DTYPES = (torch.float32, torch.bfloat16)
 CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # quantize=...: int8 weights per output channel, activations quantised per call (CPU only).
 QUANTIZATIONS = ("int8",)
+# dtype="auto" on the CPU takes bfloat16 where its GEMMs take at most this share of float32's
+# time here (its accuracy: the bfloat16 bounds in the README); an engine whose precision
+# takes more than SLOW_PRECISION_RATIO of float32's time says so when built.
+AUTO_BFLOAT16_RATIO = 0.8
+SLOW_PRECISION_RATIO = 1.1
 # The dtypes a checkpoint's weights may come in; the engine casts them to its own.
 WEIGHT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
@@ -43,6 +49,35 @@ def pack_d2l_state_dict(state_dict: dict, config: BertConfig) -> dict[str, torch
         raise ValueError("embedding_layer_norm is true, but d2l's BERT has no embedding "
                          "LayerNorm (and its state_dict no weights for one)")
     return pack_weights(state_dict, D2L_WEIGHT_MAP, config)
+
+
+class SlowPrecisionWarning(UserWarning):
+    """The engine's precision runs slower than float32 on this CPU."""
+
+
+def auto_dtype(config: BertConfig, device: torch.device) -> torch.dtype:
+    """dtype="auto": float16 on a GPU; on the CPU bfloat16 where its GEMMs measure at most
+    AUTO_BFLOAT16_RATIO of float32's time on this CPU (cpu_plan.time_ratio), else float32."""
+    if device.type == "cuda":
+        return torch.float16
+    ratio = time_ratio(config, "bfloat16")
+    return torch.bfloat16 if ratio is not None and ratio <= AUTO_BFLOAT16_RATIO else \
+        torch.float32
+
+
+def warn_if_slower_than_float32(plan: CpuPlan) -> None:
+    """A SlowPrecisionWarning where ``plan``'s precision (bfloat16, int8) measured slower than
+    float32 on this CPU, with the ratio and what to do."""
+    ratio = plan.time_vs_float32
+    if ratio is None or ratio <= SLOW_PRECISION_RATIO:
+        return
+    why = {"bfloat16": "this CPU has no bfloat16 instructions (AVX512-BF16, AMX) that the GEMM "
+                       "libraries use",
+           "int8": "its int8 GEMMs are slower than its float32 ones (no VNNI/AMX)"}
+    warnings.warn(f"{plan.dtype} runs {ratio:.1f}x slower than float32 on this CPU "
+                  f"({plan.cpu.get('model', '?')}): {why.get(plan.dtype, 'measured')}. Use "
+                  "float32 (dtype='auto' picks the faster precision).", SlowPrecisionWarning,
+                  stacklevel=4)
 
 
 class Engine:
@@ -77,6 +112,8 @@ class Engine:
                  cpu_plan: str | CpuPlan = "auto"):
         self.config = config
         self.device = torch.device(device)
+        if isinstance(dtype, str) and dtype == "auto":
+            dtype = auto_dtype(config, self.device)
         self.dtype = dtype
         if self.device.type == "cuda":
             if not _C.cuda_available:
@@ -107,6 +144,8 @@ class Engine:
         self.quantize = quantize
         weights = self._cast_weights(weights)
         self.cpu_plan = self._cpu_plan(cpu_plan) if self.device.type == "cpu" else None
+        if self.cpu_plan is not None:
+            warn_if_slower_than_float32(self.cpu_plan)
         self._native = _C.Engine(config.native(), weights, weight_storage=quantize or "packed",
                                  cpu_plan=None if self.cpu_plan is None
                                  else self.cpu_plan.native())

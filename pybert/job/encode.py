@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 
 from ..config import check_int
 from ..text import POOLINGS, text_model_of
-from ..tokenization import check_text, check_truncation
+from ..tokenization import TruncationCount, check_text, check_truncation
 from .files import output_lock, write_text_replacing
 from .output import check_output, open_writer, partial_path
 
@@ -256,7 +257,7 @@ def run_encode_job(model, input_path, output_path, model_id: str, pooling: str |
     failure to write (a full disk, a read-only folder) raises OSError saying so; the rows done
     are kept. Only one job at a time may write an output (``<output>.lock``)."""
     model = text_model_of(model)
-    pooling = pooling or model.pooling
+    pooling = model.pooling_of(pooling) if task == "embed" else pooling or model.pooling
     if pooling not in POOLINGS[:2]:
         raise ValueError(f"a batch job pools each text to one vector: pooling must be cls or "
                          f"mean, got {pooling!r}")
@@ -300,29 +301,35 @@ class _JobRun:
 
         rows, done, resume = _resume_point(self.identity, self.input_path, self.output_path,
                                            self.progress_path, overwrite)
-        bar = tqdm(total=rows, initial=done, unit="sent", disable=not progress,
+        bar = tqdm(total=rows, initial=done, unit="rows", disable=not progress,
                    dynamic_ncols=True, smoothing=0.1)
+        truncated = TruncationCount()
         with contextlib.closing(bar):
             with _writing(self.output_path, done):
                 writer = open_writer(self.output_path, rows, self.width, resume,
                                      {**self.identity, "rows": rows}, self.task)
                 self.commit(rows, done)
             with contextlib.closing(writer):  # an error leaves the partial output closed
-                position = self.write_rows(writer, rows, done, bar)
+                position = self.write_rows(writer, rows, done, bar, truncated)
                 with _writing(self.output_path, position):
                     writer.finish(self.output_path)
                     self.progress_path.unlink()
-        return {"output": str(self.output_path), "rows": rows, "dim": self.width,
-                "task": self.task, "resumed_at": done}
+        summary = {"output": str(self.output_path), "rows": rows, "dim": self.width,
+                   "task": self.task, "resumed_at": done, "truncated": truncated.cut}
+        if truncated.summary() is not None:
+            warnings.warn(f"{self.input_path}: {truncated.summary()}", stacklevel=3)
+        return summary
 
     def commit(self, rows: int, done: int) -> None:
         write_text_replacing(self.progress_path,
                              json.dumps({**self.identity, "rows": rows, "done": done}))
 
-    def write_rows(self, writer, rows: int, done: int, bar) -> int:
-        """Rows ``done`` to the end, a chunk at a time, each committed once on disk."""
+    def write_rows(self, writer, rows: int, done: int, bar, truncated) -> int:
+        """Rows ``done`` to the end, a chunk at a time, each committed once on disk; the bar
+        moves after each engine batch, the cut texts are counted in ``truncated``."""
         position = done
         for chunk in self.model.iter_task(read_texts(self.input_path, skip=done), self.task,
+                                          truncated=truncated, on_batch=bar.update,
                                           **self.options):
             with _writing(self.output_path, position):
                 writer.write(position, chunk if self.task == "sparse" else
@@ -330,7 +337,6 @@ class _JobRun:
                 writer.flush()
                 self.commit(rows, position + len(chunk))
             position += len(chunk)
-            bar.update(len(chunk))
         if position != rows:
             raise ValueError(f"{self.input_path} changed while it was read ({position} rows, "
                              f"expected {rows})")

@@ -19,15 +19,20 @@ One process serves one :class:`~pybert.text.TextModel` on a Starlette app under 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import sys
 import time
 
+import torch
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..engine.cpu_plan import time_ratio
+from ..engine.engine import AUTO_BFLOAT16_RATIO
 from .batcher import Batcher, BatcherPool
 from .config import ServeConfig
 from .http import ClientGone, HTTPError, check_api_key, error_body
@@ -37,6 +42,7 @@ from .routes import Routes
 __all__ = ["create_app", "serve"]
 
 logger = logging.getLogger("pybert.serve")
+access = logging.getLogger("pybert.access")
 
 
 def _endpoint(path: str, handler, config: ServeConfig, metrics: Metrics):
@@ -59,8 +65,16 @@ def _endpoint(path: str, handler, config: ServeConfig, metrics: Metrics):
                                                               f"{type(err).__name__}",
                                                          "Backend"), path.startswith("/v1/")),
                                     status_code=500)
+        seconds = time.perf_counter() - start
         metrics.requests.labels(path, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(time.perf_counter() - start)
+        metrics.latency.labels(path).observe(seconds)
+        if access.isEnabledFor(logging.INFO):
+            client = request.client.host if request.client else "-"
+            access.info('%s "%s %s" %d %.1f ms', client, request.method, path,
+                        response.status_code, 1000 * seconds,
+                        extra={"fields": {"client": client, "method": request.method,
+                                          "path": path, "status": response.status_code,
+                                          "latency_ms": round(1000 * seconds, 3)}})
         return response
     return endpoint
 
@@ -121,7 +135,79 @@ def _raise_open_file_limit(wanted: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def serve(model, host: str = "127.0.0.1", port: int = 8080, config: ServeConfig | None = None,
+class _JsonLines(logging.Formatter):
+    """A log record as one JSON object: time, level, target, message and its fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"timestamp": self.formatTime(record), "level": record.levelname,
+                           "target": record.name, "message": record.getMessage(),
+                           **getattr(record, "fields", {})}, default=str)
+
+
+def _configure_logging(json_output: bool, log_level: str) -> None:
+    """pybert's loggers (the start line, the access log, errors) to stderr, as plain lines or
+    JSON lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonLines() if json_output else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("pybert")
+    root.handlers[:] = [handler]
+    root.setLevel(log_level.upper())
+    root.propagate = False
+
+
+def start_fields(model, config: ServeConfig, host: str, port: int, replicas=()) -> dict:
+    """What the server says of itself when it starts: the model, how it runs, its limits and
+    its address."""
+    engine = model.engine
+    plan = engine.cpu_plan.summary() if engine.cpu_plan is not None else None
+    faster = None  # a float32 CPU engine: would bfloat16 be faster here (--dtype auto)?
+    if plan is not None and engine.dtype == torch.float32 and not engine.quantize:
+        ratio = time_ratio(engine.config, "bfloat16")
+        faster = round(ratio, 3) if ratio is not None and ratio <= AUTO_BFLOAT16_RATIO else None
+    return {"model": config.model_id, "architecture": model.architecture,
+            "tasks": model.tasks, "dim": model.dim,
+            "dtype": str(engine.dtype).replace("torch.", ""), "quantize": engine.quantize,
+            "devices": [str(m.engine.device) for m in (model, *replicas)],
+            "cpu_plan": None if plan is None else {
+                "source": plan["source"], "attention": plan["attention"],
+                "gemm_paths": sorted({p for choice in plan["gemm"].values() for _, p in choice}),
+                "time_vs_float32": plan["time_vs_float32"]},
+            "max_input_length": model.max_input_length,
+            "max_batch_tokens": config.batch_tokens,
+            "max_client_batch_size": config.max_inputs,
+            "max_concurrent_requests": config.max_connections,
+            "payload_limit": config.max_body_bytes, "auto_truncate": config.auto_truncate,
+            "api_key": config.api_key is not None, "bfloat16_time_vs_float32": faster,
+            "address": f"http://{host if ':' not in host else f'[{host}]'}:{port}"}
+
+
+def start_line(fields: dict) -> str:
+    """The start fields as one readable line."""
+    plan = fields["cpu_plan"]
+    how = f"{fields['dtype']}" + (f" ({fields['quantize']} weights)" if fields["quantize"]
+                                  else "")
+    if plan is not None:
+        attention = plan["attention"]
+        how += (f", CPU plan {plan['source']}: GEMMs by {'/'.join(plan['gemm_paths'])}, "
+                + ("attention by flash" if attention["kernel"] == "flash" else
+                   f"attention by {attention['kernel']} up to {attention['max_length']} "
+                   "tokens, flash beyond"))
+    return (f"serving {fields['model']} ({fields['architecture']}, {fields['dim']}-wide "
+            f"vectors; {', '.join(fields['tasks'])}) in {how} on "
+            f"{', '.join(fields['devices'])}; max input length {fields['max_input_length']} "
+            f"tokens; limits: {fields['max_batch_tokens']} tokens per batch, "
+            f"{fields['max_client_batch_size']} texts per request, "
+            f"{fields['payload_limit']} bytes per body, {fields['max_concurrent_requests']} "
+            f"concurrent requests; auto-truncate {'on' if fields['auto_truncate'] else 'off'}"
+            f"; api key {'required' if fields['api_key'] else 'none'}; listening on "
+            f"{fields['address']}" + (
+                f" (bfloat16 takes {fields['bfloat16_time_vs_float32']:.2f}x float32's GEMM "
+                "time on this CPU: --dtype auto takes it)"
+                if fields["bfloat16_time_vs_float32"] else ""))
+
+
+def serve(model, host: str = "127.0.0.1", port: int = 3000, config: ServeConfig | None = None,
           log_level: str = "info", replicas=()) -> None:
     """Run the server until SIGTERM or Ctrl-C; requests in flight are finished first.
     ``replicas``: the same model on more devices (see create_app)."""
@@ -132,6 +218,9 @@ def serve(model, host: str = "127.0.0.1", port: int = 8080, config: ServeConfig 
         raise ValueError(f"port must be in [0, 65535], got {port}")
     _return_large_buffers_to_the_os()
     _raise_open_file_limit(config.max_connections)
+    _configure_logging(config.json_output, log_level)
+    fields = start_fields(model, config, host, port, replicas)
+    logger.info(start_line(fields), extra={"fields": fields})
     # uvicorn closes idle kept-alive connections after idle_timeout_s and answers 503 beyond
     # max_connections; a request's body must keep arriving (body_timeout_s, read_json).
     uvicorn.run(create_app(model, config, replicas), host=host, port=port, log_level=log_level,

@@ -26,7 +26,9 @@ class ServeConfig:
     max_connections: int = 1024   # concurrent connections (and requests); beyond: 503
     idle_timeout_s: float = 5.0   # a kept-alive connection with no request is closed
     api_key: str | None = None
-    model_id: str = "pybert"
+    model_id: str = "pybert"      # the name /info and /v1/embeddings report
+    auto_truncate: bool = False   # cut over-long inputs of a request that does not say
+    json_output: bool = False     # the start line and the access log as JSON lines
 
     def __post_init__(self):
         for name in ("batch_tokens", "max_queue", "max_inputs", "max_text_bytes",

@@ -10,7 +10,8 @@ import json
 from ..tokenization import check_text
 from .config import ServeConfig
 
-__all__ = ["HTTPError", "ClientGone", "BodyBudget", "read_json", "texts_of", "flag",
+__all__ = ["HTTPError", "ClientGone", "BodyBudget", "read_json", "texts_of", "flag", "field",
+           "token_rows",
            "check_api_key", "error_body"]
 
 
@@ -116,8 +117,9 @@ def error_body(err: HTTPError, openai: bool) -> dict:
     return {"error": err.message, "error_type": err.kind}
 
 
-def texts_of(value, name: str, config: ServeConfig, pairs: bool = False) -> list:
-    """A request's texts (a str or a non-empty list), each checked; pairs as tuples."""
+def texts_of(value, name: str, config: ServeConfig, pairs: bool | str = False) -> list:
+    """A request's texts (a str or a non-empty list), each checked; pairs as tuples
+    (``pairs`` True: every item a pair; "either": each item a text or a pair)."""
     single = isinstance(value, str) or (pairs and is_pair(value))
     items = [value] if single else value
     if not isinstance(items, list):
@@ -130,7 +132,12 @@ def texts_of(value, name: str, config: ServeConfig, pairs: bool = False) -> list
                         f"{config.max_inputs} a request may have", "Validation")
     out = []
     for i, item in enumerate(items):
-        if pairs:
+        if pairs == "either" and isinstance(item, (list, tuple)):
+            if not is_pair(list(item)):
+                raise HTTPError(422, f"{name}[{i}] must be a string or a [text_a, text_b] "
+                                "pair of strings")
+            texts = tuple(item)
+        elif pairs is True:
             if not is_pair(item):
                 raise HTTPError(422, f"{name}[{i}] must be a [text_a, text_b] pair of strings")
             texts = tuple(item)
@@ -146,8 +153,53 @@ def texts_of(value, name: str, config: ServeConfig, pairs: bool = False) -> list
                 check_text(text, f"{name}[{i}]")
             except ValueError as err:
                 raise HTTPError(422, str(err)) from None
-        out.append(texts if pairs else texts[0])
+        out.append(texts if len(texts) == 2 or pairs is True else texts[0])
     return out
+
+
+# A field a client may have spelled as the other API does: TEI's routes take "inputs",
+# OpenAI's "input".
+_OTHER_API = {"inputs": ("input", "OpenAI's field: POST /v1/embeddings takes it"),
+              "input": ("inputs", "text-embeddings-inference's field: POST /embed takes it")}
+
+
+def field(body: dict, name: str):
+    """``body[name]``; its absence answers 422 saying so, and which field of which API the
+    body holds instead where it holds the other API's."""
+    if name in body:
+        return body[name]
+    other = _OTHER_API.get(name)
+    if other is not None and other[0] in body:
+        raise HTTPError(422, f"the body has no \"{name}\" but has \"{other[0]}\", "
+                        f"{other[1]}; this route takes \"{name}\"")
+    raise HTTPError(422, f"the body has no \"{name}\"")
+
+
+def token_rows(value, vocab_size: int, max_rows: int) -> list | None:
+    """OpenAI's token-array input (a list of token ids, or a list of such lists) as a list of
+    id lists, each checked; None when ``value`` is not token ids (texts)."""
+    def is_ids(v):
+        return isinstance(v, list) and len(v) > 0 and all(
+            isinstance(i, int) and not isinstance(i, bool) for i in v)
+
+    if is_ids(value):
+        rows = [value]
+    elif isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+        if not all(is_ids(v) for v in value):
+            raise HTTPError(422, "input must be texts, a list of token ids, or a list of "
+                            "non-empty lists of token ids")
+        rows = value
+    else:
+        return None
+    if len(rows) > max_rows:
+        raise HTTPError(413, f"input has {len(rows)} token arrays, more than the {max_rows} "
+                        "a request may have")
+    for r, row in enumerate(rows):
+        bad = next((i for i in row if not 0 <= i < vocab_size), None)
+        if bad is not None:
+            raise HTTPError(422, f"input[{r}] holds token id {bad}, outside this model's "
+                            f"vocabulary [0, {vocab_size})")
+    return rows
 
 
 def is_pair(value) -> bool:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -21,10 +23,14 @@ from .batcher import Batcher, QueueFull, RequestTooLarge
 from .config import ServeConfig
 from ..engine.devices import CUDA_LAST_RUN
 from ..heads import l2_normalize, score
-from .http import BodyBudget, ClientGone, HTTPError, flag, is_pair, read_json, texts_of
+from ..tokenization import TruncationCount
+from .http import BodyBudget, ClientGone, HTTPError, field, flag, is_pair, read_json, texts_of, \
+    token_rows
 from .metrics import Metrics
 
 __all__ = ["Routes"]
+
+logger = logging.getLogger("pybert.serve")
 
 
 class Routes:
@@ -77,14 +83,25 @@ class Routes:
         return Response(body, media_type="application/json")
 
     async def tokenised(self, texts: list, truncate: bool, side: str | None = None,
-                        advice: str = "pass \"truncate\": true to cut long inputs") -> list:
+                        advice: str = "pass \"truncate\": true to cut long inputs",
+                        token_ids: bool = False) -> list:
+        """The (ids, token types) of texts (or, with ``token_ids``, of token-id sequences
+        without their special tokens), tokenised off the event loop."""
+        count = TruncationCount()
+        tokenizer = self.model.tokenizer
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self.tokenizing, self.model.tokenizer.encode_all, texts,
-                "warn" if truncate else "error", 0, side)
+            encoded = await asyncio.get_running_loop().run_in_executor(
+                self.tokenizing, functools.partial(
+                    tokenizer.encode_ids, texts, "warn" if truncate else "error", side, count)
+                if token_ids else functools.partial(
+                    tokenizer.encode_all, texts, "warn" if truncate else "error", 0, side,
+                    count))
         except ValueError as err:
             message = str(err).split("; pass truncation=")[0]  # the Python API's advice
             raise HTTPError(413, f"{message}; {advice}") from None
+        if count.cut:
+            logger.info("a request's %s", count.summary())
+        return encoded
 
     async def batched(self, request: Request | None, encoded: list, task: str = "embed",
                       options: dict | None = None):
@@ -137,12 +154,21 @@ class Routes:
             raise HTTPError(404, f"this model does not serve {task} (it serves "
                             f"{', '.join(self.model.tasks)})", "NotFound")
 
+    def need_dense(self) -> None:
+        """A sparse (SPLADE) model's vectors are /embed_sparse's, not a pooled CLS vector."""
+        if self.model.sparse_model:
+            raise HTTPError(422, "this is a sparse (SPLADE) model: POST /embed_sparse gives "
+                            "its vectors")
+
     def options(self, body: dict) -> tuple:
         """(dimensions, prompt_name, truncation side) of an embedding request, checked."""
         dimensions = body.get("dimensions")
         try:
             self.model.check_dimensions(dimensions)
             prompt_name = body.get("prompt_name")
+            if prompt_name is not None and not isinstance(prompt_name, str):
+                raise TypeError(f"prompt_name must be a string, got "
+                                f"{type(prompt_name).__name__}")
             if prompt_name is not None:
                 self.model.prompted([], prompt_name)
         except (TypeError, ValueError) as err:
@@ -166,27 +192,36 @@ class Routes:
         """(body, the inputs tokenised with their prompt, dimensions) of text-embeddings-
         inference's embedding routes."""
         body = await self.body(request)
-        texts = texts_of(body.get("inputs"), "inputs", self.config)
+        texts = texts_of(field(body, "inputs"), "inputs", self.config)
         dimensions, prompt_name, side = self.options(body)
         encoded = await self.tokenised(self.model.prompted(texts, prompt_name),
-                                       flag(body, "truncate", False), side)
+                                       flag(body, "truncate", self.config.auto_truncate), side)
         return body, encoded, dimensions
 
     async def embed(self, request: Request):
+        self.need_dense()
         body, encoded, dimensions = await self.embedding_request(request)
         normalize = flag(body, "normalize", None)
         vectors = await self.batched(request, encoded)
         return await self.reply(self.normalised(vectors, normalize, dimensions).tolist())
 
     async def openai_embeddings(self, request: Request):
+        self.need_dense()
         body = await self.body(request)
-        texts = texts_of(body.get("input"), "input", self.config)
+        value = field(body, "input")
         encoding = body.get("encoding_format", "float")
         if encoding not in ("float", "base64"):
             raise HTTPError(422, "encoding_format must be 'float' or 'base64'")
         dimensions, _, _ = self.options({"dimensions": body.get("dimensions")})
-        encoded = await self.tokenised(self.model.prompted(texts), truncate=False,
-                                       advice="shorten the input")
+        advice = "shorten the input (or start the server with --auto-truncate)"
+        rows = token_rows(value, self.engine.config.vocab_size, self.config.max_inputs)
+        if rows is not None:  # OpenAI's token arrays: this model's ids, no special tokens
+            encoded = await self.tokenised(rows, self.config.auto_truncate, advice=advice,
+                                           token_ids=True)
+        else:
+            texts = texts_of(value, "input", self.config)
+            encoded = await self.tokenised(self.model.prompted(texts),
+                                           self.config.auto_truncate, advice=advice)
         vectors = self.normalised(await self.batched(request, encoded), None, dimensions)
         data = [{"object": "embedding", "index": i,
                  "embedding": (base64.b64encode(v.astype("<f4").tobytes()).decode()
@@ -213,20 +248,26 @@ class Routes:
     async def scores(self, request: Request, items: list, body: dict) -> np.ndarray:
         """The classifier's scores (or logits with "raw_scores") of texts or pairs."""
         raw = flag(body, "raw_scores", False)
-        encoded = await self.tokenised(items, flag(body, "truncate", False))
+        encoded = await self.tokenised(items, flag(body, "truncate", self.config.auto_truncate))
         logits = await self.batched(request, encoded, "classify")
         return (logits if raw else score(logits, self.model.classifier.score_activation)).numpy()
 
     async def predict(self, request: Request):
         self.need("classify")
         body = await self.body(request)
-        value = body.get("inputs")
+        value = field(body, "inputs")
+        # TEI's grammar: a text, a [text_a, text_b] pair, or a batch of 1- and 2-element
+        # lists; and pybert's list of texts.
         single = isinstance(value, str) or is_pair(value)
         items = [value] if single else value
-        if isinstance(items, list) and items and all(is_pair(i) for i in items):
-            items = texts_of(items, "inputs", self.config, pairs=True)
-        else:
-            items = texts_of(items, "inputs", self.config)
+        if isinstance(items, list) and not single and items and \
+                all(isinstance(i, list) for i in items):
+            bad = next((i for i, v in enumerate(items) if len(v) not in (1, 2)), None)
+            if bad is not None:
+                raise HTTPError(422, f"inputs[{bad}] must hold one text or two (a pair), got "
+                                f"{len(items[bad])} items")
+            items = [v[0] if len(v) == 1 else v for v in items]
+        items = texts_of(items, "inputs", self.config, pairs="either")
         labels = self.model.classifier.labels
         scores = await self.scores(request, items, body)
         answers = [sorted(({"label": label, "score": float(s)} for label, s in zip(labels, row)),
@@ -253,7 +294,7 @@ class Routes:
             raise HTTPError(404, "this model's tokenizer (d2l's word tokenizer) reports no "
                             "token offsets", "NotFound")
         body = await self.body(request)
-        texts = texts_of(body.get("inputs"), "inputs", self.config)
+        texts = texts_of(field(body, "inputs"), "inputs", self.config)
         special = flag(body, "add_special_tokens", True)
         return await self.reply(await asyncio.get_running_loop().run_in_executor(
             self.tokenizing, tokenizer.describe, texts, special))
@@ -281,12 +322,12 @@ class Routes:
     async def fill_mask(self, request: Request):
         self.need("fill-mask")
         body = await self.body(request)
-        texts = texts_of(body.get("inputs"), "inputs", self.config)
+        texts = texts_of(field(body, "inputs"), "inputs", self.config)
         top_k = body.get("top_k", 5)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or \
                 not 1 <= top_k <= min(100, self.engine.config.vocab_size):
             raise HTTPError(422, "top_k must be an int in [1, 100]")
-        encoded = await self.tokenised(texts, flag(body, "truncate", False))
+        encoded = await self.tokenised(texts, flag(body, "truncate", self.config.auto_truncate))
         masks = sum(len(m) for m in self.model.mask_positions(encoded))
         if masks > self.config.max_masks:
             raise HTTPError(413, f"the inputs hold {masks} mask tokens, more than max_masks="
@@ -298,8 +339,8 @@ class Routes:
     async def next_sentence(self, request: Request):
         self.need("next-sentence")
         body = await self.body(request)
-        pairs = texts_of(body.get("inputs"), "inputs", self.config, pairs=True)
-        encoded = await self.tokenised(pairs, flag(body, "truncate", False))
+        pairs = texts_of(field(body, "inputs"), "inputs", self.config, pairs=True)
+        encoded = await self.tokenised(pairs, flag(body, "truncate", self.config.auto_truncate))
         probs = await self.batched(request, encoded, "next_sentence")
         return await self.reply([float(p) for p in probs])
 
@@ -312,7 +353,7 @@ class Routes:
         engine, config = self.engine, self.config
         return JSONResponse({
             "model_id": config.model_id, "dim": self.model.dim,
-            "max_input_length": engine.config.max_len,
+            "max_input_length": self.model.max_input_length,
             "architecture": self.model.architecture, "tasks": self.model.tasks,
             "pooling": self.model.pooling, "normalize": self.model.normalize,
             "prompts": self.model.prompts,

@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Sequence
 
 __all__ = ["text_item", "check_text", "check_truncation", "check_side", "warn_cut",
+           "TruncationCount", "wrap_ids",
            "split_windows", "TRUNCATIONS", "TRUNCATION_SIDES"]
 
 TRUNCATIONS = ("warn", "error")
@@ -49,10 +50,57 @@ def check_side(side: str | None, default: str = "right") -> str:
     return side
 
 
-def warn_cut(cut: int, max_len: int) -> None:
-    if cut:
+class TruncationCount:
+    """How many texts a job or a request tokenised, and how many of them were cut: counted
+    by encode_all, said once at the end (summary) instead of a warning per call."""
+
+    def __init__(self):
+        self.texts = self.cut = 0
+        self.max_len = 0
+
+    def add(self, texts: int, cut: int, max_len: int) -> None:
+        self.texts += texts
+        self.cut += cut
+        self.max_len = max_len
+
+    def summary(self) -> str | None:
+        """One line, or None where nothing was cut."""
+        if not self.cut:
+            return None
+        return (f"{self.cut} text(s) of {self.texts} were longer than max_len={self.max_len} "
+                f"tokens and were cut to {self.max_len}")
+
+
+def warn_cut(cut: int, max_len: int, texts: int = 0,
+             count: TruncationCount | None = None) -> None:
+    """Count the cut texts in ``count``, or (without one) warn of them."""
+    if count is not None:
+        count.add(texts, cut, max_len)
+    elif cut:
         warnings.warn(f"{cut} text(s) were longer than max_len={max_len} and were cut",
                       stacklevel=4)
+
+
+def wrap_ids(rows: list, prefix: list, suffix: list, max_len: int, truncation: str = "warn",
+             side: str = "right", count: TruncationCount | None = None) -> list:
+    """(ids, token types) of token-id sequences given without special tokens (OpenAI's token
+    arrays), each as ``prefix + ids + suffix``; a sequence too long for ``max_len`` is cut
+    from ``side`` (counted in ``count``, else a warning) or, with truncation="error", raises."""
+    check_truncation(truncation)
+    room = max_len - len(prefix) - len(suffix)
+    out, cut = [], 0
+    for i, ids in enumerate(rows):
+        if len(ids) > room:
+            if truncation == "error":
+                raise ValueError(f"input[{i}] has {len(ids)} tokens, more than the {room} "
+                                 f"max_len={max_len} leaves beside the special tokens; pass "
+                                 "truncation='warn' to cut it")
+            ids = ids[len(ids) - room:] if side == "left" else ids[:room]
+            cut += 1
+        sequence = [*prefix, *ids, *suffix]
+        out.append((sequence, [0] * len(sequence)))
+    warn_cut(cut, max_len, len(rows), count)
+    return out
 
 
 def split_windows(prefix: list, body: list, suffix: list, max_len: int, overlap: int) -> list:

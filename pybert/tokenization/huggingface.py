@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import threading
 
-from .common import TRUNCATION_SIDES, check_side, check_truncation, split_windows, text_item, \
-    warn_cut
+from .common import TRUNCATION_SIDES, TruncationCount, check_side, check_truncation, \
+    split_windows, text_item, warn_cut, wrap_ids
 
 __all__ = ["HuggingFaceTokenizer"]
 
@@ -98,16 +98,28 @@ class HuggingFaceTokenizer:
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def windows(self, text: str, overlap: int) -> list:
-        """(ids, token types) of the overlapping windows of max_len tokens that cover
-        ``text``, each with the special tokens the template puts around one text."""
+    def _split_template(self, text: str) -> tuple[list, list, list]:
+        """(prefix, body, suffix): the ids of ``text`` and the special tokens the template
+        puts before and after one text."""
         enc = self.tokenizer.encode(text)
         special = enc.special_tokens_mask
         head = next((i for i, s in enumerate(special) if not s), len(special))
         tail = next((i for i, s in enumerate(reversed(special)) if not s), 0)
         ids = enc.ids
-        return split_windows(ids[:head], ids[head:len(ids) - tail], ids[len(ids) - tail:],
-                             self.max_len, overlap)
+        return ids[:head], ids[head:len(ids) - tail], ids[len(ids) - tail:]
+
+    def windows(self, text: str, overlap: int) -> list:
+        """(ids, token types) of the overlapping windows of max_len tokens that cover
+        ``text``, each with the special tokens the template puts around one text."""
+        return split_windows(*self._split_template(text), self.max_len, overlap)
+
+    def encode_ids(self, rows: list, truncation: str = "warn", side: str | None = None,
+                   count: TruncationCount | None = None) -> list:
+        """(ids, token types) of token-id sequences given without special tokens, each with
+        those the template puts around one text (see wrap_ids)."""
+        prefix, _, suffix = self._split_template("a")
+        return wrap_ids(rows, prefix, suffix, self.max_len, truncation,
+                        check_side(side, self.truncation_side), count)
 
     def describe(self, texts: list, add_special_tokens: bool = True) -> list:
         """Each text's tokens as text-embeddings-inference's /tokenize reports them: id, text,
@@ -122,9 +134,10 @@ class HuggingFaceTokenizer:
         return out
 
     def encode_all(self, items, truncation: str = "warn", start: int = 0,
-                   side: str | None = None):
+                   side: str | None = None, count: TruncationCount | None = None):
         """(ids, token types) of each text or (text_a, text_b) pair of ``items``; texts over
-        ``max_len`` tokens are cut from ``side`` (default: the checkpoint's, else "right")."""
+        ``max_len`` tokens are cut from ``side`` (default: the checkpoint's, else "right"),
+        counted in ``count`` (else with a warning)."""
         check_truncation(truncation)
         side = check_side(side, self.truncation_side)
         inputs = [text_item(item, start + i) for i, item in enumerate(items)]
@@ -145,5 +158,5 @@ class HuggingFaceTokenizer:
                                      f"{self.max_len}: {str(err)[:200]}") from None
                 cut += 1
             out.append((enc.ids, enc.type_ids if self.token_types else [0] * len(enc.ids)))
-        warn_cut(cut, self.max_len)
+        warn_cut(cut, self.max_len, len(inputs), count)
         return out

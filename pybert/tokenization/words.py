@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 
 from ..model import get_tokens_and_segments
-from .common import check_side, check_truncation, split_windows, text_item, warn_cut
+from .common import TruncationCount, check_side, check_truncation, split_windows, text_item, \
+    warn_cut, wrap_ids
 
 __all__ = ["split_words", "normalize_text", "split_sentences", "WordTokenizer", "TEXT_FORMATS"]
 
@@ -97,9 +98,17 @@ class WordTokenizer:
         return split_windows(self.vocab[["<cls>"]], self.vocab[self.words(text)],
                              self.vocab[["<sep>"]], self.max_len, overlap)
 
+    def encode_ids(self, rows: list, truncation: str = "warn", side: str | None = None,
+                   count: TruncationCount | None = None) -> list:
+        """(ids, segments) of token-id sequences given without special tokens, each as
+        <cls> ids <sep> (see wrap_ids)."""
+        return wrap_ids(rows, self.vocab[["<cls>"]], self.vocab[["<sep>"]], self.max_len,
+                        truncation, check_side(side), count)
+
     def encode_all(self, items, truncation: str = "warn", start: int = 0,
-                   side: str | None = None):
-        """Encode many; one warning for all the texts that were cut."""
+                   side: str | None = None, count: TruncationCount | None = None):
+        """Encode many; the texts that were cut counted in ``count`` (else one warning for
+        all of them)."""
         check_truncation(truncation)
         side = check_side(side)
         encoded, cut = [], 0
@@ -107,5 +116,5 @@ class WordTokenizer:
             ids, segments, truncated = self.encode(item, truncation, start + i, side)
             encoded.append((ids, segments))
             cut += truncated
-        warn_cut(cut, self.max_len)
+        warn_cut(cut, self.max_len, len(encoded), count)
         return encoded

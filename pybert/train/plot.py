@@ -1,5 +1,5 @@
 """The loss curve of a run (loss.png), drawn from its metrics.jsonl with matplotlib, an
-optional dependency (``pip install "pybert[plot]"``): without it the run writes no picture."""
+optional dependency (``pip install "pybert-engine[plot]"``): without it the run writes no picture."""
 
 from __future__ import annotations
 

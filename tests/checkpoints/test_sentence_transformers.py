@@ -129,6 +129,10 @@ def test_a_sparse_encoder_saved_by_sentence_transformers(tmp_path, family):
     expected = reference.encode(texts, batch_size=4, convert_to_tensor=True).to_dense()
     text_model = pybert.TextModel.load(tmp_path / "splade")
     assert "sparse" in text_model.tasks
+    with pytest.raises(ValueError, match=r"sparse \(SPLADE\) model: its vectors come from "
+                                         "encode_sparse"):
+        text_model.encode(texts)  # not a CLS vector no one trained, silently
+    assert text_model.encode(texts[:2], pooling="cls").shape[0] == 2
     vectors = text_model.encode_sparse(texts)
     for vector, row in zip(vectors, expected):
         dense = torch.zeros_like(row)

@@ -2,6 +2,7 @@
 chooser keeps the fastest on a fake timing source, skips an absent path and reuses a plan from
 its cache; forcing by environment variable works and refuses what is not there."""
 
+import dataclasses
 import json
 
 import pytest
@@ -266,3 +267,88 @@ def test_a_gated_ffn_is_timed_at_its_own_shape():
     h, f = gated.num_hiddens, gated.ffn_num_hiddens
     shapes = cpu_plan.gemm_shapes(gated)
     assert (2 * f, h) in shapes and (f, h) not in shapes and (h, f) in shapes
+
+
+def slower_timer(factor: dict):
+    """A fake GEMM timer: every path takes 1 ms at each row count, times ``factor`` of the
+    dtype (or of the int8 path)."""
+    def timer(paths, rows, n, k, dtype):
+        return [[1e-3 * factor.get("int8" if p == "int8" else dtype, 1.0)] * len(rows)
+                for p in paths]
+    return timer
+
+
+def test_the_time_ratio_of_a_precision_against_float32():
+    timer = slower_timer({"bfloat16": 6.0, "int8": 0.5})
+    assert cpu_plan.time_ratio(CONFIG, "bfloat16", timer, lambda p, d: True) == \
+        pytest.approx(6.0)
+    assert cpu_plan.time_ratio(CONFIG, "int8", timer, lambda p, d: True) == pytest.approx(0.5)
+    other_shape = dataclasses.replace(CONFIG, ffn_num_hiddens=208)  # not in the cache
+    assert cpu_plan.time_ratio(other_shape, "bfloat16", timer,
+                               lambda p, d: d != "bfloat16") is None
+
+
+def test_a_precision_slower_than_float32_says_so_at_load():
+    """bfloat16 on a CPU without bfloat16 instructions (6x slower, as measured on an AVX2
+    EPYC) warns with the ratio; one that is faster does not."""
+    net = random_model(CONFIG, seed=1)
+    slow = plan_cpu(CONFIG, torch.bfloat16, gemm_timer=slower_timer({"bfloat16": 6.0}),
+                    attention_timer=lambda *a: 1e-3, path_available=lambda p, d: True)
+    assert slow.time_vs_float32 == pytest.approx(6.0)
+    assert slow.summary()["time_vs_float32"] == pytest.approx(6.0)
+    usable = {p for p in AVAILABLE_BF16}
+    slow.gemm = {shape: [(ALL_ROWS, sorted(usable)[0])] for shape in slow.gemm}
+    with pytest.warns(pybert.engine.SlowPrecisionWarning, match=r"bfloat16 runs 6\.0x slower "
+                                                                r"than float32 on this CPU"):
+        pybert.Engine.from_model(net, dtype=torch.bfloat16, cpu_plan=slow)
+    slow.time_vs_float32 = 0.5
+    with warnings_as_errors():
+        pybert.Engine.from_model(net, dtype=torch.bfloat16, cpu_plan=slow)
+
+
+def test_bfloat16_on_this_cpu_warns_exactly_when_it_measures_slower():
+    """The real measurement: on a CPU without AVX512-BF16/AMX (the GEMM libraries' bfloat16
+    instructions) bfloat16 is slower than float32 and the engine says so."""
+    isa = set(cpu_plan.cpu_identity()["isa"])
+    net = random_model(CONFIG, seed=2)
+    with warnings_as_errors(allow=pybert.engine.SlowPrecisionWarning) as caught:
+        engine = pybert.Engine.from_model(net, dtype=torch.bfloat16)
+    ratio = engine.cpu_plan.time_vs_float32
+    assert ratio is not None and ratio > 0
+    warned = any(issubclass(w.category, pybert.engine.SlowPrecisionWarning) for w in caught)
+    assert warned == (ratio > pybert.engine.engine.SLOW_PRECISION_RATIO)
+    if not isa & {"avx512_bf16", "amx_bf16"} and cpu_plan.cpu_identity()["machine"] == "x86_64":
+        assert warned, f"bfloat16 measured {ratio:.2f}x float32 on a CPU without bfloat16 " \
+                       "instructions"
+
+
+def test_auto_takes_bfloat16_only_where_it_measures_faster():
+    net = random_model(CONFIG, seed=3)
+    ratio = cpu_plan.time_ratio(CONFIG, "bfloat16")
+    engine = pybert.Engine.from_model(net, dtype="auto")
+    expected = torch.bfloat16 if ratio is not None and \
+        ratio <= pybert.engine.engine.AUTO_BFLOAT16_RATIO else torch.float32
+    assert engine.dtype == expected
+
+
+class warnings_as_errors:
+    """Every warning but ``allow``'s fails the test; the caught ones are kept."""
+
+    def __init__(self, allow=()):
+        import warnings
+
+        self._catch = warnings.catch_warnings(record=True)
+        self._allow = allow if isinstance(allow, tuple) else (allow,)
+
+    def __enter__(self):
+        import warnings
+
+        caught = self._catch.__enter__()
+        warnings.simplefilter("always")
+        self._caught = caught
+        return caught
+
+    def __exit__(self, *exc):
+        self._catch.__exit__(*exc)
+        bad = [w for w in self._caught if not issubclass(w.category, self._allow)]
+        assert not bad, [str(w.message) for w in bad]

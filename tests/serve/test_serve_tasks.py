@@ -3,6 +3,8 @@
 answer equal to the Python API's on the same model, and a route the model cannot serve
 answering 404 with the reason."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -62,6 +64,27 @@ def test_rerank_and_predict(reranker):
                                                           abs=1e-6)
     status, info, _ = request(server, "GET", "/info")
     assert info["architecture"] == "RoBERTa" and "rerank" in info["tasks"]
+
+
+def test_predict_takes_teis_batch_grammar(reranker):
+    """TEI's /predict: a text, a [a, b] pair, or a batch of 1- and 2-element lists."""
+    server, model = reranker
+    status, batch, _ = request(server, "POST", "/predict",
+                               {"inputs": [[TEXTS[0]], [TEXTS[1], TEXTS[2]], [TEXTS[3]]]})
+    assert status == 200 and len(batch) == 3
+    expected = [model.classify(TEXTS[0]), model.classify((TEXTS[1], TEXTS[2])),
+                model.classify(TEXTS[3])]
+    assert [b[0]["score"] for b in batch] == pytest.approx(
+        [float(e[0]) for e in expected], abs=1e-6)
+    for body, match in (({"inputs": [["a", "b", "c"]]}, r"inputs\[0\] must hold one text or "
+                                                       "two"),
+                        ({"inputs": [[]]}, r"inputs\[0\] must hold one text or two"),
+                        ({"inputs": [["a"], [1]]}, r"inputs\[1\] must be a string"),
+                        ({"input": "a"}, r'no "inputs" but has "input"')):
+        status, reply, _ = request(server, "POST", "/predict", body)
+        assert status == 422 and re.search(match, reply["error"]), (body, reply)
+    status, reply, _ = request(server, "POST", "/embed", {"inputs": "a", "prompt_name": [1]})
+    assert status == 422 and reply["error"] == "prompt_name must be a string, got list"
 
 
 @pytest.mark.parametrize("path,body,status,match", [
@@ -126,5 +149,24 @@ def test_a_modern_encoder_is_served(tmp_path):
         status, info, _ = request(server, "GET", "/info")
         assert status == 200 and info["architecture"] == "ModernBERT"
         assert info["max_input_length"] == 1100
+    finally:
+        server.stop()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_sparse_encoder_refuses_dense_routes_with_the_one_to_use(tmp_path):
+    from sentence_transformers import SparseEncoder
+
+    make_family_dir(tmp_path / "hf", "bert", "mlm")
+    SparseEncoder(str(tmp_path / "hf"), device="cpu", local_files_only=True).save(
+        str(tmp_path / "splade"))
+    server = Server(tmp_path / "splade")
+    try:
+        for path, body in (("/embed", {"inputs": "a"}), ("/v1/embeddings", {"input": "a"})):
+            status, reply, _ = request(server, "POST", path, body)
+            message = reply["error"]["message"] if path.startswith("/v1") else reply["error"]
+            assert status == 422 and "POST /embed_sparse gives its vectors" in message
+        status, sparse, _ = request(server, "POST", "/embed_sparse", {"inputs": TEXTS[:2]})
+        assert status == 200 and len(sparse) == 2
     finally:
         server.stop()

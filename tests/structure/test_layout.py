@@ -141,3 +141,24 @@ def test_functions_are_short_or_say_why():
             if length > MAX_FUNCTION_LINES and not said:
                 long.append(f"{name}.{node.name}: {length} lines")
     assert not long, long
+
+
+def test_the_command_lines_help_loads_no_torch():
+    """`pybert --help` answers at once (under 0.5 s): neither `import pybert` nor the command
+    line's top level imports torch or the extension; a command's own arguments may."""
+    import subprocess
+    import sys
+
+    code = ("import sys, contextlib, io, pybert.cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "    try:\n"
+            "        pybert.cli.main(['--help'])\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            "assert 'serve' in out.getvalue()\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy') "
+            "or m == 'pybert._C'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd="/")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -176,3 +176,36 @@ def test_encode_takes_what_users_pass(text_checkpoint):
         pybert.encode(text_checkpoint, b"the cat")
     with pytest.raises(TypeError, match=r"texts\[1\] must be a str"):
         pybert.encode(text_checkpoint, ["the cat", b"a dog"])
+
+
+def test_progress_moves_per_engine_batch_and_cuts_are_said_once(model):
+    """A job's bar advances after each engine batch, not once per chunk; the texts cut to
+    max_len are counted over the whole run and said once."""
+    long_text = " ".join(["cat"] * 40)
+    texts = [long_text if i % 7 == 0 else f"the cat sat {i}" for i in range(60)]
+    steps, count = [], pybert.tokenization.TruncationCount()
+    chunks = list(model.iter_task(texts, batch_tokens=64, chunk_size=30, truncated=count,
+                                  on_batch=steps.append))
+    assert [len(c) for c in chunks] == [30, 30]
+    assert sum(steps) == 60 and len(steps) > 2 * 2  # several batches within each chunk
+    assert count.cut == 9 and count.texts == 60
+    assert count.summary() == "9 text(s) of 60 were longer than max_len=24 tokens and were " \
+                              "cut to 24"
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        list(model.iter_task(texts, batch_tokens=64, chunk_size=10))
+    assert [str(w.message) for w in caught] == [count.summary()]
+
+
+def test_the_other_packages_names_are_attributes_of_pybert():
+    import subprocess
+    import sys
+
+    code = ("import pybert, sys; assert 'torch' not in sys.modules; "
+            "pybert.tokenization.normalize_text('A'); print(sorted(set(pybert.__all__) - "
+            "set(dir(pybert))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd="/")
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
