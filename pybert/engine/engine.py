@@ -66,18 +66,26 @@ def auto_dtype(config: BertConfig, device: torch.device) -> torch.dtype:
 
 
 def warn_if_slower_than_float32(plan: CpuPlan) -> None:
-    """A SlowPrecisionWarning where ``plan``'s precision (bfloat16, int8) measured slower than
-    float32 on this CPU, with the ratio and what to do."""
+    """A SlowPrecisionWarning where ``plan``'s precision measured slower than float32 on this
+    CPU, with the ratio and what to do: bfloat16 GEMMs slower than float32's, or an int8
+    plan that took no int8 GEMM anywhere (float won at every shape: int8's accuracy cost for
+    none of its speed)."""
     ratio = plan.time_vs_float32
-    if ratio is None or ratio <= SLOW_PRECISION_RATIO:
+    if ratio is None:
         return
-    why = {"bfloat16": "this CPU has no bfloat16 instructions (AVX512-BF16, AMX) that the GEMM "
-                       "libraries use",
-           "int8": "its int8 GEMMs are slower than its float32 ones (no VNNI/AMX)"}
-    warnings.warn(f"{plan.dtype} runs {ratio:.1f}x slower than float32 on this CPU "
-                  f"({plan.cpu.get('model', '?')}): {why.get(plan.dtype, 'measured')}. Use "
-                  "float32 (dtype='auto' picks the faster precision).", SlowPrecisionWarning,
-                  stacklevel=4)
+    cpu = plan.cpu.get("model", "?")
+    if plan.dtype == "int8":
+        if any(path == "int8" for choice in plan.gemm.values() for _, path in choice):
+            return
+        warnings.warn(f"quantize='int8' gains nothing on this CPU ({cpu}): its int8 GEMMs "
+                      f"measured {ratio:.1f}x float32's time and slower at every shape, so "
+                      "the engine runs float GEMMs on int8-rounded weights. Use float32.",
+                      SlowPrecisionWarning, stacklevel=4)
+    elif ratio > SLOW_PRECISION_RATIO:
+        warnings.warn(f"{plan.dtype} runs {ratio:.1f}x slower than float32 on this CPU "
+                      f"({cpu}): the GEMM libraries have no {plan.dtype} instructions to use "
+                      "here (AVX512-BF16, AMX). Use float32 (dtype='auto' picks the faster "
+                      "precision).", SlowPrecisionWarning, stacklevel=4)
 
 
 class Engine:

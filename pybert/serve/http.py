@@ -164,15 +164,13 @@ _OTHER_API = {"inputs": ("input", "OpenAI's field: POST /v1/embeddings takes it"
 
 
 def field(body: dict, name: str):
-    """``body[name]``; its absence answers 422 saying so, and which field of which API the
-    body holds instead where it holds the other API's."""
-    if name in body:
-        return body[name]
+    """``body[name]`` (None when absent); where the body has the other API's field instead,
+    422 saying which field this route takes."""
     other = _OTHER_API.get(name)
-    if other is not None and other[0] in body:
+    if name not in body and other is not None and other[0] in body:
         raise HTTPError(422, f"the body has no \"{name}\" but has \"{other[0]}\", "
                         f"{other[1]}; this route takes \"{name}\"")
-    raise HTTPError(422, f"the body has no \"{name}\"")
+    return body.get(name)
 
 
 def token_rows(value, vocab_size: int, max_rows: int) -> list | None:

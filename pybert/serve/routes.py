@@ -213,7 +213,7 @@ class Routes:
         if encoding not in ("float", "base64"):
             raise HTTPError(422, "encoding_format must be 'float' or 'base64'")
         dimensions, _, _ = self.options({"dimensions": body.get("dimensions")})
-        advice = "shorten the input (or start the server with --auto-truncate)"
+        advice = "shorten the input"
         rows = token_rows(value, self.engine.config.vocab_size, self.config.max_inputs)
         if rows is not None:  # OpenAI's token arrays: this model's ids, no special tokens
             encoded = await self.tokenised(rows, self.config.auto_truncate, advice=advice,

@@ -113,3 +113,22 @@ def test_the_command_line_takes_an_id_from_an_offline_cache(tmp_path):
                            str(tmp_path / "out2.npy")],
                           env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert done.returncode == 2 and REPO_ID in done.stderr and "HF_HUB_OFFLINE" in done.stderr
+
+
+def test_the_readmes_first_example_runs_as_written(offline_cache):
+    """The README's first Python example, against the hub id served from a populated cache
+    offline, equals sentence-transformers."""
+    from sentence_transformers import SentenceTransformer
+
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    if not readme.exists():
+        pytest.skip("no README.md beside the tests (an installed copy of them)")
+    text = readme.read_text(encoding="utf-8")
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert REPO_ID in code
+    namespace = {}
+    exec(compile(code, str(readme), "exec"), namespace)  # noqa: S102 (our own README)
+    texts = ["The cat sits on the mat.", "A man is playing a guitar."]
+    assert texts[0] in code and texts[1] in code
+    expected = SentenceTransformer(str(offline_cache), device="cpu").encode(texts)
+    np.testing.assert_allclose(namespace["vectors"], expected, atol=1e-6)

@@ -352,3 +352,22 @@ class warnings_as_errors:
         self._catch.__exit__(*exc)
         bad = [w for w in self._caught if not issubclass(w.category, self._allow)]
         assert not bad, [str(w.message) for w in bad]
+
+
+def test_int8_that_takes_no_int8_gemm_says_so():
+    """An int8 plan whose every GEMM went to a float path (float won at every shape) warns:
+    int8's accuracy cost for none of its speed."""
+    if not INT8_AVAILABLE:
+        pytest.skip("no int8 GEMM path in this torch")
+    net = random_model(CONFIG, seed=4)
+    floats = plan_cpu(CONFIG, torch.float32, int8=True,
+                      gemm_timer=slower_timer({"int8": 3.0}),
+                      attention_timer=lambda *a: 1e-3, path_available=lambda p, d: True)
+    assert all(path != "int8" for choice in floats.gemm.values() for _, path in choice)
+    floats.gemm = {shape: [(ALL_ROWS, AVAILABLE_FP32[0])] for shape in floats.gemm}
+    with pytest.warns(pybert.engine.SlowPrecisionWarning, match=r"int8' gains nothing .* "
+                                                                r"3\.0x float32's time"):
+        pybert.Engine.from_model(net, quantize="int8", cpu_plan=floats)
+    floats.gemm = {shape: [(ALL_ROWS, "int8")] for shape in floats.gemm}
+    with warnings_as_errors():
+        pybert.Engine.from_model(net, quantize="int8", cpu_plan=floats)
