@@ -20,7 +20,7 @@ _PUBLIC = {"encode": "api", "load": "api", "load_model": "checkpoint", "save": "
            "Vocab": "tokenization"}
 
 # subpackages and modules reachable as attributes (pybert.tokenization, ...)
-_SUBMODULES = ("api", "bench", "checkpoint", "cli", "config", "engine", "heads", "job", "loader",
+_SUBMODULES = ("api", "bench", "checkpoint", "cli", "config", "d2l", "engine", "heads", "job", "loader",
                "model", "ray", "serve", "text", "tokenization", "train")
 
 __all__ = ["BERTModel", "BertConfig", "Engine", "TextModel", "Vocab", "encode",

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass
 
 from torch import nn
 
 from . import _C
 
-__all__ = ["BertConfig", "config_from_model", "state_dict_problems", "expected_state_shapes"]
+__all__ = ["BertConfig", "check_int"]
 
 ACTIVATIONS = ("relu", "gelu", "silu")
 # The longest sequence a rotary model may claim: its cos/sin tables are computed from the
@@ -168,119 +167,3 @@ class BertConfig:
             if isinstance(module, nn.LayerNorm):
                 module.eps = self.layer_norm_eps
         return net
-
-
-def config_from_model(net: nn.Module) -> BertConfig:
-    """Read the sizes of a d2l ``BERTModel`` (ours or the book's) off its modules.
-
-    Raises ValueError for a model the engine cannot run exactly: projections whose sizes differ
-    from num_hiddens, LayerNorms with different eps, or a missing part.
-    """
-    try:
-        encoder = net.encoder
-        blocks = list(encoder.blks)
-        vocab_size, h = encoder.token_embedding.weight.shape
-        max_len = encoder.pos_embedding.shape[1]
-        first = blocks[0]
-        num_heads = int(first.attention.num_heads)
-        ffn = first.ffn.dense1.out_features
-        dropout = float(first.addnorm1.dropout.p)
-    except (AttributeError, IndexError) as err:
-        raise ValueError(f"not a d2l-style BERTModel (expected encoder.blks, token_embedding, "
-                         f"pos_embedding and attention.num_heads): {err}") from None
-    eps_values = {m.eps for m in net.modules() if isinstance(m, nn.LayerNorm)}
-    if len(eps_values) != 1:
-        raise ValueError(f"every LayerNorm must share one eps, got {sorted(eps_values)}")
-    config = BertConfig(vocab_size=int(vocab_size), num_hiddens=int(h), ffn_num_hiddens=int(ffn),
-                        num_heads=num_heads, num_layers=len(blocks), max_len=int(max_len),
-                        dropout=dropout, layer_norm_eps=float(eps_values.pop()))
-    problems = state_dict_problems(net.state_dict(), config)
-    if problems:
-        raise ValueError("the model's weights do not fit a d2l BERT with num_hiddens="
-                         f"{h} everywhere: " + "; ".join(problems[:5]))
-    return config
-
-
-def state_dict_problems(state_dict: dict, config: BertConfig, limit: int = 8) -> list[str]:
-    """What keeps ``state_dict`` (tensors, or shapes, by key) from being a d2l BERT of
-    ``config``: unexpected, missing and misshapen tensors (empty when it fits; at most
-    ``limit`` missing keys are named).
-
-    The file's own keys are checked first, one by one, so that a config that claims a huge
-    model is refused in time proportional to the weights at hand, not to the claim."""
-    problems, expected_here = [], 0
-    for key, value in state_dict.items():
-        shape = _expected_state_shape(key, config)
-        if shape is None:
-            problems.append(f"unexpected {key}")
-            continue
-        expected_here += 1
-        actual = tuple(getattr(value, "shape", value))
-        if actual != shape:
-            problems.append(f"{key} has shape {actual}, expected {shape}")
-    if expected_here != _state_dict_size(config):
-        missing = []
-        for key in _expected_state_keys(config):
-            if key not in state_dict:
-                missing.append(f"missing {key}")
-                if len(missing) == limit:
-                    break
-        problems = missing + problems
-    return problems
-
-
-_LAYER_SHAPES = {  # the d2l key of a block's tensor -> its shape in (h, f)
-    **{f"attention.W_{n}.{kind}": (("h", "h") if kind == "weight" else ("h",))
-       for n in "qkvo" for kind in ("weight", "bias")},
-    "addnorm1.ln.weight": ("h",), "addnorm1.ln.bias": ("h",),
-    "ffn.dense1.weight": ("f", "h"), "ffn.dense1.bias": ("f",),
-    "ffn.dense2.weight": ("h", "f"), "ffn.dense2.bias": ("h",),
-    "addnorm2.ln.weight": ("h",), "addnorm2.ln.bias": ("h",),
-}
-_OTHER_SHAPES = {
-    "encoder.pos_embedding": ("1", "max_len", "h"),
-    "encoder.token_embedding.weight": ("v", "h"),
-    "encoder.segment_embedding.weight": ("2", "h"),
-    "hidden.0.weight": ("h", "h"), "hidden.0.bias": ("h",),
-    "mlm.mlp.0.weight": ("h", "h"), "mlm.mlp.0.bias": ("h",),
-    "mlm.mlp.2.weight": ("h",), "mlm.mlp.2.bias": ("h",),
-    "mlm.mlp.3.weight": ("v", "h"), "mlm.mlp.3.bias": ("v",),
-    "nsp.output.weight": ("2", "h"), "nsp.output.bias": ("2",),
-}
-_LAYER_KEY = re.compile(r"encoder\.blks\.(0|[1-9][0-9]{0,8})\.(.+)")
-
-
-def _dims(config: BertConfig) -> dict[str, int]:
-    return {"h": config.num_hiddens, "f": config.ffn_num_hiddens, "v": config.vocab_size,
-            "max_len": config.max_len, "1": 1, "2": 2}
-
-
-def _expected_state_shape(key: str, config: BertConfig) -> tuple[int, ...] | None:
-    """The shape of d2l state_dict key ``key`` in a model of ``config``, or None if such a
-    model has no such key."""
-    symbols = _OTHER_SHAPES.get(key)
-    match = _LAYER_KEY.fullmatch(key) if symbols is None else None
-    if match is not None and int(match.group(1)) < config.num_layers:
-        symbols = _LAYER_SHAPES.get(match.group(2))
-    if symbols is None:
-        return None
-    dims = _dims(config)
-    return tuple(dims[s] for s in symbols)
-
-
-def _state_dict_size(config: BertConfig) -> int:
-    return len(_OTHER_SHAPES) + len(_LAYER_SHAPES) * config.num_layers
-
-
-def _expected_state_keys(config: BertConfig):
-    yield from list(_OTHER_SHAPES)[:3]
-    for i in range(config.num_layers):
-        for name in _LAYER_SHAPES:
-            yield f"encoder.blks.{i}.{name}"
-    yield from list(_OTHER_SHAPES)[3:]
-
-
-def expected_state_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
-    """The d2l state_dict keys of a model of this config, with their shapes (in the order of
-    the book's ``state_dict``)."""
-    return {key: _expected_state_shape(key, config) for key in _expected_state_keys(config)}

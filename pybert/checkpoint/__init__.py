@@ -1,5 +1,5 @@
 """Checkpoint formats, each read into plain data (:class:`Checkpoint`): pybert's own
-(``native``), Hugging Face encoders (``huggingface``, ``architectures``) and sentence-transformers
+(``native``), Hugging Face encoders (``huggingface``, ``families``: a file per family) and sentence-transformers
 (``sentence_transformers``), through the defensive file readers of ``files``. Nothing here
 builds an engine or a text model: ``pybert.loader`` does, from what these return."""
 

@@ -1,6 +1,6 @@
 """Hugging Face encoder directories (config.json, model.safetensors or its shards,
 tokenizer.json or vocab.txt) read into a :class:`Checkpoint`: the families of
-:mod:`pybert.checkpoint.architectures` (BERT, RoBERTa / XLM-RoBERTa / CamemBERT, DistilBERT,
+:mod:`pybert.checkpoint.families` (BERT, RoBERTa / XLM-RoBERTa / CamemBERT, DistilBERT,
 ELECTRA), as base models, masked-LM models (the MLM head), BERT pretraining models (the NSP
 head; Hugging Face's class 0 means "b follows a") and sequence classifiers (the classifier's
 layers, its labels and how its logits become scores). Anything the engine cannot compute
@@ -17,8 +17,7 @@ import torch
 
 from ..config import BertConfig
 from ..engine.weights import WeightsError, pack_weights
-from .architectures import (BERT, ZERO_TOKEN_TYPES, Architecture, architecture_of,
-                            hf_activation)
+from .families import ZERO_TOKEN_TYPES, Architecture, architecture_of, family, hf_activation
 from .contents import Checkpoint, ClassifierSpec, HuggingFaceTokenizerSpec, LinearLayer
 from .files import (MAX_TOKENIZER_BYTES, MAX_VOCAB_BYTES, SAFETENSORS_DTYPES, CheckpointError,
                     SafetensorsHeader, read_json, read_json_of, read_text)
@@ -26,6 +25,7 @@ from .files import (MAX_TOKENIZER_BYTES, MAX_VOCAB_BYTES, SAFETENSORS_DTYPES, Ch
 __all__ = ["is_huggingface_dir", "read_huggingface", "config_from_hf", "pack_hf_state_dict",
            "HF_WEIGHT_MAP", "score_activation_of"]
 
+BERT = family("BERT")
 HF_WEIGHT_MAP = BERT.weight_map
 # sentence-transformers' names of the activations a CrossEncoder applies to its logits.
 _ST_ACTIVATIONS = {"Sigmoid": "sigmoid", "Identity": "identity", "Softmax": "softmax"}

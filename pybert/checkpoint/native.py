@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..config import BertConfig, config_from_model, state_dict_problems
-from ..engine.weights import D2L_WEIGHT_MAP, pack_weights
+from ..config import BertConfig
+from ..d2l import D2L_WEIGHT_MAP, config_from_model, state_dict_problems
+from ..engine.weights import pack_weights
 from ..tokenization.vocab import BERT_RESERVED_TOKENS, Vocab
 from ..tokenization.words import TEXT_FORMATS
 from .contents import Checkpoint, WordTokenizerSpec

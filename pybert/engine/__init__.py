@@ -13,10 +13,9 @@ The engine knows nothing of text or of checkpoint files.
 
 from . import ops  # noqa: F401  (fake kernels for torch.compile)
 from .devices import default_dtype, resolve_device
-from .engine import CPU_DTYPES, CUDA_DTYPES, QUANTIZATIONS, Engine, SlowPrecisionWarning, \
-    pack_d2l_state_dict
-from .weights import D2L_WEIGHT_MAP, WeightMap, WeightsError, pack_weights, weight_shapes
+from .engine import CPU_DTYPES, CUDA_DTYPES, QUANTIZATIONS, Engine, SlowPrecisionWarning
+from .weights import WeightMap, WeightsError, pack_weights, weight_shapes
 
-__all__ = ["Engine", "SlowPrecisionWarning", "CPU_DTYPES", "CUDA_DTYPES", "QUANTIZATIONS", "D2L_WEIGHT_MAP",
-           "WeightMap", "WeightsError", "pack_weights", "pack_d2l_state_dict", "weight_shapes",
+__all__ = ["Engine", "SlowPrecisionWarning", "CPU_DTYPES", "CUDA_DTYPES", "QUANTIZATIONS",
+           "WeightMap", "WeightsError", "pack_weights", "weight_shapes",
            "default_dtype", "resolve_device"]

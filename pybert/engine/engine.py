@@ -19,12 +19,12 @@ import warnings
 import torch
 
 from .. import _C
-from ..config import BertConfig, config_from_model, state_dict_problems
+from ..config import BertConfig
+from ..d2l import config_from_model, pack_d2l_state_dict
 from .cpu_plan import CpuPlan, default_plan, plan_cpu, time_ratio
 from .inputs import PackedBatch, device_packed_batch, packed_batch, padded_batch
-from .weights import D2L_WEIGHT_MAP, pack_weights
 
-__all__ = ["Engine", "SlowPrecisionWarning", "auto_dtype", "pack_d2l_state_dict", "CPU_DTYPES", "CUDA_DTYPES", "QUANTIZATIONS",
+__all__ = ["Engine", "SlowPrecisionWarning", "auto_dtype", "CPU_DTYPES", "CUDA_DTYPES", "QUANTIZATIONS",
            "WEIGHT_DTYPES"]
 
 CPU_DTYPES = (torch.float32, torch.bfloat16)
@@ -38,17 +38,6 @@ AUTO_BFLOAT16_RATIO = 0.8
 SLOW_PRECISION_RATIO = 1.1
 # The dtypes a checkpoint's weights may come in; the engine casts them to its own.
 WEIGHT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
-
-
-def pack_d2l_state_dict(state_dict: dict, config: BertConfig) -> dict[str, torch.Tensor]:
-    """Map d2l state_dict keys to the engine's packed weights (W_q, W_k, W_v stacked)."""
-    problems = state_dict_problems(state_dict, config)
-    if problems:
-        raise ValueError("state_dict does not match the config: " + "; ".join(problems[:5]))
-    if config.embedding_layer_norm:
-        raise ValueError("embedding_layer_norm is true, but d2l's BERT has no embedding "
-                         "LayerNorm (and its state_dict no weights for one)")
-    return pack_weights(state_dict, D2L_WEIGHT_MAP, config)
 
 
 class SlowPrecisionWarning(UserWarning):

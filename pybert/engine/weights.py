@@ -23,7 +23,7 @@ import torch
 from .. import _C
 from ..config import BertConfig
 
-__all__ = ["weight_shapes", "WeightMap", "pack_weights", "D2L_WEIGHT_MAP", "LAYER",
+__all__ = ["weight_shapes", "WeightMap", "pack_weights", "LAYER",
            "SwapHalves", "rotary_tables"]
 
 
@@ -53,7 +53,7 @@ def rotary_tables(config: BertConfig) -> dict[str, torch.Tensor]:
     def tables(base: float, ntk: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         d = config.head_dim
         inv_freq = 1.0 / ((base * ntk) ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
-        if ntk != 1.0:  # GTE's fixed NTK scaling (pybert.checkpoint.architectures)
+        if ntk != 1.0:  # GTE's fixed NTK scaling (pybert.checkpoint.families.gte)
             inv_freq = inv_freq / ntk ** (2 / d)
         positions = torch.arange(config.max_len + config.position_offset).float()
         angles = positions[:, None] * inv_freq[None, :]
@@ -204,35 +204,3 @@ def _key(template: str, layer: int) -> str:
 
 
 # d2l's BERTModel: the book's state_dict keys.
-_D2L_BLOCK = "encoder.blks.{i}."
-D2L_WEIGHT_MAP = WeightMap(
-    name="d2l",
-    layer_key=re.compile(r"encoder\.blks\.(\d+)\..+"),
-    sources={
-        "token_embedding": "encoder.token_embedding.weight",
-        "segment_embedding": "encoder.segment_embedding.weight",
-        "pos_embedding": "encoder.pos_embedding",
-        "pooler_weight": "hidden.0.weight",
-        "pooler_bias": "hidden.0.bias",
-        "nsp_weight": "nsp.output.weight",
-        "nsp_bias": "nsp.output.bias",
-        "mlm_dense_weight": "mlm.mlp.0.weight",
-        "mlm_dense_bias": "mlm.mlp.0.bias",
-        "mlm_ln_weight": "mlm.mlp.2.weight",
-        "mlm_ln_bias": "mlm.mlp.2.bias",
-        "mlm_decoder_weight": "mlm.mlp.3.weight",
-        "mlm_decoder_bias": "mlm.mlp.3.bias",
-        "layers.{i}.qkv_weight": tuple(_D2L_BLOCK + f"attention.W_{n}.weight" for n in "qkv"),
-        "layers.{i}.qkv_bias": tuple(_D2L_BLOCK + f"attention.W_{n}.bias" for n in "qkv"),
-        "layers.{i}.out_weight": _D2L_BLOCK + "attention.W_o.weight",
-        "layers.{i}.out_bias": _D2L_BLOCK + "attention.W_o.bias",
-        "layers.{i}.ln1_weight": _D2L_BLOCK + "addnorm1.ln.weight",
-        "layers.{i}.ln1_bias": _D2L_BLOCK + "addnorm1.ln.bias",
-        "layers.{i}.ffn1_weight": _D2L_BLOCK + "ffn.dense1.weight",
-        "layers.{i}.ffn1_bias": _D2L_BLOCK + "ffn.dense1.bias",
-        "layers.{i}.ffn2_weight": _D2L_BLOCK + "ffn.dense2.weight",
-        "layers.{i}.ffn2_bias": _D2L_BLOCK + "ffn.dense2.bias",
-        "layers.{i}.ln2_weight": _D2L_BLOCK + "addnorm2.ln.weight",
-        "layers.{i}.ln2_bias": _D2L_BLOCK + "addnorm2.ln.bias",
-    },
-)

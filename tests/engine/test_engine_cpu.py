@@ -81,7 +81,7 @@ def test_cpu_weight_storages_give_the_fp32_results(weight_storage, rows):
     with) and plain ones (addmm) both give the float64 model's results, on either side of
     the limit."""
     from pybert import _C
-    from pybert.engine import pack_d2l_state_dict
+    from pybert.d2l import pack_d2l_state_dict
 
     config = CONFIGS["hidden-96-head-dim-32"]
     net = random_model(config, seed=rows)

@@ -12,7 +12,7 @@ from engine_cases import CONFIGS
 from helpers import random_batch, random_model
 
 def test_the_d2l_packer_gives_the_layout_of_weight_shapes():
-    from pybert.engine import pack_d2l_state_dict
+    from pybert.d2l import pack_d2l_state_dict
     from pybert.engine.weights import weight_shapes
 
     config = CONFIGS["hidden-96-head-dim-32"]
@@ -27,7 +27,7 @@ def test_the_d2l_packer_gives_the_layout_of_weight_shapes():
 
 
 def test_the_native_engine_checks_names_shapes_and_parts():
-    from pybert.engine import pack_d2l_state_dict
+    from pybert.d2l import pack_d2l_state_dict
 
     config = CONFIGS["head-dim-8"]
     packed = pack_d2l_state_dict(random_model(config).state_dict(), config)
@@ -61,7 +61,7 @@ def test_positions_start_at_the_offset():
     max_len + k rows (RoBERTa's ids start at padding_idx + 1). With k rows put in front of
     its position table, an engine gives exactly what the same engine without offset gives."""
     config = CONFIGS["head-dim-8"]
-    packed = pybert.engine.pack_d2l_state_dict(random_model(config).state_dict(), config)
+    packed = pybert.d2l.pack_d2l_state_dict(random_model(config).state_dict(), config)
     k = 3
     shifted = dataclasses.replace(config, position_offset=k)
     assert pybert._C.weight_shapes(shifted.native())["pos_embedding"][0] == \
@@ -83,7 +83,7 @@ def test_narrower_embeddings_are_normalised_then_projected():
     projection that drops them reproduce the plain engine; and an engine whose embeddings
     differ in width from H without the projection is refused."""
     config = dataclasses.replace(CONFIGS["head-dim-8"], embedding_layer_norm=False)
-    packed = pybert.engine.pack_d2l_state_dict(random_model(config).state_dict(), config)
+    packed = pybert.d2l.pack_d2l_state_dict(random_model(config).state_dict(), config)
     h, e = config.num_hiddens, config.num_hiddens + 8
     wide = dataclasses.replace(config, embedding_size=e)
     pad = lambda t: torch.cat([t, torch.zeros(t.shape[0], e - h)], 1)  # noqa: E731

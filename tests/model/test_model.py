@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from pybert.config import BertConfig, config_from_model, expected_state_shapes
+from pybert.config import BertConfig
+from pybert.d2l import config_from_model, expected_state_shapes
 from pybert.model import BERTModel, get_tokens_and_segments
 
 from helpers import random_batch
