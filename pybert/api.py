@@ -21,8 +21,9 @@ def load(path, device="cpu", dtype: torch.dtype = torch.float32, revision: str |
     """An :class:`~pybert.Engine` serving the checkpoint at ``path``: a pybert checkpoint, a
     Hugging Face encoder or a sentence-transformers model, as a directory or as a Hugging Face
     hub id ("sentence-transformers/all-MiniLM-L6-v2", at ``revision``; fetched into the hub's
-    cache). When the checkpoint has a vocabulary, ``engine.text_model`` (see
-    :class:`pybert.TextModel`) turns texts into vectors. ``engine_options``: cuda_graphs,
+    cache). When the checkpoint has a vocabulary, ``pybert.text_model_of(engine)`` (see
+    :class:`pybert.TextModel`) turns texts into vectors, and ``pybert.encode(engine, texts)``
+    works. ``engine_options``: cuda_graphs,
     max_graphs, quantize, cpu_plan."""
     loaded = load_checkpoint(path, device, dtype, revision, **engine_options)
     if loaded.tokenizer is not None:

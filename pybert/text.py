@@ -19,6 +19,7 @@ import itertools
 import queue
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -239,14 +240,14 @@ class TextModel:
 
     @classmethod
     def of_loaded(cls, loaded: LoadedModel) -> "TextModel":
-        """The text model of what pybert.loader built; it becomes ``loaded.engine.text_model``
-        (what ``pybert.encode(engine, texts)`` uses)."""
+        """The text model of what pybert.loader built; ``text_model_of(loaded.engine)`` finds
+        it again (what ``pybert.encode(engine, texts)`` uses)."""
         model = cls(loaded.engine, loaded.tokenizer, pooling=loaded.pooling,
                     normalize=loaded.normalize, nsp_is_next_label=loaded.nsp_is_next_label,
                     dense=loaded.dense, classifier=loaded.classifier, sparse=loaded.sparse,
                     prompts=loaded.prompts, default_prompt_name=loaded.default_prompt_name,
                     architecture=loaded.architecture)
-        loaded.engine.text_model = model
+        _remember(model)
         return model
 
     @classmethod
@@ -263,11 +264,11 @@ class TextModel:
     def from_model(cls, net: torch.nn.Module, vocab, text_format: str = "wikitext",
                    device="cpu", dtype: torch.dtype = torch.float32,
                    **engine_options) -> "TextModel":
-        """A text model of an eager d2l ``BERTModel`` and its vocabulary; its engine's
-        ``text_model`` is this model."""
+        """A text model of an eager d2l ``BERTModel`` and its vocabulary (``text_model_of``
+        finds it from its engine)."""
         engine = Engine.from_model(net, device=device, dtype=dtype, **engine_options)
         model = cls.for_vocab(engine, vocab, text_format)
-        engine.text_model = model
+        _remember(model)
         return model
 
     @property
@@ -770,11 +771,27 @@ class TextModel:
         return result
 
 
+# The engine knows nothing of text, and holds no pointer to a text model. What made the text
+# model of an engine that pybert.load built (its tokenizer, pooling, heads) is kept here, by
+# engine, for as long as the engine lives; it references the engine nowhere, so it keeps
+# nothing alive.
+_TEXT_PARTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _remember(model: TextModel) -> None:
+    _TEXT_PARTS[model.engine] = {k: v for k, v in vars(model).items() if k != "engine"}
+
+
 def text_model_of(model) -> TextModel:
-    """``model`` as a TextModel: a TextModel, or an Engine loaded with one."""
+    """``model`` as a TextModel: a TextModel, or an Engine loaded with one (pybert.load of a
+    checkpoint with a vocabulary)."""
     if isinstance(model, TextModel):
         return model
-    text_model = model.text_model if isinstance(model, Engine) else None
+    parts = _TEXT_PARTS.get(model) if isinstance(model, Engine) else None
+    text_model = None
+    if parts is not None:
+        text_model = TextModel.__new__(TextModel)
+        text_model.__dict__.update(parts, engine=model)
     if text_model is None:
         raise ValueError("this engine has no vocabulary, so it cannot tokenise text: load a "
                          "checkpoint with a vocab.txt (pybert.TextModel.load) or build a "

@@ -159,9 +159,6 @@ class Engine:
             from .graphs import GraphCache  # CUDA only: keeps CPU imports light
 
             self._graphs = GraphCache(self._native, self.device, config, max_graphs)
-        # The TextModel that pybert.load paired with this engine (a checkpoint with a
-        # tokenizer), so that pybert.encode(engine, texts) works; the engine never reads it.
-        self.text_model = None
 
     def _cpu_plan(self, choice) -> CpuPlan:
         """The GEMM paths and attention limit of this CPU engine: measured on this machine

@@ -65,7 +65,7 @@ def test_a_hub_id_loads_from_the_cache_and_equals_sentence_transformers(offline_
     model = pybert.TextModel.load(REPO_ID)
     expected = SentenceTransformer(str(offline_cache), device="cpu").encode(texts)
     np.testing.assert_allclose(model.encode(texts), expected, atol=1e-5)
-    assert pybert.load(REPO_ID).text_model.dim == 384
+    assert pybert.text_model_of(pybert.load(REPO_ID)).dim == 384
     np.testing.assert_allclose(pybert.encode(REPO_ID, texts), expected, atol=1e-5)
     assert locate(REPO_ID, revision=COMMIT) == offline_cache
 

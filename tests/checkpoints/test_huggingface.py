@@ -41,11 +41,11 @@ def test_hf_checkpoint_matches_transformers(tmp_path, kind, hidden_act):
         with torch.no_grad():
             logits = model(**tok(*pair, return_tensors="pt")).seq_relationship_logits
         expected_p = float(torch.softmax(logits[0].double(), -1)[0])
-        assert engine.text_model.next_sentence(pair) == pytest.approx(expected_p, rel=1e-5)
+        assert pybert.text_model_of(engine).next_sentence(pair) == pytest.approx(expected_p, rel=1e-5)
     else:
         assert nsp is None
         with pytest.raises(ValueError, match="no NSP head"):
-            engine.text_model.next_sentence([("a", "b")])
+            pybert.text_model_of(engine).next_sentence([("a", "b")])
     if not engine.has_mlm:
         with pytest.raises(ValueError, match="no MLM head"):
             engine(tokens, segments, valid_lens, positions)
@@ -77,7 +77,7 @@ def test_wordpiece_matches_the_transformers_tokenizer(tmp_path):
     pairs = list(zip(texts[::2], texts[1::2]))
     items = texts[:150] + pairs
     with pytest.warns(UserWarning, match="longer than max_len=64"):
-        ours = engine.text_model.tokenizer.encode_all(items, truncation="warn")
+        ours = pybert.text_model_of(engine).tokenizer.encode_all(items, truncation="warn")
     cut = dict(truncation="longest_first", max_length=64)
     for item, (ids, types) in zip(items, ours):
         expected = reference(*item, **cut) if isinstance(item, tuple) else \

@@ -32,7 +32,7 @@ def test_round_trip(saved):
                                                       "vocab.txt"]
     engine = pybert.load(path)
     assert engine.config == CONFIG
-    assert engine.text_model.vocab.idx_to_token == VOCAB.idx_to_token
+    assert pybert.text_model_of(engine).vocab.idx_to_token == VOCAB.idx_to_token
     tokens, segments, valid_lens, pred = random_batch(CONFIG, 3, 24)
     expected = pybert.Engine.from_model(net)(tokens, segments, valid_lens, pred)
     for a, e in zip(engine(tokens, segments, valid_lens, pred), expected):
@@ -45,9 +45,10 @@ def test_round_trip(saved):
 
 def test_save_without_vocab_and_with_a_token_list(tmp_path):
     net = random_model(CONFIG)
-    assert pybert.load(pybert.save(net, tmp_path / "a")).text_model is None
+    with pytest.raises(ValueError, match="this engine has no vocabulary"):
+        pybert.text_model_of(pybert.load(pybert.save(net, tmp_path / "a")))
     engine = pybert.load(pybert.save(net, tmp_path / "b", vocab=VOCAB.idx_to_token))
-    assert engine.text_model.vocab.idx_to_token == VOCAB.idx_to_token
+    assert pybert.text_model_of(engine).vocab.idx_to_token == VOCAB.idx_to_token
     with pytest.raises(ValueError, match="vocab has 3 tokens"):
         pybert.save(net, tmp_path / "c", vocab=["<unk>", "a", "b"])
 

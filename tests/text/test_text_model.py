@@ -209,3 +209,20 @@ def test_the_other_packages_names_are_attributes_of_pybert():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, cwd="/")
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+
+
+def test_the_engine_holds_no_pointer_to_its_text_model(text_checkpoint):
+    """The text model owns the engine; pybert.load's engine finds its text model through the
+    text layer, and an engine no one holds is freed with what made its text model."""
+    import gc
+    import weakref
+
+    engine = pybert.load(text_checkpoint)
+    assert not any(isinstance(v, pybert.TextModel) for v in vars(engine).values())
+    text_model = pybert.text_model_of(engine)
+    assert text_model.engine is engine
+    assert pybert.encode(engine, ["the cat sat"]).shape == (1, CONFIG.num_hiddens)
+    gone = weakref.ref(engine)
+    del engine, text_model
+    gc.collect()
+    assert gone() is None
