@@ -20,8 +20,8 @@ _PUBLIC = {"encode": "api", "load": "api", "load_model": "checkpoint", "save": "
            "Vocab": "tokenization"}
 
 # subpackages and modules reachable as attributes (pybert.tokenization, ...)
-_SUBMODULES = ("api", "bench", "checkpoint", "cli", "config", "d2l", "engine", "heads", "job", "loader",
-               "model", "ray", "serve", "text", "tokenization", "train")
+_SUBMODULES = ("api", "bench", "checkpoint", "cli", "config", "d2l", "engine", "heads", "job",
+               "loader", "model", "ray", "serve", "text", "tokenization", "train")
 
 __all__ = ["BERTModel", "BertConfig", "Engine", "TextModel", "Vocab", "encode",
            "get_tokens_and_segments", "load", "load_model", "save"]

@@ -8,6 +8,7 @@ import functools
 
 import torch
 
+from .config import BATCH_TOKENS
 from .engine import Engine
 from .checkpoint import locate
 from .loader import load_checkpoint
@@ -32,12 +33,13 @@ def load(path, device="cpu", dtype: torch.dtype = torch.float32, revision: str |
 
 
 def encode(model, inputs, segments=None, valid_lens=None, *, device="cpu",
-           dtype=torch.float32, pooling=None, return_type="numpy", batch_tokens=16384,
+           dtype=torch.float32, pooling=None, return_type="numpy", batch_tokens=BATCH_TOKENS,
            truncation="warn"):
     """Encode token ids or texts.
 
     ``model`` is a :class:`TextModel`, an :class:`Engine`, the path of a checkpoint
-    directory or a Hugging Face hub id (loaded with ``device`` and ``dtype``, once: later calls reuse it). ``inputs``
+    directory or a Hugging Face hub id (loaded with ``device`` and ``dtype``, once: later
+    calls reuse it). ``inputs``
     is either
 
     - token ids (B, S) with optional ``segments`` and ``valid_lens``: returns the encodings

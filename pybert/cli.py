@@ -233,19 +233,13 @@ def _serve(args) -> int:
                              "the model's modules.json names")
         if not 0 <= args.port <= 65535:
             raise ValueError(f"--port must be in [0, 65535], got {args.port}")
-        name = args.served_model_name or (args.model if is_hub_id(args.model) else
-                                          os.path.basename(os.path.normpath(args.model)))
-        config = ServeConfig(batch_tokens=args.batch_tokens, max_wait_ms=args.max_wait_ms,
-                             max_queue=args.max_queue, max_inputs=args.max_inputs,
-                             max_text_bytes=args.max_text_bytes,
-                             max_body_bytes=args.max_body_bytes, max_masks=args.max_masks,
-                             max_reply_bytes=args.max_reply_bytes,
-                             max_buffered_bytes=args.max_buffered_bytes,
-                             body_timeout_s=args.body_timeout, idle_timeout_s=args.idle_timeout,
-                             max_connections=args.max_connections,
-                             api_key=args.api_key or os.environ.get("PYBERT_API_KEY") or None,
-                             model_id=name, auto_truncate=args.auto_truncate,
-                             json_output=args.json_output)
+        name = args.model_id
+        if name == ServeConfig.model_id:  # not given: the model's id or its folder's name
+            name = args.model if is_hub_id(args.model) else \
+                os.path.basename(os.path.normpath(args.model))
+        limits = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)}
+        config = ServeConfig(**{**limits, "model_id": name, "api_key": args.api_key or
+                                os.environ.get("PYBERT_API_KEY") or None})
         models = [_load_text_model(args, device) for device in _serve_devices(args)]
         for model in models:
             model.configure(pooling=args.pooling, default_prompt_name=args.default_prompt_name,
@@ -361,9 +355,6 @@ Two defaults differ on purpose: pybert listens on 127.0.0.1 (TEI: 0.0.0.0; pass 
 
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
-    from .serve.config import ServeConfig
-
-    defaults = ServeConfig()
     env = os.environ.get
     _add_model_arguments(parser, tei=True)
     parser.add_argument("--hostname", "--host", dest="host", default="127.0.0.1",
@@ -373,12 +364,6 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--devices", help="serve on several devices, e.g. cuda:0,cuda:1: one "
                                           "engine and batcher each, a request going to the "
                                           "least loaded (replaces --device)")
-    parser.add_argument("--api-key", default=env("API_KEY"),
-                        help="require this bearer token on every route but /health "
-                             "($API_KEY or $PYBERT_API_KEY; default: none)")
-    parser.add_argument("--served-model-name", default=env("SERVED_MODEL_NAME"),
-                        help="the name /info and /v1/embeddings report (default: the model id, "
-                             "or the directory's name)")
     parser.add_argument("--pooling", choices=("cls", "mean"), default=env("POOLING"),
                         help="override the model's pooling (default: the model's own)")
     parser.add_argument("--default-prompt-name", default=env("DEFAULT_PROMPT_NAME"),
@@ -387,59 +372,36 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--default-prompt", default=env("DEFAULT_PROMPT"),
                         help="a prompt string prepended to every text that names none")
     parser.add_argument("--dense-path", default=env("DENSE_PATH"), help=argparse.SUPPRESS)
-    parser.add_argument("--auto-truncate", action="store_true",
-                        default=env("AUTO_TRUNCATE", "").lower() in ("1", "true"),
-                        help="cut over-long inputs when a request does not say \"truncate\" "
-                             "(default: refuse them with 413)")
-    parser.add_argument("--max-batch-tokens", "--batch-tokens", dest="batch_tokens", type=int,
-                        default=int(env("MAX_BATCH_TOKENS", defaults.batch_tokens)),
-                        help="tokens per packed engine call (default: %(default)s)")
-    parser.add_argument("--max-client-batch-size", "--max-inputs", dest="max_inputs", type=int,
-                        default=int(env("MAX_CLIENT_BATCH_SIZE", defaults.max_inputs)),
-                        help="texts per request (default: %(default)s)")
-    parser.add_argument("--max-concurrent-requests", "--max-connections",
-                        dest="max_connections", type=int,
-                        default=int(env("MAX_CONCURRENT_REQUESTS", defaults.max_connections)),
-                        help="concurrent connections and requests (beyond: 503; default: "
-                             "%(default)s)")
-    parser.add_argument("--payload-limit", "--max-body-bytes", dest="max_body_bytes", type=int,
-                        default=int(env("PAYLOAD_LIMIT", defaults.max_body_bytes)),
-                        help="bytes of one request's body (beyond: 413; default: %(default)s)")
-    parser.add_argument("--json-output", action="store_true",
-                        default=env("JSON_OUTPUT", "").lower() in ("1", "true"),
-                        help="log (the start line and the access log) as JSON lines")
     parser.add_argument("--hf-token", "--hf-api-token", default=None,
                         help="a Hugging Face token for gated or private models (default: "
                              "$HF_TOKEN)")
     parser.add_argument("--huggingface-hub-cache", default=None,
                         help="the hub cache to load models from (default: $HF_HUB_CACHE)")
-    parser.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
-                        help="how long a batch waits for more requests (default: %(default)s)")
-    parser.add_argument("--max-queue", type=int, default=defaults.max_queue,
-                        help="sequences queued at most (beyond: 503 + Retry-After; default: "
-                             "%(default)s)")
-    parser.add_argument("--max-text-bytes", type=int, default=defaults.max_text_bytes,
-                        help="UTF-8 bytes per text (default: %(default)s)")
-    parser.add_argument("--max-masks", type=int, default=defaults.max_masks,
-                        help="mask tokens per /fill-mask request (beyond: 413; default: "
-                             "%(default)s)")
-    parser.add_argument("--max-reply-bytes", type=int, default=defaults.max_reply_bytes,
-                        help="bytes of one reply (beyond: 413; default: %(default)s)")
-    parser.add_argument("--max-buffered-bytes", type=int, default=defaults.max_buffered_bytes,
-                        help="bytes of request bodies held at once, all connections together "
-                             "(beyond: 503; default: %(default)s)")
-    parser.add_argument("--body-timeout", type=float, default=defaults.body_timeout_s,
-                        help="seconds to wait for the next piece of a request's body "
-                             "(beyond: 408; default: %(default)s)")
-    parser.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s,
-                        help="seconds a kept-alive connection may wait for its next request "
-                             "(default: %(default)s)")
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"))
+    _add_limit_arguments(parser)
     for flag in _TEI_IGNORED:
         parser.add_argument(flag, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--disable-spans", action="store_const", const=True, default=None,
                         dest="disable_spans", help=argparse.SUPPRESS)
+
+
+def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The server's limits and identity as ServeConfig declares them (flags, environment
+    variable, default, help): written once there."""
+    from .serve.config import cli_options
+
+    for name, flags, variable, default, kind, help_text in cli_options():
+        value = os.environ.get(variable) if variable else None
+        where = f"${variable}; " if variable else ""
+        if kind is bool:
+            parser.add_argument(*flags, dest=name, action="store_true",
+                                default=(value or "").lower() in ("1", "true") or default,
+                                help=f"{help_text} ({where.rstrip('; ') or 'off by default'})")
+            continue
+        default = kind(value) if value is not None else default
+        parser.add_argument(*flags, dest=name, type=kind, default=default,
+                            help=f"{help_text} ({where}default: %(default)s)")
 
 
 def _bench_arguments(parser: argparse.ArgumentParser) -> None:

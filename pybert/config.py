@@ -10,7 +10,12 @@ from torch import nn
 
 from . import _C
 
-__all__ = ["BertConfig", "check_int"]
+__all__ = ["BertConfig", "check_int", "BATCH_TOKENS"]
+
+# The tokens of one engine call where a caller gives no budget (the API, the job, Ray and the
+# server alike): large enough to keep a CPU's or a GPU's GEMMs busy, small enough that a
+# batch's activations stay well under a GiB at BERT-base width.
+BATCH_TOKENS = 16384
 
 ACTIVATIONS = ("relu", "gelu", "silu")
 # The longest sequence a rotary model may claim: its cos/sin tables are computed from the

@@ -29,7 +29,7 @@ import numpy as np
 
 from .checkpoint import locate
 from .checkpoint.files import fingerprint
-from .config import check_int
+from .config import BATCH_TOKENS, check_int
 from .engine import default_dtype, resolve_device
 from .job import JOB_TASKS, TEXT_INPUT_SUFFIXES, parse_rows, row_places, task_width
 from .job.files import output_lock, write_text_replacing
@@ -75,7 +75,7 @@ class Embedder:
                  pair_column: str | None = None, tokens_column: str | None = None,
                  segments_column: str | None = None, output_column: str = "embedding",
                  pooling: str | None = None, truncation: str = "warn",
-                 batch_tokens: int = 16384, on_error: str = "raise",
+                 batch_tokens: int = BATCH_TOKENS, on_error: str = "raise",
                  error_column: str = "error", quantize: str | None = None):
         if on_error not in ("raise", "null"):
             raise ValueError(f"on_error must be 'raise' or 'null', got {on_error!r}")
@@ -306,7 +306,7 @@ class ShardWriter:
 
     def __init__(self, model, output_dir: str, device: str = "auto", dtype=None,
                  pooling: str | None = None, truncation: str = "warn",
-                 batch_tokens: int = 16384, quantize: str | None = None, task: str = "embed",
+                 batch_tokens: int = BATCH_TOKENS, quantize: str | None = None, task: str = "embed",
                  prompt_name: str | None = None, dimensions: int | None = None,
                  raw_scores: bool = False, revision: str | None = None):
         self.model = _load(model, device, dtype, quantize, revision)
@@ -492,7 +492,8 @@ def _reaper_of_local_cluster():
 
 
 def run_ray_job(model: str, inputs, output_dir, address: str | None = None,
-                pooling: str | None = None, truncation: str = "warn", batch_tokens: int = 16384,
+                pooling: str | None = None, truncation: str = "warn",
+                batch_tokens: int = BATCH_TOKENS,
                 rows_per_shard: int = 10_000, actors: int | None = None,
                 gpus_per_actor: float | None = None, device: str = "auto", dtype=None,
                 overwrite: bool = False, writer=ShardWriter,

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .checkpoint import SparseSpec
-from .config import check_int
+from .config import BATCH_TOKENS, check_int
 from .engine import Engine
 from .heads import l2_normalize, score, sparse_pool
 from .loader import LoadedModel, load_checkpoint
@@ -333,7 +333,7 @@ class TextModel:
     # -- vectors ----------------------------------------------------------------------------
 
     def encode(self, texts, pooling: str | None = None, return_type: str = "numpy",
-               batch_tokens: int = 16384, truncation: str = "warn", *,
+               batch_tokens: int = BATCH_TOKENS, truncation: str = "warn", *,
                prompt_name: str | None = None, prompt: str | None = None,
                dimensions: int | None = None, truncation_side: str | None = None):
         """Vectors of ``texts`` (a str, or a list of str and (text_a, text_b) pairs), in order.
@@ -364,7 +364,7 @@ class TextModel:
         return stacked if return_type == "torch" else np.ascontiguousarray(stacked.numpy())
 
     def encode_long(self, texts, pooling: str | None = None, overlap: int = 64,
-                    batch_tokens: int = 16384, return_type: str = "numpy", *,
+                    batch_tokens: int = BATCH_TOKENS, return_type: str = "numpy", *,
                     prompt_name: str | None = None, prompt: str | None = None,
                     dimensions: int | None = None):
         """Vectors of texts of any length, none cut: a text longer than the model's max_len is
@@ -406,7 +406,7 @@ class TextModel:
         return vectors if return_type == "torch" else np.ascontiguousarray(vectors.numpy())
 
     def iter_encode(self, texts: Iterable, pooling: str | None = None,
-                    batch_tokens: int = 16384, chunk_size: int = 4096,
+                    batch_tokens: int = BATCH_TOKENS, chunk_size: int = 4096,
                     truncation: str = "warn", prefetch: int = 4, **options) -> Iterator[list]:
         """Yield the results of each chunk of ``texts``, in input order: a list of (D,) float32
         tensors (pooled) or of (len, H) tensors (pooling="tokens"). ``options``:
@@ -416,7 +416,8 @@ class TextModel:
                               **options)
 
     def iter_task(self, texts: Iterable, task: str = "embed", *, pooling: str | None = None,
-                  batch_tokens: int = 16384, chunk_size: int = 4096, truncation: str = "warn",
+                  batch_tokens: int = BATCH_TOKENS, chunk_size: int = 4096,
+                  truncation: str = "warn",
                   prefetch: int = 4, prompt_name: str | None = None, prompt: str | None = None,
                   dimensions: int | None = None, truncation_side: str | None = None,
                   raw_scores: bool = False, truncated: TruncationCount | None = None,
@@ -628,7 +629,8 @@ class TextModel:
         return classifier.head(_pooled(packed, cu_seqlens, classifier.pooling)).cpu()
 
     def classify(self, texts, raw_scores: bool = False, truncation: str = "warn",
-                 batch_tokens: int = 16384, truncation_side: str | None = None) -> np.ndarray:
+                 batch_tokens: int = BATCH_TOKENS,
+                 truncation_side: str | None = None) -> np.ndarray:
         """Scores of the sequence classifier for each text or (text_a, text_b) pair: (N, labels)
         float32, through the checkpoint's activation (a CrossEncoder's, else sigmoid for one
         label or multi-label, softmax otherwise), or the logits with ``raw_scores``."""
@@ -643,7 +645,7 @@ class TextModel:
         return out[0] if isinstance(texts, (str, tuple)) else out
 
     def rerank(self, query: str, documents, top_k: int | None = None,
-               raw_scores: bool = False, truncation: str = "warn", batch_tokens: int = 16384,
+               raw_scores: bool = False, truncation: str = "warn", batch_tokens: int = BATCH_TOKENS,
                truncation_side: str | None = None) -> list[dict]:
         """The ``documents`` ordered by the cross-encoder's relevance to ``query``, best first:
         [{"index": i, "score": s}, ...], the first ``top_k`` (default: all)."""
@@ -683,7 +685,7 @@ class TextModel:
                 out[r] = SparseVector(nonzero.numpy(), weights[j, nonzero].numpy())
         return out
 
-    def encode_sparse(self, texts, truncation: str = "warn", batch_tokens: int = 16384, *,
+    def encode_sparse(self, texts, truncation: str = "warn", batch_tokens: int = BATCH_TOKENS, *,
                       prompt_name: str | None = None, prompt: str | None = None,
                       truncation_side: str | None = None):
         """SPLADE's sparse lexical vector of each text: a :class:`SparseVector` (the non-zero
@@ -697,7 +699,7 @@ class TextModel:
         return out[0] if single else out
 
     def fill_mask(self, texts, k: int = 5, truncation: str = "warn",
-                  batch_tokens: int = 16384):
+                  batch_tokens: int = BATCH_TOKENS):
         """Top-``k`` words for each mask token in each text (or (text_a, text_b) pair): a list
         per text of a list per mask of (word, probability)."""
         self._check_fill_mask(k)
@@ -719,7 +721,7 @@ class TextModel:
         mask_id = self.tokenizer.mask_id
         return [[p for p, t in enumerate(ids) if t == mask_id] for ids, _ in encoded]
 
-    def fill_mask_tokenized(self, encoded: list, k: int, batch_tokens: int = 16384) -> list:
+    def fill_mask_tokenized(self, encoded: list, k: int, batch_tokens: int = BATCH_TOKENS) -> list:
         """fill_mask's answer for texts already tokenised. The vocabulary logits are computed
         for batches of at most SPARSE_LOGITS_BYTES and cut to the top k at once, so memory does
         not grow with the number of masks."""
@@ -746,7 +748,7 @@ class TextModel:
         return results
 
     def next_sentence(self, pairs, truncation: str = "warn",
-                      batch_tokens: int = 16384) -> np.ndarray:
+                      batch_tokens: int = BATCH_TOKENS) -> np.ndarray:
         """P(text_b follows text_a) for each (text_a, text_b) pair, from the NSP head."""
         items = [pairs] if isinstance(pairs, tuple) else list(pairs)
         if not all(isinstance(i, tuple) or (isinstance(i, list) and len(i) == 2)
@@ -758,7 +760,8 @@ class TextModel:
         result = self.next_sentence_tokenized(encoded, batch_tokens)
         return result[0] if isinstance(pairs, tuple) else result
 
-    def next_sentence_tokenized(self, encoded: list, batch_tokens: int = 16384) -> np.ndarray:
+    def next_sentence_tokenized(self, encoded: list,
+                                batch_tokens: int = BATCH_TOKENS) -> np.ndarray:
         """next_sentence's answer for pairs already tokenised."""
         if not self.engine.has_nsp:
             raise ValueError("this model has no NSP head")

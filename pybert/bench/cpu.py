@@ -36,7 +36,8 @@ from ..config import BertConfig
 from ..engine.cpu_plan import ALL_ROWS
 from ..text import TextModel
 
-__all__ = ["BENCHMARK_ROUNDS", "CPU_WORKLOADS", "CpuWorkload", "embedding_agreement", "int8_accuracy",
+__all__ = ["BENCHMARK_ROUNDS", "CPU_WORKLOADS", "CpuWorkload", "embedding_agreement",
+           "int8_accuracy",
            "median_seconds", "round_ratios", "run_cpu_benchmark", "run_cpu_texts_benchmark",
            "time_interleaved", "wikitext_sentences"]
 

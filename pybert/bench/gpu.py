@@ -187,6 +187,8 @@ def write_json(path, results: dict) -> None:
         json.dump(results, f, indent=1)
 
 
+# The benchmark's one run read top to bottom (options, engines, a table per workload).
+# Long: it runs only on a GPU, where a reshaping could not be checked before its next run.
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

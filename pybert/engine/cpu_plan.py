@@ -40,7 +40,8 @@ import torch
 from .. import _C
 from ..config import BertConfig
 
-__all__ = ["CpuPlan", "plan_cpu", "time_ratio", "default_plan", "cpu_identity", "GEMM_PATHS", "FLOAT_PATHS",
+__all__ = ["CpuPlan", "plan_cpu", "time_ratio", "default_plan", "cpu_identity", "GEMM_PATHS",
+           "FLOAT_PATHS",
            "ATTENTION_PATHS", "MEASURED_ROWS", "MEASURED_ROWS_INT8", "MEASURED_LENGTHS",
            "ALL_ROWS"]
 

@@ -24,8 +24,8 @@ from ..d2l import config_from_model, pack_d2l_state_dict
 from .cpu_plan import CpuPlan, default_plan, plan_cpu, time_ratio
 from .inputs import PackedBatch, device_packed_batch, packed_batch, padded_batch
 
-__all__ = ["Engine", "SlowPrecisionWarning", "auto_dtype", "CPU_DTYPES", "CUDA_DTYPES", "QUANTIZATIONS",
-           "WEIGHT_DTYPES"]
+__all__ = ["Engine", "SlowPrecisionWarning", "auto_dtype", "CPU_DTYPES", "CUDA_DTYPES",
+           "QUANTIZATIONS", "WEIGHT_DTYPES"]
 
 CPU_DTYPES = (torch.float32, torch.bfloat16)
 CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -93,8 +93,10 @@ class Engine:
 
     On the CPU the engine computes in float32 or bfloat16 (AVX512-BF16 or AMX where the CPU has
     them; LayerNorm, softmax and accumulation in float32), with its weight matrices prepacked
-    once for the GEMM library its CPU plan chose. ``quantize="int8"`` (CPU, float32) holds them in int8 per output channel
-    and quantises activations per call (dynamic quantisation, fbgemm's VNNI GEMMs): faster,
+    once for the GEMM library its CPU plan chose; ``dtype="auto"`` takes bfloat16 where its
+    GEMMs measure faster than float32's on this CPU, and a precision that measures slower
+    than float32 says so when the engine is built (SlowPrecisionWarning). ``quantize="int8"``
+    (CPU, float32) holds them in int8 per output channel and quantises activations per call (dynamic quantisation, fbgemm's VNNI GEMMs): faster,
     at a small cost in accuracy (measured in benchmarks/RESULTS.md). A CPU engine keeps the
     workspace of its largest batch so far for the next call (fresh memory costs page faults
     every call); it is freed with the engine. Which library each CPU GEMM goes to, and up to

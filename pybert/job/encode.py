@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import check_int
+from ..config import BATCH_TOKENS, check_int
 from ..text import POOLINGS, text_model_of
 from ..tokenization import TruncationCount, check_text, check_truncation
 from .files import output_lock, write_text_replacing
@@ -241,7 +241,8 @@ def task_width(model, task: str, dimensions: int | None = None) -> int | None:
 
 
 def run_encode_job(model, input_path, output_path, model_id: str, pooling: str | None = None,
-                   batch_tokens: int = 16384, chunk_size: int = 4096, truncation: str = "warn",
+                   batch_tokens: int = BATCH_TOKENS, chunk_size: int = 4096,
+                   truncation: str = "warn",
                    overwrite: bool = False, progress: bool = True, *, task: str = "embed",
                    prompt_name: str | None = None, dimensions: int | None = None,
                    raw_scores: bool = False) -> dict:

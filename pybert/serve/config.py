@@ -1,34 +1,68 @@
-"""The server's limits and identity."""
+"""The server's limits and identity, each written once: its default, its command-line flags
+(text-embeddings-inference's spelling first, where TEI has the option), the environment
+variable TEI reads it from, and its help. ``pybert serve``'s arguments are made from these
+fields (``cli_options``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
-from ..config import check_int
+from ..config import BATCH_TOKENS, check_int
 
-__all__ = ["ServeConfig"]
+__all__ = ["ServeConfig", "cli_options"]
+
+
+def _option(default, *flags: str, env: str | None = None, help: str):  # noqa: A002
+    return field(default=default, metadata={"flags": flags, "env": env, "help": help})
 
 
 @dataclass(frozen=True)
 class ServeConfig:
     """Every limit of the server (docs/security.md says what each bounds)."""
 
-    batch_tokens: int = 16384     # tokens of one packed engine call (a longer request runs alone)
-    max_wait_ms: float = 2.0      # how long the batcher waits for more work once it has some
-    max_queue: int = 4096         # sequences waiting at most; beyond it, 503 + Retry-After
-    max_inputs: int = 256         # texts per request
-    max_text_bytes: int = 65536   # UTF-8 bytes per text
-    max_body_bytes: int = 8 << 20
-    max_masks: int = 1024         # mask tokens per /fill-mask request
-    max_reply_bytes: int = 64 << 20  # a reply larger than this answers 413
-    max_buffered_bytes: int = 256 << 20  # request bodies held at once, all connections
-    body_timeout_s: float = 10.0  # the longest wait for the next piece of a request's body
-    max_connections: int = 1024   # concurrent connections (and requests); beyond: 503
-    idle_timeout_s: float = 5.0   # a kept-alive connection with no request is closed
-    api_key: str | None = None
-    model_id: str = "pybert"      # the name /info and /v1/embeddings report
-    auto_truncate: bool = False   # cut over-long inputs of a request that does not say
-    json_output: bool = False     # the start line and the access log as JSON lines
+    batch_tokens: int = _option(BATCH_TOKENS, "--max-batch-tokens", "--batch-tokens",
+                                env="MAX_BATCH_TOKENS",
+                                help="tokens per packed engine call (a longer request runs "
+                                     "alone)")
+    max_wait_ms: float = _option(2.0, "--max-wait-ms",
+                                 help="how long a batch waits for more requests once it has "
+                                      "some")
+    max_queue: int = _option(4096, "--max-queue",
+                             help="sequences queued at most (beyond: 503 + Retry-After)")
+    max_inputs: int = _option(256, "--max-client-batch-size", "--max-inputs",
+                              env="MAX_CLIENT_BATCH_SIZE", help="texts per request (TEI: 32)")
+    max_text_bytes: int = _option(65536, "--max-text-bytes", help="UTF-8 bytes per text")
+    max_body_bytes: int = _option(8 << 20, "--payload-limit", "--max-body-bytes",
+                                  env="PAYLOAD_LIMIT",
+                                  help="bytes of one request's body (beyond: 413)")
+    max_masks: int = _option(1024, "--max-masks",
+                             help="mask tokens per /fill-mask request (beyond: 413)")
+    max_reply_bytes: int = _option(64 << 20, "--max-reply-bytes",
+                                   help="bytes of one reply (beyond: 413)")
+    max_buffered_bytes: int = _option(256 << 20, "--max-buffered-bytes",
+                                      help="bytes of request bodies held at once, all "
+                                           "connections together (beyond: 503)")
+    body_timeout_s: float = _option(10.0, "--body-timeout",
+                                    help="seconds to wait for the next piece of a request's "
+                                         "body (beyond: 408)")
+    max_connections: int = _option(1024, "--max-concurrent-requests", "--max-connections",
+                                   env="MAX_CONCURRENT_REQUESTS",
+                                   help="concurrent connections and requests (beyond: 503)")
+    idle_timeout_s: float = _option(5.0, "--idle-timeout",
+                                    help="seconds a kept-alive connection may wait for its "
+                                         "next request")
+    api_key: str | None = _option(None, "--api-key", env="API_KEY",
+                                  help="require this bearer token on every route but /health "
+                                       "(also $PYBERT_API_KEY)")
+    model_id: str = _option("pybert", "--served-model-name", env="SERVED_MODEL_NAME",
+                            help="the name /info and /v1/embeddings report (default: the "
+                                 "model id, or the directory's name)")
+    auto_truncate: bool = _option(False, "--auto-truncate", env="AUTO_TRUNCATE",
+                                  help="cut over-long inputs of a request that does not say "
+                                       "\"truncate\" (default: refuse them with 413)")
+    json_output: bool = _option(False, "--json-output", env="JSON_OUTPUT",
+                                help="log (the start line, the access log) as JSON lines")
 
     def __post_init__(self):
         for name in ("batch_tokens", "max_queue", "max_inputs", "max_text_bytes",
@@ -43,3 +77,14 @@ class ServeConfig:
         if self.max_buffered_bytes < self.max_body_bytes:
             raise ValueError(f"max_buffered_bytes ({self.max_buffered_bytes}) must hold one "
                              f"body of max_body_bytes ({self.max_body_bytes})")
+
+
+def cli_options() -> list[tuple[str, tuple[str, ...], str | None, object, type, str]]:
+    """(field name, flags, environment variable, default, type, help) of every ServeConfig
+    field, for the command line."""
+    out = []
+    for f in dataclasses.fields(ServeConfig):
+        kind = {"int": int, "float": float, "bool": bool}.get(str(f.type), str)
+        out.append((f.name, f.metadata["flags"], f.metadata["env"], f.default, kind,
+                    f.metadata["help"]))
+    return out

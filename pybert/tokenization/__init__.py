@@ -10,5 +10,6 @@ from .words import (TEXT_FORMATS, WordTokenizer, normalize_text, split_sentences
                     split_words)
 
 __all__ = ["BERT_RESERVED_TOKENS", "TEXT_FORMATS", "TRUNCATIONS", "TRUNCATION_SIDES", "Vocab",
-           "HuggingFaceTokenizer", "TruncationCount", "WordTokenizer", "check_side", "check_text", "check_truncation", "normalize_text", "split_sentences",
-           "split_words", "text_item", "warn_cut"]
+           "HuggingFaceTokenizer", "TruncationCount", "WordTokenizer", "check_side", "check_text",
+           "check_truncation", "normalize_text", "split_sentences", "split_words", "text_item",
+           "warn_cut"]

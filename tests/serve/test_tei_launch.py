@@ -132,7 +132,7 @@ def test_the_help_lists_every_route_and_only_runnable_dtypes(tmp_path):
 
     for path, _, _ in Routes.table(AnyRoutes()):
         assert path in done.stdout, path
-    assert "(default: 16384)" in done.stdout and "--max-client-batch-size" in done.stdout
+    assert "default: 16384)" in done.stdout and "--max-client-batch-size" in done.stdout
     import torch
 
     if not torch.cuda.is_available():

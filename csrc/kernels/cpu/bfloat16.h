@@ -1,5 +1,5 @@
 // bfloat16 for the CPU kernels without torch: the upper 16 bits of an IEEE float, the layout
-// of c10::BFloat16 (aten_adapter.cpp checks that). Kernels load it into float, compute in
+// of c10::BFloat16 (aten/common.h checks that). Kernels load it into float, compute in
 // float and round back to nearest-even once per stored value.
 #pragma once
 

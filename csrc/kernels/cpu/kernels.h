@@ -6,9 +6,9 @@
 //
 // T is float or bfloat16 (bfloat16.h); every reduction and every elementwise formula is
 // computed in float. The GEMMs go to torch's own CPU kernels (MKL and oneDNN), as does the
-// attention in bfloat16 (its flash attention): aten_adapter.cpp, the one file here that sees
-// torch. The float attention runs in MKL's batched call (mkl.h) or in the own tiled kernel
-// (attention.cpp), whichever the plan measured faster.
+// attention in bfloat16 (its flash attention): the ATen adapter in aten/, the one folder here
+// that sees torch. The float attention runs in MKL's batched call (mkl.h) or in the own tiled
+// kernel (attention.cpp), whichever the plan measured faster.
 #pragma once
 
 #include <cstdint>
@@ -51,7 +51,7 @@ using GemmChoice = std::vector<std::pair<int64_t, GemmPath>>;
 constexpr int64_t kPackedRowsLimit = 256;
 
 // A weight matrix (and its bias) made ready for gemm_bias_act once, when an engine is built.
-// Opaque: its contents belong to the GEMM library (aten_adapter.cpp).
+// Opaque: its contents belong to the GEMM library (aten/gemm.cpp).
 class PreparedWeight;
 struct PreparedWeightDeleter {
   void operator()(PreparedWeight* weight) const;
@@ -119,7 +119,7 @@ void rotary_qk(T* qkv, const int32_t* cu_seqlens, int64_t batch, int64_t num_hea
                int64_t head_dim, const T* cos, const T* sin);
 
 // A gated FFN's middle: out[r, i] = act(in[r, i]) * in[r, width + i]; in: (rows, 2 * width),
-// out: (rows, width). Computed by torch's vectorised activations (aten_adapter.cpp).
+// out: (rows, width). Computed by torch's vectorised activations (aten/gemm.cpp).
 template <typename T>
 void gated_activation(const T* in, T* out, int64_t rows, int64_t width, Activation act);
 
@@ -127,7 +127,7 @@ void gated_activation(const T* in, T* out, int64_t rows, int64_t width, Activati
 // the length (MKL runs AMD processors on its AVX2 code; torch's flash attention pays a fixed
 // cost per (sequence, head)), so pybert.engine.cpu_plan measures them on the machine that runs.
 enum class AttentionPath : int {
-  kFlash = 0,  // torch's flash attention (aten_adapter.cpp)
+  kFlash = 0,  // torch's flash attention (aten/attention.cpp)
   kMkl = 1,    // many (sequence, head) pairs' products in MKL's batched sgemm (attention.cpp)
   kOwn = 2,    // pybert's own tiled kernel: plain C++, vectorised per ISA (attention.cpp)
 };

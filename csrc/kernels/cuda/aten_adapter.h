@@ -5,7 +5,7 @@
 // out[t, head h] = softmax_j(q_t . k_j / sqrt(d)) v_j over the keys j of t's sequence.
 //
 // This header is torch-free, so the runner (nvcc, no torch include path) can call it; the one
-// file behind it, aten_adapter.cpp (the twin of kernels/cpu/aten_adapter.cpp), is the CUDA
+// file behind it, aten_adapter.cpp (the twin of kernels/cpu/aten/), is the CUDA
 // side's only door to ATen.
 #pragma once
 
