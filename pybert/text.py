@@ -139,6 +139,15 @@ def _pooled(packed: torch.Tensor, cu_seqlens: torch.Tensor, pooling: str) -> tor
     return (sums / lengths[:, None]).float()
 
 
+def _finite(values: torch.Tensor, what: str) -> torch.Tensor:
+    """``values`` if every one is finite; else a ValueError saying which output overflowed
+    (never an inf in a file, nor a score of 1.0 made from one)."""
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(f"{what} are not finite in float32 (the model's outputs overflow for "
+                         "this input)")
+    return values
+
+
 def _after_pooling(pooled: torch.Tensor, normalize: bool, dense=None,
                    dimensions: int | None = None) -> torch.Tensor:
     """Pooled vectors through ``dense``, cut to ``dimensions``, normalised: float32, CPU."""
@@ -626,7 +635,8 @@ class TextModel:
         """(B, labels) float32 logits on the CPU of the classifier on each sequence's first
         token (or the mean of its tokens, as the classifier pools), from packed encodings."""
         classifier = self._need_classifier()
-        return classifier.head(_pooled(packed, cu_seqlens, classifier.pooling)).cpu()
+        return _finite(classifier.head(_pooled(packed, cu_seqlens, classifier.pooling)).cpu(),
+                       "the classifier's logits")
 
     def classify(self, texts, raw_scores: bool = False, truncation: str = "warn",
                  batch_tokens: int = BATCH_TOKENS,
@@ -673,17 +683,34 @@ class TextModel:
         if not self.engine.has_mlm:
             raise ValueError("this model has no MLM head, so it gives no sparse vectors")
         out: list = [None] * len(encoded)
-        for rows in plan_batches([len(ids) for ids, _ in encoded], self._logit_rows_budget()):
+        budget = self._logit_rows_budget()
+        for rows in plan_batches([len(ids) for ids, _ in encoded], budget):
             tokens, segments, valid_lens = pad_batch(encoded, rows, self.tokenizer.pad_id)
-            positions = torch.arange(tokens.shape[1]).repeat(len(rows), 1)
-            positions[positions >= valid_lens[:, None]] = 0  # padding: scored, then ignored
-            _, mlm, _ = self.engine(tokens, segments, valid_lens, positions)
-            weights = sparse_pool(mlm, valid_lens, self.sparse.pooling,
-                                  self.sparse.activation).cpu()
+            weights = _finite(self._sparse_weights(tokens, segments, valid_lens, budget),
+                              "the sparse weights").cpu()
             for j, r in enumerate(rows):
                 nonzero = torch.nonzero(weights[j]).flatten()
                 out[r] = SparseVector(nonzero.numpy(), weights[j, nonzero].numpy())
         return out
+
+    def _sparse_weights(self, tokens, segments, valid_lens, budget: int) -> torch.Tensor:
+        """(B, V) SPLADE weights of a padded batch, its MLM logits computed for at most
+        ``budget`` rows at a time: a sequence longer than the budget alone in its batch has its
+        positions taken a slice at a time (the encoder runs again for each; its logits would
+        not fit), the slices' weights pooled together."""
+        step = max(1, budget // len(valid_lens))
+        weights = None
+        for start in range(0, tokens.shape[1], step):
+            positions = torch.arange(start, min(tokens.shape[1], start + step)).repeat(
+                len(valid_lens), 1)
+            positions[positions >= valid_lens[:, None]] = 0  # padding: scored, then ignored
+            _, mlm, _ = self.engine(tokens, segments, valid_lens, positions)
+            part = sparse_pool(mlm, (valid_lens - start).clamp(0, positions.shape[1]),
+                               self.sparse.pooling, self.sparse.activation)
+            del mlm
+            weights = part if weights is None else torch.maximum(weights, part) \
+                if self.sparse.pooling == "max" else weights + part
+        return weights
 
     def encode_sparse(self, texts, truncation: str = "warn", batch_tokens: int = BATCH_TOKENS, *,
                       prompt_name: str | None = None, prompt: str | None = None,
@@ -738,7 +765,8 @@ class TextModel:
                 for j, r in enumerate(rows):
                     positions[j, : len(masks[r])] = torch.tensor(masks[r], dtype=torch.int64)
                 _, mlm, _ = self.engine(tokens, segments, valid_lens, positions)
-                top = torch.topk(torch.softmax(mlm.float(), -1), k, dim=-1)
+                top = torch.topk(torch.softmax(_finite(mlm.float(), "the MLM logits"), -1), k,
+                                 dim=-1)
                 del mlm
                 probs, ids = top.values.cpu(), top.indices.cpu()
                 for j, r in enumerate(rows):
@@ -769,7 +797,8 @@ class TextModel:
         for rows in plan_batches([len(ids) for ids, _ in encoded], batch_tokens):
             tokens, segments, valid_lens = pad_batch(encoded, rows, self.tokenizer.pad_id)
             _, _, nsp = self.engine(tokens, segments, valid_lens)
-            probs = torch.softmax(nsp.double(), -1)[:, self.nsp_is_next_label]
+            probs = torch.softmax(_finite(nsp.double(), "the NSP logits"),
+                                  -1)[:, self.nsp_is_next_label]
             result[rows] = probs.cpu().numpy()
         return result
 

@@ -23,7 +23,7 @@ from .batcher import Batcher, QueueFull, RequestTooLarge
 from .config import ServeConfig
 from ..engine.devices import CUDA_LAST_RUN
 from ..heads import l2_normalize, score
-from ..tokenization import TruncationCount
+from ..tokenization import TooLong, TruncationCount, check_text
 from .http import BodyBudget, ClientGone, HTTPError, field, flag, is_pair, read_json, texts_of, \
     token_rows
 from .metrics import Metrics
@@ -96,9 +96,11 @@ class Routes:
                 if token_ids else functools.partial(
                     tokenizer.encode_all, texts, "warn" if truncate else "error", 0, side,
                     count))
-        except ValueError as err:
+        except TooLong as err:
             message = str(err).split("; pass truncation=")[0]  # the Python API's advice
             raise HTTPError(413, f"{message}; {advice}") from None
+        except ValueError as err:  # not a text the tokenizer takes (a lone surrogate)
+            raise HTTPError(422, str(err)) from None
         if count.cut:
             logger.info("a request's %s", count.summary())
         return encoded
@@ -280,6 +282,12 @@ class Routes:
         query = body.get("query")
         if not isinstance(query, str):
             raise HTTPError(422, "query must be a string")
+        if len(query.encode("utf-8", errors="surrogatepass")) > self.config.max_text_bytes:
+            raise HTTPError(413, f"query is longer than {self.config.max_text_bytes} bytes")
+        try:
+            check_text(query, "query")
+        except ValueError as err:
+            raise HTTPError(422, str(err)) from None
         texts = texts_of(body.get("texts"), "texts", self.config)
         scores = (await self.scores(request, [(query, t) for t in texts], body))[:, 0]
         order = np.argsort(-scores, kind="stable")

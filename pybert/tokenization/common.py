@@ -7,6 +7,8 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
+from .truncation import TooLong
+
 __all__ = ["text_item", "check_text", "check_truncation", "check_side", "warn_cut",
            "TruncationCount", "wrap_ids",
            "split_windows", "TRUNCATIONS", "TRUNCATION_SIDES"]
@@ -92,7 +94,7 @@ def wrap_ids(rows: list, prefix: list, suffix: list, max_len: int, truncation: s
     for i, ids in enumerate(rows):
         if len(ids) > room:
             if truncation == "error":
-                raise ValueError(f"input[{i}] has {len(ids)} tokens, more than the {room} "
+                raise TooLong(f"input[{i}] has {len(ids)} tokens, more than the {room} "
                                  f"max_len={max_len} leaves beside the special tokens; pass "
                                  "truncation='warn' to cut it")
             ids = ids[len(ids) - room:] if side == "left" else ids[:room]

