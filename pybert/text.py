@@ -38,6 +38,9 @@ __all__ = ["TextModel", "SparseVector", "text_model_of", "plan_batches", "pack_b
            "pad_batch", "POOLINGS"]
 
 POOLINGS = ("cls", "mean", "tokens")
+# The windows one encode_long call may make (a 10^6-token text with an overlap one short of
+# the window would make 10^6 of 512 tokens each).
+MAX_WINDOWS = 100_000
 # The MLM logits a sparse or fill-mask batch holds at once (rows x vocabulary x 4 bytes).
 SPARSE_LOGITS_BYTES = 128 << 20
 # The tasks of run_tasks that need an engine call of their own kind (MLM logits at chosen
@@ -95,6 +98,23 @@ def pad_batch(encoded: list, rows: list[int], pad: int):
         tokens[j, : len(ids)] = torch.tensor(ids)
         segments[j, : len(segs)] = torch.tensor(segs)
     return tokens, segments, torch.tensor(lengths, dtype=torch.int64)
+
+
+def _window_batches(windows: list, batch_tokens: int):
+    """(owners, windows) batches of at most ``batch_tokens`` padded tokens (one window at
+    least) from each text's windows (an iterable each), made as they are consumed."""
+    owners, batch, longest = [], [], 0
+    for owner, text_windows in enumerate(windows):
+        for window in text_windows:
+            new_longest = max(longest, len(window[0]))
+            if batch and new_longest * (len(batch) + 1) > batch_tokens:
+                yield owners, batch
+                owners, batch, new_longest = [], [], len(window[0])
+            owners.append(owner)
+            batch.append(window)
+            longest = new_longest
+    if batch:
+        yield owners, batch
 
 
 @dataclass
@@ -375,13 +395,15 @@ class TextModel:
     def encode_long(self, texts, pooling: str | None = None, overlap: int = 64,
                     batch_tokens: int = BATCH_TOKENS, return_type: str = "numpy", *,
                     prompt_name: str | None = None, prompt: str | None = None,
-                    dimensions: int | None = None):
+                    dimensions: int | None = None, max_windows: int = MAX_WINDOWS):
         """Vectors of texts of any length, none cut: a text longer than the model's max_len is
         split into windows of max_len tokens (its special tokens around each) that overlap by
         ``overlap`` tokens; each window is encoded and pooled, and the text's vector is the
         mean of its windows' (weighted by their tokens under mean pooling), then through the
         model's Dense modules, ``dimensions`` and normalisation as :meth:`encode`. A text of n
-        tokens costs about n / (max_len - overlap) windows. Texts only (no pairs)."""
+        tokens costs about n / (max_len - overlap) windows; a call of more than
+        ``max_windows`` windows in all is refused before any is run. Windows are made and run
+        a batch at a time, never all held at once. Texts only (no pairs)."""
         if return_type not in ("numpy", "torch"):
             raise ValueError(f"return_type must be 'numpy' or 'torch', got {return_type!r}")
         pooling = self.pooling_of(pooling)
@@ -389,27 +411,33 @@ class TextModel:
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
         check_int(batch_tokens, "batch_tokens")
         self.check_dimensions(dimensions)
+        check_int(max_windows, "max_windows")
         single = isinstance(texts, str)
         items = self.prompted([texts] if single else list(texts), prompt_name, prompt)
-        windows, owner = [], []
+        windows = []
         for i, text in enumerate(items):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{i}] must be a str (encode_long takes no pairs), got "
                                 f"{type(text).__name__}")
-            for window in self.tokenizer.windows(text, overlap):
-                windows.append(window)
-                owner.append(i)
-        pooled = torch.zeros((len(windows), self.engine.config.num_hiddens))
-        for rows in plan_batches([len(ids) for ids, _ in windows], batch_tokens):
-            packed, cu_seqlens = self.forward_tokenized([windows[r] for r in rows])
-            pooled[rows] = _pool(packed, cu_seqlens, pooling, False)
-        weights = torch.tensor([float(len(ids)) if pooling == "mean" else 1.0
-                                for ids, _ in windows])
-        owner = torch.tensor(owner, dtype=torch.int64)
-        sums = torch.zeros((len(items), pooled.shape[1])).index_add_(0, owner,
-                                                                     pooled * weights[:, None])
-        totals = torch.zeros(len(items)).index_add_(0, owner, weights)
-        vectors = _after_pooling(sums / totals[:, None], self.normalize, self.dense, dimensions)
+            windows.append(self.tokenizer.windows(text, overlap))
+        count = sum(len(w) for w in windows)
+        if count > max_windows:
+            raise ValueError(f"these texts make {count} windows of {self.tokenizer.max_len} "
+                             f"tokens with overlap={overlap}, more than max_windows="
+                             f"{max_windows}: lower the overlap (each window adds "
+                             f"{self.tokenizer.max_len - overlap} new tokens at most)")
+        sums = torch.zeros((len(items), self.engine.config.num_hiddens), dtype=torch.float64)
+        totals = torch.zeros(len(items), dtype=torch.float64)
+        for owners, batch in _window_batches(windows, batch_tokens):
+            packed, cu_seqlens = self.forward_tokenized(batch)
+            pooled = _pool(packed, cu_seqlens, pooling, False).double()
+            weights = torch.tensor([float(len(ids)) if pooling == "mean" else 1.0
+                                    for ids, _ in batch], dtype=torch.float64)
+            owner = torch.tensor(owners, dtype=torch.int64)
+            sums.index_add_(0, owner, pooled * weights[:, None])
+            totals.index_add_(0, owner, weights)
+        vectors = _after_pooling((sums / totals[:, None]).float(), self.normalize, self.dense,
+                                 dimensions)
         if single:
             vectors = vectors[0]
         return vectors if return_type == "torch" else np.ascontiguousarray(vectors.numpy())

@@ -11,6 +11,9 @@ import threading
 import time
 from dataclasses import dataclass
 
+import numpy as np
+import torch
+
 from .config import ServeConfig
 
 __all__ = ["Batcher", "BatcherPool", "QueueFull", "RequestTooLarge", "TASKS"]
@@ -70,6 +73,8 @@ class Batcher:
         self._cond = threading.Condition()
         self._stopping = False
         self.queued_sequences = 0
+        # Tokens queued and in the engine call now: the work ahead of a new request.
+        self.queued_tokens = self.running_tokens = 0
         self._thread = threading.Thread(target=self._run, name="pybert-batcher", daemon=True)
 
     replicas = 1  # engines behind this batcher (a BatcherPool has several)
@@ -106,6 +111,7 @@ class Batcher:
                 raise QueueFull(f"the queue holds {self.queued_sequences} sequences already")
             self._queue.append(job)
             self.queued_sequences += len(encoded)
+            self.queued_tokens += job.tokens
             self._cond.notify()
         return future
 
@@ -131,7 +137,14 @@ class Batcher:
                     break
                 self._cond.wait(remaining)
             self.queued_sequences -= sum(len(job.encoded) for job in jobs)
+            self.queued_tokens -= total
+            self.running_tokens = total
             return jobs
+
+    @property
+    def work_in_flight(self) -> int:
+        """Tokens queued plus those of the engine call running now."""
+        return self.queued_tokens + self.running_tokens
 
     def _run(self) -> None:
         while True:
@@ -143,15 +156,22 @@ class Batcher:
                 continue
             self.observe_batch(sum(len(job.encoded) for job in jobs),
                                sum(job.tokens for job in jobs))
-            self._run_jobs(jobs)
+            try:
+                self._run_jobs(jobs)
+            finally:
+                self.running_tokens = 0
 
     def _run_jobs(self, jobs: list[_Job]) -> None:
         """One engine call for ``jobs``; if it fails, each job alone, so that a request whose
         input breaks the forward (a non-finite output, say) fails by itself and the others
-        batched with it still get their answers."""
+        batched with it still get their answers. A request of more than batch_tokens runs as
+        several engine calls of at most that (one sequence each at least), its parts joined."""
         try:
-            results = self.model.run_tasks([(job.task, job.encoded, job.options or {})
-                                            for job in jobs])
+            if len(jobs) == 1 and jobs[0].tokens > self.config.batch_tokens:
+                results = [self._run_split(jobs[0])]
+            else:
+                results = self.model.run_tasks([(job.task, job.encoded, job.options or {})
+                                                for job in jobs])
         except Exception as err:  # noqa: BLE001 (handed to the request that caused it)
             if len(jobs) > 1:
                 for job in jobs:
@@ -164,11 +184,38 @@ class Batcher:
             job.loop.call_soon_threadsafe(_settle, job.future, result, error)
 
 
+    def _run_split(self, job: _Job):
+        """The result of one request too large for one engine call, a slice of sequences of at
+        most batch_tokens tokens at a time, in order."""
+        parts, start = [], 0
+        while start < len(job.encoded):
+            end, tokens = start, 0
+            while end < len(job.encoded) and (end == start or tokens + len(
+                    job.encoded[end][0]) <= self.config.batch_tokens):
+                tokens += len(job.encoded[end][0])
+                end += 1
+            parts.append(self.model.run_tasks([(job.task, job.encoded[start:end],
+                                                job.options or {})])[0])
+            start = end
+        return _joined(parts)
+
+
+def _joined(parts: list):
+    """One result of a request's parts: tensors and arrays concatenated, lists chained."""
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    return [item for part in parts for item in part]
+
+
 class BatcherPool:
     """One batcher per engine, each on its own device (``pybert serve --devices
-    cuda:0,cuda:1``), behind Batcher's interface: a request goes to the batcher with the fewest
-    queued sequences, ties taken in turn, so that devices that are all idle or all equally
-    busy share the requests; each batcher then packs its own queue into its engine's calls."""
+    cuda:0,cuda:1``), behind Batcher's interface: a request goes to the batcher with the least
+    work in flight (tokens queued and in its running engine call: a batcher inside a long call
+    has none queued, yet is busy), ties taken in turn, so that devices that are all idle or
+    all equally busy share the requests; each batcher then packs its own queue into its
+    engine's calls."""
 
     def __init__(self, batchers: list[Batcher]):
         if not batchers:
@@ -208,11 +255,12 @@ class BatcherPool:
 
     def submit(self, encoded: list, loop: asyncio.AbstractEventLoop, task: str = "embed",
                options: dict | None = None) -> asyncio.Future:
-        """Batcher.submit on the least loaded batcher (the one with the most room: if it is
-        full, all are)."""
+        """Batcher.submit on the batcher with the least work in flight (then the most room in
+        its queue)."""
         with self._lock:
             turn = self._turn
             self._turn = (turn + 1) % len(self.batchers)
         order = self.batchers[turn:] + self.batchers[:turn]
-        chosen = min(order, key=lambda batcher: batcher.queued_sequences)
+        chosen = min(order, key=lambda batcher: (batcher.work_in_flight,
+                                                 batcher.queued_sequences))
         return chosen.submit(encoded, loop, task, options)

@@ -120,7 +120,7 @@ def error_body(err: HTTPError, openai: bool) -> dict:
 def texts_of(value, name: str, config: ServeConfig, pairs: bool | str = False) -> list:
     """A request's texts (a str or a non-empty list), each checked; pairs as tuples
     (``pairs`` True: every item a pair; "either": each item a text or a pair)."""
-    single = isinstance(value, str) or (pairs and is_pair(value))
+    single = isinstance(value, str) or (pairs is True and is_pair(value))
     items = [value] if single else value
     if not isinstance(items, list):
         raise HTTPError(422, f"{name} must be a string or a list of strings"

@@ -32,6 +32,10 @@ __all__ = ["Routes"]
 
 logger = logging.getLogger("pybert.serve")
 
+# The fewest bytes a float of a vector takes in a reply's JSON ("0.0," at the least; float32
+# values print as ~20): a reply sure to exceed max_reply_bytes is refused before the work.
+MIN_FLOAT_BYTES = 4
+
 
 class Routes:
     """The handlers of one server. ``ready`` turns true once the model has run a first batch
@@ -69,10 +73,12 @@ class Routes:
                                self.config.body_timeout_s)
 
     async def reply(self, content) -> Response:
-        """``content`` as JSON, rendered off the event loop (a large reply would stall every
-        other connection), at most max_reply_bytes."""
+        """``content`` (or what the callable ``content`` builds) as JSON, built and rendered
+        off the event loop (a large reply would stall every other connection), at most
+        max_reply_bytes."""
         def render() -> bytes:
-            return json.dumps(content, ensure_ascii=False, allow_nan=False,
+            value = content() if callable(content) else content
+            return json.dumps(value, ensure_ascii=False, allow_nan=False,
                               separators=(",", ":")).encode("utf-8")
 
         body = await asyncio.get_running_loop().run_in_executor(None, render)
@@ -234,18 +240,29 @@ class Routes:
                                  "model": body.get("model") or self.config.model_id,
                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
+    def check_reply_size(self, values: int, bytes_each: int, what: str) -> None:
+        """413 before any work when a reply of ``values`` values would take more than
+        max_reply_bytes at the fewest bytes each can take in JSON (``bytes_each``)."""
+        if values * bytes_each > self.config.max_reply_bytes:
+            raise HTTPError(413, f"the answer would hold {values} {what}, more than "
+                            f"max_reply_bytes={self.config.max_reply_bytes} allows: send fewer "
+                            "or shorter texts")
+
     async def embed_all(self, request: Request):
         _, encoded, _ = await self.embedding_request(request)
+        tokens = sum(len(ids) for ids, _ in encoded)
+        self.check_reply_size(tokens * self.engine.config.num_hiddens, MIN_FLOAT_BYTES,
+                              "numbers")
         rows = await self.batched(request, encoded, "embed_all")
-        return await self.reply([r.tolist() for r in rows])
+        return await self.reply(lambda: [r.tolist() for r in rows])
 
     async def embed_sparse(self, request: Request):
         self.need("sparse")
         _, encoded, _ = await self.embedding_request(request)
         vectors = await self.batched(request, encoded, "sparse")
-        return await self.reply([[{"index": int(i), "value": float(v)}
-                                  for i, v in zip(vector.indices, vector.values)]
-                                 for vector in vectors])
+        return await self.reply(lambda: [[{"index": int(i), "value": float(v)}
+                                          for i, v in zip(vector.indices, vector.values)]
+                                         for vector in vectors])
 
     async def scores(self, request: Request, items: list, body: dict) -> np.ndarray:
         """The classifier's scores (or logits with "raw_scores") of texts or pairs."""
@@ -304,8 +321,25 @@ class Routes:
         body = await self.body(request)
         texts = texts_of(field(body, "inputs"), "inputs", self.config)
         special = flag(body, "add_special_tokens", True)
-        return await self.reply(await asyncio.get_running_loop().run_in_executor(
-            self.tokenizing, tokenizer.describe, texts, special))
+        limit = self.config.max_reply_bytes
+
+        def render() -> bytes:
+            """The reply, a text at a time (a text's tokens as dicts at most at once), given
+            up as soon as it passes max_reply_bytes."""
+            out = bytearray(b"[")
+            for i, text in enumerate(texts):
+                piece = json.dumps(tokenizer.describe([text], special)[0], ensure_ascii=False,
+                                   separators=(",", ":")).encode("utf-8")
+                out += (b"," if i else b"") + piece
+                if len(out) > limit:
+                    return b""
+            return bytes(out + b"]")
+
+        body = await asyncio.get_running_loop().run_in_executor(self.tokenizing, render)
+        if not body:
+            raise HTTPError(413, f"the answer would be more than max_reply_bytes={limit} "
+                            "bytes: send fewer or shorter texts")
+        return Response(body, media_type="application/json")
 
     async def decode(self, request: Request):
         tokenizer = self.model.tokenizer

@@ -105,17 +105,41 @@ def wrap_ids(rows: list, prefix: list, suffix: list, max_len: int, truncation: s
     return out
 
 
-def split_windows(prefix: list, body: list, suffix: list, max_len: int, overlap: int) -> list:
+class Windows:
     """``prefix + body + suffix`` as it is when it fits ``max_len``, else the windows of
     ``body`` of the most tokens that fit between prefix and suffix, each overlapping the one
-    before by ``overlap`` tokens (the last one may overlap more), as (ids, segments 0)."""
-    if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
-        raise ValueError(f"overlap must be an int >= 0, got {overlap!r}")
-    if len(prefix) + len(body) + len(suffix) <= max_len:
-        ids = prefix + body + suffix
-        return [(ids, [0] * len(ids))]
-    width = max_len - len(prefix) - len(suffix)
-    if overlap >= width:
-        raise ValueError(f"overlap {overlap} leaves no new tokens in a window of {width}")
-    starts = list(range(0, len(body) - width, width - overlap)) + [len(body) - width]
-    return [(prefix + body[s:s + width] + suffix, [0] * max_len) for s in starts]
+    before by ``overlap`` tokens (the last one may overlap more), as (ids, segments 0). Made
+    one at a time as they are iterated: a long text with a large overlap has many windows,
+    and they are never all held at once; ``len()`` says how many there are."""
+
+    def __init__(self, prefix: list, body: list, suffix: list, max_len: int, overlap: int):
+        if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
+            raise ValueError(f"overlap must be an int >= 0, got {overlap!r}")
+        self.prefix, self.body, self.suffix = prefix, body, suffix
+        self.width = max_len - len(prefix) - len(suffix)
+        self.whole = len(body) <= self.width
+        if not self.whole and overlap >= self.width:
+            raise ValueError(f"overlap {overlap} leaves no new tokens in a window of "
+                             f"{self.width}")
+        self.stride = self.width - overlap
+
+    def starts(self) -> range:
+        return range(0, max(0, len(self.body) - self.width), self.stride)
+
+    def __len__(self) -> int:
+        return 1 if self.whole else len(self.starts()) + 1
+
+    def __iter__(self):
+        if self.whole:
+            ids = self.prefix + self.body + self.suffix
+            yield ids, [0] * len(ids)
+            return
+        for s in [*self.starts(), len(self.body) - self.width]:
+            ids = self.prefix + self.body[s:s + self.width] + self.suffix
+            yield ids, [0] * len(ids)
+
+
+def split_windows(prefix: list, body: list, suffix: list, max_len: int,
+                  overlap: int) -> Windows:
+    """The windows of a text (see Windows)."""
+    return Windows(prefix, body, suffix, max_len, overlap)

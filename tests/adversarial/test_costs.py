@@ -3,7 +3,6 @@ case a regression test of a probe that once took the process past gigabytes or m
 
 import json
 import shutil
-import time
 
 import numpy as np
 import torch
@@ -89,3 +88,73 @@ def test_non_finite_head_outputs_are_an_error_not_a_score(tmp_path):
         run_encode_job(model, tmp_path / "in.txt", tmp_path / "out.npy", "m", task="classify",
                        raw_scores=True, progress=False)
     assert not (tmp_path / "out.npy").exists()
+
+
+def test_a_long_text_is_tokenised_only_as_far_as_it_is_kept(minilm, monkeypatch):
+    """Cutting a 10 MB text to max_len tokenises a bounded prefix of it (or suffix, cut from
+    the left), not the whole text, and gives the tokens tokenising it whole gives."""
+    tokenizer = minilm.tokenizer
+    seen = []
+    encode_batch = type(tokenizer.tokenizer).encode_batch
+
+    def counted(self, inputs, *args, **kwargs):
+        seen.append(sum(len(i) if isinstance(i, str) else sum(map(len, i)) for i in inputs))
+        return encode_batch(self, inputs, *args, **kwargs)
+
+    words = " ".join(f"word{i % 97}!" for i in range(2000))
+    for text in ("!" * 10_000_000, words * 200):
+        for side in ("right", "left"):
+            whole = tokenizer.tokenizer.encode(text[:200_000] if side == "right"
+                                               else text[-200_000:]).ids
+            seen.clear()
+            with monkeypatch.context() as patch:
+                patch.setattr(tokenizer, "tokenizer", _Counting(tokenizer.tokenizer, counted))
+                ids, _ = tokenizer.encode_all([text], "warn", side=side,
+                                              count=pybert.tokenization.TruncationCount())[0]
+            assert sum(seen) <= 64 * 8 * tokenizer.max_len, (side, seen)
+            expected = whole[:tokenizer.max_len - 1] + whole[-1:] if side == "right" else \
+                whole[:1] + whole[len(whole) - tokenizer.max_len + 1:]
+            assert ids == expected
+
+
+class _Counting:
+    """A tokenizers.Tokenizer whose encode_batch is counted."""
+
+    def __init__(self, inner, counted):
+        self._inner, self._counted = inner, counted
+
+    def encode_batch(self, inputs, *args, **kwargs):
+        return self._counted(self._inner, inputs, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def test_a_rerank_query_is_tokenised_once(minilm, monkeypatch):
+    calls = []
+    tokenizer = minilm.tokenizer
+    encode_batch = type(tokenizer.tokenizer).encode_batch
+
+    def counted(self, inputs, *args, **kwargs):
+        calls.extend(i for i in inputs if isinstance(i, str) and i.startswith("query"))
+        return encode_batch(self, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(tokenizer, "tokenizer", _Counting(tokenizer.tokenizer, counted))
+    query = "query " + "long words " * 3000
+    tokenizer.encode_all([(query, f"text {i}") for i in range(50)], "warn",
+                         count=pybert.tokenization.TruncationCount())
+    assert len(calls) == 1
+
+
+def test_encode_long_refuses_a_window_count_before_the_work(minilm, monkeypatch):
+    text = "word " * 5000
+    runs = []
+    forward = minilm.forward_tokenized
+    monkeypatch.setattr(minilm, "forward_tokenized", lambda batch: runs.append(len(batch)) or
+                        forward(batch))
+    with pytest.raises(ValueError, match=r"make \d+ windows .* more than max_windows=1000"):
+        minilm.encode_long(text, overlap=minilm.tokenizer.max_len - 3, max_windows=1000)
+    assert runs == []  # refused, not computed
+    few = minilm.encode_long(text, overlap=16)
+    assert len(runs) >= 1 and max(runs) * minilm.tokenizer.max_len <= 16384
+    assert few.shape == (384,) and np.isfinite(few).all()

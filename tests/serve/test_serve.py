@@ -298,8 +298,9 @@ def test_the_batcher_drops_the_work_of_clients_that_left():
 
 
 def test_a_pool_sends_requests_to_the_least_loaded_batcher():
-    """`--devices`: one batcher per engine; a request goes to the batcher with the fewest
-    queued sequences, ties in turn, and each answers with its own engine's rows."""
+    """`--devices`: one batcher per engine; a request goes to the batcher with the least work
+    in flight (queued tokens and those of its running call: a batcher inside a long call has
+    none queued, yet is busy), ties in turn, and each answers with its own engine's rows."""
     import asyncio
 
     from pybert.serve import Batcher, BatcherPool, ServeConfig
@@ -323,21 +324,54 @@ def test_a_pool_sends_requests_to_the_least_loaded_batcher():
         pool = BatcherPool([Batcher(first, config), Batcher(second, config)])
         assert pool.replicas == 2
         pool.start()
-        # Ties go in turn: the first request to batcher 0 (which then blocks), the next to 1.
+        # Ties go in turn: the first request to batcher 0, which then sits in a long call.
         blocked = pool.submit([([1, 2], [0, 0])], loop)
         await asyncio.sleep(0.1)
-        assert (await pool.submit([([1], [0])], loop))[0, 0] == 2.0
-        # Batcher 0 is busy but its queue is empty: queue depth alone decides, so fill it.
-        queued = pool.submit([([1, 2], [0, 0])], loop)  # turn 0: queued behind the blocked call
-        await asyncio.sleep(0.1)
-        answers = [await pool.submit([([3], [0])], loop) for _ in range(3)]
-        assert all(a[0, 0] == 2.0 for a in answers)  # the loaded batcher is skipped
+        assert pool.batchers[0].work_in_flight == 2 and pool.batchers[0].queued_sequences == 0
+        # Its queue is empty, but it is busy: every later request goes to the idle batcher.
+        answers = [await pool.submit([([3], [0])], loop) for _ in range(8)]
+        assert all(a[0, 0] == 2.0 for a in answers)
         busy.set()
-        assert (await blocked)[0, 0] == 1.0 and (await queued)[0, 0] == 1.0
+        assert (await blocked)[0, 0] == 1.0
         await loop.run_in_executor(None, pool.stop)
+        assert pool.batchers[0].work_in_flight == 0
         return first.calls, second.calls
 
-    assert asyncio.run(scenario()) == (2, 4)
+    assert asyncio.run(scenario()) == (1, 8)
+
+
+def test_a_request_larger_than_the_token_budget_runs_as_several_calls():
+    """One request of more than batch_tokens is split into engine calls of at most that (a
+    single over-long sequence alone), its answer joined in order."""
+    import asyncio
+
+    from pybert.serve import Batcher, ServeConfig
+
+    calls = []
+
+    class Model:
+        def run_tasks(self, requests):
+            (task, encoded, _), = requests
+            calls.append(sum(len(ids) for ids, _ in encoded))
+            if task == "embed_all":
+                return [[torch.full((len(ids), 2), float(ids[0])) for ids, _ in encoded]]
+            return [torch.tensor([[float(ids[0])] for ids, _ in encoded])]
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        batcher = Batcher(Model(), ServeConfig(batch_tokens=8, max_wait_ms=0))
+        batcher.start()
+        encoded = [([i] * length, [0] * length) for i, length in
+                   enumerate([3, 3, 3, 12, 1, 5, 4], start=1)]
+        vectors = await batcher.submit(encoded, loop)
+        tokens = await batcher.submit(encoded, loop, "embed_all")
+        await loop.run_in_executor(None, batcher.stop)
+        return vectors, tokens
+
+    vectors, tokens = asyncio.run(scenario())
+    assert vectors[:, 0].tolist() == [1, 2, 3, 4, 5, 6, 7]
+    assert [t.shape[0] for t in tokens] == [3, 3, 3, 12, 1, 5, 4]
+    assert calls[:4] == [6, 3, 12, 6] and max(calls[4:8]) <= 12 and len(calls) == 10
 
 
 def test_serving_on_two_devices(text_checkpoint, model):

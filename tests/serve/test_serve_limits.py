@@ -182,3 +182,34 @@ def test_a_model_that_overflows_answers_422_and_counts_it(tmp_path):
         assert 'status="422"' in metrics and 'status="200"' in metrics
     finally:
         server.stop()
+
+
+def test_large_replies_are_refused_before_the_work(limited):
+    """/embed_all whose floats alone pass max_reply_bytes is refused before the engine runs
+    (and /tokenize gives up as soon as its reply passes the limit: below)."""
+    status, reply, _ = request(limited, "POST", "/embed_all", {"inputs": ["the cat sat"] * 40})
+    assert status == 413 and "max_reply_bytes=5000 allows" in reply["error"]
+
+
+def test_a_rerank_query_and_tokenize_replies_are_bounded(tmp_path):
+    pytest.importorskip("transformers")
+    from hf_models import make_family_dir
+
+    make_family_dir(tmp_path / "ce", "roberta", "classify", num_labels=1)
+    server = Server(tmp_path / "ce", "--max-text-bytes", "2000", "--max-reply-bytes", "5000")
+    try:
+        status, reply, _ = request(server, "POST", "/tokenize", {"inputs": ["the cat sat"] * 60})
+        assert status == 413 and "max_reply_bytes=5000" in reply["error"]
+        status, reply, _ = request(server, "POST", "/tokenize", {"inputs": "the cat"})
+        assert status == 200 and reply[0][0]["special"]
+        status, reply, _ = request(server, "POST", "/rerank",
+                                   {"query": "q" * 3000, "texts": ["a"]})
+        assert status == 413 and "query is longer than 2000 bytes" in reply["error"]
+        raw = b'{"query": "bad \\ud800 query", "texts": ["a"]}'
+        status, reply, _ = request(server, "POST", "/rerank", raw=raw)
+        assert status == 422 and reply["error"].startswith("query is not valid Unicode")
+        raw = b'{"inputs": [["fine"], ["bad \\ud800 text"]], "truncate": true}'
+        status, reply, _ = request(server, "POST", "/predict", raw=raw)
+        assert status == 422 and "inputs[1]" in reply["error"]
+    finally:
+        server.stop()
