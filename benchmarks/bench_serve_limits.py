@@ -1,8 +1,12 @@
 """What the server's limits cost and what they hold, on loopback: the peak memory of the worst
-/fill-mask request (32 texts x 510 masks on a model with BERT-base's 30,522-token vocabulary),
-and /health's latency while 1,000 half-open connections are held.
+request of each route (the probes of issue 38: pairs of two 64 KiB texts cut, a long reranker
+query, an 8 MiB body of long texts cut, per-token vectors and /tokenize of the largest
+bodies, SPLADE on the longest sequence, 32 texts x 510 masks), each in a fresh server with
+/health timed during it; and /health's latency while 1,000 half-open connections are held.
 
     PYTHONPATH=. python benchmarks/bench_serve_limits.py            # this checkout
+    python benchmarks/bench_serve_limits.py --checkout DIR           # another checkout (built
+                                                                     # in place): before/after
     python benchmarks/bench_serve_limits.py --installed              # the installed pybert
 
 The model is a random Hugging Face BertForMaskedLM (64 hidden, 2 layers) with a vocabulary
@@ -28,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parents[1]
 
 
-def model_dir(folder: Path) -> Path:
+def model_dir(folder: Path, classifier: bool = False) -> Path:
     import torch
     import transformers
 
@@ -41,9 +45,16 @@ def model_dir(folder: Path) -> Path:
                                      num_attention_heads=2, intermediate_size=128,
                                      max_position_embeddings=512)
     torch.manual_seed(0)
-    transformers.BertForMaskedLM(config).eval().save_pretrained(folder)
+    kind = transformers.BertForSequenceClassification if classifier else \
+        transformers.BertForMaskedLM
+    if classifier:
+        config.num_labels = 1
+    kind(config).eval().save_pretrained(folder)
     transformers.BertTokenizerFast(str(folder / "vocab.txt")).save_pretrained(folder)
     return folder
+
+
+CHECKOUT = HERE  # whose pybert the servers run (--checkout)
 
 
 def start(model: Path, installed: bool, *flags) -> tuple[subprocess.Popen, int]:
@@ -53,11 +64,11 @@ def start(model: Path, installed: bool, *flags) -> tuple[subprocess.Popen, int]:
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     if not installed:
-        env["PYTHONPATH"] = str(HERE)
+        env["PYTHONPATH"] = str(CHECKOUT)
     server = subprocess.Popen([sys.executable, "-m", "pybert", "serve", "--model", str(model),
                                "--port", str(port), "--log-level", "warning", *flags],
                               cwd=model.parent, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+                              stderr=subprocess.DEVNULL, preexec_fn=_memory_cap)
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -68,6 +79,17 @@ def start(model: Path, installed: bool, *flags) -> tuple[subprocess.Popen, int]:
             time.sleep(0.2)
     server.kill()
     raise TimeoutError("the server did not start")
+
+
+def _memory_cap() -> None:
+    """The server's data segment capped at MEMORY_CAP (what goes past it fails there: a
+    request that once took a server past 8 GiB must not take this machine with it)."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_CAP, MEMORY_CAP))
+
+
+MEMORY_CAP = 8 << 30
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -105,6 +127,77 @@ def fill_mask_peak(model: Path, installed: bool) -> dict:
         server.wait(60)
 
 
+def health_ms(port: int) -> float | None:
+    """One /health's latency in ms, or None if it failed or took past 30 s."""
+    began = time.perf_counter()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as r:
+            r.read()
+    except OSError:
+        return None
+    return (time.perf_counter() - began) * 1000
+
+
+def health_during(port: int, stop) -> list[float]:
+    """/health's latencies (ms) sampled every 50 ms until ``stop`` is set (a failed or
+    timed-out probe counts as 30,000 ms)."""
+    times = []
+    while not stop.is_set():
+        latency = health_ms(port)
+        times.append(30_000.0 if latency is None else latency)
+        stop.wait(0.05)
+    return times
+
+
+# route, body, which model: the worst request of each route (issue 38's probes)
+WORST = {
+    "/predict 2 x 64 KiB pair, cut": ("/predict", {"inputs": ["w1 " * 21000, "w2 " * 21000],
+                                                   "truncate": True}, "classifier"),
+    "/rerank 60 KB query x 256 texts": ("/rerank", {"query": "w3 " * 20000,
+                                                    "texts": ["a short text"] * 256,
+                                                    "truncate": True}, "classifier"),
+    "/embed 8 MiB of long texts, cut": ("/embed", {"inputs": ["!" * 32000] * 256,
+                                                   "truncate": True}, "mlm"),
+    "/embed_all 256 x 254 tokens": ("/embed_all", {"inputs": ["w4 " * 254] * 256,
+                                                   "truncate": True}, "mlm"),
+    "/tokenize 8 MiB": ("/tokenize", {"inputs": ["w5 " * 10000] * 256}, "mlm"),
+    "/embed_sparse 256 x 510 tokens": ("/embed_sparse", {"inputs": ["w6 " * 600] * 256,
+                                                         "truncate": True}, "mlm"),
+}
+
+
+def worst_requests(models: dict, installed: bool) -> dict:
+    """Each route's worst request in a fresh server: status, seconds, peak RSS before and
+    after, and /health's latency during it."""
+    import threading
+
+    out = {}
+    for name, (path, body, which) in WORST.items():
+        server, port = start(models[which], installed, "--max-body-bytes", str(9 << 20),
+                             "--max-buffered-bytes", str(32 << 20))
+        try:
+            before = peak_rss_mb(server.pid)
+            stop = threading.Event()
+            probes: list = []
+            prober = threading.Thread(target=lambda: probes.extend(health_during(port, stop)))
+            prober.start()
+            began = time.perf_counter()
+            status, size = post(port, path, body, timeout=300)
+            seconds = time.perf_counter() - began
+            stop.set()
+            prober.join()
+            out[name] = {"status": status, "seconds": round(seconds, 2),
+                         "reply_mb": round(size / 2**20, 2),
+                         "peak_rss_mb_before": round(before),
+                         "peak_rss_mb_after": round(peak_rss_mb(server.pid)),
+                         "health_ms_max": round(max(probes), 1) if probes else None}
+        finally:
+            server.terminate()
+            server.wait(60)
+        print(name, out[name], flush=True)
+    return out
+
+
 def health_under_half_open(model: Path, installed: bool, connections: int) -> dict:
     server, port = start(model, installed)
     held = []
@@ -115,16 +208,12 @@ def health_under_half_open(model: Path, installed: bool, connections: int) -> di
             sock = socket.create_connection(("127.0.0.1", port), timeout=10)
             sock.sendall(head)
             held.append(sock)
-        times, failures = [], 0
+        probes = []
         for _ in range(20):
-            began = time.perf_counter()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as r:
-                    r.read()
-                times.append((time.perf_counter() - began) * 1000)
-            except OSError:
-                failures += 1
+            probes.append(health_ms(port))
             time.sleep(0.05)
+        times = [t for t in probes if t is not None]
+        failures = len(probes) - len(times)
         return {"held": len(held), "health_ms_p50": round(statistics.median(times), 2)
                 if times else None, "health_ms_max": round(max(times), 2) if times else None,
                 "health_failures": failures}
@@ -139,15 +228,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--installed", action="store_true",
                         help="run the installed pybert, not this checkout")
+    parser.add_argument("--checkout", help="run this checkout's pybert (built in place)")
     parser.add_argument("--connections", type=int, default=1000)
     args = parser.parse_args()
+    if args.checkout:
+        global CHECKOUT
+        CHECKOUT = Path(args.checkout).resolve()
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4096)), hard))
     with tempfile.TemporaryDirectory() as tmp:
         model = model_dir(Path(tmp) / "model")
-        result = {"pybert": "installed" if args.installed else "checkout",
+        models = {"mlm": model, "classifier": model_dir(Path(tmp) / "ce", classifier=True)}
+        result = {"pybert": "installed" if args.installed else str(CHECKOUT),
+                  "worst_requests": worst_requests(models, args.installed),
                   "fill_mask_worst": fill_mask_peak(model, args.installed),
                   "health_under_half_open": health_under_half_open(model, args.installed,
                                                                    args.connections)}

