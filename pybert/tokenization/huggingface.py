@@ -162,7 +162,7 @@ class HuggingFaceTokenizer:
         inputs = [text_item(item, start + i) for i, item in enumerate(items)]
         direct = [i for i, item in enumerate(inputs) if _chars(item) <= self._direct_chars]
         out: list = [None] * len(inputs)
-        over = [i for i in range(len(inputs)) if i not in set(direct)]
+        over = sorted(set(range(len(inputs))) - set(direct))
         for i, enc in zip(direct, self.tokenizer.encode_batch([inputs[i] for i in direct])):
             if len(enc.ids) > self.max_len:
                 over.append(i)
