@@ -359,7 +359,9 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_arguments(parser, tei=True)
     parser.add_argument("--hostname", "--host", dest="host", default="127.0.0.1",
                         help="address to listen on (default: %(default)s, loopback only)")
-    parser.add_argument("--port", type=int, default=int(env("PORT", "3000")),
+    # A default from the environment stays a string: argparse converts it (and says what is
+    # wrong with it) as it does a flag's value.
+    parser.add_argument("--port", type=int, default=env("PORT", "3000"),
                         help="($PORT; default: %(default)s, as TEI's)")
     parser.add_argument("--devices", help="serve on several devices, e.g. cuda:0,cuda:1: one "
                                           "engine and batcher each, a request going to the "
@@ -399,8 +401,8 @@ def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
                                 default=(value or "").lower() in ("1", "true") or default,
                                 help=f"{help_text} ({where.rstrip('; ') or 'off by default'})")
             continue
-        default = kind(value) if value is not None else default
-        parser.add_argument(*flags, dest=name, type=kind, default=default,
+        parser.add_argument(*flags, dest=name, type=kind,
+                            default=value if value is not None else default,
                             help=f"{help_text} ({where}default: %(default)s)")
 
 
