@@ -115,7 +115,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser, tei: bool = False) -> 
                         help="default: float16 on a GPU, float32 on the CPU (the numbers of "
                              "sentence-transformers and TEI); auto: on the CPU, bfloat16 where "
                              "it measures faster than float32 on this machine, else float32")
-    parser.add_argument("--quantize", choices=("int8",),
+    from .engine.precision import QUANTIZATIONS
+
+    parser.add_argument("--quantize", choices=QUANTIZATIONS,
                         help="CPU: int8 weights, activations quantised per call")
 
 
@@ -304,7 +306,9 @@ def _encode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--actors", type=int,
                         help="with --ray: engine actors (default: one per GPU, else one per "
                              "CPU)")
-    parser.add_argument("--task", choices=("embed", "classify", "sparse"), default="embed",
+    from .tasks import JOB_TASKS
+
+    parser.add_argument("--task", choices=JOB_TASKS, default="embed",
                         help="embed: a vector per row; classify: the classifier's scores per "
                              "row (a *ForSequenceClassification or CrossEncoder model); "
                              "sparse: SPLADE's non-zero ids and weights (.parquet: row, "

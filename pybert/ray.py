@@ -31,7 +31,9 @@ from .checkpoint import locate
 from .checkpoint.files import fingerprint
 from .config import BATCH_TOKENS, check_int
 from .engine import default_dtype, resolve_device
-from .job import JOB_TASKS, TEXT_INPUT_SUFFIXES, parse_rows, row_places, task_width
+from .job import TEXT_INPUT_SUFFIXES, parse_rows, row_places, task_width
+from .tasks import JOB_TASKS
+from .tasks import task as task_of
 from .job.files import output_lock, write_text_replacing
 from .text import TextModel
 from .tokenization import check_text
@@ -514,8 +516,7 @@ def run_ray_job(model: str, inputs, output_dir, address: str | None = None,
     class (ShardWriter; tests pass one that dies on purpose)."""
     check_int(rows_per_shard, "rows_per_shard")
     check_int(batch_tokens, "batch_tokens")
-    if task not in JOB_TASKS:
-        raise ValueError(f"task must be one of {JOB_TASKS}, got {task!r}")
+    task_of(task, JOB_TASKS)
     files = _input_files(inputs)
     output_dir = Path(output_dir)
     options = {"pooling": pooling, "truncation": truncation, "rows_per_shard": rows_per_shard,

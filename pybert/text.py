@@ -32,6 +32,7 @@ from .config import BATCH_TOKENS, check_int
 from .engine import Engine
 from .heads import l2_normalize, score, sparse_pool
 from .loader import LoadedModel, load_checkpoint
+from .tasks import task as task_of
 from .tokenization import TruncationCount, Vocab, WordTokenizer, check_side, check_truncation
 
 __all__ = ["TextModel", "SparseVector", "text_model_of", "plan_batches", "pack_batch",
@@ -43,9 +44,6 @@ POOLINGS = ("cls", "mean", "tokens")
 MAX_WINDOWS = 100_000
 # The MLM logits a sparse or fill-mask batch holds at once (rows x vocabulary x 4 bytes).
 SPARSE_LOGITS_BYTES = 128 << 20
-# The tasks of run_tasks that need an engine call of their own kind (MLM logits at chosen
-# positions, the NSP head); the others share one packed forward.
-SEPARATE_TASKS = ("sparse", "fill_mask", "next_sentence")
 
 
 class SparseVector(NamedTuple):
@@ -605,10 +603,10 @@ class TextModel:
         {"k": top k}) and "next_sentence" (probabilities) each run with their own kind only."""
         tasks = {request[0] for request in requests}
         sequences = [item for request in requests for item in request[1]]
-        if tasks & set(SEPARATE_TASKS):
+        apart = sorted(t for t in tasks if task_of(t).forward != "encoder")
+        if apart:
             if len(tasks) != 1:
-                raise ValueError(f"{sorted(tasks & set(SEPARATE_TASKS))} requests run apart "
-                                 "from the others")
+                raise ValueError(f"{apart} requests run apart from the others")
             return self._run_separate(tasks.pop(), requests, sequences)
         packed, cu_seqlens = self.forward_tokenized(sequences)
         results, first = [], 0

@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 
 from .. import _C
+from .precision import DTYPE_NAMES, PRECISIONS
 
 __all__ = ["resolve_device", "default_dtype", "runnable_dtypes", "DTYPE_NAMES",
            "CUDA_LAST_RUN"]
 
-DTYPE_NAMES = ("float32", "float16", "bfloat16")
 
 # What a GPU last said of the CUDA engine, shown by the README and /info. Update it when the
 # GPU session (benchmarks/gpu_session.sh) runs again on a newer commit.
@@ -76,4 +76,4 @@ def runnable_dtypes(device=None) -> tuple[str, ...]:
     gpu = torch.cuda.is_available() and _C.cuda_available
     if device is not None:
         gpu = torch.device(device).type == "cuda"
-    return DTYPE_NAMES if gpu else ("float32", "bfloat16")
+    return tuple(n for n in DTYPE_NAMES if ("cuda" if gpu else "cpu") in PRECISIONS[n].devices)

@@ -22,15 +22,14 @@ from .. import _C
 from ..config import BertConfig
 from ..d2l import config_from_model, pack_d2l_state_dict
 from .cpu_plan import CpuPlan, default_plan, plan_cpu, time_ratio
+from .precision import PRECISIONS, QUANTIZATIONS, compute_dtypes
 from .inputs import PackedBatch, device_packed_batch, packed_batch, padded_batch
 
 __all__ = ["Engine", "SlowPrecisionWarning", "auto_dtype", "CPU_DTYPES", "CUDA_DTYPES",
            "QUANTIZATIONS", "WEIGHT_DTYPES"]
 
-CPU_DTYPES = (torch.float32, torch.bfloat16)
-CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# quantize=...: int8 weights per output channel, activations quantised per call (CPU only).
-QUANTIZATIONS = ("int8",)
+CPU_DTYPES = compute_dtypes("cpu")
+CUDA_DTYPES = compute_dtypes("cuda")
 # dtype="auto" on the CPU takes bfloat16 where its GEMMs take at most this share of float32's
 # time here (its accuracy: the bfloat16 bounds in the README); an engine whose precision
 # takes more than SLOW_PRECISION_RATIO of float32's time says so when built.
@@ -130,22 +129,23 @@ class Engine:
         else:
             raise ValueError(f"device {self.device} is not supported: use cpu or cuda")
         if quantize is not None:
-            if quantize == "fp8":
-                raise ValueError("quantize='fp8' is not available yet: its CUDA kernels (e4m3 "
-                                 "weights for sm_89/sm_90 GPUs) have not run on a GPU; "
-                                 "pybert.engine.fp8 holds the arithmetic they will compute")
+            spec = PRECISIONS.get(quantize) if isinstance(quantize, str) else None
+            if spec is not None and spec.quantize and spec.refused:
+                raise ValueError(f"quantize={quantize!r} is not available yet: {spec.refused}")
             if quantize not in QUANTIZATIONS:
                 raise ValueError(f"quantize must be one of {QUANTIZATIONS} or None, got "
                                  f"{quantize!r}")
-            if self.device.type != "cpu" or dtype != torch.float32:
-                raise ValueError("quantize='int8' runs on the CPU from float32: use "
-                                 "device='cpu', dtype=torch.float32")
+            if self.device.type not in spec.devices or dtype != torch.float32:
+                raise ValueError(f"quantize={quantize!r} runs on {'/'.join(spec.devices)} from "
+                                 f"float32: use device='{spec.devices[0]}', "
+                                 "dtype=torch.float32")
         self.quantize = quantize
         weights = self._cast_weights(weights)
         self.cpu_plan = self._cpu_plan(cpu_plan) if self.device.type == "cpu" else None
         if self.cpu_plan is not None:
             warn_if_slower_than_float32(self.cpu_plan)
-        self._native = _C.Engine(config.native(), weights, weight_storage=quantize or "packed",
+        precision = PRECISIONS[quantize or str(dtype).replace("torch.", "")]
+        self._native = _C.Engine(config.native(), weights, weight_storage=precision.storage,
                                  cpu_plan=None if self.cpu_plan is None
                                  else self.cpu_plan.native())
         self.has_nsp = self._native.has_nsp

@@ -21,15 +21,15 @@ import torch
 
 from ..config import BATCH_TOKENS, check_int
 from ..text import POOLINGS, text_model_of
+from ..tasks import JOB_TASKS
+from ..tasks import task as task_of
 from ..tokenization import TruncationCount, check_text, check_truncation
 from .files import output_lock, write_text_replacing
 from .output import check_output, open_writer, partial_path
 
 __all__ = ["read_texts", "parse_rows", "count_rows", "row_places", "run_encode_job",
            "MAX_ROW_BYTES",
-           "TEXT_INPUT_SUFFIXES", "JOB_TASKS", "task_width"]
-
-JOB_TASKS = ("embed", "classify", "sparse")
+           "TEXT_INPUT_SUFFIXES", "task_width"]
 
 TEXT_INPUT_SUFFIXES = (".txt", ".jsonl")
 MAX_ROW_BYTES = 16 << 20  # a row longer than this is refused (BERT reads 512 tokens at most)
@@ -237,7 +237,8 @@ def task_width(model, task: str, dimensions: int | None = None) -> int | None:
             raise ValueError("--task sparse needs a model with an MLM head (a SPLADE / "
                              "SparseEncoder or *ForMaskedLM checkpoint)")
         return None
-    raise ValueError(f"task must be one of {JOB_TASKS}, got {task!r}")
+    task_of(task, JOB_TASKS)  # raises, naming the job's tasks
+    raise AssertionError(f"a job task without a width: {task}")
 
 
 def run_encode_job(model, input_path, output_path, model_id: str, pooling: str | None = None,

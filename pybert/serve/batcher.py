@@ -14,23 +14,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..tasks import TASKS
+from ..tasks import task as task_of
 from .config import ServeConfig
 
-__all__ = ["Batcher", "BatcherPool", "QueueFull", "RequestTooLarge", "TASKS"]
+__all__ = ["Batcher", "BatcherPool", "QueueFull", "RequestTooLarge"]
 
 
 class QueueFull(Exception):
     """The batcher holds as many sequences as it may."""
 
 
-# What a request asks of its sequences (TextModel.run_tasks): pooled vectors, per-token
-# vectors, classifier logits (these share one packed forward), sparse vectors, masked words,
-# next-sentence probabilities (each batched with its own kind).
-TASKS = ("embed", "embed_all", "classify", "sparse", "fill_mask", "next_sentence")
-
-
 def _forward_of(task: str) -> str:
-    return task if task in ("sparse", "fill_mask", "next_sentence") else "encoder"
+    """Which requests may share an engine call (pybert.tasks: the encoder's tasks together, the
+    others each with their own kind)."""
+    forward = TASKS[task].forward
+    return "encoder" if forward == "encoder" else task
 
 
 class RequestTooLarge(Exception):
@@ -95,10 +94,10 @@ class Batcher:
 
     def submit(self, encoded: list, loop: asyncio.AbstractEventLoop, task: str = "embed",
                options: dict | None = None) -> asyncio.Future:
-        """A future of the result of ``task`` (one of TASKS, with its ``options``) on
-        ``encoded``; QueueFull if there is no room now, RequestTooLarge if there never is."""
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        """A future of the result of ``task`` (one of pybert.tasks.TASKS, with its
+        ``options``) on ``encoded``; QueueFull if there is no room now, RequestTooLarge if there
+        never is."""
+        task_of(task)
         if len(encoded) > self.config.max_queue:
             raise RequestTooLarge(f"a request may hold at most max_queue="
                                   f"{self.config.max_queue} texts, this one has {len(encoded)}")

@@ -192,3 +192,27 @@ def test_the_cmake_targets_link_one_way():
     circle = "add_library(a STATIC x)\nadd_library(b STATIC y)\n" \
              "target_link_libraries(a PRIVATE b)\ntarget_link_libraries(b PUBLIC a)\n"
     assert find_cycle(cmake_link_graph(circle)) is not None
+
+
+def literal_name_lists(names: set[str], allowed_module: str) -> list[str]:
+    """Tuples, lists and sets of two or more string literals, all in ``names``, written in any
+    module but ``allowed_module``: a second spelling of a registry."""
+    found = []
+    for module, path in modules().items():
+        if module == allowed_module:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and len(node.elts) >= 2 and \
+                    all(isinstance(e, ast.Constant) and e.value in names for e in node.elts):
+                found.append(f"{module}:{node.lineno}")
+    return found
+
+
+def test_one_task_registry_and_one_precision_spec():
+    """Task names are listed once (pybert.tasks), precisions once (pybert.engine.precision);
+    everything else reads them."""
+    from pybert.engine.precision import PRECISIONS
+    from pybert.tasks import TASKS
+
+    assert not literal_name_lists(set(TASKS), "pybert.tasks")
+    assert not literal_name_lists(set(PRECISIONS), "pybert.engine.precision")
