@@ -306,6 +306,7 @@ def test_a_precision_slower_than_float32_says_so_at_load():
         pybert.Engine.from_model(net, dtype=torch.bfloat16, cpu_plan=slow)
 
 
+@pytest.mark.slow  # it times real GEMMs: minutes under qemu, where no speed means anything
 def test_bfloat16_on_this_cpu_warns_exactly_when_it_measures_slower():
     """The real measurement: on a CPU without AVX512-BF16/AMX (the GEMM libraries' bfloat16
     instructions) bfloat16 is slower than float32 and the engine says so."""
@@ -322,6 +323,7 @@ def test_bfloat16_on_this_cpu_warns_exactly_when_it_measures_slower():
                        "instructions"
 
 
+@pytest.mark.slow  # it times real GEMMs: minutes under qemu, where no speed means anything
 def test_auto_takes_bfloat16_only_where_it_measures_faster():
     net = random_model(CONFIG, seed=3)
     ratio = cpu_plan.time_ratio(CONFIG, "bfloat16")
