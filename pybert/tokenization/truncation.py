@@ -21,7 +21,7 @@ def longest_first(n_a: int, n_b: int, room: int) -> tuple[int, int]:
     else half each, the odd token to the longer side (to the second on a tie)."""
     if n_a + n_b <= room:
         return n_a, n_b
-    short, long_ = min(n_a, n_b), max(n_a, n_b)
+    short = min(n_a, n_b)
     long_keep = short if short > room else max(short, room - short)
     short_keep = short
     if short_keep + long_keep > room:
