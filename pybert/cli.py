@@ -115,9 +115,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser, tei: bool = False) -> 
                         help="default: float16 on a GPU, float32 on the CPU (the numbers of "
                              "sentence-transformers and TEI); auto: on the CPU, bfloat16 where "
                              "it measures faster than float32 on this machine, else float32")
-    from .engine.precision import QUANTIZATIONS
+    from .engine.precision import quantizations
 
-    parser.add_argument("--quantize", choices=QUANTIZATIONS,
+    parser.add_argument("--quantize", choices=quantizations(),
                         help="CPU: int8 weights, activations quantised per call")
 
 
@@ -306,6 +306,7 @@ def _encode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--actors", type=int,
                         help="with --ray: engine actors (default: one per GPU, else one per "
                              "CPU)")
+    from .config import BATCH_TOKENS
     from .tasks import JOB_TASKS
 
     parser.add_argument("--task", choices=JOB_TASKS, default="embed",
@@ -324,7 +325,7 @@ def _encode_arguments(parser: argparse.ArgumentParser) -> None:
                              "model does (Matryoshka)")
     parser.add_argument("--raw-scores", action="store_true",
                         help="with --task classify: the logits, not the scores")
-    parser.add_argument("--batch-tokens", type=int, default=16384,
+    parser.add_argument("--batch-tokens", type=int, default=BATCH_TOKENS,
                         help="padded tokens per engine batch (default: %(default)s)")
     parser.add_argument("--chunk-size", type=int, default=4096,
                         help="rows read, sorted and committed together (default: "

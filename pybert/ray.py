@@ -26,16 +26,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .checkpoint import locate
 from .checkpoint.files import fingerprint
 from .config import BATCH_TOKENS, check_int
 from .engine import default_dtype, resolve_device
 from .job import TEXT_INPUT_SUFFIXES, parse_rows, row_places, task_width
-from .tasks import JOB_TASKS
+from .tasks import JOB_TASKS, TASKS
 from .tasks import task as task_of
 from .job.files import output_lock, write_text_replacing
-from .text import TextModel
+from .text import TextModel, plan_batches
 from .tokenization import check_text
 
 __all__ = ["Embedder", "ShardWriter", "Shard", "plan_shards", "run_ray_job", "INPUT_SUFFIXES"]
@@ -143,9 +144,12 @@ class Embedder:
     def _vectors(self, items: list) -> np.ndarray:
         if not items:
             return np.zeros((0, self.model.dim), dtype=np.float32)
-        if self.tokens_column is not None:
-            pooled = self.model.encode_tokenized(items, self.pooling)
-            return pooled.numpy()
+        if self.tokens_column is not None:  # ids already tokenised: the batch entry point
+            out = np.zeros((len(items), self.model.dim), dtype=np.float32)
+            for rows in plan_batches([len(ids) for ids, _ in items], self.batch_tokens):
+                out[rows] = self.model.run_tasks(
+                    [("embed", [items[r] for r in rows], {"pooling": self.pooling})])[0].numpy()
+            return out
         return self.model.encode(items, pooling=self.pooling, batch_tokens=self.batch_tokens,
                                  truncation=self.truncation)
 
@@ -316,7 +320,7 @@ class ShardWriter:
         self.pooling, self.truncation, self.batch_tokens = pooling, truncation, batch_tokens
         self.task, self.prompt_name = task, prompt_name
         self.dimensions, self.raw_scores = dimensions, raw_scores
-        task_width(self.model, task, dimensions)  # a model that cannot run it fails here
+        task_width(self.model, task, dimensions, pooling)  # a model that cannot run it fails here
         self.model.prompted([], prompt_name)
 
     def __call__(self, batch: dict) -> dict:
@@ -369,25 +373,23 @@ class ShardWriter:
         and "values" (lists)."""
         import pyarrow as pa
 
-        options = dict(batch_tokens=self.batch_tokens, truncation=self.truncation)
-        if self.task == "sparse":
-            vectors = iter(self.model.encode_sparse(good, prompt_name=self.prompt_name,
-                                                    **options) if good else [])
-            rows = [next(vectors) if o else None for o in ok]
+        results = [row for chunk in self.model.iter_task(
+            good, self.task, pooling=self.pooling if self.task == "embed" else None,
+            batch_tokens=self.batch_tokens, chunk_size=max(1, len(good)),
+            truncation=self.truncation, prompt_name=self.prompt_name,
+            dimensions=self.dimensions, raw_scores=self.raw_scores) for row in chunk]
+        remaining = iter(results)
+        rows = [next(remaining) if o else None for o in ok]
+        names = TASKS[self.task].names
+        if not names:  # SPLADE's sparse vectors
             return {"indices": pa.array([None if r is None else r.indices for r in rows],
                                         pa.list_(pa.int64())),
                     "values": pa.array([None if r is None else r.values for r in rows],
                                        pa.list_(pa.float32()))}
-        if self.task == "classify":
-            width = len(self.model.classifier.labels)
-            scores = self.model.classify(good, raw_scores=self.raw_scores, **options) if good \
-                else np.zeros((0, width), dtype=np.float32)
-            return {"scores": _vector_column(scores, ok, width)}
-        width = self.dimensions or self.model.dim
-        vectors = self.model.encode(good, pooling=self.pooling, prompt_name=self.prompt_name,
-                                    dimensions=self.dimensions, **options) if good else \
+        width = task_width(self.model, self.task, self.dimensions)
+        vectors = torch.stack(results).numpy() if results else \
             np.zeros((0, width), dtype=np.float32)
-        return {"embedding": _vector_column(vectors, ok, width)}
+        return {names[1]: _vector_column(vectors, ok, width)}
 
 
 def _job_identity(model: str, files: list[Path], options: dict) -> dict:

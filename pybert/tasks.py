@@ -1,35 +1,139 @@
 """The tasks a text model runs on a batch of tokenised texts, as data: one registry read by the
-text model (``run_tasks``), the server's batcher, the batch job, Ray and the command line. A
-new task is an entry here and its computation in TextModel (docs/architecture.md).
+text model (``iter_task``, ``run_tasks``, ``tasks``), the server's batcher and routes, the batch
+job, Ray and the command line. A new task is an entry here (its name, which forward it needs,
+what it computes from that forward's packed output, which models have it); see the recipe in
+docs/architecture.md.
 
 ``forward`` says which tasks share an engine call: the "encoder" tasks are computed from one
 packed forward's encodings (pooled vectors, per-token vectors, classifier logits), so requests
 of different ones are batched together; a task with a head of its own ("mlm" logits, the
-"nsp" head) runs with requests of its own kind only."""
+"nsp" head) runs its own packed engine calls, with requests of its own kind only.
+
+A task's ``compute`` takes the text model (duck-typed: this module imports none of the layers
+above it) and, for an encoder task, ``(model, packed encodings (T, H), cu_seqlens, options)``;
+for a head task, ``(model, sequences, options)`` (a list of (ids, segments)). It returns one
+result per sequence: a tensor of N rows, or a list of N. ``options`` is the task's keyword
+dict, checked once by ``check`` before any work; requests run together in one head call have
+their options merged by ``merge`` and their own part cut by ``trim``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Task", "TASKS", "JOB_TASKS", "task"]
+__all__ = ["Task", "TASKS", "JOB_TASKS", "task", "register"]
+
+
+def _no_options(model, options: dict) -> dict:
+    if options:
+        raise ValueError(f"this task takes no options, got {sorted(options)}")
+    return {}
+
+
+def _same(options: list[dict]) -> dict:
+    return options[0] if options else {}
+
+
+def _whole(result, options: dict):
+    return result
 
 
 @dataclass(frozen=True)
 class Task:
-    name: str       # as run_tasks, the batcher, the job and Ray name it
-    forward: str    # "encoder" (one shared packed forward), "mlm" or "nsp" (a call of its own)
-    output: str     # what one text gives
-    job: bool       # whether a batch job (pybert encode --task, Ray) writes it
+    name: str        # as the API, run_tasks, the batcher, the job, Ray and /info name it
+    forward: str     # "encoder" (one shared packed forward), "mlm" or "nsp" (calls of its own)
+    output: str      # what one text gives
+    job: bool        # whether a batch job (pybert encode --task, Ray) writes it
+    compute: Callable            # see the module's docstring
+    available: Callable          # model -> whether it serves this task
+    needs: str = ""              # what a model needs to serve it, for the error saying so
+    width: Callable = lambda model, options: None  # values per row of a job's output, if fixed
+    # A job's fixed-width output: (its .npy / .safetensors tensor's name, its .parquet column's)
+    names: tuple = ()
+    check: Callable = _no_options  # (model, options) -> the options checked and completed
+    merge: Callable = _same      # options of the requests one head call runs -> its options
+    trim: Callable = _whole      # (a request's part of a merged result, its options) -> its own
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (
-    Task("embed", "encoder", "a pooled vector (D,)", job=True),
-    Task("embed_all", "encoder", "its tokens' vectors (len, H)", job=False),
-    Task("classify", "encoder", "the classifier's logits (labels,)", job=True),
-    Task("sparse", "mlm", "a SparseVector of SPLADE weights", job=True),
-    Task("fill_mask", "mlm", "the top-k words at each mask", job=False),
-    Task("next_sentence", "nsp", "P(b follows a)", job=False),
-)}
+def _embed_options(model, options: dict) -> dict:
+    unknown = set(options) - {"pooling", "normalize", "dimensions"}
+    if unknown:
+        raise ValueError(f"embed takes pooling, normalize and dimensions, got {sorted(unknown)}")
+    pooling = model.pooling_of(options.get("pooling"))
+    if pooling not in ("cls", "mean"):  # "tokens" is embed_all's
+        raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+    normalize = options.get("normalize")
+    return {"pooling": pooling, "normalize": model.normalize if normalize is None else
+            bool(normalize), "dimensions": model.check_dimensions(options.get("dimensions"))}
+
+
+def _classify_options(model, options: dict) -> dict:
+    unknown = set(options) - {"raw_scores"}
+    if unknown:
+        raise ValueError(f"classify takes raw_scores, got {sorted(unknown)}")
+    model.need_classifier()
+    return {"raw_scores": bool(options.get("raw_scores", False))}
+
+
+def _fill_mask_options(model, options: dict) -> dict:
+    unknown = set(options) - {"k"}
+    if unknown:
+        raise ValueError(f"fill_mask takes k, got {sorted(unknown)}")
+    k = options.get("k", 5)
+    model.check_fill_mask(k)
+    return {"k": k}
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register(entry: Task) -> Task:
+    """Add ``entry`` to the registry (a new task is one call of this, here)."""
+    if entry.forward not in ("encoder", "mlm", "nsp"):
+        raise ValueError(f"a task's forward is 'encoder', 'mlm' or 'nsp', got {entry.forward!r}")
+    if entry.name in TASKS:
+        raise ValueError(f"task {entry.name!r} is registered already")
+    TASKS[entry.name] = entry
+    return entry
+
+
+register(Task(
+    "embed", "encoder", "a pooled vector (D,)", job=True,
+    compute=lambda model, packed, cu, o: model.pool_encodings(
+        packed, cu, o["pooling"], o["normalize"], o["dimensions"]),
+    available=lambda model: True, check=_embed_options,
+    width=lambda model, o: o["dimensions"] or model.dim, names=("embeddings", "embedding")))
+register(Task(
+    "embed_all", "encoder", "its tokens' vectors (len, H)", job=False,
+    compute=lambda model, packed, cu, o: model.token_encodings(packed, cu),
+    available=lambda model: True))
+register(Task(
+    "classify", "encoder", "the classifier's scores (labels,), or logits with raw_scores",
+    job=True, compute=lambda model, packed, cu, o: model.classify_encodings(
+        packed, cu, o["raw_scores"]),
+    available=lambda model: model.classifier is not None, check=_classify_options,
+    needs="a sequence classifier (a *ForSequenceClassification or CrossEncoder checkpoint)",
+    width=lambda model, o: len(model.labels), names=("scores", "scores")))
+register(Task(
+    "sparse", "mlm", "a SparseVector of SPLADE weights", job=True,
+    compute=lambda model, sequences, o: model.sparse_tokenized(sequences),
+    available=lambda model: model.engine.has_mlm,
+    check=lambda model, o: _no_options(model, o) if model.engine.has_mlm else model.need_mlm(),
+    needs="an MLM head (a SPLADE / SparseEncoder or *ForMaskedLM checkpoint)"))
+register(Task(
+    "fill_mask", "mlm", "the top-k words at each mask", job=False,
+    compute=lambda model, sequences, o: model.fill_mask_tokenized(sequences, o["k"]),
+    available=lambda model: model.engine.has_mlm and model.tokenizer.mask_id is not None,
+    needs="an MLM head and a tokenizer with a mask token",
+    check=_fill_mask_options,
+    merge=lambda options: {"k": max(o["k"] for o in options)},
+    trim=lambda part, o: [[guesses[:o["k"]] for guesses in text] for text in part]))
+register(Task(
+    "next_sentence", "nsp", "P(b follows a)", job=False,
+    compute=lambda model, sequences, o: model.next_sentence_tokenized(sequences),
+    available=lambda model: model.engine.has_nsp, needs="an NSP head",
+    check=lambda model, o: _no_options(model, o) if model.engine.has_nsp else model.need_nsp()))
+
 # What a batch job writes (pybert encode --task, the Ray job).
 JOB_TASKS = tuple(name for name, t in TASKS.items() if t.job)
 

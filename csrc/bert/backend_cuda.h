@@ -31,7 +31,7 @@ struct CudaBackend {
     auto found = prepared.find(w);
     const cuda::GemmWeight weight = found != prepared.end()
         ? found->second
-        : cuda::prepare_weight(w, n, k, cuda::WeightStorage::kPlain);
+        : cuda::prepare_weight(w, n, k, WeightStorage::kPlain);
     gemm.run(a, weight, bias, out, m, n, k, act, gemm_workspace, stream);
   }
   void embed_packed(const PackedIds& ids, const EmbeddingTables<T>& tables, T* out) {

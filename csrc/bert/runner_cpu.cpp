@@ -8,7 +8,7 @@ namespace pybert {
 
 template <typename T>
 PreparedWeights prepare_cpu_weights(const BertConfig& c, const BertWeights<T>& w,
-                                    cpu::WeightStorage storage, const CpuPlan& plan) {
+                                    WeightStorage storage, const CpuPlan& plan) {
   PreparedWeights prepared;
   for_each_gemm_weight(c, w, [&](const T* weight, const T* bias, int64_t n, int64_t k) {
     auto chosen = plan.gemm.find({n, k});
@@ -49,7 +49,7 @@ bool bert_forward_cpu(const BertConfig& config, const BertWeights<T>& weights,
 
 #define PYBERT_INSTANTIATE(T)                                                              \
   template PreparedWeights prepare_cpu_weights<T>(const BertConfig&, const BertWeights<T>&, \
-                                                  cpu::WeightStorage, const CpuPlan&);       \
+                                                  WeightStorage, const CpuPlan&);       \
   template bool bert_forward_cpu<T>(const BertConfig&, const BertWeights<T>&,                \
                                     const PreparedWeights&, const CpuPlan&,                  \
                                     const BatchInputs&, const BatchOutputs<T>&, T*);

@@ -14,7 +14,7 @@ namespace pybert {
 // library cannot prepare stays plain.
 template <typename T>
 PreparedWeights prepare_cpu_weights(const BertConfig& config, const BertWeights<T>& weights,
-                                    cpu::WeightStorage storage, const CpuPlan& plan);
+                                    WeightStorage storage, const CpuPlan& plan);
 
 // Runs the whole forward on torch's CPU thread pool. `workspace` holds workspace_elements()
 // scalars. Returns false when inputs.stop_requested abandoned it between two layers, and

@@ -6,7 +6,7 @@ namespace pybert {
 
 template <typename T>
 CudaPreparedWeights prepare_cuda_weights(const BertConfig& config, const BertWeights<T>& weights,
-                                         cuda::WeightStorage storage) {
+                                         WeightStorage storage) {
   CudaPreparedWeights prepared;
   for_each_gemm_weight(config, weights, [&](const T* weight, const T*, int64_t n, int64_t k) {
     prepared.emplace(weight, cuda::prepare_weight(weight, n, k, storage));
@@ -30,7 +30,7 @@ void bert_forward_cuda(const BertConfig& config, const BertWeights<T>& weights,
 #define PYBERT_INSTANTIATE(T)                                                                 \
   template CudaPreparedWeights prepare_cuda_weights<T>(const BertConfig&,                     \
                                                        const BertWeights<T>&,                 \
-                                                       cuda::WeightStorage);                  \
+                                                       WeightStorage);                  \
   template void bert_forward_cuda<T>(const BertConfig&, const BertWeights<T>&,                \
                                      const CudaPreparedWeights&, const BatchInputs&,          \
                                      const BatchOutputs<T>&, T*, cuda::CublasLtGemm&, void*,  \

@@ -12,7 +12,7 @@ namespace pybert {
 // The GEMM weight matrices of `weights` prepared in `storage`, once per engine.
 template <typename T>
 CudaPreparedWeights prepare_cuda_weights(const BertConfig& config, const BertWeights<T>& weights,
-                                         cuda::WeightStorage storage);
+                                         WeightStorage storage);
 
 // Enqueues the whole forward on `stream`; no host synchronisation, no allocation.
 // Every pointer in weights, inputs, outputs and both workspaces is device memory;

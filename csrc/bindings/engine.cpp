@@ -11,9 +11,18 @@
 
 namespace pybert {
 
+WeightStorage parse_weight_storage(const std::string& name) {
+  if (name == "plain") return WeightStorage::kPlain;
+  if (name == "packed") return WeightStorage::kPacked;
+  if (name == "int8") return WeightStorage::kInt8;
+  TORCH_CHECK_VALUE(false, "weight_storage must be 'packed', 'plain' or 'int8', got '", name,
+                    "'");
+}
+
 Engine::Engine(const BertConfig& config, const WeightTensors& weights,
                const std::string& weight_storage, const CpuPlan& cpu_plan)
     : config_(config) {
+  const WeightStorage storage = parse_weight_storage(weight_storage);
   TORCH_CHECK(config.num_heads > 0 && config.num_hiddens % config.num_heads == 0,
               "num_hiddens (", config.num_hiddens, ") must be a multiple of num_heads (",
               config.num_heads, ")");
@@ -80,10 +89,10 @@ Engine::Engine(const BertConfig& config, const WeightTensors& weights,
   has_mlm_ = has(WeightPart::kMlm);
   weights_ = weights;
   if (device_.is_cpu()) {
-    device_engine_ = make_cpu_engine(config_, weights_, dtype_, weight_storage, cpu_plan);
+    device_engine_ = make_cpu_engine(config_, weights_, dtype_, storage, cpu_plan);
   } else {
     TORCH_CHECK(device_.is_cuda(), "Engine: unsupported device ", device_);
-    device_engine_ = make_cuda_engine(config_, weights_, dtype_, device_, weight_storage);
+    device_engine_ = make_cuda_engine(config_, weights_, dtype_, device_, storage);
   }
 }
 

@@ -33,22 +33,25 @@ class DeviceEngine {
                        void* mlm_logits, void* nsp_logits, void* workspace) = 0;
 };
 
-// The CPU device engine (float32 or bfloat16), in engine_cpu.cpp. weight_storage says how its
-// weight matrices are held: "packed" (MKL's or oneDNN's layout, where torch has them), "plain"
-// or "int8" (dynamic quantisation, float32 only); plan: the GEMM paths and attention limit
-// measured for this machine (pybert.engine.cpu_plan).
+// The storage a name means ("plain", "packed", "int8": pybert/engine/precision.py's names),
+// parsed here once for both backends; an unknown name is refused.
+WeightStorage parse_weight_storage(const std::string& name);
+
+// The CPU device engine (float32 or bfloat16), in engine_cpu.cpp. storage: kPacked (MKL's or
+// oneDNN's layout, where torch has them), kPlain or kInt8 (dynamic quantisation, float32
+// only); plan: the GEMM paths and attention limit measured for this machine
+// (pybert.engine.cpu_plan).
 std::unique_ptr<DeviceEngine> make_cpu_engine(const BertConfig& config,
                                               const WeightTensors& weights,
-                                              at::ScalarType dtype,
-                                              const std::string& weight_storage,
+                                              at::ScalarType dtype, WeightStorage storage,
                                               const CpuPlan& plan);
 // The CUDA device engine (fp32, fp16, bf16), in engine_cuda.cpp; a build without CUDA links
-// no_cuda.cpp instead, whose factory refuses with the reason. weight_storage: "packed"
-// or "plain" (the same on the GPU: cuBLASLt reads the plain matrix).
+// no_cuda.cpp instead, whose factory refuses with the reason. storage: kPacked or kPlain (the
+// same on the GPU: cuBLASLt reads the plain matrix); kInt8 is refused.
 std::unique_ptr<DeviceEngine> make_cuda_engine(const BertConfig& config,
                                                const WeightTensors& weights,
                                                at::ScalarType dtype, const at::Device& device,
-                                               const std::string& weight_storage);
+                                               WeightStorage storage);
 extern const bool kBuiltWithCuda;
 
 class Engine {

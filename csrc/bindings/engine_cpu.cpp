@@ -9,7 +9,7 @@ namespace {
 template <typename T>
 class CpuEngine : public DeviceEngine {
  public:
-  CpuEngine(const BertConfig& config, const WeightTensors& weights, cpu::WeightStorage storage,
+  CpuEngine(const BertConfig& config, const WeightTensors& weights, WeightStorage storage,
             const CpuPlan& plan)
       : config_(config),
         plan_(plan),
@@ -31,20 +31,14 @@ class CpuEngine : public DeviceEngine {
   PreparedWeights prepared_;
 };
 
-cpu::WeightStorage parse_weight_storage(const std::string& name, at::ScalarType dtype) {
-  if (name == "int8") {
-    TORCH_CHECK_VALUE(dtype == at::kFloat,
-                      "int8 quantisation takes float32 weights (activations are quantised from "
-                      "float32), got ", c10::toString(dtype));
-    TORCH_CHECK_VALUE(cpu::weight_storage_supported<float>(cpu::WeightStorage::kInt8),
-                      "int8 needs oneDNN's int8 GEMM (onednn::qlinear_pointwise), which this "
-                      "build of torch lacks");
-    return cpu::WeightStorage::kInt8;
-  }
-  if (name == "packed") return cpu::WeightStorage::kPacked;
-  TORCH_CHECK_VALUE(name == "plain", "weight_storage must be 'packed', 'plain' or 'int8', got '",
-                    name, "'");
-  return cpu::WeightStorage::kPlain;
+void check_cpu_storage(WeightStorage storage, at::ScalarType dtype) {
+  if (storage != WeightStorage::kInt8) return;
+  TORCH_CHECK_VALUE(dtype == at::kFloat,
+                    "int8 quantisation takes float32 weights (activations are quantised from "
+                    "float32), got ", c10::toString(dtype));
+  TORCH_CHECK_VALUE(cpu::weight_storage_supported<float>(WeightStorage::kInt8),
+                    "int8 needs oneDNN's int8 GEMM (onednn::qlinear_pointwise), which this "
+                    "build of torch lacks");
 }
 
 }  // namespace
@@ -52,9 +46,8 @@ cpu::WeightStorage parse_weight_storage(const std::string& name, at::ScalarType 
 std::unique_ptr<DeviceEngine> make_cpu_engine(const BertConfig& config,
                                               const WeightTensors& weights,
                                               at::ScalarType dtype,
-                                              const std::string& weight_storage,
-                                              const CpuPlan& plan) {
-  const cpu::WeightStorage storage = parse_weight_storage(weight_storage, dtype);
+                                              WeightStorage storage, const CpuPlan& plan) {
+  check_cpu_storage(storage, dtype);
   if (dtype == at::kBFloat16) {
     return std::make_unique<CpuEngine<cpu::bfloat16>>(config, weights, storage, plan);
   }

@@ -18,7 +18,7 @@ template <typename T>
 class CudaEngine : public DeviceEngine {
  public:
   CudaEngine(const BertConfig& config, const WeightTensors& weights, const at::Device& device,
-             cuda::WeightStorage storage)
+             WeightStorage storage)
       : config_(config),
         device_(device),
         weights_(bind_weights<T>(config, weights)),
@@ -49,19 +49,17 @@ class CudaEngine : public DeviceEngine {
   std::unique_ptr<cuda::CublasLtGemm> gemm_;
 };
 
-cuda::WeightStorage parse_weight_storage(const std::string& name) {
-  TORCH_CHECK_VALUE(name == "packed" || name == "plain", "weight_storage '", name,
-                    "' is not served on the GPU ('packed' or 'plain'; int8 is CPU-only)");
-  return cuda::WeightStorage::kPlain;
-}
 
 }  // namespace
 
 std::unique_ptr<DeviceEngine> make_cuda_engine(const BertConfig& config,
                                                const WeightTensors& weights,
                                                at::ScalarType dtype, const at::Device& device,
-                                               const std::string& weight_storage) {
-  const cuda::WeightStorage storage = parse_weight_storage(weight_storage);
+                                               WeightStorage requested) {
+  TORCH_CHECK_VALUE(requested != WeightStorage::kInt8,
+                    "weight_storage 'int8' is CPU-only: the GPU serves 'packed' or 'plain'");
+  // cuBLASLt reads the plain matrix: 'packed' asks for nothing more on the GPU.
+  const WeightStorage storage = WeightStorage::kPlain;
   std::unique_ptr<DeviceEngine> engine;
   dispatch_cuda_scalar(dtype, "Engine", [&](auto tag) {
     engine = std::make_unique<CudaEngine<decltype(tag)>>(config, weights, device, storage);

@@ -163,6 +163,8 @@ PYBIND11_MODULE(_C, m) {
   attention_paths["mkl"] = static_cast<int>(pybert::cpu::AttentionPath::kMkl);
   attention_paths["own"] = static_cast<int>(pybert::cpu::AttentionPath::kOwn);
   m.attr("CPU_ATTENTION_PATHS") = attention_paths;
+  // The longest sequence the CPU's own attention kernels take (longer ones go to flash).
+  m.attr("CPU_ATTENTION_KERNEL_MAX") = pybert::cpu::kAttentionKernelMaxLength;
   m.def(
       "cpu_attention_path_available",
       [](int path) {

@@ -7,7 +7,7 @@ const bool kBuiltWithCuda = false;
 
 std::unique_ptr<DeviceEngine> make_cuda_engine(const BertConfig&, const WeightTensors&,
                                                at::ScalarType, const at::Device& device,
-                                               const std::string&) {
+                                               WeightStorage) {
   TORCH_CHECK(false, "Engine: this build of pybert has no CUDA kernels (device ", device,
               "); rebuild with nvcc and a CUDA torch (PYBERT_CUDA=1)");
 }

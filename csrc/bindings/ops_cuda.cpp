@@ -41,7 +41,7 @@ at::Tensor gemm_bias_act(const at::Tensor& a, const at::Tensor& weight,
   dispatch_cuda_scalar(a.scalar_type(), "gemm_bias_act", [&](auto tag) {
     using T = decltype(tag);
     const cuda::GemmWeight plain =
-        cuda::prepare_weight(ptr<T>(weight), args.n, args.k, cuda::WeightStorage::kPlain);
+        cuda::prepare_weight(ptr<T>(weight), args.n, args.k, WeightStorage::kPlain);
     op_gemm(a.device()).run(ptr<T>(a), plain, ptr_or_null<T>(bias), ptr<T>(out), args.m,
                             args.n, args.k, args.act, scratch.data_ptr(),
                             current_cuda_stream(a.device()));

@@ -7,6 +7,18 @@
 
 namespace pybert {
 
+// How an engine holds its GEMM weight matrices, chosen once when it is built. Named in Python by
+// pybert/engine/precision.py and parsed once (bindings/engine.cpp); each backend says which it
+// serves: the CPU all three, the GPU the plain matrix (cuBLASLt reads it as given).
+enum class WeightStorage {
+  kPlain,   // the row-major matrix as given
+  kPacked,  // CPU: prepacked once in the layouts of the GEMM paths its GemmChoice names
+  kInt8,    // CPU: like kPacked, and the kInt8 path allowed: int8 per output channel,
+            // activations quantised per row on each call (dynamic quantisation; oneDNN's int8
+            // GEMM: VNNI or AMX where the CPU has them). Where a float path times faster (a CPU
+            // without VNNI), the plan names it for that shape and row count instead.
+};
+
 // One batch's token ids and where its sequences lie in the packed rows.
 struct PackedIds {
   const int64_t* tokens;      // (batch, seq_len) padded, or (total_tokens) packed if seq_len == 0

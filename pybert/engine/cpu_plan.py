@@ -56,7 +56,7 @@ MEASURED_ROWS_INT8 = (16, 128, 512)
 MAX_TIMED_COLUMNS = 4096                    # a wider weight (the MLM decoder) is timed at this n
 MEASURED_LENGTHS = (32, 128, 256)           # sequence lengths timed for the attention
 ATTENTION_BATCH = 2                         # sequences per attention timing
-ATTENTION_KERNEL_MAX = 512                  # kAttentionKernelMaxLength in kernels/cpu
+ATTENTION_KERNEL_MAX = _C.CPU_ATTENTION_KERNEL_MAX  # the longest the own kernels take
 REPEATS = 2                                 # timed calls per candidate, after a warm-up
 ALL_ROWS = 2**63 - 1                        # a bucket's max_rows that covers every row count
 

@@ -22,7 +22,7 @@ from .. import _C
 from ..config import BertConfig
 from ..d2l import config_from_model, pack_d2l_state_dict
 from .cpu_plan import CpuPlan, default_plan, plan_cpu, time_ratio
-from .precision import PRECISIONS, QUANTIZATIONS, compute_dtypes
+from .precision import PRECISIONS, QUANTIZATIONS, compute_dtypes, quantizations
 from .inputs import PackedBatch, device_packed_batch, packed_batch, padded_batch
 
 __all__ = ["Engine", "SlowPrecisionWarning", "auto_dtype", "CPU_DTYPES", "CUDA_DTYPES",
@@ -132,8 +132,8 @@ class Engine:
             spec = PRECISIONS.get(quantize) if isinstance(quantize, str) else None
             if spec is not None and spec.quantize and spec.refused:
                 raise ValueError(f"quantize={quantize!r} is not available yet: {spec.refused}")
-            if quantize not in QUANTIZATIONS:
-                raise ValueError(f"quantize must be one of {QUANTIZATIONS} or None, got "
+            if quantize not in quantizations():
+                raise ValueError(f"quantize must be one of {quantizations()} or None, got "
                                  f"{quantize!r}")
             if self.device.type not in spec.devices or dtype != torch.float32:
                 raise ValueError(f"quantize={quantize!r} runs on {'/'.join(spec.devices)} from "
@@ -268,6 +268,18 @@ class Engine:
         else:
             batch = packed_batch(self.config, tokens, cu_seqlens, segments, max_seqlen)
         return self.run(batch, with_nsp=False)[0]
+
+    def heads_packed(self, tokens, cu_seqlens, segments=None, pred_positions=None, *,
+                     with_nsp: bool = False):
+        """(mlm_logits, nsp_logits) of sequences packed as :meth:`encode_packed` takes them:
+        the MLM head's (B, P, vocab_size) logits at ``pred_positions`` (B, P), positions inside
+        each sequence (0 is its first token), or None; the NSP head's (B, 2) logits if
+        ``with_nsp``, or None. No padding is computed by the encoder."""
+        if pred_positions is not None and not self.has_mlm:
+            raise ValueError("this model has no MLM head, so pred_positions cannot be scored")
+        batch = packed_batch(self.config, tokens, cu_seqlens, segments, None, pred_positions)
+        _, mlm, nsp = self.run(batch, with_nsp)
+        return mlm, nsp
 
     def run(self, batch: PackedBatch, with_nsp: bool):
         """(encoded, mlm_logits or None, nsp_logits or None) of a checked batch."""

@@ -188,31 +188,43 @@ def padded_batch(config: BertConfig, tokens, segments=None, valid_lens=None,
                          f"max_len {config.max_len}")
     segments = _checked_segments(segments, tokens, config)
     lengths = _checked_valid_lens(valid_lens, batch, seq_len)
-    if pred_positions is not None:
-        pred_positions = _host_int64(pred_positions, "pred_positions")
-        if pred_positions.dim() != 2 or pred_positions.shape[0] != batch:
-            raise ValueError(f"pred_positions must have shape (batch={batch}, "
-                             f"num_pred_positions), got {tuple(pred_positions.shape)}")
-        if pred_positions.numel():
-            if int(pred_positions.min()) < 0 or int(pred_positions.max()) >= seq_len:
-                raise ValueError(f"pred_positions must be in [0, seq_len={seq_len}), found "
-                                 f"{int(pred_positions.min())}..{int(pred_positions.max())}")
-            beyond = pred_positions >= lengths[:, None]
-            if bool(beyond.any()):
-                b, j = (int(i) for i in beyond.nonzero()[0])
-                raise ValueError(
-                    f"pred_positions[{b}, {j}] = {int(pred_positions[b, j])} is a padded "
-                    f"position (valid_lens[{b}] = {int(lengths[b])}); predictions are only "
-                    "defined at real tokens")
     return PackedBatch(tokens, segments, _prefix_sums(lengths), int(lengths.max()),
-                       int(lengths.sum()), pred_positions)
+                       int(lengths.sum()), _checked_positions(pred_positions, lengths, seq_len))
+
+
+def _checked_positions(value, lengths: torch.Tensor, seq_len: int | None = None):
+    """pred_positions (B, P) int64, each inside its sequence (< lengths[b]), or None; in a
+    padded batch (``seq_len``), a position past a sequence's end is a padded one."""
+    if value is None:
+        return None
+    positions = _host_int64(value, "pred_positions")
+    batch = lengths.shape[0]
+    if positions.dim() != 2 or positions.shape[0] != batch:
+        raise ValueError(f"pred_positions must have shape (batch={batch}, "
+                         f"num_pred_positions), got {tuple(positions.shape)}")
+    if not positions.numel():
+        return positions
+    low, high = int(positions.min()), int(positions.max())
+    if seq_len is not None and (low < 0 or high >= seq_len):
+        raise ValueError(f"pred_positions must be in [0, seq_len={seq_len}), found {low}..{high}")
+    if low < 0:
+        raise ValueError(f"pred_positions must be >= 0, found {low}")
+    beyond = positions >= lengths[:, None]
+    if bool(beyond.any()):
+        b, j = (int(i) for i in beyond.nonzero()[0])
+        where = f"a padded position (valid_lens[{b}] = {int(lengths[b])})" if seq_len is not None \
+            else f"past the end of sequence {b} (length {int(lengths[b])})"
+        raise ValueError(f"pred_positions[{b}, {j}] = {int(positions[b, j])} is {where}; "
+                         "predictions are only defined at real tokens")
+    return positions
 
 
 def packed_batch(config: BertConfig, tokens, cu_seqlens, segments=None,
-                 max_seqlen=None) -> PackedBatch:
+                 max_seqlen=None, pred_positions=None) -> PackedBatch:
     """Check a packed batch (flash-attention's varlen form): tokens (total_tokens,) holding
     the sequences one after another, sequence b at ``tokens[cu_seqlens[b]:cu_seqlens[b + 1]]``;
-    segments of the shape of tokens; max_seqlen, if given, bounds the longest sequence."""
+    segments of the shape of tokens; max_seqlen, if given, bounds the longest sequence;
+    pred_positions (B, P), if given, positions inside each sequence (0 is its first token)."""
     tokens = _checked_tokens(tokens, config)
     if tokens.dim() != 1:
         raise ValueError(f"packed tokens must have shape (total_tokens,), got "
@@ -237,7 +249,8 @@ def packed_batch(config: BertConfig, tokens, cu_seqlens, segments=None,
         if not longest <= int(max_seqlen) <= config.max_len:
             raise ValueError(f"max_seqlen {max_seqlen} must be in [{longest} (the longest "
                              f"sequence), max_len={config.max_len}]")
-    return PackedBatch(tokens, segments, cu.to(torch.int32), longest, tokens.numel())
+    return PackedBatch(tokens, segments, cu.to(torch.int32), longest, tokens.numel(),
+                       _checked_positions(pred_positions, lengths))
 
 
 def device_packed_batch(config: BertConfig, tokens: torch.Tensor, cu_seqlens: torch.Tensor,

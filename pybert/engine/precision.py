@@ -45,6 +45,8 @@ def compute_dtypes(device_type: str) -> tuple[torch.dtype, ...]:
                  if not p.quantize and device_type in p.devices)
 
 
-def quantizations(device_type: str) -> tuple[str, ...]:
-    """The quantize= choices an engine on ``device_type`` takes."""
-    return tuple(n for n in QUANTIZATIONS if device_type in PRECISIONS[n].devices)
+def quantizations(device_type: str | None = None) -> tuple[str, ...]:
+    """The quantize= choices an engine on ``device_type`` ("cpu", "cuda"; None: any) takes,
+    read off PRECISIONS as it is now."""
+    return tuple(n for n, p in PRECISIONS.items() if p.quantize and not p.refused and
+                 (device_type is None or device_type in p.devices))

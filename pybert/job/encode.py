@@ -222,23 +222,16 @@ def _resume_point(job: dict, input_path: Path, output_path: Path, progress_path:
     return saved["rows"], saved["done"], True
 
 
-def task_width(model, task: str, dimensions: int | None = None) -> int | None:
+def task_width(model, task: str, dimensions: int | None = None,
+               pooling: str | None = None) -> int | None:
     """The values per output row of ``task`` (None: sparse rows vary); ValueError if the
-    model cannot run it."""
-    if task == "embed":
-        return model.check_dimensions(dimensions) or model.dim
-    if task == "classify":
-        if model.classifier is None:
-            raise ValueError("--task classify needs a model with a sequence classifier (a "
-                             "*ForSequenceClassification or CrossEncoder checkpoint)")
-        return len(model.classifier.labels)
-    if task == "sparse":
-        if not model.engine.has_mlm:
-            raise ValueError("--task sparse needs a model with an MLM head (a SPLADE / "
-                             "SparseEncoder or *ForMaskedLM checkpoint)")
-        return None
-    task_of(task, JOB_TASKS)  # raises, naming the job's tasks
-    raise AssertionError(f"a job task without a width: {task}")
+    model cannot run it, or not with these options."""
+    entry = task_of(task, JOB_TASKS)
+    if not entry.available(model):
+        raise ValueError(f"--task {task} needs a model with {entry.needs}")
+    options = {k: v for k, v in (("dimensions", dimensions), ("pooling", pooling))
+               if v is not None}
+    return entry.width(model, entry.check(model, options))
 
 
 def run_encode_job(model, input_path, output_path, model_id: str, pooling: str | None = None,
@@ -266,7 +259,7 @@ def run_encode_job(model, input_path, output_path, model_id: str, pooling: str |
     check_int(batch_tokens, "batch_tokens")
     check_int(chunk_size, "chunk_size")
     check_truncation(truncation)
-    width = task_width(model, task, dimensions)
+    width = task_width(model, task, dimensions, pooling if task == "embed" else None)
     model.prompted([], prompt_name)  # an unknown prompt name fails before any work
     input_path, output_path = Path(input_path), Path(output_path)
     _check_paths(input_path, output_path, overwrite, task)
@@ -275,7 +268,8 @@ def run_encode_job(model, input_path, output_path, model_id: str, pooling: str |
     run = _JobRun(model, input_path, output_path, task, width,
                   _job_identity(model, input_path, model_id, pooling, truncation, width,
                                 options),
-                  dict(pooling=pooling, batch_tokens=batch_tokens, chunk_size=chunk_size,
+                  dict(pooling=pooling if task == "embed" else None,
+                       batch_tokens=batch_tokens, chunk_size=chunk_size,
                        truncation=truncation, prompt_name=prompt_name, dimensions=dimensions,
                        raw_scores=raw_scores))
     with output_lock(output_path):  # a second job on this output refuses at once

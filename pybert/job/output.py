@@ -18,15 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..tasks import TASKS
 from .files import open_existing, open_new
 
-__all__ = ["open_writer", "check_output", "FORMATS", "NAMES"]
+__all__ = ["open_writer", "check_output", "FORMATS"]
 
 FORMATS = (".npy", ".safetensors", ".parquet")
-# The name of the rows in each output (the .safetensors tensor, the .parquet column), by what
-# they hold: the job's task.
-NAMES = {"embed": ("embeddings", "embedding"), "classify": ("scores", "scores"),
-         "sparse": (None, "indices / values")}
+# The name of the rows in each output (the .safetensors tensor, the .parquet column) is the
+# job's task's (pybert.tasks: Task.names); sparse rows are written as "indices" and "values".
 
 
 def _reserve(file, size: int) -> None:
@@ -98,7 +97,7 @@ class SafetensorsWriter(_RowFile):
 
     def __init__(self, partial: Path, rows: int, dim: int, resume: bool, metadata: dict,
                  task: str = "embed"):
-        header = {NAMES[task][0]: {"dtype": "F32", "shape": [rows, dim],
+        header = {TASKS[task].names[0]: {"dtype": "F32", "shape": [rows, dim],
                                 "data_offsets": [0, rows * dim * 4]},
                   "__metadata__": {k: str(v) for k, v in metadata.items()}}
         text = json.dumps(header, separators=(",", ":")).encode()
@@ -137,7 +136,7 @@ class ParquetWriter:
                 "values": pa.array([v.values for v in block], pa.list_(pa.float32()))})
         values = pa.array(np.ascontiguousarray(block, dtype=np.float32).reshape(-1))
         return pa.table({"row": rows,
-                         NAMES[self.task][1]: pa.FixedSizeListArray.from_arrays(values,
+                         TASKS[self.task].names[1]: pa.FixedSizeListArray.from_arrays(values,
                                                                                 self.dim)})
 
     def write(self, start: int, block) -> None:

@@ -1,9 +1,11 @@
-"""The routes of ``pybert serve``, each a method over one text model, its batcher and the
-server's limits: text-embeddings-inference's ``/embed``, ``/embed_all``, ``/embed_sparse``,
-``/predict``, ``/rerank``, ``/tokenize`` and ``/decode`` (its request and response shapes),
-OpenAI's ``/v1/embeddings``, ``/fill-mask``, ``/next-sentence``, ``/health``, ``/info`` and
-``/metrics``. A route reads the text model and the engine's public surface (config, heads,
-device), nothing else; a route the model cannot serve answers 404 saying why."""
+"""The routes of ``pybert serve`` over one text model, its batcher and the server's limits:
+text-embeddings-inference's ``/embed``, ``/embed_all``, ``/embed_sparse``, ``/predict``,
+``/rerank``, ``/tokenize`` and ``/decode`` (its request and response shapes), OpenAI's
+``/v1/embeddings``, ``/fill-mask``, ``/next-sentence``, ``/health``, ``/info`` and
+``/metrics``. A route that runs a task is a table entry (``TaskRoute``: parse the request, the
+task of pybert.tasks the batcher runs, render the reply); a route reads the model only through
+the interface of ``serve/interface.py``, and one the model cannot serve answers 404 saying
+why."""
 
 from __future__ import annotations
 
@@ -12,17 +14,19 @@ import base64
 import functools
 import json
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from dataclasses import field as field_of
 
 import numpy as np
-import torch
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .batcher import Batcher, QueueFull, RequestTooLarge
 from .config import ServeConfig
 from ..engine.devices import CUDA_LAST_RUN
-from ..heads import l2_normalize, score
+from ..tasks import TASKS
 from ..tokenization import TooLong, TruncationCount, check_text
 from .http import BodyBudget, ClientGone, HTTPError, field, flag, is_pair, read_json, texts_of, \
     token_rows
@@ -40,6 +44,31 @@ FLOAT_BYTES = 18
 SPARSE_ENTRY_BYTES = 30
 
 
+@dataclass(frozen=True)
+class TaskRoute:
+    """A route that runs a task of pybert.tasks: ``parse`` (async: the request -> a Parsed),
+    ``task`` (the batcher runs it on the parsed sequences), ``render`` (the task's results and
+    the Parsed -> the reply's JSON value, or a callable that builds it). A model without the
+    task gets a 404 saying why; ``check(model)`` may refuse it for a reason of the route's."""
+
+    path: str
+    task: str
+    parse: Callable
+    render: Callable
+    check: Callable = lambda model: None  # the route's own refusal (an HTTPError), beyond its task's
+    name: str = ""  # what a refusal calls it (default: its task's name)
+
+
+@dataclass
+class Parsed:
+    """A task route's request, read and tokenised: its sequences, the task's options, and what
+    the reply needs from the request."""
+
+    encoded: list
+    options: dict = field_of(default_factory=dict)
+    context: dict = field_of(default_factory=dict)
+
+
 class Routes:
     """The handlers of one server. ``ready`` turns true once the model has run a first batch
     (``/health`` answers 503 until then)."""
@@ -55,19 +84,23 @@ class Routes:
 
     def table(self) -> list[tuple[str, object, list[str]]]:
         """(path, handler, methods) of every route."""
-        return [("/embed", self.embed, ["POST"]),
-                ("/v1/embeddings", self.openai_embeddings, ["POST"]),
-                ("/embed_all", self.embed_all, ["POST"]),
-                ("/embed_sparse", self.embed_sparse, ["POST"]),
-                ("/predict", self.predict, ["POST"]),
-                ("/rerank", self.rerank, ["POST"]),
-                ("/tokenize", self.tokenize, ["POST"]),
-                ("/decode", self.decode, ["POST"]),
-                ("/fill-mask", self.fill_mask, ["POST"]),
-                ("/next-sentence", self.next_sentence, ["POST"]),
-                ("/health", self.health, ["GET"]),
-                ("/info", self.info, ["GET"]),
-                ("/metrics", self.prometheus, ["GET"])]
+        return [(route.path, self.task_handler(route), ["POST"]) for route in self.task_routes()] \
+            + [("/tokenize", self.tokenize, ["POST"]),
+               ("/decode", self.decode, ["POST"]),
+               ("/health", self.health, ["GET"]),
+               ("/info", self.info, ["GET"]),
+               ("/metrics", self.prometheus, ["GET"])]
+
+    def served_routes(self) -> list[str]:
+        """The task routes this model answers."""
+        served = []
+        for route in self.task_routes():
+            try:
+                self.need(route)
+            except HTTPError:
+                continue
+            served.append(route.path)
+        return served
 
     # -- the steps every route takes ---------------------------------------------------------
 
@@ -150,27 +183,6 @@ class Routes:
             raise ClientGone()
         return future.result()
 
-    def normalised(self, vectors: torch.Tensor, normalize: bool | None,
-                   dimensions: int | None = None) -> np.ndarray:
-        """The batcher's vectors cut to ``dimensions``, then normalised if asked (default: as
-        the model does)."""
-        if dimensions is not None:
-            vectors = vectors[:, :dimensions]
-        if normalize if normalize is not None else self.model.normalize:
-            vectors = l2_normalize(vectors)
-        return vectors.numpy()
-
-    def need(self, task: str) -> None:
-        if task not in self.model.tasks:
-            raise HTTPError(404, f"this model does not serve {task} (it serves "
-                            f"{', '.join(self.model.tasks)})", "NotFound")
-
-    def need_dense(self) -> None:
-        """A sparse (SPLADE) model's vectors are /embed_sparse's, not a pooled CLS vector."""
-        if self.model.sparse_model:
-            raise HTTPError(422, "this is a sparse (SPLADE) model: POST /embed_sparse gives "
-                            "its vectors")
-
     def options(self, body: dict) -> tuple:
         """(dimensions, prompt_name, truncation side) of an embedding request, checked."""
         dimensions = body.get("dimensions")
@@ -194,30 +206,99 @@ class Routes:
         of a pool of idle batchers go to each in turn)."""
         encoded = await self.tokenised(["warm up"], truncate=True)
         for _ in range(self.batcher.replicas):
-            await self.batched(None, encoded)
+            await self.batched(None, encoded, "embed_all")  # every model has it
         self.ready = True
 
-    # -- the routes ------------------------------------------------------------------------
+    # -- the task routes: (parse, task, render) ----------------------------------------------
 
-    async def embedding_request(self, request: Request) -> tuple[dict, list, int | None]:
-        """(body, the inputs tokenised with their prompt, dimensions) of text-embeddings-
-        inference's embedding routes."""
+    def task_routes(self) -> list[TaskRoute]:
+        """Every route that runs a task of pybert.tasks."""
+        return [
+            TaskRoute("/embed", "embed", self.parse_embed, self.render_vectors, self.dense_only),
+            TaskRoute("/v1/embeddings", "embed", self.parse_openai, self.render_openai,
+                      self.dense_only),
+            TaskRoute("/embed_all", "embed_all", self.parse_embed_all, self.render_token_vectors),
+            TaskRoute("/embed_sparse", "sparse", self.parse_sparse, self.render_sparse),
+            TaskRoute("/predict", "classify", self.parse_predict, self.render_predict),
+            TaskRoute("/rerank", "classify", self.parse_rerank, self.render_rerank,
+                      self.one_label, name="rerank"),
+            TaskRoute("/fill-mask", "fill_mask", self.parse_fill_mask, self.render_fill_mask),
+            TaskRoute("/next-sentence", "next_sentence", self.parse_next_sentence,
+                      lambda probs, parsed: [float(p) for p in probs]),
+        ]
+
+    def task_handler(self, route: TaskRoute):
+        """The handler of a task route: the model's check, parse, the batcher, render."""
+        async def handle(request: Request):
+            self.need(route)
+            parsed = await route.parse(request)
+            results = await self.batched(request, parsed.encoded, route.task, parsed.options)
+            return await self.reply(route.render(results, parsed))
+        return handle
+
+    def need(self, route: TaskRoute) -> None:
+        """404 (or the route's own refusal) unless this model serves the route's task."""
+        entry = TASKS[route.task]
+        if not entry.available(self.model):
+            raise HTTPError(404, f"this model does not serve {route.name or route.task} "
+                            f"({route.path} needs a model with {entry.needs}; it serves "
+                            f"{', '.join(self.model.tasks)})", "NotFound")
+        route.check(self.model)
+
+    @staticmethod
+    def dense_only(model) -> None:
+        """A sparse (SPLADE) model's vectors are /embed_sparse's, not a pooled CLS vector."""
+        if model.sparse_model:
+            raise HTTPError(422, "this is a sparse (SPLADE) model: POST /embed_sparse gives "
+                            "its vectors")
+
+    @staticmethod
+    def one_label(model) -> None:
+        if len(model.labels) != 1:
+            raise HTTPError(404, f"this model does not serve rerank: its classifier has "
+                            f"{len(model.labels)} labels, not one relevance score (POST "
+                            "/predict gives them)", "NotFound")
+
+    async def parse_embedding(self, request: Request) -> Parsed:
+        """Text-embeddings-inference's embedding request: the inputs tokenised with their
+        prompt; options dimensions and normalize (the embed task's)."""
         body = await self.body(request)
         texts = texts_of(field(body, "inputs"), "inputs", self.config)
         dimensions, prompt_name, side = self.options(body)
         encoded = await self.tokenised(self.model.prompted(texts, prompt_name),
                                        flag(body, "truncate", self.config.auto_truncate), side)
-        return body, encoded, dimensions
+        return Parsed(encoded, {"dimensions": dimensions,
+                                "normalize": flag(body, "normalize", None)})
 
-    async def embed(self, request: Request):
-        self.need_dense()
-        body, encoded, dimensions = await self.embedding_request(request)
-        normalize = flag(body, "normalize", None)
-        vectors = await self.batched(request, encoded)
-        return await self.reply(self.normalised(vectors, normalize, dimensions).tolist())
+    async def parse_embed(self, request: Request) -> Parsed:
+        parsed = await self.parse_embedding(request)
+        parsed.options = {k: v for k, v in parsed.options.items() if v is not None}
+        return parsed
 
-    async def openai_embeddings(self, request: Request):
-        self.need_dense()
+    async def parse_sparse(self, request: Request) -> Parsed:
+        return Parsed((await self.parse_embedding(request)).encoded)
+
+    async def parse_embed_all(self, request: Request) -> Parsed:
+        parsed = await self.parse_embedding(request)
+        tokens = sum(len(ids) for ids, _ in parsed.encoded)
+        self.check_reply_size(tokens * self.engine.config.num_hiddens, FLOAT_BYTES, "numbers")
+        return Parsed(parsed.encoded)
+
+    @staticmethod
+    def render_vectors(vectors, parsed: Parsed):
+        return lambda: vectors.numpy().tolist()
+
+    @staticmethod
+    def render_token_vectors(rows, parsed: Parsed):
+        return lambda: [r.tolist() for r in rows]
+
+    def render_sparse(self, vectors, parsed: Parsed):
+        self.check_reply_size(sum(len(v.indices) for v in vectors), SPARSE_ENTRY_BYTES,
+                              "sparse entries")
+        return lambda: [[{"index": int(i), "value": float(v)}
+                         for i, v in zip(vector.indices, vector.values)] for vector in vectors]
+
+    async def parse_openai(self, request: Request) -> Parsed:
         body = await self.body(request)
         value = field(body, "input")
         encoding = body.get("encoding_format", "float")
@@ -233,15 +314,21 @@ class Routes:
             texts = texts_of(value, "input", self.config)
             encoded = await self.tokenised(self.model.prompted(texts),
                                            self.config.auto_truncate, advice=advice)
-        vectors = self.normalised(await self.batched(request, encoded), None, dimensions)
-        data = [{"object": "embedding", "index": i,
-                 "embedding": (base64.b64encode(v.astype("<f4").tobytes()).decode()
-                               if encoding == "base64" else v.tolist())}
-                for i, v in enumerate(vectors)]
-        tokens = sum(len(ids) for ids, _ in encoded)
-        return await self.reply({"object": "list", "data": data,
-                                 "model": body.get("model") or self.config.model_id,
-                                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+        options = {} if dimensions is None else {"dimensions": dimensions}
+        return Parsed(encoded, options, {"encoding": encoding,
+                                         "model": body.get("model") or self.config.model_id})
+
+    @staticmethod
+    def render_openai(vectors, parsed: Parsed):
+        def content():
+            data = [{"object": "embedding", "index": i,
+                     "embedding": (base64.b64encode(v.astype("<f4").tobytes()).decode()
+                                   if parsed.context["encoding"] == "base64" else v.tolist())}
+                    for i, v in enumerate(vectors.numpy())]
+            tokens = sum(len(ids) for ids, _ in parsed.encoded)
+            return {"object": "list", "data": data, "model": parsed.context["model"],
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        return content
 
     def check_reply_size(self, values: int, bytes_each: int, what: str) -> None:
         """413 before the reply is built (or the work done) when ``values`` values of about
@@ -251,32 +338,12 @@ class Routes:
                             f"max_reply_bytes={self.config.max_reply_bytes} allows: send fewer "
                             "or shorter texts")
 
-    async def embed_all(self, request: Request):
-        _, encoded, _ = await self.embedding_request(request)
-        tokens = sum(len(ids) for ids, _ in encoded)
-        self.check_reply_size(tokens * self.engine.config.num_hiddens, FLOAT_BYTES, "numbers")
-        rows = await self.batched(request, encoded, "embed_all")
-        return await self.reply(lambda: [r.tolist() for r in rows])
-
-    async def embed_sparse(self, request: Request):
-        self.need("sparse")
-        _, encoded, _ = await self.embedding_request(request)
-        vectors = await self.batched(request, encoded, "sparse")
-        self.check_reply_size(sum(len(v.indices) for v in vectors), SPARSE_ENTRY_BYTES,
-                              "sparse entries")
-        return await self.reply(lambda: [[{"index": int(i), "value": float(v)}
-                                          for i, v in zip(vector.indices, vector.values)]
-                                         for vector in vectors])
-
-    async def scores(self, request: Request, items: list, body: dict) -> np.ndarray:
-        """The classifier's scores (or logits with "raw_scores") of texts or pairs."""
-        raw = flag(body, "raw_scores", False)
+    async def parse_scored(self, items: list, body: dict, context: dict) -> Parsed:
+        """Texts or pairs for the classifier: its scores, or logits with "raw_scores"."""
         encoded = await self.tokenised(items, flag(body, "truncate", self.config.auto_truncate))
-        logits = await self.batched(request, encoded, "classify")
-        return (logits if raw else score(logits, self.model.classifier.score_activation)).numpy()
+        return Parsed(encoded, {"raw_scores": flag(body, "raw_scores", False)}, context)
 
-    async def predict(self, request: Request):
-        self.need("classify")
+    async def parse_predict(self, request: Request) -> Parsed:
         body = await self.body(request)
         value = field(body, "inputs")
         # TEI's grammar: a text, a [text_a, text_b] pair, or a batch of 1- and 2-element
@@ -291,14 +358,15 @@ class Routes:
                                 f"{len(items[bad])} items")
             items = [v[0] if len(v) == 1 else v for v in items]
         items = texts_of(items, "inputs", self.config, pairs="either")
-        labels = self.model.classifier.labels
-        scores = await self.scores(request, items, body)
-        answers = [sorted(({"label": label, "score": float(s)} for label, s in zip(labels, row)),
-                          key=lambda a: -a["score"]) for row in scores]
-        return await self.reply(answers[0] if single else answers)
+        return await self.parse_scored(items, body, {"single": single})
 
-    async def rerank(self, request: Request):
-        self.need("rerank")
+    def render_predict(self, scores, parsed: Parsed):
+        labels = self.model.labels
+        answers = [sorted(({"label": label, "score": float(s)} for label, s in zip(labels, row)),
+                          key=lambda a: -a["score"]) for row in scores.numpy()]
+        return answers[0] if parsed.context["single"] else answers
+
+    async def parse_rerank(self, request: Request) -> Parsed:
         body = await self.body(request)
         query = body.get("query")
         if not isinstance(query, str):
@@ -310,12 +378,44 @@ class Routes:
         except ValueError as err:
             raise HTTPError(422, str(err)) from None
         texts = texts_of(body.get("texts"), "texts", self.config)
-        scores = (await self.scores(request, [(query, t) for t in texts], body))[:, 0]
-        order = np.argsort(-scores, kind="stable")
-        with_text = flag(body, "return_text", False)
-        return await self.reply([{"index": int(i), "score": float(scores[i]),
-                                  **({"text": texts[i]} if with_text else {})}
-                                 for i in order])
+        return await self.parse_scored([(query, t) for t in texts], body,
+                                       {"texts": texts,
+                                        "return_text": flag(body, "return_text", False)})
+
+    @staticmethod
+    def render_rerank(scores, parsed: Parsed):
+        scores = scores.numpy()[:, 0]
+        texts, with_text = parsed.context["texts"], parsed.context["return_text"]
+        return [{"index": int(i), "score": float(scores[i]),
+                 **({"text": texts[i]} if with_text else {})}
+                for i in np.argsort(-scores, kind="stable")]
+
+    async def parse_fill_mask(self, request: Request) -> Parsed:
+        body = await self.body(request)
+        texts = texts_of(field(body, "inputs"), "inputs", self.config)
+        top_k = body.get("top_k", 5)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or \
+                not 1 <= top_k <= min(100, self.engine.config.vocab_size):
+            raise HTTPError(422, "top_k must be an int in [1, 100]")
+        encoded = await self.tokenised(texts, flag(body, "truncate", self.config.auto_truncate))
+        masks = sum(len(m) for m in self.model.mask_positions(encoded))
+        if masks > self.config.max_masks:
+            raise HTTPError(413, f"the inputs hold {masks} mask tokens, more than max_masks="
+                            f"{self.config.max_masks} a request may have")
+        return Parsed(encoded, {"k": top_k})
+
+    @staticmethod
+    def render_fill_mask(results, parsed: Parsed):
+        return [[[{"token": w, "score": p} for w, p in mask] for mask in text]
+                for text in results]
+
+    async def parse_next_sentence(self, request: Request) -> Parsed:
+        body = await self.body(request)
+        pairs = texts_of(field(body, "inputs"), "inputs", self.config, pairs=True)
+        return Parsed(await self.tokenised(pairs, flag(body, "truncate",
+                                                       self.config.auto_truncate)))
+
+    # -- the other routes --------------------------------------------------------------------
 
     async def tokenize(self, request: Request):
         tokenizer = self.model.tokenizer
@@ -401,9 +501,10 @@ class Routes:
             "model_id": config.model_id, "dim": self.model.dim,
             "max_input_length": self.model.max_input_length,
             "architecture": self.model.architecture, "tasks": self.model.tasks,
+            "routes": self.served_routes(),
             "pooling": self.model.pooling, "normalize": self.model.normalize,
             "prompts": self.model.prompts,
-            "labels": list(self.model.classifier.labels) if self.model.classifier else None,
+            "labels": self.model.labels,
             "has_mlm": engine.has_mlm, "has_nsp": engine.has_nsp,
             "device": str(engine.device), "devices": self.batcher.devices,
             "dtype": str(engine.dtype).replace("torch.", ""),

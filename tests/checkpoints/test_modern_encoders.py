@@ -107,7 +107,7 @@ def test_modernbert_sequence_classifier(tmp_path, pooling):
     model = make_modern(tmp_path, "modernbert", tokenizer=tokenizer, classify=True,
                         num_labels=3, classifier_pooling=pooling, classifier_bias=True)
     text_model = pybert.TextModel.load(tmp_path)
-    assert "classify" in text_model.tasks and "fill-mask" not in text_model.tasks
+    assert "classify" in text_model.tasks and "fill_mask" not in text_model.tasks
     texts = sentences(4, seed=5) + [" ".join(sentences(40, seed=6))[:3000]]
     logits = torch.from_numpy(text_model.classify(texts, raw_scores=True))
     model = model.double()

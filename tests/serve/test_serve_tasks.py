@@ -63,7 +63,8 @@ def test_rerank_and_predict(reranker):
     assert [m[0]["score"] for m in many] == pytest.approx(model.classify(TEXTS[:3])[:, 0],
                                                           abs=1e-6)
     status, info, _ = request(server, "GET", "/info")
-    assert info["architecture"] == "RoBERTa" and "rerank" in info["tasks"]
+    assert info["architecture"] == "RoBERTa" and "/rerank" in info["routes"] and \
+        "classify" in info["tasks"]
 
 
 def test_predict_takes_teis_batch_grammar(reranker):

@@ -65,7 +65,7 @@ def test_plain_logs_and_an_unsupported_flag(tmp_path):
     server = TeiServer()
     request(server, "GET", "/info")
     log = server.stop()
-    assert "serving model (BERT, 384-wide vectors; embed) in float32" in log
+    assert "serving model (BERT, 384-wide vectors; embed, embed_all) in float32" in log
     assert "max input length 256 tokens" in log and f"listening on {server.url}" in log
     assert '"GET /info" 200' in log
     done = subprocess.run([sys.executable, "-m", "pybert", "serve", "--model-id",
@@ -102,11 +102,8 @@ def test_the_help_lists_every_route_and_only_runnable_dtypes(tmp_path):
     done = subprocess.run([sys.executable, "-m", "pybert", "serve", "--help"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert done.returncode == 0
-    class AnyRoutes:  # Routes.table reads only the handlers' names off its instance
-        def __getattr__(self, name):
-            return name
-
-    for path, _, _ in Routes.table(AnyRoutes()):
+    unstarted = Routes.__new__(Routes)  # Routes.table makes handlers; none is run here
+    for path, _, _ in unstarted.table():
         assert path in done.stdout, path
     assert "default: 16384)" in done.stdout and "--max-client-batch-size" in done.stdout
     import torch

@@ -5,6 +5,7 @@ import ast
 from pathlib import Path
 
 import pybert
+from helpers import TEXT_CONFIG, VOCAB, random_model
 
 PACKAGE = Path(pybert.__file__).parent
 # A longer function must say why in a comment starting with this, on the line above its def.
@@ -122,7 +123,8 @@ def test_the_layers_import_downward_only():
                 ("pybert.text", "pybert.checkpoint", "pybert.loader", "pybert.tokenization"))}
         if module.startswith("pybert.checkpoint"):
             assert not {m for m in reaches(module) if m in ("pybert.engine.engine",
-                                                             "pybert.loader", "pybert.text")}
+                                                             "pybert.loader") or
+                        m.startswith("pybert.text")}
         if module != "pybert.cli" and module != "pybert.__main__":
             assert "pybert.cli" not in graph[module]
 
@@ -216,3 +218,49 @@ def test_one_task_registry_and_one_precision_spec():
 
     assert not literal_name_lists(set(TASKS), "pybert.tasks")
     assert not literal_name_lists(set(PRECISIONS), "pybert.engine.precision")
+
+
+def reads_of(tree: ast.AST, holder: str) -> set[str]:
+    """Attributes read of ``holder`` in a module: ``holder.x`` and ``<anything>.holder.x``."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            value = node.value
+            if (isinstance(value, ast.Name) and value.id == holder) or \
+                    (isinstance(value, ast.Attribute) and value.attr == holder):
+                found.add(node.attr)
+    return found
+
+
+def protocol_members(protocol) -> set[str]:
+    return set(protocol.__annotations__) | {name for name in vars(protocol)
+                                            if not name.startswith("_")}
+
+
+def test_the_server_reads_the_model_through_its_declared_interface():
+    """serve/ reads the model, its engine and its tokenizer only as serve/interface.py
+    declares them; and TextModel has all of it."""
+    from pybert.serve.interface import ServedEngine, ServedModel, ServedTokenizer
+    from pybert.text import TextModel
+
+    declared = {"model": ServedModel, "engine": ServedEngine, "tokenizer": ServedTokenizer}
+    undeclared = []
+    for path in sorted((PACKAGE / "serve").glob("*.py")):
+        if path.name == "interface.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for holder, protocol in declared.items():
+            undeclared += [f"{path.name}: {holder}.{name}" for name in
+                           reads_of(tree, holder) - protocol_members(protocol)]
+    assert not undeclared, undeclared
+    model = TextModel.from_model(random_model(TEXT_CONFIG), VOCAB)
+    for part, protocol in ((model, ServedModel), (model.engine, ServedEngine),
+                           (model.tokenizer, ServedTokenizer)):
+        optional = {"describe", "decode"} if protocol is ServedTokenizer else set()
+        assert not {name for name in protocol_members(protocol) - optional
+                    if not hasattr(part, name)}, protocol
+
+
+def test_the_interface_check_finds_a_read_it_does_not_declare():
+    tree = ast.parse("def f(self):\n    return self.model.weights, model.dim, x.engine.qux\n")
+    assert reads_of(tree, "model") == {"weights", "dim"} and reads_of(tree, "engine") == {"qux"}

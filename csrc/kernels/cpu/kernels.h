@@ -22,15 +22,7 @@
 
 namespace pybert::cpu {
 
-// How a weight matrix is held for the GEMM library.
-enum class WeightStorage {
-  kPlain,   // the row-major matrix as given
-  kPacked,  // prepacked once in the layouts of the GEMM paths its GemmChoice names
-  kInt8,    // like kPacked, and the kInt8 path allowed: int8 per output channel, activations
-            // quantised per row on each call (dynamic quantisation; oneDNN's int8 GEMM: VNNI
-            // or AMX where the CPU has them). Where a float path times faster (a CPU without
-            // VNNI), the plan names it for that shape and row count instead.
-};
+// How a weight matrix is held for the GEMM library: pybert::WeightStorage (../args.h).
 
 // The ways a float or bfloat16 weight GEMM can run. Which is fastest depends on the CPU (MKL
 // runs AMD processors on its AVX2 code; oneDNN has AVX-512, AMX and AVX2 kernels of its own)

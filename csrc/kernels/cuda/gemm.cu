@@ -199,8 +199,10 @@ GemmWeight prepare_weight(const T* weight, int64_t n, int64_t k, WeightStorage s
   (void)k;
   switch (storage) {
     case WeightStorage::kPlain: return GemmWeight{weight, data_type<T>(), storage};
+    case WeightStorage::kPacked:
+    case WeightStorage::kInt8: break;
   }
-  throw std::invalid_argument("prepare_weight: unknown weight storage");
+  throw std::invalid_argument("prepare_weight: the GPU serves plain weight storage only");
 }
 
 template <typename T>

@@ -72,12 +72,10 @@ void unpack_padded(const T* packed, const int32_t* cu_seqlens, T* out, int64_t b
 template <typename T>
 void apply_activation(T* x, int64_t n, Activation act, cudaStream_t stream);
 
-// How a GEMM's weight matrix is stored, chosen when an engine is built (the CUDA twin of
-// cpu::WeightStorage). kPlain: the (n, k) matrix in the activations' type, where it is. A
-// scaled storage (FP8 E4M3 with its scales) is one more value here, a case in prepare_weight
-// and the scale attributes in gemm.cu's descriptors: the runner and the bindings stay as
-// they are.
-enum class WeightStorage { kPlain };
+// How a GEMM's weight matrix is stored (args.h). The GPU serves kPlain: the (n, k) matrix in
+// the activations' type, where it is. A scaled storage (FP8 E4M3 with its scales) is one more
+// value in args.h, a case in prepare_weight and the scale attributes in gemm.cu's descriptors:
+// the runner and the bindings stay as they are.
 
 // A weight matrix as CublasLtGemm::run takes it: its device data, element type and storage.
 struct GemmWeight {
