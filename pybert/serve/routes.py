@@ -465,31 +465,6 @@ class Routes:
         texts = [tokenizer.decode(r, skip) for r in rows]
         return await self.reply(texts[0] if single else texts)
 
-    async def fill_mask(self, request: Request):
-        self.need("fill-mask")
-        body = await self.body(request)
-        texts = texts_of(field(body, "inputs"), "inputs", self.config)
-        top_k = body.get("top_k", 5)
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or \
-                not 1 <= top_k <= min(100, self.engine.config.vocab_size):
-            raise HTTPError(422, "top_k must be an int in [1, 100]")
-        encoded = await self.tokenised(texts, flag(body, "truncate", self.config.auto_truncate))
-        masks = sum(len(m) for m in self.model.mask_positions(encoded))
-        if masks > self.config.max_masks:
-            raise HTTPError(413, f"the inputs hold {masks} mask tokens, more than max_masks="
-                            f"{self.config.max_masks} a request may have")
-        results = await self.batched(request, encoded, "fill_mask", {"k": top_k})
-        return await self.reply([[[{"token": w, "score": p} for w, p in mask] for mask in text]
-                                 for text in results])
-
-    async def next_sentence(self, request: Request):
-        self.need("next-sentence")
-        body = await self.body(request)
-        pairs = texts_of(field(body, "inputs"), "inputs", self.config, pairs=True)
-        encoded = await self.tokenised(pairs, flag(body, "truncate", self.config.auto_truncate))
-        probs = await self.batched(request, encoded, "next_sentence")
-        return await self.reply([float(p) for p in probs])
-
     async def health(self, request: Request):
         if not self.ready:
             return JSONResponse({"status": "loading"}, status_code=503)
