@@ -30,6 +30,15 @@ def _no_options(model, options: dict) -> dict:
     return {}
 
 
+def _needing(need: str):
+    """A check that calls the model's ``need`` (which raises saying what it lacks), then takes
+    no options."""
+    def check(model, options: dict) -> dict:
+        getattr(model, need)()
+        return _no_options(model, options)
+    return check
+
+
 def _same(options: list[dict]) -> dict:
     return options[0] if options else {}
 
@@ -118,7 +127,7 @@ register(Task(
     "sparse", "mlm", "a SparseVector of SPLADE weights", job=True,
     compute=lambda model, sequences, o: model.sparse_tokenized(sequences),
     available=lambda model: model.engine.has_mlm,
-    check=lambda model, o: _no_options(model, o) if model.engine.has_mlm else model.need_mlm(),
+    check=_needing("need_mlm"),
     needs="an MLM head (a SPLADE / SparseEncoder or *ForMaskedLM checkpoint)"))
 register(Task(
     "fill_mask", "mlm", "the top-k words at each mask", job=False,
@@ -132,7 +141,7 @@ register(Task(
     "next_sentence", "nsp", "P(b follows a)", job=False,
     compute=lambda model, sequences, o: model.next_sentence_tokenized(sequences),
     available=lambda model: model.engine.has_nsp, needs="an NSP head",
-    check=lambda model, o: _no_options(model, o) if model.engine.has_nsp else model.need_nsp()))
+    check=_needing("need_nsp")))
 
 # What a batch job writes (pybert encode --task, the Ray job).
 JOB_TASKS = tuple(name for name, t in TASKS.items() if t.job)
