@@ -224,7 +224,8 @@ template <typename T>
 PreparedWeightPtr prepare_weight(const T* weight, const T* bias, int64_t n, int64_t k,
                                  WeightStorage format, const GemmChoice& choice) {
   if (format == WeightStorage::kPlain || !weight_storage_supported<T>(format)) return nullptr;
-  PreparedWeightPtr prepared(new PreparedWeight{format, {}, {}, {}, {}, {}, {}, {}});
+  PreparedWeightPtr prepared(new PreparedWeight{});  // every member empty, not listed: a new
+  prepared->format = format;                           // member needs no edit here
   if (bias != nullptr) prepared->bias = wrap(bias, {n}).clone();
   prepared->choice = choice.empty() ? default_choice<T>(format) : choice;
   bool any_prepared = false;
