@@ -101,11 +101,13 @@ def _add_model_arguments(parser: argparse.ArgumentParser, tei: bool = False) -> 
     from .engine.devices import runnable_dtypes
 
     names = ("--model-id", "--model") if tei else ("--model", "--model-id")
-    parser.add_argument(*names, dest="model", required=not (tei and os.environ.get("MODEL_ID")),
-                        default=os.environ.get("MODEL_ID") if tei else None,
+    parser.add_argument(*names, dest="model", required=not tei,
+                        action="append" if tei else "store",
                         help="a Hugging Face hub id (e.g. sentence-transformers/all-MiniLM-L6-v2, "
                              "fetched into the hub's cache) or a pybert, Hugging Face or "
-                             "sentence-transformers directory" + (" ($MODEL_ID)" if tei else ""))
+                             "sentence-transformers directory" + (
+                                 " ($MODEL_ID); given again, one more model served beside it "
+                                 "(see --model-config)" if tei else ""))
     parser.add_argument("--revision", default=os.environ.get("REVISION") if tei else None,
                         help="with a hub id: the branch, tag or commit (default: main)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N "
@@ -217,8 +219,7 @@ def _serve(args) -> int:
         print("pybert serve needs its extra: pip install \"pybert-engine[serve]\" (starlette, "
               "uvicorn, prometheus-client)", file=sys.stderr)
         return 2
-    from .checkpoint import is_hub_id
-    from .serve import ServeConfig, serve
+    from .serve import serve
 
     if args.hf_token:
         os.environ["HF_TOKEN"] = args.hf_token
@@ -235,23 +236,96 @@ def _serve(args) -> int:
                              "the model's modules.json names")
         if not 0 <= args.port <= 65535:
             raise ValueError(f"--port must be in [0, 65535], got {args.port}")
-        name = args.model_id
-        if name == ServeConfig.model_id:  # not given: the model's id or its folder's name
-            name = args.model if is_hub_id(args.model) else \
-                os.path.basename(os.path.normpath(args.model))
-        limits = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)}
-        config = ServeConfig(**{**limits, "model_id": name, "api_key": args.api_key or
-                                os.environ.get("PYBERT_API_KEY") or None})
-        models = [_load_text_model(args, device) for device in _serve_devices(args)]
-        for model in models:
-            model.configure(pooling=args.pooling, default_prompt_name=args.default_prompt_name,
-                            default_prompt=args.default_prompt)
+        served = _served_models(args)
     except (FileNotFoundError, PermissionError, ValueError, TypeError) as err:
         print(f"pybert serve: {err}", file=sys.stderr)
         return 2
-    serve(models[0], host=args.host, port=args.port, config=config, log_level=args.log_level,
-          replicas=models[1:])
+    serve(served, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def _served_models(args) -> list:
+    """The models of ``pybert serve``, loaded: each --model (all with the command line's
+    settings), then each entry of --model-config (its own settings over those), every one's
+    memory counted against one budget."""
+    from .checkpoint import is_hub_id
+    from .engine import resolve_device
+    from .serve import ServeConfig
+    from .serve.models import MemoryBudget, ServedModel, check_names
+
+    entries = [{"model": m} for m in args.model or ()]
+    if not entries and not args.model_config and os.environ.get("MODEL_ID"):
+        entries = [{"model": os.environ["MODEL_ID"]}]
+    if args.model_config:
+        entries += _model_config_entries(args.model_config)
+    if not entries:
+        raise ValueError("no model: give --model (or --model-id, $MODEL_ID) or --model-config")
+    if len(entries) > 1 and args.model_id != ServeConfig.model_id:
+        raise ValueError("--served-model-name names one model: with several, give each its "
+                         "\"served-model-name\" in --model-config")
+    devices = _serve_devices(args)
+    specs = [argparse.Namespace(**{**vars(args), **entry}) for entry in entries]
+    for spec in specs:
+        if spec.model_id == ServeConfig.model_id:  # not given: the model's id or folder's name
+            spec.model_id = spec.model if is_hub_id(spec.model) else \
+                os.path.basename(os.path.normpath(spec.model))
+    check_names([spec.model_id for spec in specs])
+    configs = [ServeConfig(**{**{f.name: getattr(spec, f.name)
+                                 for f in dataclasses.fields(ServeConfig)},
+                              "api_key": args.api_key or os.environ.get("PYBERT_API_KEY")
+                              or None}) for spec in specs]
+    budget = MemoryBudget(configs[0].memory_budget, resolve_device(devices[0]))
+    served = []
+    for spec, config in zip(specs, configs):
+        first = budget.load(spec.model_id, lambda: _load_text_model(spec, devices[0]),
+                            config.batch_tokens)
+        models = [first] + [_load_text_model(spec, device) for device in devices[1:]]
+        for model in models:
+            model.configure(pooling=spec.pooling, default_prompt_name=spec.default_prompt_name,
+                            default_prompt=spec.default_prompt)
+        served.append(ServedModel(spec.model_id, first, config, tuple(models[1:])))
+    return served
+
+
+def _model_config_entries(path: str) -> list[dict]:
+    """--model-config's models: a JSON list of objects, each a model's settings under the
+    names of pybert serve's flags without their dashes ("model", "quantize",
+    "max-batch-tokens", "served-model-name", ...), checked; as argument names."""
+    from .checkpoint.files import read_json
+    from .serve.config import per_model_options
+
+    value = read_json(path, what="--model-config")
+    if not isinstance(value, list) or not value or not all(isinstance(e, dict) for e in value):
+        raise ValueError(f"--model-config {path}: must be a JSON list of objects, one per model")
+    parser = argparse.ArgumentParser(add_help=False)
+    _serve_arguments(parser)
+    allowed = {"model", "revision", "dtype", "quantize", "pooling", "default_prompt_name",
+               "default_prompt"} | per_model_options()
+    actions = {flag[2:]: action for action in parser._actions for flag in action.option_strings
+               if flag.startswith("--") and action.dest in allowed}
+    entries = []
+    for i, entry in enumerate(value):
+        where = f"--model-config {path}, model {i}"
+        unknown = sorted(set(entry) - set(actions))
+        if unknown:
+            raise ValueError(f"{where}: unknown setting(s) {unknown}; a model takes "
+                             f"{sorted(actions)}")
+        if not isinstance(entry.get("model"), str):
+            raise ValueError(f"{where}: \"model\" (a hub id or a directory) is required")
+        out = {}
+        for key, setting in entry.items():
+            action = actions[key]
+            kind = bool if action.type is None and action.nargs == 0 else action.type or str
+            if kind is bool and not isinstance(setting, bool) or kind in (int, float) and (
+                    isinstance(setting, bool) or not isinstance(setting, (int, float))) or \
+                    kind is str and not isinstance(setting, str):
+                raise ValueError(f"{where}: \"{key}\" must be {kind.__name__}, got "
+                                 f"{setting!r}"[:300])
+            if action.choices is not None and setting not in action.choices:
+                raise ValueError(f"{where}: \"{key}\" must be one of {list(action.choices)}")
+            out[action.dest] = kind(setting) if kind is float else setting
+        entries.append(out)
+    return entries
 
 
 def _serve_devices(args) -> list[str]:
@@ -339,12 +413,15 @@ def _encode_arguments(parser: argparse.ArgumentParser) -> None:
 # Every route of pybert serve, for its --help (the table is pybert.serve.routes.Routes.table).
 SERVE_ROUTES = """routes:
   POST /embed            text-embeddings-inference: vectors of texts
+  POST /similarity       TEI: cosine similarity of a source sentence to each of sentences
   POST /embed_all        TEI: every token's vector
   POST /embed_sparse     TEI: SPLADE's sparse vectors (a masked-LM or SparseEncoder model)
   POST /predict          TEI: a sequence classifier's scores of texts or pairs
   POST /rerank           TEI: a cross-encoder's scores of (query, text) pairs
   POST /tokenize         TEI: tokens with their offsets
   POST /decode           TEI: token ids back to text
+  GET  /v1/models        OpenAI: the served models (several: --model A --model B, or
+                         --model-config; /models/NAME/ before any route chooses one)
   POST /v1/embeddings    OpenAI's embeddings API (its Python client works)
   POST /fill-mask        the MLM head's words at each mask token
   POST /next-sentence    the NSP head's probability that b follows a
@@ -368,6 +445,12 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     # wrong with it) as it does a flag's value.
     parser.add_argument("--port", type=int, default=env("PORT", "3000"),
                         help="($PORT; default: %(default)s, as TEI's)")
+    parser.add_argument("--model-config", default=None,
+                        help="a JSON file of models to serve beside --model's: a list of "
+                             "objects, each a model's settings named as these flags without "
+                             "dashes: model, served-model-name, revision, dtype, quantize, "
+                             "pooling, default-prompt-name, default-prompt and the "
+                             "per-model limits (the README lists them)")
     parser.add_argument("--devices", help="serve on several devices, e.g. cuda:0,cuda:1: one "
                                           "engine and batcher each, a request going to the "
                                           "least loaded (replaces --device)")

@@ -35,8 +35,9 @@ from ..engine.cpu_plan import time_ratio
 from ..engine.engine import AUTO_BFLOAT16_RATIO
 from .batcher import Batcher, BatcherPool
 from .config import ServeConfig
-from .http import ClientGone, HTTPError, check_api_key, error_body
+from .http import BodyBudget, ClientGone, HTTPError, check_api_key, error_body
 from .metrics import Metrics
+from .models import ServedModel, check_names
 from .routes import Routes
 
 __all__ = ["create_app", "serve"]
@@ -55,7 +56,7 @@ def _endpoint(path: str, handler, config: ServeConfig, metrics: Metrics):
                 check_api_key(request, config.api_key)
             response = await handler(request)
         except HTTPError as err:
-            response = JSONResponse(error_body(err, openai=path.startswith("/v1/")),
+            response = JSONResponse(error_body(err, openai="/v1/" in path),
                                     status_code=err.status, headers=err.headers)
         except ClientGone:
             response = Response(status_code=499)
@@ -63,7 +64,7 @@ def _endpoint(path: str, handler, config: ServeConfig, metrics: Metrics):
             logger.exception("%s failed", path)
             response = JSONResponse(error_body(HTTPError(500, f"internal error: "
                                                               f"{type(err).__name__}",
-                                                         "Backend"), path.startswith("/v1/")),
+                                                         "Backend"), "/v1/" in path),
                                     status_code=500)
         seconds = time.perf_counter() - start
         metrics.requests.labels(path, str(response.status_code)).inc()
@@ -82,30 +83,105 @@ def _endpoint(path: str, handler, config: ServeConfig, metrics: Metrics):
 def create_app(model, config: ServeConfig | None = None, replicas=()) -> Starlette:
     """The Starlette app serving ``model`` (a TextModel); ``app.state.batcher`` is its batcher.
     ``replicas``: more TextModels of the same checkpoint on other devices, each with its own
-    batcher (a BatcherPool spreads the requests by queue depth)."""
+    batcher (a BatcherPool spreads the requests by queue depth). ``model`` may instead be a
+    list of ServedModel: several models in one server, each with its own batchers and limits,
+    the first the default (see _model_table)."""
     config = config or ServeConfig()
-    batchers = [Batcher(m, config) for m in (model, *replicas)]
-    batcher = batchers[0] if len(batchers) == 1 else BatcherPool(batchers)
-    metrics = Metrics(lambda: batcher.queued_sequences)
-    batcher.observe_batch = metrics.observe_batch
-    routes = Routes(model, config, batcher, metrics)
+    served = model if isinstance(model, list) else \
+        [ServedModel(config.model_id, model, config, tuple(replicas))]
+    check_names([s.name for s in served])
+    server = served[0].config  # the server-wide limits
+    metrics = Metrics(lambda: sum(b.queued_sequences for b in batchers))
+    bodies = BodyBudget(server.max_buffered_bytes)
+    batchers, all_routes = [], []
+    for s in served:
+        pool = [Batcher(m, s.config) for m in (s.model, *s.replicas)]
+        batcher = pool[0] if len(pool) == 1 else BatcherPool(pool)
+        batcher.observe_batch = metrics.observe_batch
+        batchers.append(batcher)
+        all_routes.append(Routes(s.model, s.config, batcher, metrics, bodies))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        batcher.start()
-        await routes.warm_up()
+        for batcher in batchers:
+            batcher.start()
+        for routes in all_routes:
+            await routes.warm_up()
         try:
             yield
         finally:
-            routes.ready = False
-            await run_in_threadpool(batcher.stop)
-            routes.tokenizing.shutdown(wait=False)
+            for routes in all_routes:
+                routes.ready = False
+            for batcher in batchers:
+                await run_in_threadpool(batcher.stop)
+            for routes in all_routes:
+                routes.tokenizing.shutdown(wait=False)
 
-    table = [Route(path, _endpoint(path, handler, config, metrics), methods=methods)
-             for path, handler, methods in routes.table()]
-    app = Starlette(routes=table, lifespan=lifespan)
-    app.state.batcher = batcher
+    table = all_routes[0].table() + [("/v1/models", _model_list([served[0].name]), ["GET"])] \
+        if len(served) == 1 else _model_table([s.name for s in served], all_routes)
+    app = Starlette(routes=[Route(path, _endpoint(path, handler, server, metrics),
+                                  methods=methods) for path, handler, methods in table],
+                    lifespan=lifespan)
+    app.state.batcher = batchers[0]
     return app
+
+
+def _model_list(names: list[str]):
+    """OpenAI's GET /v1/models: the served models' names."""
+    async def models(request: Request):
+        return JSONResponse({"object": "list", "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "pybert"}
+            for name in names]})
+    return models
+
+
+def _model_table(names: list[str], all_routes: list[Routes]) -> list:
+    """The routes of a server of several models: each model's every route under
+    /models/{name}/; the task routes (and /tokenize, /decode) also at their own paths, where
+    the body's "model" field chooses the model (OpenAI's; default: the first); /info the first
+    model's with the list of all, /health ready when all are, GET /v1/models the list."""
+    by_name = dict(zip(names, all_routes))
+
+    def chosen(body: dict, prefix: str | None) -> Routes:
+        wanted = body.get("model")
+        if wanted is None or (prefix is not None and wanted == prefix):
+            return by_name[prefix or names[0]]
+        if not isinstance(wanted, str) or wanted not in by_name:
+            raise HTTPError(404, f"model {str(wanted)[:200]!r} is not served here; this server "
+                            f"serves {', '.join(names)}", "NotFound")
+        if prefix is not None:
+            raise HTTPError(422, f"the body asks for model {wanted!r} on a route of {prefix!r}")
+        return by_name[wanted]
+
+    def dispatch(path: str, prefix: str | None):
+        async def handle(request: Request):
+            routes = by_name[prefix or names[0]]
+            request.state.body = await routes.body(request)
+            routes = chosen(request.state.body, prefix)
+            return await routes.handlers[path](request)
+        return handle
+
+    async def health(request: Request):
+        if not all(routes.ready for routes in all_routes):
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    async def info(request: Request):
+        response = await all_routes[0].info(request)
+        return JSONResponse({**json.loads(response.body), "models": names})
+
+    table = [("/health", health, ["GET"]), ("/info", info, ["GET"]),
+             ("/v1/models", _model_list(names), ["GET"]),
+             ("/metrics", all_routes[0].prometheus, ["GET"])]
+    for path, handler, methods in all_routes[0].table():
+        if methods == ["POST"]:
+            table.append((path, dispatch(path, None), methods))
+    for name, routes in by_name.items():
+        for path, handler, methods in routes.table():
+            if path != "/metrics":
+                table.append((f"/models/{name}{path}", dispatch(path, name)
+                              if methods == ["POST"] else handler, methods))
+    return table
 
 
 def _return_large_buffers_to_the_os() -> None:
@@ -210,20 +286,25 @@ def start_line(fields: dict) -> str:
 def serve(model, host: str = "127.0.0.1", port: int = 3000, config: ServeConfig | None = None,
           log_level: str = "info", replicas=()) -> None:
     """Run the server until SIGTERM or Ctrl-C; requests in flight are finished first.
-    ``replicas``: the same model on more devices (see create_app)."""
+    ``replicas``: the same model on more devices; ``model`` may be a list of ServedModel
+    (several models; see create_app)."""
     import uvicorn
 
     config = config or ServeConfig()
+    served = model if isinstance(model, list) else \
+        [ServedModel(config.model_id, model, config, tuple(replicas))]
+    server = served[0].config
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be in [0, 65535], got {port}")
     _return_large_buffers_to_the_os()
-    _raise_open_file_limit(config.max_connections)
-    _configure_logging(config.json_output, log_level)
-    fields = start_fields(model, config, host, port, replicas)
-    logger.info(start_line(fields), extra={"fields": fields})
+    _raise_open_file_limit(server.max_connections)
+    _configure_logging(server.json_output, log_level)
+    for s in served:
+        fields = start_fields(s.model, s.config, host, port, s.replicas)
+        logger.info(start_line(fields), extra={"fields": fields})
     # uvicorn closes idle kept-alive connections after idle_timeout_s and answers 503 beyond
     # max_connections; a request's body must keep arriving (body_timeout_s, read_json).
-    uvicorn.run(create_app(model, config, replicas), host=host, port=port, log_level=log_level,
+    uvicorn.run(create_app(served), host=host, port=port, log_level=log_level,
                 timeout_graceful_shutdown=60, access_log=False,
-                timeout_keep_alive=config.idle_timeout_s,
-                limit_concurrency=config.max_connections)
+                timeout_keep_alive=server.idle_timeout_s,
+                limit_concurrency=server.max_connections)

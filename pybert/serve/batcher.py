@@ -18,7 +18,7 @@ from ..tasks import TASKS
 from ..tasks import task as task_of
 from .config import ServeConfig
 
-__all__ = ["Batcher", "BatcherPool", "QueueFull", "RequestTooLarge"]
+__all__ = ["Batcher", "BatcherPool", "QueueFull", "RequestTooLarge", "joined"]
 
 
 class QueueFull(Exception):
@@ -196,10 +196,10 @@ class Batcher:
             parts.append(self.model.run_tasks([(job.task, job.encoded[start:end],
                                                 job.options or {})])[0])
             start = end
-        return _joined(parts)
+        return joined(parts)
 
 
-def _joined(parts: list):
+def joined(parts: list):
     """One result of a request's parts: tensors and arrays concatenated, lists chained."""
     if isinstance(parts[0], torch.Tensor):
         return torch.cat(parts)

@@ -127,9 +127,9 @@ def texts_of(value, name: str, config: ServeConfig, pairs: bool | str = False) -
                         + (" or [text_a, text_b] pairs" if pairs else ""))
     if not items:
         raise HTTPError(422, f"{name} must not be empty")
-    if len(items) > config.max_inputs:
+    if len(items) > config.texts_per_request:
         raise HTTPError(413, f"{name} has {len(items)} texts, more than the "
-                        f"{config.max_inputs} a request may have", "Validation")
+                        f"{config.texts_per_request} a request may have", "Validation")
     out = []
     for i, item in enumerate(items):
         if pairs == "either" and isinstance(item, (list, tuple)):

@@ -1,7 +1,7 @@
 """The routes of ``pybert serve`` over one text model, its batcher and the server's limits:
-text-embeddings-inference's ``/embed``, ``/embed_all``, ``/embed_sparse``, ``/predict``,
-``/rerank``, ``/tokenize`` and ``/decode`` (its request and response shapes), OpenAI's
-``/v1/embeddings``, ``/fill-mask``, ``/next-sentence``, ``/health``, ``/info`` and
+text-embeddings-inference's ``/embed``, ``/similarity``, ``/embed_all``, ``/embed_sparse``,
+``/predict``, ``/rerank``, ``/tokenize`` and ``/decode`` (its request and response shapes),
+OpenAI's ``/v1/embeddings``, ``/fill-mask``, ``/next-sentence``, ``/health``, ``/info`` and
 ``/metrics``. A route that runs a task is a table entry (``TaskRoute``: parse the request, the
 task of pybert.tasks the batcher runs, render the reply); a route reads the model only through
 the interface of ``serve/interface.py``, and one the model cannot serve answers 404 saying
@@ -23,7 +23,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .batcher import Batcher, QueueFull, RequestTooLarge
+from .batcher import Batcher, QueueFull, RequestTooLarge, joined
 from .config import ServeConfig
 from ..engine.devices import CUDA_LAST_RUN
 from ..tasks import TASKS
@@ -73,14 +73,17 @@ class Routes:
     """The handlers of one server. ``ready`` turns true once the model has run a first batch
     (``/health`` answers 503 until then)."""
 
-    def __init__(self, model, config: ServeConfig, batcher: Batcher, metrics: Metrics):
+    def __init__(self, model, config: ServeConfig, batcher: Batcher, metrics: Metrics,
+                 bodies: BodyBudget | None = None):
         self.model, self.config, self.batcher, self.metrics = model, config, batcher, metrics
         self.engine = model.engine
         self.ready = False
         # Tokenising is CPU work under the GIL (or in the tokenizers package): a couple of
         # threads keep the event loop free; more would only add memory (an arena each).
         self.tokenizing = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pybert-tokenize")
-        self.bodies = BodyBudget(config.max_buffered_bytes)
+        # The bodies held at once: one budget for the server (shared by its models' routes).
+        self.bodies = bodies or BodyBudget(config.max_buffered_bytes)
+        self.handlers = {path: handler for path, handler, _ in self.table()}
 
     def table(self) -> list[tuple[str, object, list[str]]]:
         """(path, handler, methods) of every route."""
@@ -105,6 +108,11 @@ class Routes:
     # -- the steps every route takes ---------------------------------------------------------
 
     async def body(self, request: Request) -> dict:
+        """The request's JSON object (read once: a server of several models reads it to choose
+        the model, then hands it on in ``request.state``)."""
+        read = getattr(request.state, "body", None)
+        if read is not None:
+            return read
         return await read_json(request, self.config.max_body_bytes, self.bodies,
                                self.config.body_timeout_s)
 
@@ -151,19 +159,32 @@ class Routes:
                       options: dict | None = None):
         """The result of ``task`` on ``encoded`` from the batcher (vectors, by default); the
         queued work is dropped if the client disconnects first (``request`` None: no client
-        to watch, as at warm-up). An input the model cannot compute (a non-finite output)
-        answers 422; it fails alone, not the requests batched with it."""
+        to watch, as at warm-up). A request of more than max_inputs sequences (taken with
+        split_client_batches) is queued as parts of at most that many, its results joined in
+        order. An input the model cannot compute (a non-finite output) answers 422; it fails
+        alone, not the requests batched with it."""
+        size = self.config.max_inputs
+        futures = []
         try:
-            future = self.batcher.submit(encoded, asyncio.get_running_loop(), task, options)
-        except QueueFull as err:
+            for start in range(0, len(encoded), size):
+                futures.append(self.batcher.submit(encoded[start:start + size],
+                                                   asyncio.get_running_loop(), task, options))
+        except (QueueFull, RequestTooLarge) as err:
+            for future in futures:
+                future.cancel()
+            if isinstance(err, RequestTooLarge):
+                raise HTTPError(413, str(err)) from None
             raise HTTPError(503, f"overloaded ({err}); retry shortly", "Overloaded",
                             {"Retry-After": "1"}) from None
-        except RequestTooLarge as err:
-            raise HTTPError(413, str(err)) from None
+        whole = futures[0] if len(futures) == 1 else asyncio.gather(*futures)
         try:
-            return await self._settled(request, future)
+            results = await self._settled(request, whole)
         except ValueError as err:
             raise HTTPError(422, f"the model cannot compute this input: {err}") from None
+        finally:
+            for future in futures:  # a part that failed: the others' queued work is dropped
+                future.cancel()
+        return results if len(futures) == 1 else joined(results)
 
     async def _settled(self, request: Request | None, future: asyncio.Future):
         if request is None:
@@ -217,6 +238,8 @@ class Routes:
             TaskRoute("/embed", "embed", self.parse_embed, self.render_vectors, self.dense_only),
             TaskRoute("/v1/embeddings", "embed", self.parse_openai, self.render_openai,
                       self.dense_only),
+            TaskRoute("/similarity", "embed", self.parse_similarity, self.render_similarity,
+                      self.dense_only, name="similarity"),
             TaskRoute("/embed_all", "embed_all", self.parse_embed_all, self.render_token_vectors),
             TaskRoute("/embed_sparse", "sparse", self.parse_sparse, self.render_sparse),
             TaskRoute("/predict", "classify", self.parse_predict, self.render_predict),
@@ -275,6 +298,37 @@ class Routes:
         parsed.options = {k: v for k, v in parsed.options.items() if v is not None}
         return parsed
 
+    async def parse_similarity(self, request: Request) -> Parsed:
+        """Text-embeddings-inference's /similarity: {"inputs": {"source_sentence": a text,
+        "sentences": texts}, "parameters": {truncate, truncation_direction, prompt_name}}."""
+        body = await self.body(request)
+        inputs, parameters = field(body, "inputs"), body.get("parameters") or {}
+        if not isinstance(inputs, dict) or not isinstance(inputs.get("source_sentence"), str) \
+                or not isinstance(inputs.get("sentences"), list):
+            raise HTTPError(422, "inputs must be {\"source_sentence\": a text, \"sentences\": "
+                            "a list of texts}")
+        if not isinstance(parameters, dict):
+            raise HTTPError(422, "parameters must be an object (truncate, "
+                            "truncation_direction, prompt_name)")
+        source = texts_of(inputs["source_sentence"], "inputs.source_sentence", self.config)
+        sentences = texts_of(inputs["sentences"], "inputs.sentences", self.config)
+        if len(sentences) + 1 > self.config.texts_per_request:
+            raise HTTPError(413, f"inputs.sentences has {len(sentences)} texts: with the source "
+                            f"sentence, more than the {self.config.texts_per_request} a request "
+                            "may have", "Validation")
+        dimensions, prompt_name, side = self.options(parameters)
+        encoded = await self.tokenised(
+            self.model.prompted(source + sentences, prompt_name),
+            flag(parameters, "truncate", self.config.auto_truncate), side)
+        options = {"normalize": True, **({} if dimensions is None else
+                                         {"dimensions": dimensions})}
+        return Parsed(encoded, options)
+
+    @staticmethod
+    def render_similarity(vectors, parsed: Parsed):
+        """The cosine of each sentence's vector with the source sentence's (both unit)."""
+        return (vectors[1:].double() @ vectors[0].double()).tolist()
+
     async def parse_sparse(self, request: Request) -> Parsed:
         return Parsed((await self.parse_embedding(request)).encoded)
 
@@ -306,7 +360,8 @@ class Routes:
             raise HTTPError(422, "encoding_format must be 'float' or 'base64'")
         dimensions, _, _ = self.options({"dimensions": body.get("dimensions")})
         advice = "shorten the input"
-        rows = token_rows(value, self.engine.config.vocab_size, self.config.max_inputs)
+        rows = token_rows(value, self.engine.config.vocab_size,
+                          self.config.texts_per_request)
         if rows is not None:  # OpenAI's token arrays: this model's ids, no special tokens
             encoded = await self.tokenised(rows, self.config.auto_truncate, advice=advice,
                                            token_ids=True)
@@ -455,7 +510,8 @@ class Routes:
         single = isinstance(ids, list) and all(isinstance(i, int) for i in ids)
         rows = [ids] if single else ids
         vocab = self.engine.config.vocab_size
-        if not isinstance(rows, list) or not rows or len(rows) > self.config.max_inputs or \
+        if not isinstance(rows, list) or not rows or \
+                len(rows) > self.config.texts_per_request or \
                 not all(isinstance(r, list) and len(r) <= self.engine.config.max_len and all(
                     isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab
                     for i in r) for r in rows):
