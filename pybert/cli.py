@@ -221,6 +221,13 @@ def _serve(args) -> int:
         return 2
     from .serve import serve
 
+    if args.grpc_port:
+        try:
+            import grpc_tools  # noqa: F401
+        except ImportError:
+            print("pybert serve --grpc-port needs the grpc extra: pip install "
+                  "\"pybert-engine[grpc]\" (grpcio, grpcio-tools)", file=sys.stderr)
+            return 2
     if args.hf_token:
         os.environ["HF_TOKEN"] = args.hf_token
     if args.huggingface_hub_cache:
@@ -426,6 +433,8 @@ SERVE_ROUTES = """routes:
   POST /fill-mask        the MLM head's words at each mask token
   POST /next-sentence    the NSP head's probability that b follows a
   GET  /health, /info, /metrics (Prometheus)
+  gRPC (--grpc-port): text-embeddings-inference's tei.proto (Info, Embed, Predict, Rerank,
+                         Tokenize and their streams)
 
 The text-embeddings-inference launcher's flags are taken with their meanings: a TEI launch
 line starts pybert with the program's name changed (--hostname, --port, --model-id,

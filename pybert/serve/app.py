@@ -80,12 +80,14 @@ def _endpoint(path: str, handler, config: ServeConfig, metrics: Metrics):
     return endpoint
 
 
-def create_app(model, config: ServeConfig | None = None, replicas=()) -> Starlette:
+def create_app(model, config: ServeConfig | None = None, replicas=(),
+               host: str = "127.0.0.1") -> Starlette:
     """The Starlette app serving ``model`` (a TextModel); ``app.state.batcher`` is its batcher.
     ``replicas``: more TextModels of the same checkpoint on other devices, each with its own
     batcher (a BatcherPool spreads the requests by queue depth). ``model`` may instead be a
     list of ServedModel: several models in one server, each with its own batchers and limits,
-    the first the default (see _model_table)."""
+    the first the default (see _model_table). With ``grpc_port``, TEI's gRPC API is served
+    too, on ``host``, over the same routes and batchers."""
     config = config or ServeConfig()
     served = model if isinstance(model, list) else \
         [ServedModel(config.model_id, model, config, tuple(replicas))]
@@ -107,9 +109,17 @@ def create_app(model, config: ServeConfig | None = None, replicas=()) -> Starlet
             batcher.start()
         for routes in all_routes:
             await routes.warm_up()
+        grpc_server = None
+        if server.grpc_port:
+            from .grpc_api import start_grpc
+
+            grpc_server = await start_grpc(dict(zip((s.name for s in served), all_routes)),
+                                           server.grpc_port, host)
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(30)
             for routes in all_routes:
                 routes.ready = False
             for batcher in batchers:
@@ -255,6 +265,7 @@ def start_fields(model, config: ServeConfig, host: str, port: int, replicas=()) 
             "max_concurrent_requests": config.max_connections,
             "payload_limit": config.max_body_bytes, "auto_truncate": config.auto_truncate,
             "api_key": config.api_key is not None, "bfloat16_time_vs_float32": faster,
+            "grpc_port": config.grpc_port or None,
             "address": f"http://{host if ':' not in host else f'[{host}]'}:{port}"}
 
 
@@ -277,7 +288,9 @@ def start_line(fields: dict) -> str:
             f"{fields['payload_limit']} bytes per body, {fields['max_concurrent_requests']} "
             f"concurrent requests; auto-truncate {'on' if fields['auto_truncate'] else 'off'}"
             f"; api key {'required' if fields['api_key'] else 'none'}; listening on "
-            f"{fields['address']}" + (
+            f"{fields['address']}"
+            + (f" and gRPC (tei.proto) on port {fields['grpc_port']}" if fields["grpc_port"]
+               else "") + (
                 f" (bfloat16 takes {fields['bfloat16_time_vs_float32']:.2f}x float32's GEMM "
                 "time on this CPU: --dtype auto takes it)"
                 if fields["bfloat16_time_vs_float32"] else ""))
@@ -304,7 +317,7 @@ def serve(model, host: str = "127.0.0.1", port: int = 3000, config: ServeConfig 
         logger.info(start_line(fields), extra={"fields": fields})
     # uvicorn closes idle kept-alive connections after idle_timeout_s and answers 503 beyond
     # max_connections; a request's body must keep arriving (body_timeout_s, read_json).
-    uvicorn.run(create_app(served), host=host, port=port, log_level=log_level,
+    uvicorn.run(create_app(served, host=host), host=host, port=port, log_level=log_level,
                 timeout_graceful_shutdown=60, access_log=False,
                 timeout_keep_alive=server.idle_timeout_s,
                 limit_concurrency=server.max_connections)

@@ -82,6 +82,10 @@ class ServeConfig:
                                       "device, each its weights and one batch's activations; "
                                       "a server that would take more is refused at start "
                                       "(0: the memory free when it starts)")
+    grpc_port: int = _option(0, "--grpc-port",
+                             help="also serve text-embeddings-inference's gRPC API (tei.proto) "
+                                  "on this port, same host (the grpc extra: grpcio, "
+                                  "grpcio-tools; 0: none)")
     json_output: bool = _option(False, "--json-output", env="JSON_OUTPUT",
                                 help="log (the start line, the access log) as JSON lines")
 
@@ -98,6 +102,8 @@ class ServeConfig:
                      "max_connections"):
             check_int(getattr(self, name), name)
         check_int(self.memory_budget, "memory_budget", minimum=0)
+        if not 0 <= check_int(self.grpc_port, "grpc_port", minimum=0) <= 65535:
+            raise ValueError(f"grpc_port must be in [0, 65535], got {self.grpc_port}")
         if not 0 <= self.max_wait_ms <= 10_000:
             raise ValueError(f"max_wait_ms must be in [0, 10000], got {self.max_wait_ms!r}")
         for name in ("body_timeout_s", "idle_timeout_s"):

@@ -250,6 +250,10 @@ class Routes:
                       lambda probs, parsed: [float(p) for p in probs]),
         ]
 
+    def task_route(self, path: str) -> TaskRoute | None:
+        """The task route at ``path`` (None: a route of another kind)."""
+        return next((route for route in self.task_routes() if route.path == path), None)
+
     def task_handler(self, route: TaskRoute):
         """The handler of a task route: the model's check, parse, the batcher, render."""
         async def handle(request: Request):
