@@ -6,6 +6,11 @@ cost).
 
     python benchmarks/bench_serve.py --clients 64 --seconds 60            # a small random model
     python benchmarks/bench_serve.py --model DIR --clients 256 --device cuda
+    python benchmarks/bench_serve.py --two-models --clients 32 --seconds 30
+
+--two-models: two models (random, MiniLM-sized, different weights) served by one server
+(`--model A --model B`, each client sending to /models/{name}/embed) against two servers of one
+model each (half the clients each): requests/s, latency and the servers' memory together.
 
 Sentences come from WikiText-2 (../shared/data/wikitext-2) where present, else from Python's
 documentation topics.
@@ -44,16 +49,16 @@ def sentences(count: int) -> list[str]:
     return (lines * (count // max(len(lines), 1) + 1))[:count]
 
 
-def small_model(folder: Path) -> Path:
+def small_model(folder: Path, name: str = "model", seed: int = 0) -> Path:
     """A random BERT of MiniLM's width (384, 6 layers) with the built-in corpus's vocabulary."""
     from pybert.config import BertConfig
     from pybert.train.data import build_vocab, builtin_corpus
 
     vocab = build_vocab(builtin_corpus(), min_freq=2)
     config = BertConfig(len(vocab), 384, 1536, 12, 6, max_len=128)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     net = config.build_model().eval()
-    path = folder / "model"
+    path = folder / name
     pybert.save(net, path, vocab=vocab, extra={"text_format": "plain"})
     return path
 
@@ -65,11 +70,16 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def load(port: int, texts: list[str], clients: int, seconds: float):
+def load(port, texts: list[str], clients: int, seconds: float, path="/embed"):
+    """``clients`` threads posting one text each to ``path`` for ``seconds``; ``port`` and
+    ``path`` may be lists, client i taking entry i % len."""
     latencies, errors, lock = [], [0], threading.Lock()
     stop_at = time.perf_counter() + seconds
+    ports = port if isinstance(port, list) else [port]
+    paths = path if isinstance(path, list) else [path]
 
     def client(index: int):
+        port, path = ports[index % len(ports)], paths[index % len(paths)]
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         i = index
         mine, failed = [], 0
@@ -77,7 +87,7 @@ def load(port: int, texts: list[str], clients: int, seconds: float):
             body = json.dumps({"inputs": texts[i % len(texts)], "truncate": True})
             start = time.perf_counter()
             try:
-                conn.request("POST", "/embed", body, {"Content-Type": "application/json"})
+                conn.request("POST", path, body, {"Content-Type": "application/json"})
                 response = conn.getresponse()
                 response.read()
                 if response.status != 200:
@@ -102,6 +112,69 @@ def load(port: int, texts: list[str], clients: int, seconds: float):
     return latencies, errors[0], time.perf_counter() - begin
 
 
+def start_server(models: list[Path], cwd: str, device: str, max_wait_ms: float):
+    """`pybert serve` of ``models`` on a free port, once healthy: (process, port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    flags = [arg for m in models for arg in ("--model", str(m))]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pybert", "serve", *flags, "--port", str(port), "--device",
+         device, "--log-level", "warning", "--max-wait-ms", str(max_wait_ms)], cwd=cwd)
+    deadline = time.time() + 300
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                return server, port
+        except OSError:
+            pass
+        if time.time() > deadline or server.poll() is not None:
+            server.kill()
+            raise RuntimeError("the server did not start")
+        time.sleep(0.2)
+
+
+def summary(latencies: list[float], errors: int, elapsed: float) -> dict:
+    latencies = sorted(latencies)
+    p50 = statistics.median(latencies) * 1e3
+    return {"requests": len(latencies), "errors": errors,
+            "requests_per_s": round(len(latencies) / elapsed, 1), "p50_ms": round(p50, 2),
+            "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))] * 1e3, 2)}
+
+
+def two_models(args) -> dict:
+    """One server of two models against two servers of one each, the same clients."""
+    texts = sentences(4096)
+    out = {"clients": args.clients, "seconds": args.seconds}
+    with tempfile.TemporaryDirectory() as tmp:
+        a, b = small_model(Path(tmp), "a", seed=0), small_model(Path(tmp), "b", seed=1)
+        for kind in ("one server, two models", "two servers"):
+            servers = [start_server([a, b], tmp, args.device, args.max_wait_ms)] \
+                if kind.startswith("one") else \
+                [start_server([m], tmp, args.device, args.max_wait_ms) for m in (a, b)]
+            try:
+                if len(servers) == 1:
+                    ports, paths = [servers[0][1]], ["/models/a/embed", "/models/b/embed"]
+                else:
+                    ports, paths = [port for _, port in servers], ["/embed"]
+                load(ports, texts, args.clients, min(5.0, args.seconds), paths)  # warm-up
+                result = summary(*load(ports, texts, args.clients, args.seconds, paths))
+                result["servers_rss_mb"] = round(sum(rss_kb(p.pid) for p, _ in servers)
+                                                 / 1024, 1)
+                out[kind] = result
+            finally:
+                for process, _ in servers:
+                    process.send_signal(signal.SIGTERM)
+                    process.wait(timeout=120)
+    one, two = out["one server, two models"], out["two servers"]
+    out["one_over_two"] = {"requests_per_s": round(one["requests_per_s"] /
+                                                   two["requests_per_s"], 2),
+                           "rss": round(one["servers_rss_mb"] / two["servers_rss_mb"], 2)}
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,31 +184,18 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    parser.add_argument("--two-models", action="store_true",
+                        help="one server of two models against two servers of one")
     args = parser.parse_args(argv)
+    if args.two_models:
+        print(json.dumps(two_models(args), indent=1))
+        return 0
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(args.model) if args.model else small_model(Path(tmp))
         texts = sentences(4096)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = subprocess.Popen(
-            [sys.executable, "-m", "pybert", "serve", "--model", str(model_dir), "--port",
-             str(port), "--device", args.device, "--log-level", "warning", "--max-wait-ms",
-             str(args.max_wait_ms)], cwd=tmp)
+        server, port = start_server([model_dir], tmp, args.device, args.max_wait_ms)
         try:
-            deadline = time.time() + 300
-            while True:
-                try:
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                    conn.request("GET", "/health")
-                    if conn.getresponse().status == 200:
-                        break
-                except OSError:
-                    pass
-                if time.time() > deadline or server.poll() is not None:
-                    raise RuntimeError("the server did not start")
-                time.sleep(0.2)
             load(port, texts, args.clients, min(5.0, args.seconds))  # warm-up
             start_kb = rss_kb(server.pid)
             samples, sampling = [], threading.Event()
@@ -167,19 +227,16 @@ def main(argv=None) -> int:
             model.encode(sample)
         in_process = len(sample) / (time.perf_counter() - began)
 
-    latencies.sort()
-    rate = len(latencies) / elapsed
-    p50 = statistics.median(latencies) * 1e3
-    p99 = latencies[int(0.99 * (len(latencies) - 1))] * 1e3
-    result = {"clients": args.clients, "seconds": round(elapsed, 1), "requests": len(latencies),
-              "errors": errors, "requests_per_s": round(rate, 1), "p50_ms": round(p50, 2),
-              "p99_ms": round(p99, 2), "p99_over_p50": round(p99 / p50, 2),
-              "server_rss_mb_start": round(start_kb / 1024, 1),
-              "server_rss_mb_end": round(end_kb / 1024, 1),
-              "server_rss_mb_during": samples,
-              "in_process_sentences_per_s": round(in_process, 1),
-              "server_over_in_process": round(rate / in_process, 2),
-              "cpu_threads": torch.get_num_threads(), "cores": os.cpu_count()}
+    result = {"clients": args.clients, "seconds": round(elapsed, 1),
+              **summary(latencies, errors, elapsed)}
+    rate = result["requests_per_s"]
+    result.update({"p99_over_p50": round(result["p99_ms"] / result["p50_ms"], 2),
+                   "server_rss_mb_start": round(start_kb / 1024, 1),
+                   "server_rss_mb_end": round(end_kb / 1024, 1),
+                   "server_rss_mb_during": samples,
+                   "in_process_sentences_per_s": round(in_process, 1),
+                   "server_over_in_process": round(rate / in_process, 2),
+                   "cpu_threads": torch.get_num_threads(), "cores": os.cpu_count()})
     print(json.dumps(result, indent=1))
     return 0
 

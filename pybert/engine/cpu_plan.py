@@ -124,14 +124,24 @@ class CpuPlan:
                 "time_vs_float32": self.time_vs_float32}
 
 
+# The variables that cap the instructions the GEMM libraries and ATen use below what the CPU
+# has: a plan measured under one cap is not the plan of another.
+ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+            "ATEN_CPU_CAPABILITY")
+
+
 def cpu_identity() -> dict:
     """The CPU as a plan's cache key sees it: its model name, its ISA flags (those that decide
-    a GEMM's speed), the vectors the own attention kernel runs in, torch's version and the
-    threads an engine runs on."""
+    a GEMM's speed) and the caps set on them, the vectors the own attention kernel runs in,
+    torch's version and the threads an engine runs on."""
     model, isa = _cpu_model_and_isa()
-    return {"model": model, "isa": list(isa), "machine": platform.machine(),
-            "kernel_isa": _C.cpu_attention_isa(), "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+    identity = {"model": model, "isa": list(isa), "machine": platform.machine(),
+                "kernel_isa": _C.cpu_attention_isa(), "torch": torch.__version__,
+                "threads": torch.get_num_threads()}
+    caps = {name: os.environ[name] for name in ISA_CAPS if os.environ.get(name)}
+    if caps:
+        identity["isa_caps"] = caps
+    return identity
 
 
 @functools.lru_cache(maxsize=1)
