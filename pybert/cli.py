@@ -258,7 +258,7 @@ def _served_models(args) -> list:
     from .checkpoint import is_hub_id
     from .engine import resolve_device
     from .serve import ServeConfig
-    from .serve.models import MemoryBudget, ServedModel, check_names
+    from .serve.models import MemoryBudget, NamedModel, check_names
 
     entries = [{"model": m} for m in args.model or ()]
     if not entries and not args.model_config and os.environ.get("MODEL_ID"):
@@ -290,7 +290,7 @@ def _served_models(args) -> list:
         for model in models:
             model.configure(pooling=spec.pooling, default_prompt_name=spec.default_prompt_name,
                             default_prompt=spec.default_prompt)
-        served.append(ServedModel(spec.model_id, first, config, tuple(models[1:])))
+        served.append(NamedModel(spec.model_id, first, config, tuple(models[1:])))
     return served
 
 
@@ -422,7 +422,8 @@ SERVE_ROUTES = """routes:
   POST /embed            text-embeddings-inference: vectors of texts
   POST /similarity       TEI: cosine similarity of a source sentence to each of sentences
   POST /embed_all        TEI: every token's vector
-  POST /embed_sparse     TEI: SPLADE's sparse vectors (a masked-LM or SparseEncoder model)
+  POST /embed_sparse     TEI: sparse vectors (SPLADE's, or BGE-M3's lexical weights)
+  POST /embed_multi      multi-vector (ColBERT) token embeddings (BGE-M3)
   POST /predict          TEI: a sequence classifier's scores of texts or pairs
   POST /rerank           TEI: a cross-encoder's scores of (query, text) pairs
   POST /tokenize         TEI: tokens with their offsets

@@ -38,6 +38,8 @@ class LoadedModel:
     sparse: SparseSpec | None = None
     prompts: dict = field(default_factory=dict)
     default_prompt_name: str | None = None
+    lexical: LinearHead | None = None       # BGE-M3's lexical weights, on every token
+    multi_vector: LinearHead | None = None  # BGE-M3's multi-vector (ColBERT) projection
 
 
 def build_tokenizer(spec, max_len: int, where="the checkpoint"):
@@ -73,9 +75,13 @@ def load_checkpoint(path, device="cpu", dtype: torch.dtype = torch.float32,
             spec = checkpoint.classifier
             classifier = Classifier(LinearHead(spec.layers, engine.device, "classifier"),
                                     spec.labels, spec.score_activation, spec.pooling)
+        lexical, multi_vector = (
+            None if layer is None else LinearHead([layer], engine.device, what)
+            for layer, what in ((checkpoint.lexical, "lexical head"),
+                                (checkpoint.multi_vector, "multi-vector head")))
     except ValueError as err:
         raise CheckpointError(f"{checkpoint.path}: {err}") from None
     return LoadedModel(engine, tokenizer, checkpoint.pooling, checkpoint.normalize,
                        checkpoint.nsp_is_next_label, checkpoint.architecture, dense, classifier,
                        checkpoint.sparse, dict(checkpoint.prompts),
-                       checkpoint.default_prompt_name)
+                       checkpoint.default_prompt_name, lexical, multi_vector)

@@ -10,7 +10,9 @@ of different ones are batched together; a task with a head of its own ("mlm" log
 "nsp" head) runs its own packed engine calls, with requests of its own kind only.
 
 A task's ``compute`` takes the text model (duck-typed: this module imports none of the layers
-above it) and, for an encoder task, ``(model, packed encodings (T, H), cu_seqlens, options)``;
+above it) and, for an encoder task, ``(model, packed encodings (T, H), cu_seqlens, options)``
+(with ``token_ids``, the packed token ids (T,) after them: the tasks that read which token
+each row is, as BGE-M3's lexical weights);
 for a head task, ``(model, sequences, options)`` (a list of (ids, segments)). It returns one
 result per sequence: a tensor of N rows, or a list of N. ``options`` is the task's keyword
 dict, checked once by ``check`` before any work; requests run together in one head call have
@@ -62,6 +64,7 @@ class Task:
     check: Callable = _no_options  # (model, options) -> the options checked and completed
     merge: Callable = _same      # options of the requests one head call runs -> its options
     trim: Callable = _whole      # (a request's part of a merged result, its options) -> its own
+    token_ids: bool = False      # an encoder task's compute also takes the packed token ids
 
 
 def _embed_options(model, options: dict) -> dict:
@@ -129,6 +132,16 @@ register(Task(
     available=lambda model: model.engine.has_mlm,
     check=_needing("need_mlm"),
     needs="an MLM head (a SPLADE / SparseEncoder or *ForMaskedLM checkpoint)"))
+register(Task(
+    "lexical", "encoder", "a SparseVector of BGE-M3's lexical weights", job=False,
+    compute=lambda model, packed, cu, o, tokens: model.lexical_encodings(packed, cu, tokens),
+    available=lambda model: model.lexical is not None, token_ids=True,
+    needs="a lexical head (BGE-M3's sparse_linear.pt)"))
+register(Task(
+    "embed_multi", "encoder", "its tokens' multi-vector embeddings (len - 1, D)", job=False,
+    compute=lambda model, packed, cu, o: model.multi_vector_encodings(packed, cu),
+    available=lambda model: model.multi_vector is not None,
+    needs="a multi-vector head (BGE-M3's colbert_linear.pt)"))
 register(Task(
     "fill_mask", "mlm", "the top-k words at each mask", job=False,
     compute=lambda model, sequences, o: model.fill_mask_tokenized(sequences, o["k"]),

@@ -1,6 +1,7 @@
 """Small random Hugging Face BERT directories built with transformers (no downloads), the
 inputs to run them on and their float64 reference outputs: what the checkpoint tests share."""
 
+import json
 import random
 
 import torch
@@ -209,3 +210,29 @@ def make_modern(path, family, seed=0, tokenizer=None, **options):
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     return model
+
+
+def make_bge_m3(folder, width=48, multi_width=32, seed=0):
+    """A random XLM-RoBERTa in BGE-M3's layout (sentence-transformers modules: CLS pooling,
+    Normalize; sparse_linear.pt and colbert_linear.pt beside them); (model, tokenizer, heads)."""
+    model, tokenizer = make_family_dir(folder, "xlm-roberta", hidden=width, seed=seed)
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling",
+         "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize",
+         "type": "sentence_transformers.models.Normalize"}]))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": width, "pooling_mode_cls_token": True,
+         "pooling_mode_mean_tokens": False}))
+    (folder / "2_Normalize").mkdir()
+    generator = torch.Generator().manual_seed(seed + 1)
+    heads = {"sparse_linear.pt": {"weight": torch.randn(1, width, generator=generator) * 0.3,
+                                  "bias": torch.tensor([0.05])},
+             "colbert_linear.pt": {"weight": torch.randn(multi_width, width,
+                                                         generator=generator) * 0.2,
+                                   "bias": torch.randn(multi_width, generator=generator) * 0.1}}
+    for name, state in heads.items():
+        torch.save(state, folder / name)
+    return model, tokenizer, heads

@@ -1,12 +1,15 @@
 """Checkpoint formats, each read into plain data (:class:`Checkpoint`): pybert's own
 (``native``), Hugging Face encoders (``huggingface``, ``families``: a file per family) and sentence-transformers
-(``sentence_transformers``), through the defensive file readers of ``files``. Nothing here
+(``sentence_transformers``; BGE-M3's heads beside them: ``bge_m3``), through the defensive
+file readers of ``files``. Nothing here
 builds an engine or a text model: ``pybert.loader`` does, from what these return."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+from .bge_m3 import read_bge_m3_heads
 from .contents import Checkpoint, ClassifierSpec, HuggingFaceTokenizerSpec, LinearLayer, \
     SparseSpec, TokenizerSpec, WordTokenizerSpec
 from .files import CheckpointError
@@ -34,7 +37,10 @@ def read_checkpoint(path, revision: str | None = None) -> Checkpoint:
                                     f"do{'' if len(below) > 1 else 'es'}: pass "
                                     f"{path / below[0]} instead")
     if is_sentence_transformers_dir(Path(path)):
-        return read_sentence_transformers(path)
-    if is_huggingface_dir(path):
-        return read_huggingface(path)
-    return read_native(path)
+        checkpoint = read_sentence_transformers(path)
+    elif is_huggingface_dir(path):
+        checkpoint = read_huggingface(path)
+    else:
+        return read_native(path)
+    lexical, multi_vector = read_bge_m3_heads(path, checkpoint.config.num_hiddens)
+    return replace(checkpoint, lexical=lexical, multi_vector=multi_vector)

@@ -106,3 +106,7 @@ class Checkpoint:
     nsp_is_next_label: int = 1       # 1 in d2l, 0 in Hugging Face's BERT
     classifier: ClassifierSpec | None = None
     sparse: SparseSpec | None = None
+    # BGE-M3's heads on every token's encoding: its lexical weights (H -> 1, then ReLU) and its
+    # multi-vector (ColBERT) projection (H -> D, then normalised)
+    lexical: LinearLayer | None = None
+    multi_vector: LinearLayer | None = None

@@ -5,8 +5,9 @@ huggingface_hub's own cache (``HF_HOME`` / ``HF_HUB_CACHE``), downloaded first w
 there (with huggingface_hub's progress bars; ``HF_TOKEN`` for gated or private models;
 ``HF_HUB_OFFLINE=1`` to use the cache alone). Only the files pybert reads are fetched: the
 JSON configs, the tokenizer's files and safetensors weights, of the model folder and of the
-sentence-transformers module folders its modules.json names; never a pickle. A local path
-that exists always wins over an id.
+sentence-transformers module folders its modules.json names, and BGE-M3's two small head
+files (PyTorch files, read by torch's tensors-only loader: pybert.checkpoint.bge_m3); no
+other pickle. A local path that exists always wins over an id.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ __all__ = ["locate", "is_hub_id", "MODEL_FILES"]
 # What pybert reads from a model folder (pybert's own, Hugging Face's, sentence-transformers').
 MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json",
                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-               "modules.json", "config_sentence_transformers.json", "sentence_bert_config.json")
+               "modules.json", "config_sentence_transformers.json", "sentence_bert_config.json",
+               "sparse_linear.pt", "colbert_linear.pt")
 # owner/name, as the hub spells repository ids (letters, digits, '-', '_', '.').
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9_.-]{1,96}")
 

@@ -37,7 +37,7 @@ from .batcher import Batcher, BatcherPool
 from .config import ServeConfig
 from .http import BodyBudget, ClientGone, HTTPError, check_api_key, error_body
 from .metrics import Metrics
-from .models import ServedModel, check_names
+from .models import NamedModel, check_names
 from .routes import Routes
 
 __all__ = ["create_app", "serve"]
@@ -85,12 +85,12 @@ def create_app(model, config: ServeConfig | None = None, replicas=(),
     """The Starlette app serving ``model`` (a TextModel); ``app.state.batcher`` is its batcher.
     ``replicas``: more TextModels of the same checkpoint on other devices, each with its own
     batcher (a BatcherPool spreads the requests by queue depth). ``model`` may instead be a
-    list of ServedModel: several models in one server, each with its own batchers and limits,
+    list of NamedModel: several models in one server, each with its own batchers and limits,
     the first the default (see _model_table). With ``grpc_port``, TEI's gRPC API is served
     too, on ``host``, over the same routes and batchers."""
     config = config or ServeConfig()
     served = model if isinstance(model, list) else \
-        [ServedModel(config.model_id, model, config, tuple(replicas))]
+        [NamedModel(config.model_id, model, config, tuple(replicas))]
     check_names([s.name for s in served])
     server = served[0].config  # the server-wide limits
     metrics = Metrics(lambda: sum(b.queued_sequences for b in batchers))
@@ -299,13 +299,13 @@ def start_line(fields: dict) -> str:
 def serve(model, host: str = "127.0.0.1", port: int = 3000, config: ServeConfig | None = None,
           log_level: str = "info", replicas=()) -> None:
     """Run the server until SIGTERM or Ctrl-C; requests in flight are finished first.
-    ``replicas``: the same model on more devices; ``model`` may be a list of ServedModel
+    ``replicas``: the same model on more devices; ``model`` may be a list of NamedModel
     (several models; see create_app)."""
     import uvicorn
 
     config = config or ServeConfig()
     served = model if isinstance(model, list) else \
-        [ServedModel(config.model_id, model, config, tuple(replicas))]
+        [NamedModel(config.model_id, model, config, tuple(replicas))]
     server = served[0].config
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be in [0, 65535], got {port}")

@@ -78,7 +78,8 @@ class TeiServicer:
             return json.loads((await routes.handlers[path](_Call(body))).body), None
         routes.need(route)
         parsed = await route.parse(_Call(body))
-        results = await routes.batched(None, parsed.encoded, route.task, parsed.options)
+        results = await routes.batched(None, parsed.encoded, routes.task_of(route),
+                                       parsed.options)
         value = route.render(results, parsed)
         return (value() if callable(value) else value), parsed
 

@@ -51,6 +51,8 @@ class ServedModel(Protocol):
     prompts: dict
     labels: list | None       # the classifier's, or None
     sparse_model: bool        # a SPLADE model (its vectors are /embed_sparse's)
+    sparse_task: str          # the task of its sparse vectors ("sparse" or "lexical")
+    multi_vector_dim: int | None  # a multi-vector embedding's width, or None
 
     def prompted(self, items: list, prompt_name: str | None = None) -> list: ...
 

@@ -13,14 +13,14 @@ import torch
 
 from .config import ServeConfig
 
-__all__ = ["ServedModel", "MemoryBudget", "check_names", "batch_bytes"]
+__all__ = ["NamedModel", "MemoryBudget", "check_names", "batch_bytes"]
 
 # A name is part of a URL path (/models/{name}/embed): a hub id's characters, no "..".
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 
 
 @dataclass(frozen=True)
-class ServedModel:
+class NamedModel:
     """One model of a server: its name (what /v1/embeddings' "model" field and the
     /models/{name}/ prefix say), the TextModel, its limits (the server-wide ones are the first
     model's) and its copies on more devices (``--devices``)."""

@@ -1,11 +1,11 @@
 """The routes of ``pybert serve`` over one text model, its batcher and the server's limits:
 text-embeddings-inference's ``/embed``, ``/similarity``, ``/embed_all``, ``/embed_sparse``,
 ``/predict``, ``/rerank``, ``/tokenize`` and ``/decode`` (its request and response shapes),
-OpenAI's ``/v1/embeddings``, ``/fill-mask``, ``/next-sentence``, ``/health``, ``/info`` and
-``/metrics``. A route that runs a task is a table entry (``TaskRoute``: parse the request, the
-task of pybert.tasks the batcher runs, render the reply); a route reads the model only through
-the interface of ``serve/interface.py``, and one the model cannot serve answers 404 saying
-why."""
+OpenAI's ``/v1/embeddings``, ``/embed_multi`` (multi-vector embeddings), ``/fill-mask``,
+``/next-sentence``, ``/health``, ``/info`` and ``/metrics``. A route that runs a task is a
+table entry (``TaskRoute``: parse the request, the task of pybert.tasks the batcher runs,
+render the reply); a route reads the model only through the interface of
+``serve/interface.py``, and one the model cannot serve answers 404 saying why."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ class TaskRoute:
     task gets a 404 saying why; ``check(model)`` may refuse it for a reason of the route's."""
 
     path: str
-    task: str
+    task: str | Callable  # a task's name, or model -> the name (the model's own kind of a task)
     parse: Callable
     render: Callable
     check: Callable = lambda model: None  # the route's own refusal (an HTTPError), beyond its task's
@@ -241,7 +241,10 @@ class Routes:
             TaskRoute("/similarity", "embed", self.parse_similarity, self.render_similarity,
                       self.dense_only, name="similarity"),
             TaskRoute("/embed_all", "embed_all", self.parse_embed_all, self.render_token_vectors),
-            TaskRoute("/embed_sparse", "sparse", self.parse_sparse, self.render_sparse),
+            TaskRoute("/embed_sparse", lambda model: model.sparse_task, self.parse_sparse,
+                      self.render_sparse, name="sparse"),
+            TaskRoute("/embed_multi", "embed_multi", self.parse_embed_multi,
+                      self.render_token_vectors),
             TaskRoute("/predict", "classify", self.parse_predict, self.render_predict),
             TaskRoute("/rerank", "classify", self.parse_rerank, self.render_rerank,
                       self.one_label, name="rerank"),
@@ -254,20 +257,25 @@ class Routes:
         """The task route at ``path`` (None: a route of another kind)."""
         return next((route for route in self.task_routes() if route.path == path), None)
 
+    def task_of(self, route: TaskRoute) -> str:
+        """The name of the task ``route`` runs on this model."""
+        return route.task(self.model) if callable(route.task) else route.task
+
     def task_handler(self, route: TaskRoute):
         """The handler of a task route: the model's check, parse, the batcher, render."""
         async def handle(request: Request):
             self.need(route)
             parsed = await route.parse(request)
-            results = await self.batched(request, parsed.encoded, route.task, parsed.options)
+            results = await self.batched(request, parsed.encoded, self.task_of(route),
+                                         parsed.options)
             return await self.reply(route.render(results, parsed))
         return handle
 
     def need(self, route: TaskRoute) -> None:
         """404 (or the route's own refusal) unless this model serves the route's task."""
-        entry = TASKS[route.task]
+        entry = TASKS[self.task_of(route)]
         if not entry.available(self.model):
-            raise HTTPError(404, f"this model does not serve {route.name or route.task} "
+            raise HTTPError(404, f"this model does not serve {route.name or entry.name} "
                             f"({route.path} needs a model with {entry.needs}; it serves "
                             f"{', '.join(self.model.tasks)})", "NotFound")
         route.check(self.model)
@@ -340,6 +348,12 @@ class Routes:
         parsed = await self.parse_embedding(request)
         tokens = sum(len(ids) for ids, _ in parsed.encoded)
         self.check_reply_size(tokens * self.engine.config.num_hiddens, FLOAT_BYTES, "numbers")
+        return Parsed(parsed.encoded)
+
+    async def parse_embed_multi(self, request: Request) -> Parsed:
+        parsed = await self.parse_embedding(request)
+        tokens = sum(len(ids) for ids, _ in parsed.encoded)
+        self.check_reply_size(tokens * self.model.multi_vector_dim, FLOAT_BYTES, "numbers")
         return Parsed(parsed.encoded)
 
     @staticmethod

@@ -1,7 +1,8 @@
 """What the MLM and NSP heads give for tokenised sequences, run packed (the encoder computes no
 padding; only a head's (batch, positions) table is rectangular): SPLADE's sparse vectors, the
 top-k words at each mask, P(b follows a). The vocabulary logits a call holds stay under a
-budget of rows (``logit_rows``), so memory does not grow with the input."""
+budget of rows (``logit_rows``), so memory does not grow with the input. And BGE-M3's heads
+on every token's encoding: its lexical weights and its multi-vector embeddings."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..heads import sparse_pool
+from ..heads import l2_normalize, sparse_pool
 from .batching import pack_batch, plan_batches
 from .pooling import finite
 
-__all__ = ["SparseVector", "sparse_vectors", "top_words", "next_sentence_probs"]
+__all__ = ["SparseVector", "sparse_vectors", "lexical_vectors", "multi_vectors", "top_words",
+           "next_sentence_probs"]
 
 
 class SparseVector(NamedTuple):
@@ -97,3 +99,33 @@ def next_sentence_probs(engine, encoded: list, is_next_label: int,
         probs = torch.softmax(finite(nsp.double(), "the NSP logits"), -1)[:, is_next_label]
         result[rows] = probs.cpu().numpy()
     return result
+
+
+def lexical_vectors(head, packed: torch.Tensor, cu_seqlens: torch.Tensor, tokens: torch.Tensor,
+                    special_ids) -> list[SparseVector]:
+    """BGE-M3's lexical weights of packed sequences: each token's ReLU(``head``(encoding)),
+    the largest per token id, special tokens and zero weights left out (FlagEmbedding's
+    rule), as one SparseVector per sequence."""
+    weights = finite(torch.relu(head(packed)[:, 0]), "the lexical weights").cpu()
+    tokens = tokens.to("cpu", torch.int64)
+    keep = torch.ones_like(tokens, dtype=torch.bool)
+    for special in special_ids:
+        keep &= tokens != special
+    out, bounds = [], cu_seqlens.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        ids, values = tokens[start:end][keep[start:end]], weights[start:end][keep[start:end]]
+        unique, where = torch.unique(ids, return_inverse=True)
+        largest = torch.zeros(len(unique)).scatter_reduce(0, where, values, "amax",
+                                                          include_self=False)
+        nonzero = largest > 0
+        out.append(SparseVector(unique[nonzero].numpy(), largest[nonzero].numpy()))
+    return out
+
+
+def multi_vectors(head, packed: torch.Tensor, cu_seqlens: torch.Tensor) -> list[torch.Tensor]:
+    """BGE-M3's multi-vector (ColBERT) embeddings of packed sequences: ``head`` on every
+    token's encoding but the first (CLS), each row L2-normalised; a (len - 1, D) float32
+    tensor per sequence."""
+    vectors = finite(l2_normalize(head(packed)), "the multi-vector embeddings").cpu()
+    bounds = cu_seqlens.tolist()
+    return [vectors[start + 1:end] for start, end in zip(bounds[:-1], bounds[1:])]

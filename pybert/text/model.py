@@ -23,7 +23,8 @@ from ..tasks import TASKS
 from ..tasks import task as task_of
 from ..tokenization import TruncationCount, Vocab, WordTokenizer, check_side, check_truncation
 from .batching import DONE, Batch, Chunk, pack_batch, produce_batches, window_batches
-from .head_outputs import SparseVector, next_sentence_probs, sparse_vectors, top_words
+from .head_outputs import SparseVector, lexical_vectors, multi_vectors, next_sentence_probs, \
+    sparse_vectors, top_words
 from .pooling import POOLINGS, after_pooling, finite, pooled, token_vectors
 
 __all__ = ["TextModel", "text_model_of"]
@@ -48,7 +49,8 @@ class TextModel:
     def __init__(self, engine, tokenizer, pooling: str = "cls", normalize: bool = False,
                  nsp_is_next_label: int = 1, *, dense=None, classifier=None,
                  sparse: SparseSpec | None = None, prompts: dict | None = None,
-                 default_prompt_name: str | None = None, architecture: str = "BERT"):
+                 default_prompt_name: str | None = None, architecture: str = "BERT",
+                 lexical=None, multi_vector=None):
         if tokenizer is None:
             raise ValueError("a TextModel needs a tokenizer")
         if pooling not in POOLINGS[:2]:
@@ -70,6 +72,8 @@ class TextModel:
         self.default_prompt_name = default_prompt_name
         self.default_prompt = None  # a prompt text for every text that names none
         self.architecture = architecture
+        self.lexical = lexical            # BGE-M3's lexical head (a LinearHead), or None
+        self.multi_vector = multi_vector  # BGE-M3's multi-vector head (a LinearHead), or None
 
     def configure(self, pooling: str | None = None, default_prompt_name: str | None = None,
                   default_prompt: str | None = None) -> None:
@@ -127,7 +131,8 @@ class TextModel:
                     normalize=loaded.normalize, nsp_is_next_label=loaded.nsp_is_next_label,
                     dense=loaded.dense, classifier=loaded.classifier, sparse=loaded.sparse,
                     prompts=loaded.prompts, default_prompt_name=loaded.default_prompt_name,
-                    architecture=loaded.architecture)
+                    architecture=loaded.architecture, lexical=loaded.lexical,
+                    multi_vector=loaded.multi_vector)
         _remember(model)
         return model
 
@@ -379,18 +384,20 @@ class TextModel:
         if entry.forward == "encoder":
             return lambda b: entry.compute(
                 self, self.engine.encode_packed(b.tokens, b.cu_seqlens, b.segments),
-                b.cu_seqlens, options)
+                b.cu_seqlens, options, *((b.tokens,) if entry.token_ids else ()))
         return lambda b: entry.compute(self, b.sequences, options)
 
     def logit_rows_budget(self) -> int:
         """Rows of vocabulary logits (sparse tokens, fill-mask masks) one engine call holds."""
         return max(1, SPARSE_LOGITS_BYTES // (4 * self.engine.config.vocab_size))
 
-    def forward_tokenized(self, encoded: list):
+    def forward_tokenized(self, encoded: list, with_tokens: bool = False):
         """(packed encodings (total_tokens, H), cu_seqlens) of texts already tokenised by
-        ``self.tokenizer`` (a list of (ids, segments)), run as one packed batch."""
+        ``self.tokenizer`` (a list of (ids, segments)), run as one packed batch; with
+        ``with_tokens``, the packed token ids (total_tokens,) too."""
         tokens, segments, cu_seqlens = pack_batch(encoded, range(len(encoded)))
-        return self.engine.encode_packed(tokens, cu_seqlens, segments), cu_seqlens
+        packed = self.engine.encode_packed(tokens, cu_seqlens, segments)
+        return (packed, cu_seqlens, tokens) if with_tokens else (packed, cu_seqlens)
 
     def pool_encodings(self, packed: torch.Tensor, cu_seqlens: torch.Tensor,
                        pooling: str | None = None, normalize: bool | None = None,
@@ -408,6 +415,29 @@ class TextModel:
     def token_encodings(packed: torch.Tensor, cu_seqlens: torch.Tensor) -> list[torch.Tensor]:
         """Each sequence's (len, H) float32 encodings of packed encodings."""
         return token_vectors(packed, cu_seqlens)
+
+    def lexical_encodings(self, packed: torch.Tensor, cu_seqlens: torch.Tensor,
+                          tokens: torch.Tensor) -> list[SparseVector]:
+        """BGE-M3's lexical weights of packed encodings (see head_outputs.lexical_vectors)."""
+        return lexical_vectors(self.lexical, packed, cu_seqlens, tokens,
+                               getattr(self.tokenizer, "special_ids", ()))
+
+    def multi_vector_encodings(self, packed: torch.Tensor,
+                               cu_seqlens: torch.Tensor) -> list[torch.Tensor]:
+        """BGE-M3's multi-vector embeddings of packed encodings (see
+        head_outputs.multi_vectors)."""
+        return multi_vectors(self.multi_vector, packed, cu_seqlens)
+
+    @property
+    def multi_vector_dim(self) -> int | None:
+        """The width of a multi-vector embedding (None without that head)."""
+        return None if self.multi_vector is None else self.multi_vector.out_features
+
+    @property
+    def sparse_task(self) -> str:
+        """The task of this model's sparse vectors: BGE-M3's "lexical" weights where it has
+        that head, else SPLADE's "sparse" (from the MLM logits)."""
+        return "lexical" if self.lexical is not None else "sparse"
 
     def run_tasks(self, requests: list) -> list:
         """The results of several requests' (task, encoded[, options]) in as few engine calls
@@ -430,13 +460,15 @@ class TextModel:
                 results.append(entry.trim(answers[start:start + len(request[1])], options))
                 start += len(request[1])
             return results
-        packed, cu_seqlens = self.forward_tokenized(sequences)
+        packed, cu_seqlens, tokens = self.forward_tokenized(sequences, with_tokens=True)
         results, first = [], 0
         for request, options in zip(requests, checked):
             last = first + len(request[1])
-            rows = packed[int(cu_seqlens[first]):int(cu_seqlens[last])]
+            span = slice(int(cu_seqlens[first]), int(cu_seqlens[last]))
             cu = cu_seqlens[first:last + 1] - cu_seqlens[first]
-            results.append(entries[request[0]].compute(self, rows, cu, options))
+            entry = entries[request[0]]
+            results.append(entry.compute(self, packed[span], cu, options,
+                                         *((tokens[span],) if entry.token_ids else ())))
             first = last
         return results
 
@@ -527,12 +559,26 @@ class TextModel:
     def encode_sparse(self, texts, truncation: str = "warn", batch_tokens: int = BATCH_TOKENS, *,
                       prompt_name: str | None = None, prompt: str | None = None,
                       truncation_side: str | None = None):
-        """SPLADE's sparse lexical vector of each text: a :class:`SparseVector` (the non-zero
-        vocabulary ids and their weights), or a list of them."""
+        """The sparse lexical vector of each text (SPLADE's, or BGE-M3's lexical weights): a
+        :class:`SparseVector` (the non-zero vocabulary ids and their weights), or a list of
+        them."""
         single = isinstance(texts, str)
         items = [texts] if single else list(texts)
         out = [row for chunk in self.iter_task(
-            items, "sparse", batch_tokens=batch_tokens, chunk_size=max(1, len(items)),
+            items, self.sparse_task, batch_tokens=batch_tokens, chunk_size=max(1, len(items)),
+            truncation=truncation, prompt_name=prompt_name, prompt=prompt,
+            truncation_side=truncation_side) for row in chunk]
+        return out[0] if single else out
+
+    def encode_multi(self, texts, truncation: str = "warn", batch_tokens: int = BATCH_TOKENS,
+                     *, prompt_name: str | None = None, prompt: str | None = None,
+                     truncation_side: str | None = None):
+        """The multi-vector (ColBERT) embeddings of each text: a (tokens - 1, D) float32 array
+        of unit rows, one per token but the first, or a list of them (BGE-M3's)."""
+        single = isinstance(texts, str)
+        items = [texts] if single else list(texts)
+        out = [row.numpy() for chunk in self.iter_task(
+            items, "embed_multi", batch_tokens=batch_tokens, chunk_size=max(1, len(items)),
             truncation=truncation, prompt_name=prompt_name, prompt=prompt,
             truncation_side=truncation_side) for row in chunk]
         return out[0] if single else out

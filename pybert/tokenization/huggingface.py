@@ -27,7 +27,7 @@ FULL_COUNT_CHARS = 256 << 10
 # A special token's name in tokenizer_config.json and the spellings tried when it names none
 # (BERT's, then RoBERTa's).
 _SPECIAL = {"pad": ("[PAD]", "<pad>"), "mask": ("[MASK]", "<mask>"), "cls": ("[CLS]", "<s>"),
-            "sep": ("[SEP]", "</s>")}
+            "sep": ("[SEP]", "</s>"), "unk": ("[UNK]", "<unk>")}
 
 
 def _build(tokenizer_json, vocab_tokens, settings):
@@ -95,6 +95,9 @@ class HuggingFaceTokenizer:
                              f"{[_SPECIAL[n] for n in missing]} and tokenizer_config.json)")
         self.pad_id = ids["pad"] if ids["pad"] is not None else 0
         self.mask_id = ids["mask"]
+        # What a lexical weight is never given for (FlagEmbedding's BGE-M3: CLS, EOS, pad, UNK)
+        self.special_ids = frozenset(ids[name] for name in ("cls", "sep", "pad", "unk")
+                                     if ids[name] is not None)
 
     def _special_id(self, named, spellings) -> int | None:
         named = named.get("content") if isinstance(named, dict) else named

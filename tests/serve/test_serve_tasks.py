@@ -16,7 +16,7 @@ pytest.importorskip("transformers")
 
 import pybert  # noqa: E402
 
-from hf_models import make_family_dir, sentences  # noqa: E402
+from hf_models import make_bge_m3, make_family_dir, sentences  # noqa: E402
 from helpers import rel_l2  # noqa: E402
 from test_serve import Server, request  # noqa: E402
 
@@ -169,5 +169,28 @@ def test_a_sparse_encoder_refuses_dense_routes_with_the_one_to_use(tmp_path):
             assert status == 422 and "POST /embed_sparse gives its vectors" in message
         status, sparse, _ = request(server, "POST", "/embed_sparse", {"inputs": TEXTS[:2]})
         assert status == 200 and len(sparse) == 2
+    finally:
+        server.stop()
+
+
+def test_bge_m3_by_the_embedding_routes(tmp_path):
+    """BGE-M3's lexical weights at /embed_sparse and its multi-vector embeddings at
+    /embed_multi, as the Python API gives them (the outputs' definitions:
+    tests/checkpoints/test_bge_m3.py)."""
+    folder = tmp_path / "m3"
+    make_bge_m3(folder)
+    m3 = pybert.TextModel.load(folder)
+    server = Server(folder)
+    try:
+        status, sparse, _ = request(server, "POST", "/embed_sparse", {"inputs": TEXTS[:2]})
+        assert status == 200
+        expected = m3.encode_sparse(TEXTS[:2])
+        assert [[e["index"] for e in s] for s in sparse] == \
+            [v.indices.tolist() for v in expected]
+        status, multi, _ = request(server, "POST", "/embed_multi", {"inputs": TEXTS[2]})
+        assert status == 200
+        np.testing.assert_allclose(np.array(multi[0]), m3.encode_multi(TEXTS[2]), atol=1e-6)
+        status, info, _ = request(server, "GET", "/info")
+        assert {"/embed", "/embed_sparse", "/embed_multi"} <= set(info["routes"])
     finally:
         server.stop()
