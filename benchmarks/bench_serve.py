@@ -7,6 +7,7 @@ cost).
     python benchmarks/bench_serve.py --clients 64 --seconds 60            # a small random model
     python benchmarks/bench_serve.py --model DIR --clients 256 --device cuda
     python benchmarks/bench_serve.py --two-models --clients 32 --seconds 30
+    python benchmarks/bench_serve.py --ray-replicas 2 --clients 16 --seconds 20   # Ray Serve
 
 --two-models: two models (random, MiniLM-sized, different weights) served by one server
 (`--model A --model B`, each client sending to /models/{name}/embed) against two servers of one
@@ -112,15 +113,18 @@ def load(port, texts: list[str], clients: int, seconds: float, path="/embed"):
     return latencies, errors[0], time.perf_counter() - begin
 
 
-def start_server(models: list[Path], cwd: str, device: str, max_wait_ms: float):
-    """`pybert serve` of ``models`` on a free port, once healthy: (process, port)."""
+def start_server(models: list[Path], cwd: str, device: str, max_wait_ms: float,
+                 ray_replicas: int = 0):
+    """`pybert serve` of ``models`` on a free port (through Ray Serve with ``ray_replicas``),
+    once healthy: (process, port)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     flags = [arg for m in models for arg in ("--model", str(m))]
     server = subprocess.Popen(
         [sys.executable, "-m", "pybert", "serve", *flags, "--port", str(port), "--device",
-         device, "--log-level", "warning", "--max-wait-ms", str(max_wait_ms)], cwd=cwd)
+         device, "--log-level", "warning", "--max-wait-ms", str(max_wait_ms),
+         *(["--ray", "--ray-replicas", str(ray_replicas)] if ray_replicas else [])], cwd=cwd)
     deadline = time.time() + 300
     while True:
         try:
@@ -184,6 +188,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    parser.add_argument("--ray-replicas", type=int, default=0,
+                        help="serve through Ray Serve with this many replicas (pybert serve "
+                             "--ray); the memory reported is then the driver's alone")
     parser.add_argument("--two-models", action="store_true",
                         help="one server of two models against two servers of one")
     args = parser.parse_args(argv)
@@ -194,7 +201,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(args.model) if args.model else small_model(Path(tmp))
         texts = sentences(4096)
-        server, port = start_server([model_dir], tmp, args.device, args.max_wait_ms)
+        server, port = start_server([model_dir], tmp, args.device, args.max_wait_ms,
+                                    args.ray_replicas)
         try:
             load(port, texts, args.clients, min(5.0, args.seconds))  # warm-up
             start_kb = rss_kb(server.pid)
@@ -236,6 +244,7 @@ def main(argv=None) -> int:
                    "server_rss_mb_during": samples,
                    "in_process_sentences_per_s": round(in_process, 1),
                    "server_over_in_process": round(rate / in_process, 2),
+                   "ray_replicas": args.ray_replicas,
                    "cpu_threads": torch.get_num_threads(), "cores": os.cpu_count()})
     print(json.dumps(result, indent=1))
     return 0

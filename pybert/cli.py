@@ -126,12 +126,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser, tei: bool = False) -> 
 def _load_text_model(args, device: str | None = None):
     """The TextModel that --model, --revision, --device (or ``device``), --dtype and
     --quantize describe."""
-    from .engine import default_dtype, resolve_device
-    from .text import TextModel
+    from .text import load_text_model
 
-    device = resolve_device(args.device if device is None else device)
-    return TextModel.load(args.model, device=device, dtype=default_dtype(device, args.dtype),
-                          quantize=args.quantize, revision=args.revision)
+    return load_text_model(args.model, args.device if device is None else device, args.dtype,
+                           args.quantize, args.revision)
 
 
 def _encode(args) -> int:
@@ -243,11 +241,46 @@ def _serve(args) -> int:
                              "the model's modules.json names")
         if not 0 <= args.port <= 65535:
             raise ValueError(f"--port must be in [0, 65535], got {args.port}")
+        if args.ray is not None:
+            return _serve_on_ray(args)
         served = _served_models(args)
     except (FileNotFoundError, PermissionError, ValueError, TypeError) as err:
         print(f"pybert serve: {err}", file=sys.stderr)
         return 2
     serve(served, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _serve_on_ray(args) -> int:
+    """pybert serve --ray: one model's server as replicas behind Ray Serve's proxy."""
+    try:
+        from ray import serve  # noqa: F401
+    except ImportError:
+        print("pybert serve --ray needs Ray Serve: pip install \"pybert-engine[ray-serve]\"",
+              file=sys.stderr)
+        return 2
+    from .serve import ServeConfig
+    from .serve.ray_serve import run
+
+    if len(args.model or ()) + bool(args.model_config) != 1 or args.grpc_port or args.devices:
+        raise ValueError("--ray serves one --model over HTTP (not --model-config, several "
+                         "models, --grpc-port or --devices): Ray Serve places the replicas")
+    for flag, value in (("--ray-replicas", args.ray_replicas),
+                        ("--ray-max-replicas", args.ray_max_replicas or 1)):
+        if not 1 <= value <= 1024:
+            raise ValueError(f"{flag} must be in [1, 1024], got {value}")
+    name = args.model_id if args.model_id != ServeConfig.model_id else \
+        os.path.basename(os.path.normpath(args.model[0]))
+    config = ServeConfig(**{**{f.name: getattr(args, f.name)
+                               for f in dataclasses.fields(ServeConfig)}, "model_id": name,
+                            "api_key": args.api_key or os.environ.get("PYBERT_API_KEY") or None})
+    load = {"device": args.device, "dtype": args.dtype, "quantize": args.quantize,
+            "revision": args.revision, "pooling": args.pooling,
+            "default_prompt_name": args.default_prompt_name,
+            "default_prompt": args.default_prompt}
+    run(args.model[0], config, args.host, args.port,
+        address=None if args.ray == "local" else args.ray, replicas=args.ray_replicas,
+        max_replicas=args.ray_max_replicas, load_options=load)
     return 0
 
 
@@ -434,6 +467,7 @@ SERVE_ROUTES = """routes:
   POST /fill-mask        the MLM head's words at each mask token
   POST /next-sentence    the NSP head's probability that b follows a
   GET  /health, /info, /metrics (Prometheus)
+  --ray: the same routes through Ray Serve's proxy, --ray-replicas copies of the server
   gRPC (--grpc-port): text-embeddings-inference's tei.proto (Info, Embed, Predict, Rerank,
                          Tokenize and their streams)
 
@@ -461,6 +495,15 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
                              "dashes: model, served-model-name, revision, dtype, quantize, "
                              "pooling, default-prompt-name, default-prompt and the "
                              "per-model limits (the README lists them)")
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help="serve through Ray Serve: --ray-replicas copies of the server "
+                             "behind its HTTP proxy, on a local Ray cluster (no ADDRESS) or "
+                             "the cluster at ADDRESS (the ray-serve extra)")
+    parser.add_argument("--ray-replicas", type=int, default=2,
+                        help="replicas with --ray (default: %(default)s)")
+    parser.add_argument("--ray-max-replicas", type=int, default=None,
+                        help="with --ray: scale from --ray-replicas up to this many by the "
+                             "requests waiting per replica (default: a fixed count)")
     parser.add_argument("--devices", help="serve on several devices, e.g. cuda:0,cuda:1: one "
                                           "engine and batcher each, a request going to the "
                                           "least loaded (replaces --device)")

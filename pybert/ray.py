@@ -31,12 +31,11 @@ import torch
 from .checkpoint import locate
 from .checkpoint.files import fingerprint
 from .config import BATCH_TOKENS, check_int
-from .engine import default_dtype, resolve_device
 from .job import TEXT_INPUT_SUFFIXES, parse_rows, row_places, task_width
 from .tasks import JOB_TASKS, TASKS
 from .tasks import task as task_of
 from .job.files import output_lock, write_text_replacing
-from .text import TextModel, plan_batches
+from .text import load_text_model, plan_batches
 from .tokenization import check_text
 
 __all__ = ["Embedder", "ShardWriter", "Shard", "plan_shards", "run_ray_job", "INPUT_SUFFIXES"]
@@ -44,12 +43,6 @@ __all__ = ["Embedder", "ShardWriter", "Shard", "plan_shards", "run_ray_job", "IN
 INPUT_SUFFIXES = TEXT_INPUT_SUFFIXES + (".parquet",)  # what pybert encode reads, and Parquet
 MANIFEST = "_pybert_job.json"
 _SHARD_NAME = re.compile(r"\d{5}-[A-Za-z0-9_-]*-\d{12}-\d{12}\.parquet")
-
-
-def _load(model, device, dtype, quantize=None, revision=None):
-    device = resolve_device(device)
-    return TextModel.load(model, device=device, dtype=default_dtype(device, dtype),
-                          quantize=quantize, revision=revision)
 
 
 def _vector_column(vectors: np.ndarray, ok: list[bool], dim: int):
@@ -82,7 +75,7 @@ class Embedder:
                  error_column: str = "error", quantize: str | None = None):
         if on_error not in ("raise", "null"):
             raise ValueError(f"on_error must be 'raise' or 'null', got {on_error!r}")
-        self.model = _load(model, device, dtype, quantize)
+        self.model = load_text_model(model, device, dtype, quantize)
         self.text_column, self.pair_column = text_column, pair_column
         self.tokens_column, self.segments_column = tokens_column, segments_column
         self.output_column, self.error_column = output_column, error_column
@@ -315,7 +308,7 @@ class ShardWriter:
                  batch_tokens: int = BATCH_TOKENS, quantize: str | None = None, task: str = "embed",
                  prompt_name: str | None = None, dimensions: int | None = None,
                  raw_scores: bool = False, revision: str | None = None):
-        self.model = _load(model, device, dtype, quantize, revision)
+        self.model = load_text_model(model, device, dtype, quantize, revision)
         self.output_dir = Path(output_dir)
         self.pooling, self.truncation, self.batch_tokens = pooling, truncation, batch_tokens
         self.task, self.prompt_name = task, prompt_name
@@ -457,7 +450,7 @@ def _write_shards(pending: list[Shard], address: str | None, writer, actors: int
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  ignore_reinit_error=True)
         if address is None:
-            reaper = _reaper_of_local_cluster()
+            reaper = reaper_of_local_cluster()
     try:
         count, per_actor = _actors(ray.cluster_resources(), len(pending), actors,
                                    gpus_per_actor)
@@ -475,7 +468,7 @@ def _write_shards(pending: list[Shard], address: str | None, writer, actors: int
             reaper.wait(30)
 
 
-def _reaper_of_local_cluster():
+def reaper_of_local_cluster():
     """A watchdog (pybert/_reaper.py) for the local Ray cluster this driver just started (the
     processes it spawned): when the driver ends, even by SIGKILL, the watchdog's input pipe
     closes and it kills the cluster's process trees, which would otherwise outlive the driver

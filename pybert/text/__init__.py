@@ -12,8 +12,8 @@ longest length), run without padding, and handed back in the caller's order.
 
 from .batching import pack_batch, plan_batches
 from .head_outputs import SparseVector
-from .model import TextModel, text_model_of
+from .model import TextModel, load_text_model, text_model_of
 from .pooling import POOLINGS
 
-__all__ = ["TextModel", "SparseVector", "text_model_of", "plan_batches", "pack_batch",
+__all__ = ["TextModel", "SparseVector", "text_model_of", "load_text_model", "plan_batches", "pack_batch",
            "POOLINGS"]

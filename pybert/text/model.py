@@ -16,7 +16,7 @@ import torch
 
 from ..checkpoint import SparseSpec
 from ..config import BATCH_TOKENS, check_int
-from ..engine import Engine
+from ..engine import Engine, default_dtype, resolve_device
 from ..heads import score
 from ..loader import LoadedModel, load_checkpoint
 from ..tasks import TASKS
@@ -27,7 +27,7 @@ from .head_outputs import SparseVector, lexical_vectors, multi_vectors, next_sen
     sparse_vectors, top_words
 from .pooling import POOLINGS, after_pooling, finite, pooled, token_vectors
 
-__all__ = ["TextModel", "text_model_of"]
+__all__ = ["TextModel", "text_model_of", "load_text_model"]
 
 # The windows one encode_long call may make (a 10^6-token text with an overlap one short of
 # the window would make 10^6 of 512 tokens each).
@@ -659,3 +659,13 @@ def text_model_of(model) -> TextModel:
                          "checkpoint with a vocab.txt (pybert.TextModel.load) or build a "
                          "pybert.TextModel(engine, tokenizer)")
     return text_model
+
+
+def load_text_model(model, device="auto", dtype=None, quantize: str | None = None,
+                    revision: str | None = None) -> TextModel:
+    """The TextModel of ``model`` (a path or hub id) on ``device`` ("auto": a GPU where there
+    is one) in ``dtype`` (None: the device's default; "auto": bfloat16 on a CPU where it
+    measures faster), as the command line and Ray's actors and replicas load it."""
+    device = resolve_device(device)
+    return TextModel.load(model, device=device, dtype=default_dtype(device, dtype),
+                          quantize=quantize, revision=revision)
