@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -23,41 +22,10 @@ pytest.importorskip("fastapi")  # Ray Serve's own dependency
 
 import pybert  # noqa: E402
 
-from test_serve import free_port, request  # noqa: E402
+from test_serve import Server, request  # noqa: E402
 
 pytestmark = pytest.mark.slow
 TEXTS = ["the list is sorted", "it is then returned to the caller", "a b c"]
-
-
-class RayServer:
-    def __init__(self, checkpoint):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pybert", "serve", "--model", str(checkpoint), "--port",
-             str(self.port), "--ray", "--ray-replicas", "2", "--log-level", "warning"],
-            cwd=checkpoint.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env=dict(os.environ, OMP_NUM_THREADS="1", RAY_AUTH_MODE="disabled"))
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            assert self.proc.poll() is None, self.proc.stdout.read()
-            try:
-                if request(self, "GET", "/health")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise TimeoutError("the Ray Serve application did not become ready")
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.communicate(timeout=120)[0]
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
 
 
 def replicas() -> list[int]:
@@ -68,7 +36,8 @@ def replicas() -> list[int]:
 
 def test_two_replicas_answer_as_one_server_and_survive_a_kill(text_checkpoint):
     model = pybert.TextModel.load(text_checkpoint)
-    server = RayServer(text_checkpoint)
+    server = Server(text_checkpoint, "--ray", "--ray-replicas", "2",
+                    env={"RAY_AUTH_MODE": "disabled"})
     try:
         status, vectors, _ = request(server, "POST", "/embed", {"inputs": TEXTS})
         assert status == 200
