@@ -32,7 +32,7 @@ from .checkpoint import locate
 from .checkpoint.files import fingerprint
 from .config import BATCH_TOKENS, check_int
 from .job import TEXT_INPUT_SUFFIXES, parse_rows, row_places, task_width
-from .tasks import JOB_TASKS, TASKS
+from .tasks import JOB_TASKS, TASKS, model_task
 from .tasks import task as task_of
 from .job.files import output_lock, write_text_replacing
 from .text import load_text_model, plan_batches
@@ -367,7 +367,7 @@ class ShardWriter:
         import pyarrow as pa
 
         results = [row for chunk in self.model.iter_task(
-            good, self.task, pooling=self.pooling if self.task == "embed" else None,
+            good, model_task(self.model, self.task), pooling=self.pooling if self.task == "embed" else None,
             batch_tokens=self.batch_tokens, chunk_size=max(1, len(good)),
             truncation=self.truncation, prompt_name=self.prompt_name,
             dimensions=self.dimensions, raw_scores=self.raw_scores) for row in chunk]

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Task", "TASKS", "JOB_TASKS", "task", "register"]
+__all__ = ["Task", "TASKS", "JOB_TASKS", "task", "register", "model_task"]
 
 
 def _no_options(model, options: dict) -> dict:
@@ -167,3 +167,10 @@ def task(name: str, among=None) -> Task:
     if name not in choices:
         raise ValueError(f"task must be one of {choices}, got {name!r}")
     return TASKS[name]
+
+
+def model_task(model, name: str) -> str:
+    """The task ``model`` runs when asked for ``name``: "sparse" means the model's own sparse
+    vectors (BGE-M3's lexical weights where it has that head, SPLADE's otherwise); any other
+    name is itself."""
+    return model.sparse_task if name == "sparse" else name

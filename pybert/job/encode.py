@@ -21,7 +21,7 @@ import torch
 
 from ..config import BATCH_TOKENS, check_int
 from ..text import POOLINGS, text_model_of
-from ..tasks import JOB_TASKS
+from ..tasks import JOB_TASKS, TASKS, model_task
 from ..tasks import task as task_of
 from ..tokenization import TruncationCount, check_text, check_truncation
 from .files import output_lock, write_text_replacing
@@ -226,7 +226,8 @@ def task_width(model, task: str, dimensions: int | None = None,
                pooling: str | None = None) -> int | None:
     """The values per output row of ``task`` (None: sparse rows vary); ValueError if the
     model cannot run it, or not with these options."""
-    entry = task_of(task, JOB_TASKS)
+    task_of(task, JOB_TASKS)  # a job's task by name
+    entry = TASKS[model_task(model, task)]
     if not entry.available(model):
         raise ValueError(f"--task {task} needs a model with {entry.needs}")
     options = {k: v for k, v in (("dimensions", dimensions), ("pooling", pooling))
@@ -324,7 +325,8 @@ class _JobRun:
         """Rows ``done`` to the end, a chunk at a time, each committed once on disk; the bar
         moves after each engine batch, the cut texts are counted in ``truncated``."""
         position = done
-        for chunk in self.model.iter_task(read_texts(self.input_path, skip=done), self.task,
+        for chunk in self.model.iter_task(read_texts(self.input_path, skip=done),
+                                          model_task(self.model, self.task),
                                           truncated=truncated, on_batch=bar.update,
                                           **self.options):
             with _writing(self.output_path, position):

@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from .batcher import Batcher, QueueFull, RequestTooLarge, joined
 from .config import ServeConfig
 from ..engine.devices import CUDA_LAST_RUN
-from ..tasks import TASKS
+from ..tasks import TASKS, model_task
 from ..tokenization import TooLong, TruncationCount, check_text
 from .http import BodyBudget, ClientGone, HTTPError, field, flag, is_pair, read_json, texts_of, \
     token_rows
@@ -241,8 +241,8 @@ class Routes:
             TaskRoute("/similarity", "embed", self.parse_similarity, self.render_similarity,
                       self.dense_only, name="similarity"),
             TaskRoute("/embed_all", "embed_all", self.parse_embed_all, self.render_token_vectors),
-            TaskRoute("/embed_sparse", lambda model: model.sparse_task, self.parse_sparse,
-                      self.render_sparse, name="sparse"),
+            TaskRoute("/embed_sparse", functools.partial(model_task, name="sparse"),
+                      self.parse_sparse, self.render_sparse, name="sparse"),
             TaskRoute("/embed_multi", "embed_multi", self.parse_embed_multi,
                       self.render_token_vectors),
             TaskRoute("/predict", "classify", self.parse_predict, self.render_predict),

@@ -19,7 +19,7 @@ from ..config import BATCH_TOKENS, check_int
 from ..engine import Engine, default_dtype, resolve_device
 from ..heads import score
 from ..loader import LoadedModel, load_checkpoint
-from ..tasks import TASKS
+from ..tasks import TASKS, model_task
 from ..tasks import task as task_of
 from ..tokenization import TruncationCount, Vocab, WordTokenizer, check_side, check_truncation
 from .batching import DONE, Batch, Chunk, pack_batch, produce_batches, window_batches
@@ -565,7 +565,7 @@ class TextModel:
         single = isinstance(texts, str)
         items = [texts] if single else list(texts)
         out = [row for chunk in self.iter_task(
-            items, self.sparse_task, batch_tokens=batch_tokens, chunk_size=max(1, len(items)),
+            items, model_task(self, "sparse"), batch_tokens=batch_tokens, chunk_size=max(1, len(items)),
             truncation=truncation, prompt_name=prompt_name, prompt=prompt,
             truncation_side=truncation_side) for row in chunk]
         return out[0] if single else out

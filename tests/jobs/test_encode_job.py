@@ -335,6 +335,26 @@ def test_a_sparse_job_writes_parquet(tmp_path):
         np.testing.assert_allclose(got_values, expected.values, rtol=1e-6)
 
 
+def test_a_sparse_job_of_bge_m3_writes_its_lexical_weights(tmp_path):
+    """--task sparse on BGE-M3 is its lexical weights (the model's own sparse vectors), in
+    the same .parquet columns as SPLADE's."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    from hf_models import make_bge_m3, sentences
+
+    make_bge_m3(tmp_path / "m3")
+    model = pybert.TextModel.load(tmp_path / "m3")
+    texts = [" ".join(t.split()[:15]) for t in sentences(12, seed=6)]
+    write_txt(tmp_path / "in.txt", texts)
+    run_encode_job(model, tmp_path / "in.txt", tmp_path / "s.parquet", "m3", task="sparse",
+                   chunk_size=5, progress=False)
+    table = pq.read_table(tmp_path / "s.parquet")
+    for got_ids, got_values, expected in zip(table.column("indices").to_pylist(),
+                                             table.column("values").to_pylist(),
+                                             model.encode_sparse(texts)):
+        assert got_ids == expected.indices.tolist() and got_ids
+        np.testing.assert_allclose(got_values, expected.values, rtol=1e-6)
+
+
 def test_prompts_and_dimensions_in_a_job_and_its_identity(tmp_path):
     from hf_models import make_family_dir, sentences
 
