@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["LinearHead", "Classifier", "sparse_pool", "score", "l2_normalize"]
+__all__ = ["LinearHead", "Classifier", "sparse_pool", "score", "l2_normalize", "maxsim"]
 
 _ACTIVATIONS = {
     "identity": lambda x: x,
@@ -94,3 +94,11 @@ def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     scale = x.abs().amax(dim=-1, keepdim=True)
     scaled = x / torch.where(scale > 0, scale, torch.ones_like(scale))
     return torch.nn.functional.normalize(scaled, dim=-1)
+
+
+def maxsim(query: torch.Tensor, documents: list) -> torch.Tensor:
+    """Late-interaction scores of a query's multi-vector embeddings (q, D) against each
+    document's (d_i, D): for each query vector its largest dot product with the document's,
+    averaged over the query's vectors (FlagEmbedding's BGE-M3 colbert_score), in float64."""
+    query = query.double()
+    return torch.stack([(query @ d.double().T).max(dim=1).values.mean() for d in documents])

@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from .batcher import Batcher, QueueFull, RequestTooLarge, joined
 from .config import ServeConfig
 from ..engine.devices import CUDA_LAST_RUN
+from ..heads import maxsim
 from ..tasks import TASKS, model_task
 from ..tokenization import TooLong, TruncationCount, check_text
 from .http import BodyBudget, ClientGone, HTTPError, field, flag, is_pair, read_json, texts_of, \
@@ -246,7 +247,7 @@ class Routes:
             TaskRoute("/embed_multi", "embed_multi", self.parse_embed_multi,
                       self.render_token_vectors),
             TaskRoute("/predict", "classify", self.parse_predict, self.render_predict),
-            TaskRoute("/rerank", "classify", self.parse_rerank, self.render_rerank,
+            TaskRoute("/rerank", self.rerank_task, self.parse_rerank, self.render_rerank,
                       self.one_label, name="rerank"),
             TaskRoute("/fill-mask", "fill_mask", self.parse_fill_mask, self.render_fill_mask),
             TaskRoute("/next-sentence", "next_sentence", self.parse_next_sentence,
@@ -288,7 +289,14 @@ class Routes:
                             "its vectors")
 
     @staticmethod
+    def rerank_task(model) -> str:
+        """A cross-encoder's scores, or a multi-vector model's embeddings (for MaxSim)."""
+        return "embed_multi" if model.labels is None and model.multi_vector_dim else "classify"
+
+    @staticmethod
     def one_label(model) -> None:
+        if model.labels is None:  # a multi-vector model: scored by MaxSim
+            return
         if len(model.labels) != 1:
             raise HTTPError(404, f"this model does not serve rerank: its classifier has "
                             f"{len(model.labels)} labels, not one relevance score (POST "
@@ -451,13 +459,17 @@ class Routes:
         except ValueError as err:
             raise HTTPError(422, str(err)) from None
         texts = texts_of(body.get("texts"), "texts", self.config)
-        return await self.parse_scored([(query, t) for t in texts], body,
-                                       {"texts": texts,
-                                        "return_text": flag(body, "return_text", False)})
+        context = {"texts": texts, "return_text": flag(body, "return_text", False)}
+        if self.rerank_task(self.model) == "embed_multi":  # the query and each text alone
+            encoded = await self.tokenised([query] + texts,
+                                           flag(body, "truncate", self.config.auto_truncate))
+            return Parsed(encoded, {}, {**context, "maxsim": True})
+        return await self.parse_scored([(query, t) for t in texts], body, context)
 
     @staticmethod
     def render_rerank(scores, parsed: Parsed):
-        scores = scores.numpy()[:, 0]
+        scores = maxsim(scores[0], scores[1:]).numpy() if parsed.context.get("maxsim") else \
+            scores.numpy()[:, 0]
         texts, with_text = parsed.context["texts"], parsed.context["return_text"]
         return [{"index": int(i), "score": float(scores[i]),
                  **({"text": texts[i]} if with_text else {})}

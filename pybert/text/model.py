@@ -17,7 +17,7 @@ import torch
 from ..checkpoint import SparseSpec
 from ..config import BATCH_TOKENS, check_int
 from ..engine import Engine, default_dtype, resolve_device
-from ..heads import score
+from ..heads import maxsim, score
 from ..loader import LoadedModel, load_checkpoint
 from ..tasks import TASKS, model_task
 from ..tasks import task as task_of
@@ -522,9 +522,13 @@ class TextModel:
     def rerank(self, query: str, documents, top_k: int | None = None,
                raw_scores: bool = False, truncation: str = "warn", batch_tokens: int = BATCH_TOKENS,
                truncation_side: str | None = None) -> list[dict]:
-        """The ``documents`` ordered by the cross-encoder's relevance to ``query``, best first:
-        [{"index": i, "score": s}, ...], the first ``top_k`` (default: all)."""
-        self.need_classifier(one_label=True)
+        """The ``documents`` ordered by their relevance to ``query``, best first:
+        [{"index": i, "score": s}, ...], the first ``top_k`` (default: all). The relevance is
+        the cross-encoder's score, or for a model with a multi-vector head and no classifier
+        (BGE-M3) the late-interaction MaxSim of their multi-vector embeddings (``raw_scores``
+        has no meaning there)."""
+        if self.classifier is not None or self.multi_vector is None:
+            self.need_classifier(one_label=True)
         if not isinstance(query, str):
             raise TypeError(f"query must be a str, got {type(query).__name__}")
         documents = [documents] if isinstance(documents, str) else list(documents)
@@ -536,8 +540,14 @@ class TextModel:
                             f"{type(documents[bad[0]]).__name__}")
         if top_k is not None:
             check_int(top_k, "top_k")
-        scores = self.classify([(query, d) for d in documents], raw_scores, truncation,
-                               batch_tokens, truncation_side)[:, 0]
+        if self.classifier is None:
+            vectors = self.encode_multi([query] + documents, truncation, batch_tokens,
+                                        truncation_side=truncation_side)
+            scores = maxsim(torch.from_numpy(vectors[0]),
+                            [torch.from_numpy(v) for v in vectors[1:]]).numpy()
+        else:
+            scores = self.classify([(query, d) for d in documents], raw_scores, truncation,
+                                   batch_tokens, truncation_side)[:, 0]
         order = np.argsort(-scores, kind="stable")[:top_k]
         return [{"index": int(i), "score": float(scores[i])} for i in order]
 

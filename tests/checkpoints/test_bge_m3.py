@@ -115,3 +115,23 @@ def test_a_head_file_with_code_is_refused(tmp_path, capsys):
     with pytest.raises(CheckpointError, match="not a PyTorch file of tensors"):
         pybert.TextModel.load(folder)
     assert "a pickle ran code" not in capsys.readouterr().out
+
+
+def test_rerank_scores_by_maxsim(bge_m3):
+    """A multi-vector model without a classifier reranks by late interaction: for each query
+    vector its best dot product with the document's vectors, averaged over the query's
+    (FlagEmbedding's colbert_score), on the float64 definitions."""
+    folder, model, tokenizer, heads = bge_m3
+    m3 = pybert.TextModel.load(folder)
+    query, documents = TEXTS[0], TEXTS[1:]
+    ranked = m3.rerank(query, documents)
+    q = reference(model, tokenizer, heads, query)[2]
+    expected = [float((q @ reference(model, tokenizer, heads, d)[2].T).max(dim=1).values.mean())
+                for d in documents]
+    assert [r["index"] for r in ranked] == sorted(range(len(documents)),
+                                                  key=lambda i: -expected[i])
+    np.testing.assert_allclose([r["score"] for r in ranked],
+                               sorted(expected, reverse=True), rtol=1e-5)
+    assert len(m3.rerank(query, documents, top_k=2)) == 2
+    with pytest.raises(TypeError, match=r"documents\[1\] must be a str"):
+        m3.rerank(query, ["a", 3])

@@ -190,7 +190,15 @@ def test_bge_m3_by_the_embedding_routes(tmp_path):
         status, multi, _ = request(server, "POST", "/embed_multi", {"inputs": TEXTS[2]})
         assert status == 200
         np.testing.assert_allclose(np.array(multi[0]), m3.encode_multi(TEXTS[2]), atol=1e-6)
+        status, ranked, _ = request(server, "POST", "/rerank",
+                                    {"query": TEXTS[0], "texts": TEXTS[1:5], "return_text": True})
+        assert status == 200
+        expected = m3.rerank(TEXTS[0], TEXTS[1:5])
+        assert [r["index"] for r in ranked] == [e["index"] for e in expected]
+        np.testing.assert_allclose([r["score"] for r in ranked],
+                                   [e["score"] for e in expected], rtol=1e-5)
+        assert all(r["text"] == TEXTS[1:5][r["index"]] for r in ranked)
         status, info, _ = request(server, "GET", "/info")
-        assert {"/embed", "/embed_sparse", "/embed_multi"} <= set(info["routes"])
+        assert {"/embed", "/embed_sparse", "/embed_multi", "/rerank"} <= set(info["routes"])
     finally:
         server.stop()
