@@ -64,6 +64,7 @@ void apply_activation(at::Tensor& out, const at::Tensor& in, Activation act) {
 
 namespace {
 
+#if defined(__x86_64__) && defined(__GNUC__)
 // Whether oneDNN was told to run below AVX-512 VNNI (its ISA cap, ONEDNN_MAX_CPU_ISA or the
 // older DNNL_MAX_CPU_ISA, read as oneDNN reads them). Its int8 GEMM then adds pairs of u8 x s8
 // products in 16 bits whatever this CPU has: under AVX2_VNNI too, where it takes its generic
@@ -79,6 +80,7 @@ bool onednn_capped_below_vnni() {
   }
   return false;
 }
+#endif
 
 // The largest int8 weight magnitude. Where oneDNN runs its AVX-512 VNNI or AMX kernels, u8 x s8
 // products accumulate in 32 bits; elsewhere (AVX2, AVX-512F, and AVX-VNNI without AVX-512,
