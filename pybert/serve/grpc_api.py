@@ -81,7 +81,9 @@ class TeiServicer:
         results = await routes.batched(None, parsed.encoded, routes.task_of(route),
                                        parsed.options)
         value = route.render(results, parsed)
-        return (value() if callable(value) else value), parsed
+        if callable(value):  # built off the event loop, as the HTTP reply is
+            value = await asyncio.get_running_loop().run_in_executor(None, value)
+        return value, parsed
 
     async def answer(self, context, work):
         """``await work()``, an HTTPError (or a failure) turned into the rpc's status."""
@@ -103,19 +105,24 @@ class TeiServicer:
         pending: asyncio.Queue = asyncio.Queue(_STREAM_WINDOW)
 
         async def read():
-            async for message in requests:
-                await pending.put(asyncio.ensure_future(one(message, context)))
+            try:
+                async for message in requests:
+                    await pending.put(asyncio.ensure_future(one(message, context)))
+            except Exception as err:  # noqa: BLE001 (the stream broke: its reader says so)
+                await pending.put(err)
             await pending.put(None)
 
         reader = asyncio.ensure_future(read())
         try:
             while (task := await pending.get()) is not None:
+                if isinstance(task, Exception):
+                    raise task
                 yield await task
         finally:
             reader.cancel()
             while not pending.empty():
                 task = pending.get_nowait()
-                if task is not None:
+                if isinstance(task, asyncio.Future):
                     task.cancel()
 
     def metadata(self, parsed, started: float, chars: int):
