@@ -259,7 +259,6 @@ def _serve_on_ray(args) -> int:
         print("pybert serve --ray needs Ray Serve: pip install \"pybert-engine[ray-serve]\"",
               file=sys.stderr)
         return 2
-    from .serve import ServeConfig
     from .serve.ray_serve import run
 
     if len(args.model or ()) + bool(args.model_config) != 1 or args.grpc_port or args.devices:
@@ -269,11 +268,7 @@ def _serve_on_ray(args) -> int:
                         ("--ray-max-replicas", args.ray_max_replicas or 1)):
         if not 1 <= value <= 1024:
             raise ValueError(f"{flag} must be in [1, 1024], got {value}")
-    name = args.model_id if args.model_id != ServeConfig.model_id else \
-        os.path.basename(os.path.normpath(args.model[0]))
-    config = ServeConfig(**{**{f.name: getattr(args, f.name)
-                               for f in dataclasses.fields(ServeConfig)}, "model_id": name,
-                            "api_key": args.api_key or os.environ.get("PYBERT_API_KEY") or None})
+    config = _serve_config(argparse.Namespace(**{**vars(args), "model": args.model[0]}))
     load = {"device": args.device, "dtype": args.dtype, "quantize": args.quantize,
             "revision": args.revision, "pooling": args.pooling,
             "default_prompt_name": args.default_prompt_name,
@@ -288,7 +283,6 @@ def _served_models(args) -> list:
     """The models of ``pybert serve``, loaded: each --model (all with the command line's
     settings), then each entry of --model-config (its own settings over those), every one's
     memory counted against one budget."""
-    from .checkpoint import is_hub_id
     from .engine import resolve_device
     from .serve import ServeConfig
     from .serve.models import MemoryBudget, NamedModel, check_names
@@ -305,26 +299,35 @@ def _served_models(args) -> list:
                          "\"served-model-name\" in --model-config")
     devices = _serve_devices(args)
     specs = [argparse.Namespace(**{**vars(args), **entry}) for entry in entries]
-    for spec in specs:
-        if spec.model_id == ServeConfig.model_id:  # not given: the model's id or folder's name
-            spec.model_id = spec.model if is_hub_id(spec.model) else \
-                os.path.basename(os.path.normpath(spec.model))
-    check_names([spec.model_id for spec in specs])
-    configs = [ServeConfig(**{**{f.name: getattr(spec, f.name)
-                                 for f in dataclasses.fields(ServeConfig)},
-                              "api_key": args.api_key or os.environ.get("PYBERT_API_KEY")
-                              or None}) for spec in specs]
+    configs = [_serve_config(spec) for spec in specs]
+    check_names([config.model_id for config in configs])
     budget = MemoryBudget(configs[0].memory_budget, resolve_device(devices[0]))
     served = []
     for spec, config in zip(specs, configs):
-        first = budget.load(spec.model_id, lambda: _load_text_model(spec, devices[0]),
+        first = budget.load(config.model_id, lambda: _load_text_model(spec, devices[0]),
                             config.batch_tokens)
         models = [first] + [_load_text_model(spec, device) for device in devices[1:]]
         for model in models:
             model.configure(pooling=spec.pooling, default_prompt_name=spec.default_prompt_name,
                             default_prompt=spec.default_prompt)
-        served.append(NamedModel(spec.model_id, first, config, tuple(models[1:])))
+        served.append(NamedModel(config.model_id, first, config, tuple(models[1:])))
     return served
+
+
+def _serve_config(spec):
+    """The ServeConfig of one served model's settings (``spec``: the command line's, with a
+    --model-config entry's over them): named by its --served-model-name, else its hub id or
+    its folder's name; the API key from --api-key or $PYBERT_API_KEY."""
+    from .checkpoint import is_hub_id
+    from .serve import ServeConfig
+
+    name = spec.model_id
+    if name == ServeConfig.model_id:  # not given
+        name = spec.model if is_hub_id(spec.model) else \
+            os.path.basename(os.path.normpath(spec.model))
+    return ServeConfig(**{**{f.name: getattr(spec, f.name)
+                             for f in dataclasses.fields(ServeConfig)}, "model_id": name,
+                          "api_key": spec.api_key or os.environ.get("PYBERT_API_KEY") or None})
 
 
 def _model_config_entries(path: str) -> list[dict]:

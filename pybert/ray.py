@@ -367,7 +367,8 @@ class ShardWriter:
         import pyarrow as pa
 
         results = [row for chunk in self.model.iter_task(
-            good, model_task(self.model, self.task), pooling=self.pooling if self.task == "embed" else None,
+            good, model_task(self.model, self.task),
+            pooling=self.pooling if self.task == "embed" else None,
             batch_tokens=self.batch_tokens, chunk_size=max(1, len(good)),
             truncation=self.truncation, prompt_name=self.prompt_name,
             dimensions=self.dimensions, raw_scores=self.raw_scores) for row in chunk]

@@ -37,7 +37,7 @@ from .batcher import Batcher, BatcherPool
 from .config import ServeConfig
 from .http import BodyBudget, ClientGone, HTTPError, check_api_key, error_body
 from .metrics import Metrics
-from .models import NamedModel, check_names
+from .models import NamedModel, check_names, served_as
 from .routes import Routes
 
 __all__ = ["create_app", "serve"]
@@ -156,12 +156,10 @@ def _model_table(names: list[str], all_routes: list[Routes]) -> list:
         wanted = body.get("model")
         if wanted is None or (prefix is not None and wanted == prefix):
             return by_name[prefix or names[0]]
-        if not isinstance(wanted, str) or wanted not in by_name:
-            raise HTTPError(404, f"model {str(wanted)[:200]!r} is not served here; this server "
-                            f"serves {', '.join(names)}", "NotFound")
+        routes = served_as(by_name, wanted)
         if prefix is not None:
             raise HTTPError(422, f"the body asks for model {wanted!r} on a route of {prefix!r}")
-        return by_name[wanted]
+        return routes
 
     def dispatch(path: str, prefix: str | None):
         async def handle(request: Request):

@@ -18,6 +18,7 @@ import time
 from types import SimpleNamespace
 
 from .http import HTTPError
+from .models import served_as
 
 __all__ = ["start_grpc"]
 
@@ -62,12 +63,7 @@ class TeiServicer:
                     self.api_key.encode("utf-8", "surrogatepass")):
                 raise HTTPError(401, "this server wants authorization: Bearer <api key>")
         name = metadata.get("model")
-        if name is None:
-            return self.default
-        if name not in self.routes_by_name:
-            raise HTTPError(404, f"model {name[:200]!r} is not served here; this server serves "
-                            f"{', '.join(self.routes_by_name)}")
-        return self.routes_by_name[name]
+        return self.default if name is None else served_as(self.routes_by_name, name)
 
     async def run(self, context, path: str, body: dict):
         """The value the HTTP route ``path`` answers to ``body`` (its JSON, as Python), and the
@@ -154,9 +150,8 @@ class TeiServicer:
     async def Embed(self, request, context):  # noqa: N802
         async def work():
             started = time.perf_counter()
-            body = {"inputs": request.inputs, "truncate": request.truncate,
-                    "truncation_direction": self.side(request)}
-            for name in ("normalize", "prompt_name", "dimensions"):
+            body = self._text_body(request)
+            for name in ("normalize", "dimensions"):
                 if request.HasField(name):
                     body[name] = getattr(request, name)
             vectors, parsed = await self.run(context, "/embed", body)

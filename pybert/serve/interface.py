@@ -53,6 +53,7 @@ class ServedModel(Protocol):
     sparse_model: bool        # a SPLADE model (its vectors are /embed_sparse's)
     sparse_task: str          # the task of its sparse vectors ("sparse" or "lexical")
     multi_vector_dim: int | None  # a multi-vector embedding's width, or None
+    reranks_by_maxsim: bool   # rerank by MaxSim of multi-vector embeddings, not a classifier
 
     def prompted(self, items: list, prompt_name: str | None = None) -> list: ...
 

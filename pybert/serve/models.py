@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from .config import ServeConfig
+from .http import HTTPError
 
-__all__ = ["NamedModel", "MemoryBudget", "check_names", "batch_bytes"]
+__all__ = ["NamedModel", "MemoryBudget", "check_names", "batch_bytes", "served_as"]
 
 # A name is part of a URL path (/models/{name}/embed): a hub id's characters, no "..".
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
@@ -43,6 +44,15 @@ def check_names(names: list[str]) -> None:
             raise ValueError(f"two models would be served as {name!r}: give each its own "
                              "\"served-model-name\" in --model-config")
         seen.add(name)
+
+
+def served_as(served: dict, name):
+    """``served[name]`` (the routes of the model a request names, over HTTP or gRPC); a 404
+    naming the served models when ``name`` is none of them."""
+    if not isinstance(name, str) or name not in served:
+        raise HTTPError(404, f"model {str(name)[:200]!r} is not served here; this server serves "
+                        f"{', '.join(served)}", "NotFound")
+    return served[name]
 
 
 def batch_bytes(model, batch_tokens: int) -> int:

@@ -85,6 +85,7 @@ class Routes:
         # The bodies held at once: one budget for the server (shared by its models' routes).
         self.bodies = bodies or BodyBudget(config.max_buffered_bytes)
         self.handlers = {path: handler for path, handler, _ in self.table()}
+        self._task_routes = {route.path: route for route in self.task_routes()}
 
     def table(self) -> list[tuple[str, object, list[str]]]:
         """(path, handler, methods) of every route."""
@@ -256,7 +257,7 @@ class Routes:
 
     def task_route(self, path: str) -> TaskRoute | None:
         """The task route at ``path`` (None: a route of another kind)."""
-        return next((route for route in self.task_routes() if route.path == path), None)
+        return self._task_routes.get(path)
 
     def task_of(self, route: TaskRoute) -> str:
         """The name of the task ``route`` runs on this model."""
@@ -291,11 +292,11 @@ class Routes:
     @staticmethod
     def rerank_task(model) -> str:
         """A cross-encoder's scores, or a multi-vector model's embeddings (for MaxSim)."""
-        return "embed_multi" if model.labels is None and model.multi_vector_dim else "classify"
+        return "embed_multi" if model.reranks_by_maxsim else "classify"
 
     @staticmethod
     def one_label(model) -> None:
-        if model.labels is None:  # a multi-vector model: scored by MaxSim
+        if model.reranks_by_maxsim:
             return
         if len(model.labels) != 1:
             raise HTTPError(404, f"this model does not serve rerank: its classifier has "
@@ -460,7 +461,7 @@ class Routes:
             raise HTTPError(422, str(err)) from None
         texts = texts_of(body.get("texts"), "texts", self.config)
         context = {"texts": texts, "return_text": flag(body, "return_text", False)}
-        if self.rerank_task(self.model) == "embed_multi":  # the query and each text alone
+        if self.model.reranks_by_maxsim:  # the query and each text alone
             encoded = await self.tokenised([query] + texts,
                                            flag(body, "truncate", self.config.auto_truncate))
             return Parsed(encoded, {}, {**context, "maxsim": True})

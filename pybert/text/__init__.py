@@ -15,5 +15,5 @@ from .head_outputs import SparseVector
 from .model import TextModel, load_text_model, text_model_of
 from .pooling import POOLINGS
 
-__all__ = ["TextModel", "SparseVector", "text_model_of", "load_text_model", "plan_batches", "pack_batch",
-           "POOLINGS"]
+__all__ = ["TextModel", "SparseVector", "text_model_of", "load_text_model", "plan_batches",
+           "pack_batch", "POOLINGS"]

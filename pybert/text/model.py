@@ -434,6 +434,12 @@ class TextModel:
         return None if self.multi_vector is None else self.multi_vector.out_features
 
     @property
+    def reranks_by_maxsim(self) -> bool:
+        """Whether rerank scores by the late interaction of multi-vector embeddings (a model
+        with that head and no classifier: BGE-M3), not by a cross-encoder."""
+        return self.classifier is None and self.multi_vector is not None
+
+    @property
     def sparse_task(self) -> str:
         """The task of this model's sparse vectors: BGE-M3's "lexical" weights where it has
         that head, else SPLADE's "sparse" (from the MLM logits)."""
@@ -527,7 +533,7 @@ class TextModel:
         the cross-encoder's score, or for a model with a multi-vector head and no classifier
         (BGE-M3) the late-interaction MaxSim of their multi-vector embeddings (``raw_scores``
         has no meaning there)."""
-        if self.classifier is not None or self.multi_vector is None:
+        if not self.reranks_by_maxsim:
             self.need_classifier(one_label=True)
         if not isinstance(query, str):
             raise TypeError(f"query must be a str, got {type(query).__name__}")
@@ -540,7 +546,7 @@ class TextModel:
                             f"{type(documents[bad[0]]).__name__}")
         if top_k is not None:
             check_int(top_k, "top_k")
-        if self.classifier is None:
+        if self.reranks_by_maxsim:
             vectors = self.encode_multi([query] + documents, truncation, batch_tokens,
                                         truncation_side=truncation_side)
             scores = maxsim(torch.from_numpy(vectors[0]),
@@ -572,23 +578,25 @@ class TextModel:
         """The sparse lexical vector of each text (SPLADE's, or BGE-M3's lexical weights): a
         :class:`SparseVector` (the non-zero vocabulary ids and their weights), or a list of
         them."""
-        single = isinstance(texts, str)
-        items = [texts] if single else list(texts)
-        out = [row for chunk in self.iter_task(
-            items, model_task(self, "sparse"), batch_tokens=batch_tokens, chunk_size=max(1, len(items)),
-            truncation=truncation, prompt_name=prompt_name, prompt=prompt,
-            truncation_side=truncation_side) for row in chunk]
-        return out[0] if single else out
+        return self._each_text(texts, model_task(self, "sparse"), truncation, batch_tokens,
+                               prompt_name, prompt, truncation_side)
 
     def encode_multi(self, texts, truncation: str = "warn", batch_tokens: int = BATCH_TOKENS,
                      *, prompt_name: str | None = None, prompt: str | None = None,
                      truncation_side: str | None = None):
         """The multi-vector (ColBERT) embeddings of each text: a (tokens - 1, D) float32 array
         of unit rows, one per token but the first, or a list of them (BGE-M3's)."""
+        return self._each_text(texts, "embed_multi", truncation, batch_tokens, prompt_name,
+                               prompt, truncation_side, lambda row: row.numpy())
+
+    def _each_text(self, texts, task: str, truncation, batch_tokens, prompt_name, prompt,
+                   truncation_side, convert=lambda row: row):
+        """``task``'s result for a text (a str), or for each of a list, through iter_task in
+        one chunk."""
         single = isinstance(texts, str)
         items = [texts] if single else list(texts)
-        out = [row.numpy() for chunk in self.iter_task(
-            items, "embed_multi", batch_tokens=batch_tokens, chunk_size=max(1, len(items)),
+        out = [convert(row) for chunk in self.iter_task(
+            items, task, batch_tokens=batch_tokens, chunk_size=max(1, len(items)),
             truncation=truncation, prompt_name=prompt_name, prompt=prompt,
             truncation_side=truncation_side) for row in chunk]
         return out[0] if single else out
